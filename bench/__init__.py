@@ -1,0 +1,1 @@
+"""lola.bench (see the README's architecture section)."""

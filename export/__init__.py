@@ -1,0 +1,1 @@
+"""lola.export (see the README's architecture section)."""

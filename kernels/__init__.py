@@ -1,0 +1,1 @@
+"""lola.kernels: Numba policy kernels over struct-of-arrays bandit state."""

@@ -1,0 +1,1 @@
+"""Data readers shared by training, replay and the load generator."""

@@ -1,0 +1,1 @@
+"""lola.stream (see the README's architecture section)."""
