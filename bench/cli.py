@@ -1,9 +1,24 @@
-"""CLI commands of lola.bench: ``lola bench kernels|stream|priors`` and ``lola replay``."""
+"""CLI commands of lola.bench: ``lola bench kernels|stream|priors`` and ``lola replay``.
+
+Each benchmark module owns its command: it exposes ``register(bench_app)`` and keeps
+its heavy imports inside the command body.
+"""
 
 from __future__ import annotations
 
 import typer
 
+bench_app = typer.Typer(
+    help="Benchmarks: each prints JSON with absolute figures and ratios against a peer.",
+    no_args_is_help=True,
+)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root ``lola`` app."""
+    """Add ``lola bench ...`` and ``lola replay`` to the root app."""
+    from lola.bench import kernels_bench, priors_bench, replay_cli, stream_bench
+
+    for module in (kernels_bench, stream_bench, priors_bench):
+        module.register(bench_app)
+    app.add_typer(bench_app, name="bench")
+    replay_cli.register(app)

@@ -37,8 +37,9 @@ def _register() -> None:
     from lola.export import cli as export_cli
     from lola.stream import cli as stream_cli
     from lola import demo as demo_cli
+    from lola import ops as ops_cli
 
-    for module in (stream_cli, export_cli, bench_cli, demo_cli):
+    for module in (stream_cli, export_cli, bench_cli, demo_cli, ops_cli):
         module.register(app)
 
 
