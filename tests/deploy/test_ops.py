@@ -1,0 +1,68 @@
+"""`lola config reference`: env names follow pydantic-settings' rules, and the
+committed reference is what the settings object generates."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lola.ops import env_fields, env_names, render_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _Kafka(BaseModel):
+    acks: str = "all"
+
+
+class _Toy(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOLA_", env_nested_delimiter="__")
+
+    group_id: str = Field("g", description="consumer | group")
+    bootstrap: str = Field("b:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "LOLA_BOOTSTRAP"))
+    sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    port: int = 9464
+    kafka: _Kafka = _Kafka()
+    required_thing: str
+
+
+def test_env_names_follow_prefix_alias_and_nesting_rules():
+    assert env_names(_Toy) == {
+        "LOLA_GROUP_ID",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "LOLA_BOOTSTRAP",
+        "KAFKA_SASL_PASSWORD",
+        "LOLA_PORT",
+        "LOLA_KAFKA__ACKS",
+        "LOLA_REQUIRED_THING",
+    }
+
+
+def test_reference_marks_required_hides_secrets_and_escapes_pipes():
+    text = render_reference(_Toy)
+    rows = {line.split("`")[1]: line for line in text.splitlines() if line.startswith("| `")}
+    assert "(required)" in rows["LOLA_REQUIRED_THING"]
+    assert "`(secret)`" in rows["KAFKA_SASL_PASSWORD"]
+    assert "consumer \\| group" in rows["LOLA_GROUP_ID"]
+    assert [f.env for f in env_fields(_Toy)] == sorted(rows)
+
+
+def test_committed_reference_is_up_to_date():
+    out = subprocess.run(
+        [sys.executable, "-m", "lola.cli", "config", "reference", "--out", "docs/configuration.md", "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_check_without_out_is_a_one_line_error():
+    out = subprocess.run(
+        [sys.executable, "-m", "lola.cli", "config", "reference", "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.strip().startswith("lola: error:")
+    assert "Traceback" not in out.stderr
