@@ -18,17 +18,26 @@ import numpy as np
 
 from lola.kernels.numba_config import NJIT
 
+# The estimate may move n_aux by at most this factor either way from n_aux0: a
+# handful of noisy arms must not turn the policy into pure greedy or plain UCB.
+MAX_FACTOR = 16.0
+_MU_EPS = 1e-6
+
 
 @numba.njit(**NJIT)
 def adaptive_n_aux(n_aux0, strength, impressions, clicks, mu_aux, usable):
-    """Effective prior sample size for one experiment.
+    """Effective prior sample size for one experiment (empirical Bayes, method of moments).
 
     Parameters
     ----------
     n_aux0 : float
-        The offline-tuned prior strength, used as the hyperprior's centre.
+        The offline-tuned prior strength: the hyperprior's centre, and what is
+        returned before any data. ``inf`` (pure LLM) and ``0`` (plain UCB) are
+        returned unchanged.
     strength : float
-        How many arms' worth of evidence the hyperprior counts as (>= 0).
+        Weight of the hyperprior, in arms observed without sampling noise
+        (>= 0). Large values keep ``n_aux`` near ``n_aux0``; 0 trusts the data
+        alone.
     impressions, clicks, mu_aux : float64[K]
         One experiment's (possibly discounted) statistics and prior CTRs.
     usable : bool[K]
@@ -37,32 +46,49 @@ def adaptive_n_aux(n_aux0, strength, impressions, clicks, mu_aux, usable):
     Returns
     -------
     float
-        ``n_aux`` to use in Algorithm 1 for this experiment now.
+        ``n_aux`` to use in Algorithm 1 (LOLA, paper 002) for this experiment now,
+        within ``[n_aux0 / MAX_FACTOR, n_aux0 * MAX_FACTOR]``.
 
     Notes
     -----
-    Method of moments: a Beta prior with mean ``mu`` worth ``m`` pseudo-draws has
-    variance ``mu (1 - mu) / (m + 1)``. The observed squared gap
-    ``(c/n - mu)^2`` estimates that variance plus the sampling noise
-    ``p (1 - p) / n``. Precision-weighted with ``strength`` pseudo-arms at
-    ``n_aux0``.
+    Read the LLM prior as a Beta distribution with mean ``mu`` worth ``m``
+    pseudo-draws: the arm's true CTR varies around ``mu`` with variance
+    ``mu (1 - mu) / (m + 1)``; call ``r = 1 / (m + 1)`` the variance ratio.
+    For an arm with ``n`` impressions and observed rate ``p = c / n``,
+
+        r_k = ((p - mu)^2 - mu (1 - mu) / n) / (mu (1 - mu))
+
+    is an unbiased estimate of ``r`` (the squared gap minus its sampling
+    noise). It is not clamped per arm: clamping each noisy term at zero would
+    bias every estimate towards a weaker prior. Its variance is about
+    ``2 (r + 1/n)^2``, so each arm gets the inverse-variance weight
+    ``(n / (n + n_aux0 + 1))^2`` (normalised so an arm seen without noise
+    weighs 1), and the hyperprior ``r0 = 1 / (n_aux0 + 1)`` adds ``strength``
+    such arms. The pooled ratio ``r`` gives ``n_aux = 1 / r - 1``.
     """
-    num = 0.0
-    den = 0.0
+    if not np.isfinite(n_aux0) or n_aux0 <= 0.0:
+        return n_aux0
+    r0 = 1.0 / (n_aux0 + 1.0)
+    num = strength * r0
+    den = strength
     for k in range(impressions.shape[0]):
         n = impressions[k]
         if not usable[k] or n < 1.0:
             continue
-        mu = min(max(mu_aux[k], 1e-6), 1.0 - 1e-6)
-        p = clicks[k] / n
-        excess = (p - mu) ** 2 - mu * (1.0 - mu) / n
-        # Weight each arm by how informative its gap is (more impressions, more weight).
+        mu = min(max(mu_aux[k], _MU_EPS), 1.0 - _MU_EPS)
+        var1 = mu * (1.0 - mu)
+        gap = clicks[k] / n - mu
+        r_k = (gap * gap - var1 / n) / var1
         w = n / (n + n_aux0 + 1.0)
-        num += w * max(excess, 0.0) / (mu * (1.0 - mu))
+        w = w * w
+        num += w * r_k
         den += w
-    if not np.isfinite(n_aux0):
+    if den <= 0.0:
         return n_aux0
-    prior_var_ratio = 1.0 / (n_aux0 + 1.0)
-    ratio = (strength * prior_var_ratio + num) / (strength + den) if strength + den > 0.0 else prior_var_ratio
-    ratio = max(ratio, 1e-9)
-    return max(1.0 / ratio - 1.0, 0.0)
+    ratio = num / den
+    lo = n_aux0 / MAX_FACTOR
+    hi = n_aux0 * MAX_FACTOR
+    if ratio <= 1.0 / (hi + 1.0):
+        return hi
+    m = 1.0 / ratio - 1.0
+    return min(max(m, lo), hi)

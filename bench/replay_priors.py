@@ -1,0 +1,142 @@
+"""Prior CTRs for the paper replay: read a priors CSV, score with the ONNX model, or
+fit the honest development baseline (TF-IDF ridge on the train split only).
+
+The replay never fits anything on the split it reports on. The baseline exists so
+the replay can be developed and checked before the fine-tuned LLM prior is built;
+its R² is reported beside every table that uses it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from lola.data.upworthy import HeadlineTest, Package
+from lola.errors import ConfigError, DataError
+
+PRIOR_COLUMNS = ("headline", "prior_ctr")
+
+
+@dataclass(frozen=True)
+class PriorTable:
+    """Prior CTR (and optional embedding) per headline text."""
+
+    prior_ctr: dict[str, float]
+    source: str
+    embeddings: dict[str, np.ndarray] | None = None
+
+    def lookup(self, headlines: Sequence[str]) -> np.ndarray:
+        missing = [h for h in headlines if h not in self.prior_ctr]
+        if missing:
+            raise DataError(
+                f"{len(missing)} headline(s) have no prior in {self.source}, e.g. {missing[0][:80]!r}; "
+                "score every headline of --data (lola priors score) or pass --model"
+            )
+        return np.array([self.prior_ctr[h] for h in headlines], dtype=np.float64)
+
+
+def read_priors_csv(path: str | Path) -> PriorTable:
+    """Read ``headline,prior_ctr`` (extra columns are ignored). Bad rows are an error, never skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--priors file not found: {path}")
+    out: dict[str, float] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or ())
+        if not set(PRIOR_COLUMNS) <= cols:
+            raise DataError(f"{path}: priors CSV needs columns {','.join(PRIOR_COLUMNS)}; found {sorted(cols)}")
+        for row_number, row in enumerate(reader, start=2):
+            text = (row["headline"] or "").strip()
+            try:
+                value = float(row["prior_ctr"])
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: row {row_number}: prior_ctr={row['prior_ctr']!r} is not a number") from None
+            if not text:
+                raise DataError(f"{path}: row {row_number}: empty headline")
+            if not np.isfinite(value) or not 0.0 <= value <= 1.0:
+                raise DataError(f"{path}: row {row_number}: prior_ctr={value} outside [0, 1]")
+            out[text] = value
+    if not out:
+        raise DataError(f"{path}: no priors")
+    return PriorTable(out, source=str(path))
+
+
+def write_priors_csv(path: str | Path, headlines: Iterable[str], priors: Iterable[float]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(PRIOR_COLUMNS)
+        for h, p in zip(headlines, priors):
+            w.writerow([h, f"{float(p):.8g}"])
+    return path
+
+
+def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embeddings: bool) -> PriorTable:
+    """Score headlines with the exported ONNX prior model (torch-free serving path)."""
+    try:
+        from lola.export.serve import OnnxPriorModel  # type: ignore[attr-defined]
+    except ImportError as exc:  # the priors area is not installed or not built yet
+        raise ConfigError(f"--model needs lola.export.serve.OnnxPriorModel ({exc})") from None
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConfigError(f"--model directory not found: {model_dir}")
+    model = OnnxPriorModel(model_dir) if not hasattr(OnnxPriorModel, "load") else OnnxPriorModel.load(model_dir)
+    texts = list(dict.fromkeys(headlines))
+    preds = np.asarray(model.predict(texts), dtype=np.float64).reshape(-1)
+    emb = None
+    if want_embeddings and hasattr(model, "embed"):
+        vecs = np.asarray(model.embed(texts), dtype=np.float64)
+        emb = {t: vecs[i] for i, t in enumerate(texts)}
+    return PriorTable(dict(zip(texts, np.clip(preds, 0.0, 1.0).tolist())), source=f"model {model_dir}", embeddings=emb)
+
+
+# --------------------------------------------------------------------------- baseline
+
+
+def fit_tfidf_ridge(train: Sequence[Package], alpha: float = 50.0):
+    """TF-IDF (word 1-2 grams + char 3-5 grams) ridge regression of package CTR on headline text.
+
+    Fitted only on the packages given (the train split). Rows are weighted by
+    sqrt(impressions) so noisy tiny packages count less.
+    """
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import Ridge
+
+    texts = [p.headline for p in train]
+    y = np.array([p.ctr for p in train])
+    w = np.sqrt(np.array([p.impressions for p in train], dtype=float))
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3, sublinear_tf=True, max_features=60000)
+    X = hstack([words.fit_transform(texts), chars.fit_transform(texts)]).tocsr()
+    ridge = Ridge(alpha=alpha).fit(X, y, sample_weight=w)
+
+    def predict(headlines: Sequence[str]) -> np.ndarray:
+        Z = hstack([words.transform(headlines), chars.transform(headlines)]).tocsr()
+        return np.clip(ridge.predict(Z), 1e-4, 1.0)
+
+    return predict
+
+
+def r2_on_tests(tests: Sequence[HeadlineTest], priors: PriorTable) -> dict[str, float]:
+    """Quality of a prior on headline tests: R² of CTR, and top-1 accuracy (the paper's 'accuracy')."""
+    y, p, hits = [], [], []
+    for t in tests:
+        pr = priors.lookup(t.headlines)
+        y.extend(t.ctrs)
+        p.extend(pr)
+        hits.append(int(np.argmax(pr) == np.argmax(t.ctrs)))
+    y_arr, p_arr = np.asarray(y), np.asarray(p)
+    ss_res = float(np.sum((y_arr - p_arr) ** 2))
+    ss_tot = float(np.sum((y_arr - y_arr.mean()) ** 2))
+    return {
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
+        "top1_accuracy": float(np.mean(hits)) if hits else float("nan"),
+        "headlines": int(len(y_arr)),
+    }
