@@ -25,7 +25,7 @@ class _Toy(BaseSettings):
     group_id: str = Field("g", description="consumer | group")
     bootstrap: str = Field("b:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "LOLA_BOOTSTRAP"))
     sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
-    port: int = 9464
+    port: int = 9400
     kafka: _Kafka = _Kafka()
     required_thing: str
 
