@@ -1,0 +1,221 @@
+"""Event schemas (version 1): decode and validate with orjson, encode outputs.
+
+Pure module: no confluent_kafka, no I/O. Every input arrives on ONE topic
+(``lola.events``), keyed by ``experiment_id``, and carries a ``type``:
+
+========================  ===========================================================
+type                      fields (``?`` = optional)
+========================  ===========================================================
+``variant``               experiment_id, variant_id, text, action? (add|retire),
+                          settings? {policy, alpha, n_aux, conversion_weight, gamma,
+                          attribution_window_s}
+``decision_request``      request_id, experiment_id, user_id?, context? (object), ts?
+``impression``            event_id, experiment_id, variant_id, ts, request_id?
+``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
+                          request_id?
+``conversion``            event_id, experiment_id, variant_id, value (>= 0), ts
+========================  ===========================================================
+
+Every event may carry ``"v": 1`` (the schema version; absent means 1). ``ts`` is
+seconds since the Unix epoch (float). Ids are non-empty strings of at most
+:data:`MAX_ID_CHARS` characters. A bad message raises :class:`~lola.errors.EventError`
+with a short machine-readable ``reason`` (see :data:`REASONS`), which the worker puts
+in the dead letter's ``lola.reason`` header.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from lola.errors import EventError
+
+SCHEMA_VERSION = 1
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 10_000
+EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
+VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s")
+
+#: Dead-letter reasons, with what each means.
+REASONS = {
+    "oversized": "message larger than max_message_bytes",
+    "invalid_json": "not UTF-8 JSON",
+    "not_an_object": "JSON value is not an object",
+    "unsupported_version": "field v is not a supported schema version",
+    "unknown_type": "field type is missing or not one of EVENT_TYPES",
+    "missing_field": "a required field is absent",
+    "wrong_type": "a field has the wrong JSON type",
+    "invalid_value": "a field is out of range (negative, non-finite, empty, too long)",
+    "key_mismatch": "the Kafka key differs from experiment_id (breaks partition ownership)",
+    "unknown_experiment": "event for an experiment no variant event created",
+    "unknown_variant": "event for a variant the experiment does not have",
+    "invalid_settings": "experiment settings rejected by ExperimentParams",
+    "late_click": "click outside the attribution window",
+    "capacity": "state cannot hold another experiment or arm",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    experiment_id: str
+    variant_id: str
+    text: str
+    action: str
+    settings: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    request_id: str
+    experiment_id: str
+    user_id: str | None
+    context: dict[str, Any] | None
+    ts: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    event_id: str
+    experiment_id: str
+    variant_id: str
+    ts: float
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Click:
+    event_id: str
+    experiment_id: str
+    variant_id: str
+    ts: float
+    impression_id: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    event_id: str
+    experiment_id: str
+    variant_id: str
+    value: float
+    ts: float
+
+
+Event = Variant | DecisionRequest | Impression | Click | Conversion
+
+
+def _id(obj: dict[str, Any], name: str, required: bool = True) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise EventError("missing_field", name)
+        return None
+    if not isinstance(value, str):
+        raise EventError("wrong_type", f"{name} must be a string")
+    if not value or len(value) > MAX_ID_CHARS:
+        raise EventError("invalid_value", f"{name} must have 1..{MAX_ID_CHARS} characters")
+    return value
+
+
+def _number(obj: dict[str, Any], name: str, required: bool = True) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise EventError("missing_field", name)
+        return None
+    # bool is an int subclass in Python; JSON true is not a number.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise EventError("wrong_type", f"{name} must be a number")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise EventError("invalid_value", f"{name} must be finite and >= 0")
+    return value
+
+
+def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536) -> Event:
+    """Decode and validate one message value; raise EventError(reason) if it is bad.
+
+    When ``key`` is given it must equal the UTF-8 experiment_id: a worker owns the
+    experiments of its partitions only if producers key by experiment_id.
+    """
+    if raw is None:
+        raise EventError("invalid_json", "empty message (tombstone)")
+    if len(raw) > max_bytes:
+        raise EventError("oversized", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventError("invalid_json", str(exc)[:120]) from None
+    if not isinstance(obj, dict):
+        raise EventError("not_an_object", type(obj).__name__)
+    version = obj.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise EventError("unsupported_version", repr(version)[:40])
+    kind = obj.get("type")
+    experiment_id = _id(obj, "experiment_id") if kind in EVENT_TYPES else None
+    if kind == "impression":
+        event: Event = Impression(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"),
+                                  _number(obj, "ts"), _id(obj, "request_id", False))
+    elif kind == "click":
+        event = Click(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "ts"),
+                      _id(obj, "impression_id", False), _id(obj, "request_id", False))
+    elif kind == "decision_request":
+        context = obj.get("context")
+        if context is not None and not isinstance(context, dict):
+            raise EventError("wrong_type", "context must be an object")
+        event = DecisionRequest(_id(obj, "request_id"), experiment_id, _id(obj, "user_id", False), context,
+                                _number(obj, "ts", False))
+    elif kind == "conversion":
+        event = Conversion(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "value"),
+                           _number(obj, "ts"))
+    elif kind == "variant":
+        text = obj.get("text")
+        if text is None:
+            raise EventError("missing_field", "text")
+        if not isinstance(text, str):
+            raise EventError("wrong_type", "text must be a string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise EventError("invalid_value", f"text longer than {MAX_TEXT_CHARS} characters")
+        action = obj.get("action", "add")
+        if action not in ("add", "retire"):
+            raise EventError("invalid_value", "action must be add or retire")
+        settings = obj.get("settings")
+        if settings is not None:
+            if not isinstance(settings, dict):
+                raise EventError("wrong_type", "settings must be an object")
+            unknown = sorted(set(settings) - set(VARIANT_SETTINGS))
+            if unknown:
+                raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
+            for name, value in settings.items():
+                if name == "policy":
+                    if not isinstance(value, str):
+                        raise EventError("wrong_type", "settings.policy must be a string")
+                elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise EventError("wrong_type", f"settings.{name} must be a number")
+                elif math.isnan(value) or value < 0:
+                    raise EventError("invalid_value", f"settings.{name} must be >= 0")
+        event = Variant(experiment_id, _id(obj, "variant_id"), text, action, settings)
+    else:
+        raise EventError("unknown_type", repr(kind)[:40])
+    if key is not None and key != experiment_id.encode():
+        raise EventError("key_mismatch", "message key must be the experiment_id")
+    return event
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+def encode_decision(request_id: str, experiment_id: str, variant_id: str, propensity: float,
+                    policy: str, policy_version: int, ts: float) -> bytes:
+    """A ``decision`` record (key: experiment_id)."""
+    return orjson.dumps({"v": SCHEMA_VERSION, "type": "decision", "request_id": request_id,
+                         "experiment_id": experiment_id, "variant_id": variant_id,
+                         "propensity": propensity, "policy": policy,
+                         "policy_version": policy_version, "ts": ts})
+
+
+def encode_event(obj: dict[str, Any]) -> bytes:
+    """Encode an input event (used by the load generator and tests)."""
+    return orjson.dumps(obj)

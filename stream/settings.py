@@ -1,0 +1,175 @@
+"""The one typed settings object of the stream worker, load generator and tools.
+
+Values come from (highest priority first): keyword arguments (CLI flags), environment
+variables, an optional env-style settings file (``LOLA_SETTINGS_FILE`` or
+``--settings FILE``), then defaults.
+
+Env names: ``KAFKA_BOOTSTRAP_SERVERS``, ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
+``KAFKA_SSL_*`` for the broker connection (the names Kafka tooling users expect), and
+``LOLA_*`` for everything else. :func:`StreamSettings.env_var_names` lists them all, so
+deploy manifests can be checked against this class.
+
+Secrets (SASL password, SSL key password) are :class:`pydantic.SecretStr`: they print
+as ``**********`` and :meth:`StreamSettings.safe_dict` never reveals them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lola.errors import ConfigError
+
+POLICY_DEFAULT = "llm2ucb"
+
+
+
+class StreamSettings(BaseSettings):
+    """Every setting of ``lola worker`` / ``loadgen`` / ``snapshot`` / ``dlq``."""
+
+    model_config = SettingsConfigDict(
+        env_file=None,
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- broker connection (librdkafka) ---------------------------------------------
+    bootstrap_servers: str = Field("", validation_alias=AliasChoices("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+                                   description="host:port[,host:port]; empty = start nothing, error")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", validation_alias=AliasChoices("security_protocol", "KAFKA_SECURITY_PROTOCOL"))
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = Field(
+        None, validation_alias=AliasChoices("sasl_mechanism", "KAFKA_SASL_MECHANISM"))
+    sasl_username: str | None = Field(None, validation_alias=AliasChoices("sasl_username", "KAFKA_SASL_USERNAME"))
+    sasl_password: SecretStr | None = Field(None, validation_alias=AliasChoices("sasl_password", "KAFKA_SASL_PASSWORD"))
+    ssl_ca_location: str | None = Field(None, validation_alias=AliasChoices("ssl_ca_location", "KAFKA_SSL_CA_LOCATION"))
+    ssl_certificate_location: str | None = Field(
+        None, validation_alias=AliasChoices("ssl_certificate_location", "KAFKA_SSL_CERTIFICATE_LOCATION"))
+    ssl_key_location: str | None = Field(None, validation_alias=AliasChoices("ssl_key_location", "KAFKA_SSL_KEY_LOCATION"))
+    ssl_key_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ssl_key_password", "KAFKA_SSL_KEY_PASSWORD"))
+
+    # --- topics ------------------------------------------------------------------------
+    events_topic: str = Field("lola.events", validation_alias=AliasChoices("events_topic", "LOLA_EVENTS_TOPIC"))
+    decisions_topic: str = Field("lola.decisions", validation_alias=AliasChoices("decisions_topic", "LOLA_DECISIONS_TOPIC"))
+    snapshots_topic: str = Field("lola.snapshots", validation_alias=AliasChoices("snapshots_topic", "LOLA_SNAPSHOTS_TOPIC"))
+    state_topic: str = Field("lola.state", validation_alias=AliasChoices("state_topic", "LOLA_STATE_TOPIC"))
+    deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
+    partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
+                            description="partitions of the events topic when the worker creates it")
+    replication_factor: int = Field(1, ge=1, le=16, validation_alias=AliasChoices("replication_factor", "LOLA_REPLICATION_FACTOR"))
+    create_topics: bool = Field(True, validation_alias=AliasChoices("create_topics", "LOLA_CREATE_TOPICS"))
+
+    # --- worker ------------------------------------------------------------------------
+    group_id: str = Field("lola-worker", validation_alias=AliasChoices("group_id", "LOLA_GROUP_ID"))
+    batch_size: int = Field(5000, ge=1, le=1_000_000, validation_alias=AliasChoices("batch_size", "LOLA_BATCH_SIZE"))
+    poll_timeout_s: float = Field(0.05, gt=0, le=10, validation_alias=AliasChoices("poll_timeout_s", "LOLA_POLL_TIMEOUT_S"))
+    checkpoint_interval_s: float = Field(1.0, gt=0, le=3600,
+                                         validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
+    snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
+                                       validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
+    dedup_window: int = Field(200_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
+                              description="event_ids remembered per partition for de-duplication")
+    attribution_window_s: float = Field(86_400.0, gt=0, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
+    max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
+                                   validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
+    default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
+    default_alpha: float = Field(0.06, ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"))
+    default_n_aux: float = Field(1000.0, ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"))
+    seed: int = Field(0, ge=0, validation_alias=AliasChoices("seed", "LOLA_SEED"))
+    # --- priors --------------------------------------------------------------------------
+    model_dir: Path | None = Field(None, validation_alias=AliasChoices("model_dir", "LOLA_MODEL_DIR"),
+                                   description="ONNX prior model folder (model_card.json); none = constant prior")
+    constant_prior: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("constant_prior", "LOLA_CONSTANT_PRIOR"),
+                                         description="prior CTR given to every new variant when no model dir is set")
+    prior_timeout_s: float = Field(2.0, gt=0, le=600, validation_alias=AliasChoices("prior_timeout_s", "LOLA_PRIOR_TIMEOUT_S"))
+    prior_batch_size: int = Field(32, ge=1, le=4096, validation_alias=AliasChoices("prior_batch_size", "LOLA_PRIOR_BATCH_SIZE"))
+    model_watch_interval_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("model_watch_interval_s", "LOLA_MODEL_WATCH_INTERVAL_S"))
+    # --- operations ----------------------------------------------------------------------
+    metrics_host: str = Field("0.0.0.0", validation_alias=AliasChoices("metrics_host", "LOLA_METRICS_HOST"))
+    metrics_port: int = Field(9400, ge=0, le=65535, validation_alias=AliasChoices("metrics_port", "LOLA_METRICS_PORT"),
+                              description="0 = pick a free port (printed in the startup log)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", validation_alias=AliasChoices("log_level", "LOLA_LOG_LEVEL"))
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap_shape(cls, value: str) -> str:
+        value = value.strip()
+        for part in filter(None, value.split(",")):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"bootstrap server {part!r} is not HOST:PORT")
+        return value
+
+    @field_validator("events_topic", "decisions_topic", "snapshots_topic", "state_topic", "deadletter_topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
+            raise ValueError(f"topic name {value!r} must be 1-249 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    # --------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings_file: str | Path | None = None, **overrides: Any) -> "StreamSettings":
+        """Read env (+ optional file), apply non-None ``overrides``; ConfigError on a bad value."""
+        settings_file = settings_file or os.environ.get("LOLA_SETTINGS_FILE") or None
+        if settings_file is not None and not Path(settings_file).is_file():
+            raise ConfigError(f"settings file not found: {settings_file}")
+        kwargs = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(_env_file=settings_file, **kwargs)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+            raise ConfigError(f"invalid setting {where}: {first.get('msg')}") from None
+
+    @classmethod
+    def env_var_names(cls) -> dict[str, str]:
+        """Map each field to its environment variable name."""
+        out = {}
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            choices = getattr(alias, "choices", ())
+            env = [c for c in choices if isinstance(c, str) and c.isupper()]
+            out[name] = env[0]
+        return out
+
+    def require_bootstrap(self) -> str:
+        if not self.bootstrap_servers:
+            raise ConfigError("no broker: pass --bootstrap HOST:PORT or set KAFKA_BOOTSTRAP_SERVERS")
+        return self.bootstrap_servers
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka connection settings (bootstrap + security); secrets revealed only here."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.require_bootstrap(),
+                                "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        for key, value in (("ssl.ca.location", self.ssl_ca_location),
+                           ("ssl.certificate.location", self.ssl_certificate_location),
+                           ("ssl.key.location", self.ssl_key_location)):
+            if value:
+                conf[key] = value
+        if self.ssl_key_password is not None:
+            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        return conf
+
+    def safe_dict(self) -> dict[str, Any]:
+        """Settings for logs: secrets masked (SecretStr prints as '**********')."""
+        out = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            out[name] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
+        return out
