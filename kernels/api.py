@@ -1,0 +1,160 @@
+"""Validating public wrappers around the @njit kernels (stumpy's ``_stump``/``stump`` split).
+
+The wrappers check dtype, shape and range once per batch and raise
+:class:`lola.errors.KernelInputError` with one clear message; the kernels then run
+without checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lola.errors import KernelInputError
+from lola.kernels import core
+from lola.kernels.state import BanditState
+
+
+def _array(name: str, value: Any, dtype: type, n: int | None = None) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise KernelInputError(f"{name} must be a numpy array of {np.dtype(dtype).name}, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise KernelInputError(f"{name} must have dtype {np.dtype(dtype).name}, got {value.dtype}")
+    if value.ndim != 1:
+        raise KernelInputError(f"{name} must be one-dimensional, got shape {value.shape}")
+    if n is not None and value.shape[0] != n:
+        raise KernelInputError(f"{name} must have length {n} (same as rows), got {value.shape[0]}")
+    return np.ascontiguousarray(value)
+
+
+def _check_rows(state: BanditState, rows: Any) -> np.ndarray:
+    if not isinstance(state, BanditState):
+        raise KernelInputError(f"state must be a BanditState, got {type(state).__name__}")
+    rows = _array("rows", rows, np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= state.n_experiments):
+        bad = rows[(rows < 0) | (rows >= state.n_experiments)][0]
+        raise KernelInputError(f"rows must be experiment rows in [0, {state.n_experiments}), got {int(bad)}")
+    return rows
+
+
+def _randomness(randomness: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(keys uint64[n], uniforms float64[n, 2], have_uniforms)."""
+    if isinstance(randomness, (int, np.integer)) and not isinstance(randomness, bool):
+        if not (0 <= int(randomness) < 2**64):
+            raise KernelInputError(f"seed must be an integer in [0, 2**64), got {randomness}")
+        return core.decision_keys(np.uint64(int(randomness)), n), np.empty((0, 2)), False
+    if isinstance(randomness, np.ndarray):
+        if randomness.dtype == np.uint64 and randomness.shape == (n,):
+            return np.ascontiguousarray(randomness), np.empty((0, 2)), False
+        if randomness.dtype == np.float64 and randomness.shape == (n, 2):
+            u = np.ascontiguousarray(randomness)
+            if not (np.all(u > 0.0) and np.all(u < 1.0)):
+                raise KernelInputError("pre-drawn uniforms must lie in the open interval (0, 1)")
+            # Thompson draws need more than two numbers: their key stream is derived from the
+            # bits of the two uniforms, so the batch stays a pure function of the input.
+            bits = u.view(np.uint64)
+            keys = core.decision_keys(np.uint64(0), n) ^ bits[:, 0] ^ (bits[:, 1] << np.uint64(1))
+            return keys, u, True
+    raise KernelInputError(
+        f"randomness must be an int seed, uint64[{n}] per-decision keys or float64[{n}, 2] uniforms in (0, 1); "
+        f"got {type(randomness).__name__}{getattr(randomness, 'shape', '')}")
+
+
+def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Choose one arm per decision: ``slots, propensity = select(state, rows, seed)``.
+
+    Parameters
+    ----------
+    state : BanditState
+    rows : int64[n]
+        Experiment row of each decision (repeats allowed).
+    randomness : int, uint64[n] or float64[n, 2]
+        A seed; per-decision keys; or pre-drawn uniforms (column 0: floor exploration,
+        column 1: tie-break). Deterministic given the same input.
+
+    Returns
+    -------
+    slots : int64[n]
+        Chosen arm slot per decision.
+    propensity : float64[n]
+        Probability the chosen arm had of being chosen by this decision: ``1/#tied``
+        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI), a Monte
+        Carlo estimate for TS/LLM-TS (``propensity_draws`` extra posterior draws), with
+        the min-traffic floor and burn-in folded in.
+
+    Notes
+    -----
+    Batch semantics: every decision of a batch sees the state as of the call start
+    (``select`` never writes to the state), so repeated rows of a deterministic
+    policy in one batch go to the same arm unless there is a tie. Keep batches short
+    (or interleave ``update``) when that matters.
+    """
+    rows = _check_rows(state, rows)
+    n = rows.shape[0]
+    keys, u, have_u = _randomness(randomness, n)
+    slots = np.empty(n, dtype=np.int64)
+    prop = np.empty(n, dtype=np.float64)
+    if n:
+        core.select_kernel(rows, keys, u, have_u, *state.kernel_args(), slots, prop)
+        if slots.min() < 0:
+            bad = rows[slots < 0][0]
+            raise KernelInputError(f"experiment row {int(bad)} has no active arm to select")
+    return slots, prop
+
+
+def update(state: BanditState, rows: np.ndarray, slots: np.ndarray, impressions: np.ndarray, clicks: np.ndarray,
+           conversion_value: np.ndarray) -> None:
+    """Apply feedback rows in array order: impressions, clicks and conversion value per slot.
+
+    Parameters
+    ----------
+    rows, slots : int64[n]
+    impressions, clicks, conversion_value : float64[n]
+        Non-negative and finite. An impression event is ``(1, 0, 0)``, a later click
+        ``(0, 1, 0)``, a conversion worth 12.5 ``(0, 0, 12.5)``; aggregated rows work too.
+
+    Notes
+    -----
+    Updates apply in array order. ``t`` and the experiment's clock advance by the
+    impressions. With gamma < 1 the experiment's statistics (and LinUCB's A, b) are
+    discounted by ``gamma ** impressions`` before each row is added. E&C commits and
+    BAI eliminates inside ``update``, so ``select`` stays read-only. The reward the
+    policies learn from is ``clicks + conversion_weight * conversion_value``.
+    """
+    rows = _check_rows(state, rows)
+    n = rows.shape[0]
+    slots = _array("slots", slots, np.int64, n)
+    cols = [_array(name, v, np.float64, n) for name, v in
+            (("impressions", impressions), ("clicks", clicks), ("conversion_value", conversion_value))]
+    if n:
+        if np.any(slots < 0) or np.any(slots >= state.n_arms[rows]):
+            i = int(np.flatnonzero((slots < 0) | (slots >= state.n_arms[rows]))[0])
+            raise KernelInputError(f"slot {int(slots[i])} does not exist in experiment row {int(rows[i])}")
+        for name, v in zip(("impressions", "clicks", "conversion_value"), cols):
+            if not np.all(np.isfinite(v)) or np.any(v < 0.0):
+                raise KernelInputError(f"{name} must be finite and >= 0")
+        core.update_kernel(rows, slots, *cols, *state.update_args())
+
+
+def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndarray, seed: int,
+             propensities: bool = False) -> tuple[float, float]:
+    """Fused select+update for replays and benchmarks (not for the worker).
+
+    Each experiment in ``rows`` runs ``steps`` decisions in turn (experiment-major, as
+    the paper's replay runs each test over its horizon); clicks are Bernoulli with
+    ``true_ctr[row, slot]``. Calls the same ``decide``/``apply_update`` as
+    :func:`select`/:func:`update`. ``propensities=False`` skips TS's Monte Carlo
+    propensity draws. Returns ``(total clicks, sum of propensities)``.
+    """
+    rows = _check_rows(state, rows)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise KernelInputError(f"steps must be an integer >= 0, got {steps!r}")
+    if not isinstance(true_ctr, np.ndarray) or true_ctr.dtype != np.float64 or true_ctr.ndim != 2 \
+            or true_ctr.shape[0] < state.n_experiments or true_ctr.shape[1] < int(state.n_arms.max(initial=0)):
+        raise KernelInputError("true_ctr must be float64[n_experiments, arms] covering every experiment and arm")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= int(seed) < 2**64):
+        raise KernelInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    total, psum = core.simulate_kernel(rows, int(steps), np.ascontiguousarray(true_ctr), np.uint64(int(seed)),
+                                       bool(propensities), *state.update_args())
+    return float(total), float(psum)

@@ -1,0 +1,607 @@
+"""The @njit policy kernels: pure functions over preallocated struct-of-arrays state.
+
+Everything here is compiled by Numba with the flags of :mod:`lola.kernels.numba_config`.
+No I/O, no logging and no allocation inside the per-decision loops; scratch buffers
+are allocated once per batch call. The public, validating wrappers live in
+:mod:`lola.kernels.api`; the fused benchmark/replay loop (:func:`simulate_kernel`)
+calls exactly the same :func:`decide` and :func:`apply_update` as ``select`` and
+``update`` do.
+
+Randomness
+----------
+Each decision ``i`` gets a 64-bit key. Its uniforms are a counter-based SplitMix64
+stream, ``u_j = (mix(key + (j + 1) * G) >> 11 + 0.5) * 2**-53`` (never 0 or 1), so a
+batch is deterministic, independent of evaluation order, and the NumPy twins in the
+tests can replay it exactly. ``u_0`` decides floor exploration, ``u_1`` breaks ties,
+``u_2...`` feed Thompson draws (Marsaglia-Tsang gamma variates, Box-Muller normals).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from lola.kernels.adaptive import adaptive_n_aux
+from lola.kernels.numba_config import NJIT
+
+# Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
+# experiment keeps everything a decision reads about its experiment in two cache lines.
+F_ALPHA = 0
+F_N_AUX = 1
+F_GAMMA = 2
+F_LAMBDA = 3
+F_HORIZON = 4
+F_EXPLORE_N = 5
+F_MIN_TRAFFIC = 6
+F_BURN_IN = 7
+F_TS_A0 = 8
+F_TS_B0 = 9
+F_EB_STRENGTH = 10
+F_LIN_ALPHA = 11
+F_RIDGE = 12
+F_BAI_EPS = 13
+F_BAI_GAMMA = 14
+F_BAI_DELTA = 15
+F_PROP_DRAWS = 16
+F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
+F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
+N_EXP_F = 19
+
+# Policy codes (same order as params.POLICIES).
+P_LLM2UCB, P_UCB, P_PURE_LLM, P_EC, P_TS, P_LLM_TS, P_LINUCB, P_LLM_LINUCB, P_BAI, P_LLM_BAI, P_LLM2UCB_EB = range(11)
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_INV53 = 1.0 / 9007199254740992.0
+_TWO_PI = 2.0 * math.pi
+
+
+@numba.njit(**NJIT)
+def mix64(z):
+    """SplitMix64 finaliser (uint64 -> uint64)."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@numba.njit(**NJIT)
+def uniform(key, j):
+    """The ``j``-th uniform in (0, 1) of the stream ``key``."""
+    z = mix64(key + np.uint64(j + 1) * _GOLDEN)
+    return (float(z >> _S11) + 0.5) * _INV53
+
+
+@numba.njit(**NJIT)
+def decision_keys(seed, n):
+    """Per-decision keys ``mix64(seed + (i + 1) * G)`` for a batch of ``n`` decisions."""
+    keys = np.empty(n, dtype=np.uint64)
+    s = np.uint64(seed)
+    for i in range(n):
+        keys[i] = mix64(s + np.uint64(i + 1) * _GOLDEN)
+    return keys
+
+
+@numba.njit(**NJIT)
+def gamma_draw(shape, key, j):
+    """Gamma(shape, 1) by Marsaglia-Tsang; returns (draw, next counter)."""
+    boost = 1.0
+    if shape < 1.0:
+        boost = uniform(key, j) ** (1.0 / shape)
+        j += 1
+        shape += 1.0
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        u1 = uniform(key, j)
+        u2 = uniform(key, j + 1)
+        j += 2
+        x = math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
+        v = 1.0 + c * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        u = uniform(key, j)
+        j += 1
+        x2 = x * x
+        if u < 1.0 - 0.0331 * x2 * x2:
+            return d * v * boost, j
+        if math.log(u) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
+            return d * v * boost, j
+
+
+@numba.njit(**NJIT)
+def beta_draw(a, b, key, j):
+    """Beta(a, b) as Ga / (Ga + Gb); returns (draw, next counter)."""
+    ga, j = gamma_draw(a, key, j)
+    gb, j = gamma_draw(b, key, j)
+    return ga / (ga + gb), j
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@numba.njit(**NJIT)
+def ucb2_scores(n_arms, alpha_sqrt_log_t, n_aux, imp, clk, conv, lam, mu, has_prior, active, out):
+    """LLM-2UCBs index of Algorithm 1 for one experiment, into ``out[:n_arms]``.
+
+    ``n = 1 + impressions``, ``c = clicks + lam * conversions`` (n starts at 1, c at 0).
+    U1 = c/n + a/sqrt(n), U2 = (c + mu n_aux)/(n + n_aux) + a/sqrt(n + n_aux) with
+    ``a = alpha sqrt(log t)``; the index is min(U1, U2). Arms without a prior have
+    U2 = +inf (plain UCB). ``n_aux = inf`` is the pure-LLM limit: the index is ``mu``.
+    ``n_aux = 0`` gives U2 == U1 bit for bit. Inactive arms get -inf.
+    """
+    inf_aux = math.isinf(n_aux)
+    for k in range(n_arms):
+        n = 1.0 + imp[k]
+        c = clk[k] + lam * conv[k]
+        u1 = c / n + alpha_sqrt_log_t / math.sqrt(n)
+        if inf_aux:
+            u2 = mu[k]
+            s = u2 if has_prior[k] else u1
+        else:
+            n2 = n + n_aux
+            u2 = (c + mu[k] * n_aux) / n2 + alpha_sqrt_log_t / math.sqrt(n2)
+            s = min(u1, u2) if has_prior[k] else u1
+        out[k] = s if active[k] else -np.inf
+
+
+@numba.njit(**NJIT)
+def linucb_scores(n_arms, lin_alpha, feats, z, bvec, active, out):
+    """LinUCB index (Algorithm 4, line 8): theta.x_k + alpha sqrt(x_k' A^-1 x_k).
+
+    ``z[k] = A^-1 x_k`` is kept current by the Sherman-Morrison update, so the score is
+    ``z_k . b + alpha sqrt(x_k . z_k)``: O(K d) per decision, no matrix product.
+    """
+    d = bvec.shape[0]
+    for k in range(n_arms):
+        mean = 0.0
+        var = 0.0
+        for j in range(d):
+            mean += z[k, j] * bvec[j]
+            var += feats[k, j] * z[k, j]
+        s = mean + lin_alpha * math.sqrt(max(var, 0.0))
+        out[k] = s if active[k] else -np.inf
+
+
+@numba.njit(**NJIT)
+def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta):
+    """(mean, radius) of Algorithm 2 for one arm: T = n_aux + n prior-and-real pulls.
+
+    Radius C(T) = sqrt(log(4 K T^2 / delta) / (2 T)) (anytime Hoeffding with a union
+    bound over arms and rounds); infinite for T = 0, zero for n_aux = inf.
+    """
+    if has_prior and math.isinf(n_aux):
+        return mu, 0.0
+    prior = n_aux if has_prior else 0.0
+    tk = prior + n
+    if tk <= 0.0:
+        return 0.0, np.inf
+    mean = (mu * prior + c) / tk
+    rad = math.sqrt(math.log(4.0 * n_arms * tk * tk / delta) / (2.0 * tk))
+    return mean, rad
+
+
+@numba.njit(**NJIT)
+def tied_argmax(n_arms, scores, u):
+    """Uniformly random argmax among exact ties, using uniform ``u``.
+
+    Returns (slot, number tied, best score); slot -1 when every score is -inf.
+    """
+    best = -np.inf
+    nt = 0
+    for k in range(n_arms):
+        s = scores[k]
+        if s > best:
+            best = s
+            nt = 1
+        elif s == best:
+            nt += 1
+    if best == -np.inf:
+        return -1, 0, best
+    pick = min(int(u * nt), nt - 1)
+    for k in range(n_arms):
+        if scores[k] == best:
+            if pick == 0:
+                return k, nt, best
+            pick -= 1
+    return -1, 0, best
+
+
+@numba.njit(**NJIT)
+def nth_active(n_arms, active, idx):
+    """Slot of the ``idx``-th active arm."""
+    for k in range(n_arms):
+        if active[k]:
+            if idx == 0:
+                return k
+            idx -= 1
+    return -1
+
+
+@numba.njit(**NJIT)
+def ts_thetas(n_arms, prior_n, a0, b0, imp, clk, conv, lam, mu, has_prior, active, key, j, out):
+    """One posterior draw per arm (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
+
+    ``prior_n = 0`` is plain Beta-Bernoulli TS. With ``n_aux = inf`` an arm with a prior
+    draws exactly ``mu`` (the greedy limit). ``n - c`` is floored at 0 (conversion
+    rewards can exceed one per impression). Returns the next counter.
+    """
+    inf_aux = math.isinf(prior_n)
+    for k in range(n_arms):
+        if not active[k]:
+            out[k] = -np.inf
+            continue
+        c = clk[k] + lam * conv[k]
+        fail = max(imp[k] - c, 0.0)
+        if has_prior[k] and inf_aux:
+            out[k] = mu[k]
+            continue
+        pa = a0 + c
+        pb = b0 + fail
+        if has_prior[k]:
+            pa += prior_n * mu[k]
+            pb += prior_n * (1.0 - mu[k])
+        th, j = beta_draw(pa, pb, key, j)
+        out[k] = th
+    return j
+
+
+@numba.njit(**NJIT)
+def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prior, active, cand,
+                  feats, z, bvec, bai_done, usable, out):
+    """Scores of experiment ``e`` under its policy into ``out``; argmax (ties uniform) is the
+    policy's choice. Returns (next counter, stochastic flag): TS scores are posterior draws.
+    """
+    K = n_arms
+    row_f = exp_f[e]
+    lam = row_f[F_LAMBDA]
+    if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM or policy == P_LLM2UCB_EB:
+        n_aux = row_f[F_N_AUX]
+        if policy == P_LLM2UCB_EB:
+            for k in range(K):
+                usable[k] = active[e, k] and has_prior[e, k]
+            n_aux = adaptive_n_aux(n_aux, row_f[F_EB_STRENGTH], imp[e, :K], clk[e, :K], mu[e, :K], usable[:K])
+        a = row_f[F_ALPHA] * math.sqrt(math.log(row_f[F_T]))
+        ucb2_scores(K, a, n_aux, imp[e], clk[e], conv[e], lam, mu[e], has_prior[e], active[e], out)
+        return j, False
+    if policy == P_TS or policy == P_LLM_TS:
+        j = ts_thetas(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], imp[e], clk[e], conv[e], lam,
+                      mu[e], has_prior[e], active[e], key, j, out)
+        return j, True
+    if policy == P_LINUCB or policy == P_LLM_LINUCB:
+        linucb_scores(K, row_f[F_LIN_ALPHA], feats[e], z[e], bvec[e], active[e], out)
+        return j, False
+    if policy == P_EC:
+        explore = row_f[F_STEPS] < row_f[F_EXPLORE_N]
+        any_cand = False
+        for k in range(K):
+            any_cand = any_cand or (cand[e, k] and active[e, k])
+        for k in range(K):
+            if not active[e, k]:
+                out[k] = -np.inf
+            elif explore:
+                out[k] = -imp[e, k]  # round-robin: fewest impressions first
+            elif any_cand:
+                out[k] = 0.0 if cand[e, k] else -np.inf
+            else:  # committed arms all retired: best empirical mean among the rest
+                out[k] = (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0)
+        return j, False
+    # BAI / LLM-BAI (Algorithm 2)
+    for k in range(K):
+        if not (active[e, k] and cand[e, k]):
+            out[k] = -np.inf
+        elif bai_done[e]:
+            mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
+                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+            out[k] = mean
+        else:
+            out[k] = -imp[e, k]  # pull every candidate once per round
+    return j, False
+
+
+@numba.njit(**NJIT)
+def decide(e, key, u0, u1, want_propensity, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior,
+           active, cand, feats, z, bvec, bai_done, usable, scores, wins):
+    """One decision for experiment ``e``: (slot, propensity). Pure: reads state only.
+
+    Burn-in: uniform over active arms while ``steps < burn_in``. Floor: with
+    probability ``m = K_active * f`` (``f = min(min_traffic, 1/K_active)``) play a
+    uniform active arm, otherwise the policy's choice; the propensity is
+    ``f + (1 - m) * p_policy(slot)``. ``p_policy`` is ``1/#tied`` for deterministic
+    indices and, for TS, the Monte Carlo estimate ``(wins + [slot won the decision's
+    own draw]) / (M + 1)`` from ``M = propensity_draws`` extra posterior draws of the
+    same key stream. With ``want_propensity`` False TS skips the extra draws and
+    returns NaN.
+    """
+    K = n_arms_arr[e]
+    policy = policy_arr[e]
+    row_f = exp_f[e]
+    k_act = 0
+    for k in range(K):
+        if active[e, k]:
+            k_act += 1
+    if k_act == 0:
+        return -1, 0.0
+    if row_f[F_STEPS] < row_f[F_BURN_IN]:
+        return nth_active(K, active[e], min(int(u1 * k_act), k_act - 1)), 1.0 / k_act
+    floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
+    mass = floor * k_act
+    j, stochastic = policy_scores(e, key, 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
+                                  feats, z, bvec, bai_done, usable, scores)
+    pol_slot, nt, best = tied_argmax(K, scores, u1)
+    slot = pol_slot
+    if u0 < mass:
+        slot = nth_active(K, active[e], min(int(u0 / mass * k_act), k_act - 1))
+    if not stochastic:
+        p_pol = 1.0 / nt if scores[slot] == best else 0.0
+    elif want_propensity:
+        draws = int(row_f[F_PROP_DRAWS])
+        for k in range(K):
+            wins[k] = 0.0
+        wins[pol_slot] += 1.0
+        for m in range(draws):
+            j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
+                                 feats, z, bvec, bai_done, usable, scores)
+            w, _, _ = tied_argmax(K, scores, 0.0)
+            wins[w] += 1.0
+        p_pol = wins[slot] / (draws + 1.0)
+    else:
+        return slot, np.nan
+    return slot, floor + (1.0 - mass) * p_pol
+
+
+@numba.njit(**NJIT)
+def bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done):
+    """Algorithm 2 lines 7-8 plus the (epsilon, gamma) stopping rule of (ST)^2 (G.1).
+
+    Eliminate candidate k when UCB_k < max_j LCB_j - epsilon. Done when one candidate
+    is left, or every candidate has LCB_k >= max_j UCB_j - epsilon - gamma (all of
+    them certified within epsilon + gamma of the best).
+    """
+    K = n_arms_arr[e]
+    row_f = exp_f[e]
+    lam = row_f[F_LAMBDA]
+    eps = row_f[F_BAI_EPS]
+    max_lcb = -np.inf
+    max_ucb = -np.inf
+    n_c = 0
+    for k in range(K):
+        if cand[e, k] and active[e, k]:
+            mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
+                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+            max_lcb = max(max_lcb, mean - rad)
+            max_ucb = max(max_ucb, mean + rad)
+    for k in range(K):
+        if cand[e, k] and active[e, k]:
+            mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
+                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+            if mean + rad < max_lcb - eps:
+                cand[e, k] = False
+            else:
+                n_c += 1
+    done = n_c <= 1
+    if not done:
+        done = True
+        for k in range(K):
+            if cand[e, k] and active[e, k]:
+                mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
+                                         has_prior[e, k], K, row_f[F_BAI_DELTA])
+                if mean - rad < max_ucb - eps - row_f[F_BAI_GAMMA]:
+                    done = False
+    bai_done[e] = done
+
+
+@numba.njit(**NJIT)
+def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
+    """E&C: at the end of exploration mark the best empirical arm(s) (exact ties kept;
+    ``select`` then breaks them uniformly)."""
+    K = n_arms_arr[e]
+    lam = exp_f[e, F_LAMBDA]
+    best = -np.inf
+    for k in range(K):
+        if active[e, k]:
+            best = max(best, (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0))
+    for k in range(K):
+        cand[e, k] = active[e, k] and (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0) == best
+
+
+@numba.njit(**NJIT)
+def apply_update(e, a, w, c, v, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand,
+                 feats, z, ainv, bvec, bai_done, ec_committed, ubuf):
+    """Apply one feedback row: ``w`` impressions, ``c`` clicks, ``v`` conversion value on slot ``a``.
+
+    With gamma < 1 every arm of the experiment (and LinUCB's A, b) is first discounted by
+    gamma**w, i.e. once per impression, then the new counts are added. LinUCB adds
+    ``w x x'`` to A by Sherman-Morrison on A^-1 (and the cached z_k = A^-1 x_k), and
+    ``(c + lambda v) x`` to b.
+    """
+    K = n_arms_arr[e]
+    policy = policy_arr[e]
+    row_f = exp_f[e]
+    gamma = row_f[F_GAMMA]
+    linear = policy == P_LINUCB or policy == P_LLM_LINUCB
+    if w > 0.0 and gamma < 1.0:
+        f = gamma ** w
+        for k in range(K):
+            imp[e, k] *= f
+            clk[e, k] *= f
+            conv[e, k] *= f
+        row_f[F_T] = 1.0 + (row_f[F_T] - 1.0) * f
+        if linear:
+            d = bvec.shape[1]
+            inv_f = 1.0 / f
+            for p in range(d):
+                bvec[e, p] *= f
+                for q in range(d):
+                    ainv[e, p, q] *= inv_f
+            for k in range(K):
+                for p in range(d):
+                    z[e, k, p] *= inv_f
+    imp[e, a] += w
+    clk[e, a] += c
+    conv[e, a] += v
+    row_f[F_T] += w
+    row_f[F_STEPS] += w
+    if linear:
+        d = bvec.shape[1]
+        r = c + row_f[F_LAMBDA] * v
+        for p in range(d):
+            bvec[e, p] += r * feats[e, a, p]
+        if w > 0.0:
+            # u = A^-1 x_a; A^-1 <- A^-1 - w u u' / (1 + w x_a' u); z_k -= coef (u . x_k) u.
+            s = 0.0
+            for p in range(d):
+                ubuf[p] = z[e, a, p]
+                s += feats[e, a, p] * ubuf[p]
+            coef = w / (1.0 + w * s)
+            for p in range(d):
+                cp = coef * ubuf[p]
+                for q in range(d):
+                    ainv[e, p, q] -= cp * ubuf[q]
+            for k in range(K):
+                ux = 0.0
+                for p in range(d):
+                    ux += ubuf[p] * feats[e, k, p]
+                g = coef * ux
+                for p in range(d):
+                    z[e, k, p] -= g * ubuf[p]
+    elif policy == P_EC:
+        if not ec_committed[e] and row_f[F_STEPS] >= row_f[F_EXPLORE_N]:
+            ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand)
+            ec_committed[e] = True
+    elif policy == P_BAI or policy == P_LLM_BAI:
+        if not bai_done[e]:
+            bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
+
+
+# --------------------------------------------------------------------------- batch kernels
+
+
+@numba.njit(**NJIT)
+def select_kernel(rows, keys, uniforms, have_uniforms, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu,
+                  has_prior, active, cand, feats, z, bvec, bai_done, out_slots, out_prop):
+    """Batched select: every decision reads the state as of the call start."""
+    kcap = imp.shape[1]
+    usable = np.empty(kcap, dtype=np.bool_)
+    scores = np.empty(kcap, dtype=np.float64)
+    wins = np.empty(kcap, dtype=np.float64)
+    for i in range(rows.shape[0]):
+        key = keys[i]
+        if have_uniforms:
+            u0 = uniforms[i, 0]
+            u1 = uniforms[i, 1]
+        else:
+            u0 = uniform(key, 0)
+            u1 = uniform(key, 1)
+        slot, prop = decide(rows[i], key, u0, u1, True, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu,
+                            has_prior, active, cand, feats, z, bvec, bai_done, usable, scores, wins)
+        out_slots[i] = slot
+        out_prop[i] = prop
+
+
+@numba.njit(**NJIT)
+def update_kernel(rows, slots, impressions, clicks, conv_value, policy_arr, exp_f, n_arms_arr, imp, clk, conv,
+                  mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed):
+    """Batched update, applied in array order."""
+    ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
+    for i in range(rows.shape[0]):
+        apply_update(rows[i], slots[i], impressions[i], clicks[i], conv_value[i], policy_arr, exp_f, n_arms_arr,
+                     imp, clk, conv, mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed,
+                     ubuf)
+
+
+@numba.njit(**NJIT)
+def simulate_kernel(rows, steps, true_ctr, seed, want_propensity, policy_arr, exp_f, n_arms_arr, imp, clk,
+                    conv, mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed):
+    """Fused select+update: each experiment in ``rows`` runs ``steps`` decisions in turn
+    (experiment-major, as in the paper replay), clicks ~ Bernoulli(true_ctr[e, slot]).
+
+    Same :func:`decide` and :func:`apply_update` as the public ``select``/``update``.
+    Returns (total clicks, sum of propensities) so no work can be optimised away.
+    """
+    kcap = imp.shape[1]
+    usable = np.empty(kcap, dtype=np.bool_)
+    scores = np.empty(kcap, dtype=np.float64)
+    wins = np.empty(kcap, dtype=np.float64)
+    ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
+    base = np.uint64(seed)
+    total = 0.0
+    psum = 0.0
+    i = 0
+    for r in range(rows.shape[0]):
+        e = rows[r]
+        for s in range(steps):
+            key = mix64(base + np.uint64(i + 1) * _GOLDEN)
+            i += 1
+            slot, prop = decide(e, key, uniform(key, 0), uniform(key, 1), want_propensity, policy_arr, exp_f,
+                                n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, feats, z, bvec, bai_done,
+                                usable, scores, wins)
+            if slot < 0:
+                continue
+            click = 1.0 if uniform(key, 1_000_003) < true_ctr[e, slot] else 0.0
+            apply_update(e, slot, 1.0, click, 0.0, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior,
+                         active, cand, feats, z, ainv, bvec, bai_done, ec_committed, ubuf)
+            total += click
+            psum += prop
+    return total, psum
+
+
+@numba.njit(**NJIT)
+def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand,
+                         feats, z, bvec, bai_done, out):
+    """Serving share of every arm of ``e`` now (floor and burn-in included); TS by
+    ``propensity_draws`` Monte Carlo draws from ``key``. Used for policy snapshots."""
+    K = n_arms_arr[e]
+    kcap = imp.shape[1]
+    usable = np.empty(kcap, dtype=np.bool_)
+    scores = np.empty(kcap, dtype=np.float64)
+    row_f = exp_f[e]
+    for k in range(K):
+        out[k] = 0.0
+    k_act = 0
+    for k in range(K):
+        if active[e, k]:
+            k_act += 1
+    if k_act == 0:
+        return
+    if row_f[F_STEPS] < row_f[F_BURN_IN]:
+        for k in range(K):
+            out[k] = 1.0 / k_act if active[e, k] else 0.0
+        return
+    floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
+    mass = floor * k_act
+    j, stochastic = policy_scores(e, key, 2, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active,
+                                  cand, feats, z, bvec, bai_done, usable, scores)
+    if stochastic:
+        draws = int(row_f[F_PROP_DRAWS])
+        w, _, _ = tied_argmax(K, scores, 0.0)
+        out[w] += 1.0
+        for m in range(draws):
+            j, _ = policy_scores(e, key, j, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
+                                 feats, z, bvec, bai_done, usable, scores)
+            w, _, _ = tied_argmax(K, scores, 0.0)
+            out[w] += 1.0
+        for k in range(K):
+            out[k] /= draws + 1.0
+    else:
+        _, nt, best = tied_argmax(K, scores, 0.0)
+        for k in range(K):
+            out[k] = 1.0 / nt if scores[k] == best else 0.0
+    for k in range(K):
+        out[k] = (floor + (1.0 - mass) * out[k]) if active[e, k] else 0.0
+
+
+@numba.njit(**NJIT)
+def scores_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, feats, z,
+                  bvec, bai_done, out):
+    """The policy's current index per arm (TS: one posterior draw from ``key``)."""
+    usable = np.empty(imp.shape[1], dtype=np.bool_)
+    policy_scores(e, key, 2, policy_arr[e], exp_f, n_arms_arr[e], imp, clk, conv, mu, has_prior, active, cand,
+                  feats, z, bvec, bai_done, usable, out)

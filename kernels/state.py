@@ -1,0 +1,409 @@
+"""Struct-of-arrays bandit state for many experiments x arms, with growing capacity.
+
+Layout (``E`` = experiment capacity, ``K`` = arm capacity, ``d`` = feature dim):
+
+* per arm, ``[E, K]``: ``impressions``, ``clicks``, ``conversions`` (float64, discounted
+  when gamma < 1; these are the *observed* counts, Algorithm 1's ``n = 1 + impressions``
+  is applied inside the kernel), ``mu_aux`` (prior CTR), ``has_prior``, ``active`` and
+  ``candidate`` (bool: BAI candidate set / E&C committed set);
+* per experiment: ``exp_f[E, 19]`` (float64 parameters plus the clocks ``t`` and
+  ``steps``; one row = everything a decision reads about its experiment, two cache
+  lines), ``policy``, ``n_arms`` (int64), ``bai_done``, ``ec_committed`` (bool);
+* LinUCB, only when ``d > 0``: ``features[E, K, d]`` (arm text embeddings),
+  ``ainv[E, d, d]`` (A^-1, kept by Sherman-Morrison), ``bvec[E, d]`` and the cache
+  ``z[E, K, d] = A^-1 x_k``.
+
+Named views ``alpha``, ``n_aux``, ``gamma``, ``t`` ... return the matching column of
+``exp_f`` for the used rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from lola.errors import CapacityError, ConfigError, KernelInputError
+from lola.kernels import core
+from lola.kernels.params import POLICIES, ExperimentParams
+
+FORMAT_VERSION = 1
+_MAGIC = "lola.kernels.BanditState"
+
+_ARM_F64 = ("impressions", "clicks", "conversions", "mu_aux")
+_ARM_BOOL = ("has_prior", "active", "candidate")
+_MAX_EXPERIMENTS = 1 << 31
+_MAX_ARMS = 1 << 16
+
+
+def _check_prior(prior_ctr: Any) -> float:
+    if isinstance(prior_ctr, bool):
+        raise KernelInputError(f"prior_ctr must be a number in [0, 1], got {prior_ctr!r}")
+    try:
+        value = float(prior_ctr)
+    except (TypeError, ValueError):
+        raise KernelInputError(f"prior_ctr must be a number in [0, 1], got {prior_ctr!r}") from None
+    if not (0.0 <= value <= 1.0):
+        raise KernelInputError(f"prior_ctr must be a finite number in [0, 1], got {prior_ctr!r}")
+    return value
+
+
+class BanditState:
+    """All experiments' statistics and parameters, as struct-of-arrays for the kernels.
+
+    Parameters
+    ----------
+    capacity_experiments, capacity_arms : int
+        Initial capacity; both double on demand (``add_experiment``/``add_arm``).
+    feature_dim : int
+        Arm feature (text embedding) dimension for LinUCB policies; 0 if unused.
+    """
+
+    def __init__(self, capacity_experiments: int = 1024, capacity_arms: int = 4, feature_dim: int = 0) -> None:
+        for name, v, lo in (("capacity_experiments", capacity_experiments, 1), ("capacity_arms", capacity_arms, 1),
+                            ("feature_dim", feature_dim, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
+        self.feature_dim = int(feature_dim)
+        self._n = 0
+        self._params: list[ExperimentParams] = []
+        E, K, d = int(capacity_experiments), int(capacity_arms), self.feature_dim
+        self.impressions = np.zeros((E, K))
+        self.clicks = np.zeros((E, K))
+        self.conversions = np.zeros((E, K))
+        self.mu_aux = np.zeros((E, K))
+        self.has_prior = np.zeros((E, K), dtype=np.bool_)
+        self.active = np.zeros((E, K), dtype=np.bool_)
+        self.candidate = np.zeros((E, K), dtype=np.bool_)
+        self.exp_f = np.zeros((E, core.N_EXP_F))
+        self.policy = np.zeros(E, dtype=np.int64)
+        self.n_arms = np.zeros(E, dtype=np.int64)
+        self.bai_done = np.zeros(E, dtype=np.bool_)
+        self.ec_committed = np.zeros(E, dtype=np.bool_)
+        self.features = np.zeros((E, K, d))
+        self.z = np.zeros((E, K, d))
+        self.ainv = np.zeros((E, d, d))
+        self.bvec = np.zeros((E, d))
+
+    # ------------------------------------------------------------------ capacity
+    @property
+    def n_experiments(self) -> int:
+        """Rows in use (experiment rows are ``0 .. n_experiments - 1``)."""
+        return self._n
+
+    @property
+    def capacity_experiments(self) -> int:
+        return self.impressions.shape[0]
+
+    @property
+    def capacity_arms(self) -> int:
+        return self.impressions.shape[1]
+
+    def _grow(self, experiments: int, arms: int) -> None:
+        E0, K0 = self.impressions.shape
+        E, K = max(E0, experiments), max(K0, arms)
+        if (E, K) == (E0, K0):
+            return
+        if E > _MAX_EXPERIMENTS or K > _MAX_ARMS:
+            raise CapacityError(f"state cannot hold {E} experiments x {K} arms")
+
+        def grown(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+            out = np.zeros(shape, dtype=a.dtype)
+            out[tuple(slice(0, s) for s in a.shape)] = a
+            return out
+
+        d = self.feature_dim
+        for name in _ARM_F64 + _ARM_BOOL:
+            setattr(self, name, grown(getattr(self, name), (E, K)))
+        for name in ("policy", "n_arms", "bai_done", "ec_committed"):
+            setattr(self, name, grown(getattr(self, name), (E,)))
+        self.exp_f = grown(self.exp_f, (E, core.N_EXP_F))
+        self.features = grown(self.features, (E, K, d))
+        self.z = grown(self.z, (E, K, d))
+        self.ainv = grown(self.ainv, (E, d, d))
+        self.bvec = grown(self.bvec, (E, d))
+
+    # ------------------------------------------------------------------ experiments and arms
+    def add_experiment(self, params: ExperimentParams) -> int:
+        """Register an experiment; returns its row. Capacity doubles when full."""
+        if not isinstance(params, ExperimentParams):
+            raise ConfigError(f"params must be an ExperimentParams, got {type(params).__name__}")
+        if params.policy in ("linucb", "llm_linucb") and self.feature_dim == 0:
+            raise ConfigError(f"policy {params.policy!r} needs a BanditState with feature_dim > 0")
+        row = self._n
+        if row >= self.capacity_experiments:
+            self._grow(2 * self.capacity_experiments, self.capacity_arms)
+        self._n += 1
+        self._params.append(params)
+        self.policy[row] = params.code
+        f = self.exp_f[row]
+        f[:] = 0.0
+        f[core.F_ALPHA] = params.alpha
+        f[core.F_N_AUX] = params.effective_n_aux
+        f[core.F_GAMMA] = params.gamma
+        f[core.F_LAMBDA] = params.conversion_weight
+        f[core.F_HORIZON] = math.inf if params.horizon is None else params.horizon
+        f[core.F_EXPLORE_N] = (math.ceil(params.explore_fraction * params.horizon) if params.policy == "ec" else 0.0)
+        f[core.F_MIN_TRAFFIC] = params.min_traffic
+        f[core.F_BURN_IN] = params.burn_in
+        f[core.F_TS_A0] = params.ts_alpha0
+        f[core.F_TS_B0] = params.ts_beta0
+        f[core.F_EB_STRENGTH] = params.eb_strength
+        f[core.F_LIN_ALPHA] = params.linucb_alpha
+        f[core.F_RIDGE] = params.ridge
+        f[core.F_BAI_EPS] = params.bai_epsilon
+        f[core.F_BAI_GAMMA] = params.bai_gamma
+        f[core.F_BAI_DELTA] = params.bai_delta
+        f[core.F_PROP_DRAWS] = params.propensity_draws
+        f[core.F_T] = 1.0
+        f[core.F_STEPS] = 0.0
+        self.n_arms[row] = 0
+        self.bai_done[row] = False
+        self.ec_committed[row] = False
+        d = self.feature_dim
+        if d:
+            self.ainv[row] = np.eye(d) / params.ridge
+            self.bvec[row] = 0.0
+        return row
+
+    def params(self, row: int) -> ExperimentParams:
+        """The parameters an experiment was registered with."""
+        return self._params[self._check_row(row)]
+
+    def _check_row(self, row: Any) -> int:
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) or not (0 <= row < self._n):
+            raise KernelInputError(f"experiment row must be an integer in [0, {self._n}), got {row!r}")
+        return int(row)
+
+    def _check_slot(self, row: int, slot: Any) -> int:
+        k = int(self.n_arms[row])
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not (0 <= slot < k):
+            raise KernelInputError(f"arm slot must be an integer in [0, {k}) for row {row}, got {slot!r}")
+        return int(slot)
+
+    def add_arm(self, row: int, prior_ctr: float | None = None, features: Any = None) -> int:
+        """Add an arm (variant) to experiment ``row``, also while it runs; returns its slot.
+
+        ``prior_ctr`` may come later through :meth:`set_prior`; until then the arm is
+        scored without a prior (LLM-2UCBs: U2 = +inf, i.e. plain UCB). ``features``
+        (float64[d]) are required for LinUCB policies. A new arm joins the BAI candidate
+        set (and re-opens the search); after an E&C commit it is not served.
+        """
+        row = self._check_row(row)
+        pol = self._params[row].policy
+        slot = int(self.n_arms[row])
+        x = None
+        if pol in ("linucb", "llm_linucb"):
+            if features is None:
+                raise KernelInputError(f"policy {pol!r} needs features (float64[{self.feature_dim}]) for every arm")
+        if features is not None:
+            x = np.asarray(features, dtype=np.float64)
+            if x.shape != (self.feature_dim,) or not np.all(np.isfinite(x)):
+                raise KernelInputError(
+                    f"features must be {self.feature_dim} finite numbers, got shape {np.shape(features)}")
+        mu = None if prior_ctr is None else _check_prior(prior_ctr)
+        if slot >= self.capacity_arms:
+            self._grow(self.capacity_experiments, 2 * self.capacity_arms)
+        self.n_arms[row] = slot + 1
+        for name in _ARM_F64:
+            getattr(self, name)[row, slot] = 0.0
+        self.has_prior[row, slot] = mu is not None
+        self.mu_aux[row, slot] = 0.0 if mu is None else mu
+        self.active[row, slot] = True
+        self.candidate[row, slot] = pol in ("bai", "llm_bai")
+        if pol in ("bai", "llm_bai"):
+            self.bai_done[row] = False
+        if x is not None and self.feature_dim:
+            self.features[row, slot] = x
+            self.z[row, slot] = self.ainv[row] @ x
+        return slot
+
+    def set_prior(self, row: int, slot: int, prior_ctr: float) -> None:
+        """Attach (or replace) an arm's LLM prior CTR, e.g. when the async model answers."""
+        row = self._check_row(row)
+        slot = self._check_slot(row, slot)
+        self.mu_aux[row, slot] = _check_prior(prior_ctr)
+        self.has_prior[row, slot] = True
+
+    def retire_arm(self, row: int, slot: int) -> None:
+        """Stop serving an arm; its statistics stay for snapshots and replay."""
+        row = self._check_row(row)
+        slot = self._check_slot(row, slot)
+        self.active[row, slot] = False
+        self.candidate[row, slot] = False if self._params[row].policy in ("bai", "llm_bai") else self.candidate[
+            row, slot]
+
+    def warm_start_linear(self, row: int, X: Any, r: Any) -> None:
+        """LLM-LinUCB warm start (Algorithm 4, line 1): A = ridge I + X'X, b = X'r.
+
+        ``X`` float64[M, d] are historical arm embeddings, ``r`` float64[M] their rewards.
+        A is inverted once here; afterwards only Sherman-Morrison updates touch A^-1.
+        """
+        row = self._check_row(row)
+        p = self._params[row]
+        if p.policy not in ("linucb", "llm_linucb"):
+            raise ConfigError(f"warm_start_linear needs a LinUCB experiment, row {row} is {p.policy!r}")
+        X = np.asarray(X)
+        r = np.asarray(r)
+        d = self.feature_dim
+        if X.dtype != np.float64 or X.ndim != 2 or X.shape[1] != d:
+            raise KernelInputError(f"X must be float64[M, {d}], got {X.dtype}{list(X.shape)}")
+        if r.dtype != np.float64 or r.shape != (X.shape[0],):
+            raise KernelInputError(f"r must be float64[{X.shape[0]}], got {r.dtype}{list(r.shape)}")
+        if not (np.all(np.isfinite(X)) and np.all(np.isfinite(r))):
+            raise KernelInputError("X and r must be finite")
+        A = p.ridge * np.eye(d) + X.T @ X
+        self.ainv[row] = np.linalg.inv(A)
+        self.bvec[row] = X.T @ r
+        k = int(self.n_arms[row])
+        self.z[row, :k] = self.features[row, :k] @ self.ainv[row].T
+
+    # ------------------------------------------------------------------ named views
+    def _col(self, col: int) -> np.ndarray:
+        return self.exp_f[: self._n, col]
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return self._col(core.F_ALPHA)
+
+    @property
+    def n_aux(self) -> np.ndarray:
+        return self._col(core.F_N_AUX)
+
+    @property
+    def gamma(self) -> np.ndarray:
+        return self._col(core.F_GAMMA)
+
+    @property
+    def conversion_weight(self) -> np.ndarray:
+        return self._col(core.F_LAMBDA)
+
+    @property
+    def t(self) -> np.ndarray:
+        """Algorithm 1's t: 1 + (discounted) impressions so far, per experiment."""
+        return self._col(core.F_T)
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Raw (undiscounted) impressions so far, per experiment."""
+        return self._col(core.F_STEPS)
+
+    def kernel_args(self) -> tuple:
+        """The state arrays in the order the core kernels take them (read side)."""
+        return (self.policy, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions, self.mu_aux,
+                self.has_prior, self.active, self.candidate, self.features, self.z, self.bvec, self.bai_done)
+
+    def update_args(self) -> tuple:
+        """The state arrays in the order ``apply_update`` takes them."""
+        return (self.policy, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions, self.mu_aux,
+                self.has_prior, self.active, self.candidate, self.features, self.z, self.ainv, self.bvec,
+                self.bai_done, self.ec_committed)
+
+    # ------------------------------------------------------------------ results and snapshots
+    def bai_done_for(self, row: int) -> bool:
+        """Whether a BAI experiment has stopped (its good set is final)."""
+        return bool(self.bai_done[self._check_row(row)])
+
+    def good_arms(self, row: int) -> list[int]:
+        """Algorithm 2's return value: the current candidate (good) set of a BAI experiment."""
+        row = self._check_row(row)
+        if self._params[row].policy not in ("bai", "llm_bai"):
+            raise ConfigError(f"good_arms needs a BAI experiment, row {row} is {self._params[row].policy!r}")
+        k = int(self.n_arms[row])
+        return [int(s) for s in np.flatnonzero(self.candidate[row, :k] & self.active[row, :k])]
+
+    def experiment_summary(self, row: int, seed: int = 0) -> dict[str, Any]:
+        """Snapshot of one experiment for policy snapshots and dashboards.
+
+        Per arm: impressions, clicks, conversions, prior (None if none yet), score (the
+        policy's current index; TS: one posterior draw), serving_share (probability the
+        next decision picks the arm, floor and burn-in included; TS by Monte Carlo with
+        ``seed``). JSON-safe: infinities are written as strings.
+        """
+        row = self._check_row(row)
+        p = self._params[row]
+        k = int(self.n_arms[row])
+        key = int(core.decision_keys(np.uint64(seed), 1)[0])
+        scores = np.full(max(self.capacity_arms, 1), np.nan)
+        share = np.zeros(max(self.capacity_arms, 1))
+        if k:
+            core.scores_kernel(row, np.uint64(key), *self.kernel_args(), scores)
+            core.probabilities_kernel(row, np.uint64(key), *self.kernel_args(), share)
+
+        def num(x: float) -> float | str | None:
+            x = float(x)
+            if math.isnan(x):
+                return None
+            return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+        arms = []
+        for s in range(k):
+            arms.append({
+                "slot": s,
+                "active": bool(self.active[row, s]),
+                "impressions": float(self.impressions[row, s]),
+                "clicks": float(self.clicks[row, s]),
+                "conversions": float(self.conversions[row, s]),
+                "prior": float(self.mu_aux[row, s]) if self.has_prior[row, s] else None,
+                "score": num(scores[s]),
+                "serving_share": float(share[s]),
+            })
+        out: dict[str, Any] = {
+            "row": row,
+            "policy": p.policy,
+            "t": float(self.exp_f[row, core.F_T]),
+            "impressions_total": float(self.exp_f[row, core.F_STEPS]),
+            "n_aux": num(self.exp_f[row, core.F_N_AUX]),
+            "arms": arms,
+        }
+        if p.policy in ("bai", "llm_bai"):
+            out["bai_done"] = bool(self.bai_done[row])
+            out["good_arms"] = self.good_arms(row)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def to_bytes(self) -> bytes:
+        """Versioned, exact serialisation (NumPy ``.npz``, no pickle)."""
+        n = self._n
+        meta = {
+            "magic": _MAGIC,
+            "version": FORMAT_VERSION,
+            "n": n,
+            "capacity_experiments": self.capacity_experiments,
+            "capacity_arms": self.capacity_arms,
+            "feature_dim": self.feature_dim,
+            "params": [{k: (repr(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                        for k, v in p.to_dict().items()} for p in self._params],
+        }
+        arrays = {name: getattr(self, name)[:n] for name in _ARM_F64 + _ARM_BOOL + (
+            "exp_f", "policy", "n_arms", "bai_done", "ec_committed", "features", "z", "ainv", "bvec")}
+        buf = io.BytesIO()
+        np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "BanditState":
+        """Inverse of :meth:`to_bytes`; rejects other formats and versions clearly."""
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+                meta = json.loads(npz["__meta__"].tobytes().decode())
+                arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the same clear error
+            raise KernelInputError(f"not a BanditState blob: {exc}") from None
+        if meta.get("magic") != _MAGIC:
+            raise KernelInputError("not a BanditState blob (bad magic)")
+        if meta.get("version") != FORMAT_VERSION:
+            raise KernelInputError(f"BanditState format version {meta.get('version')} is not supported "
+                                   f"(this build reads {FORMAT_VERSION})")
+        state = cls(meta["capacity_experiments"], meta["capacity_arms"], meta["feature_dim"])
+        n = meta["n"]
+        for name, arr in arrays.items():
+            getattr(state, name)[:n] = arr
+        state._n = n
+        state._params = [ExperimentParams(**{k: (float(v) if k == "n_aux" and isinstance(v, str) else v)
+                                             for k, v in d.items()}) for d in meta["params"]]
+        assert all(p.policy in POLICIES for p in state._params)
+        return state
