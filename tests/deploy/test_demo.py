@@ -1,0 +1,217 @@
+"""`lola demo` pieces that need no broker: process cleanup, options, statistics, report.
+
+The end-to-end demo on the real broker is in test_demo_e2e.py (marked broker, slow).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from lola.demo import (
+    REPORT_SECTIONS,
+    RUN_MARKER_ENV,
+    AllocationStats,
+    DemoOptions,
+    DemoTest,
+    RunRecord,
+    Supervisor,
+    allocation_stats,
+    match_experiments,
+    reference_clicks,
+    select_tests,
+    surviving_processes,
+    write_report,
+    write_tests_csv,
+)
+from lola.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# A child that starts a grandchild in its own group and one in a new session
+# (out of reach of killpg), prints their pids, and ignores SIGTERM: the worst case.
+STUBBORN_CHILD = textwrap.dedent(
+    """
+    import os, signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    a = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    b = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    print(os.getpid(), a.pid, b.pid, flush=True)
+    time.sleep(300)
+    """
+)
+
+
+def _wait_gone(pids, timeout=10.0):
+    end = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < end:
+        for pid in list(alive):
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    alive.discard(pid)
+            except psutil.NoSuchProcess:
+                alive.discard(pid)
+        time.sleep(0.1)
+    return alive
+
+
+def _read_pids(log: Path, timeout=20.0) -> list[int]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        text = log.read_text() if log.is_file() else ""
+        if text.strip():
+            return [int(x) for x in text.split()]
+        time.sleep(0.05)
+    raise AssertionError(f"child wrote no pids to {log}")
+
+
+def test_supervisor_kills_stubborn_children_and_grandchildren(tmp_path):
+    sup = Supervisor(tmp_path, grace_s=1.0)
+    with sup:
+        sup.spawn("stubborn", [sys.executable, "-c", STUBBORN_CHILD])
+        pids = _read_pids(tmp_path / "stubborn.log")
+        sup.note_descendants()
+        assert all(psutil.pid_exists(p) for p in pids)
+    assert not _wait_gone(pids), "a child or grandchild survived the supervisor"
+
+
+def test_ctrl_c_leaves_no_process_behind(tmp_path):
+    """SIGINT to a process running a Supervisor: it exits, and nothing carrying its run marker survives."""
+    run_id = f"test-{os.getpid()}-{time.time_ns()}"
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from pathlib import Path
+        from lola.demo import Supervisor
+        os.environ[{RUN_MARKER_ENV!r}] = {run_id!r}
+        log_dir = Path({str(tmp_path)!r})
+        with Supervisor(log_dir, grace_s=1.0) as sup:
+            sup.spawn("a", [sys.executable, "-c", {STUBBORN_CHILD!r}])
+            sup.spawn("b", [sys.executable, "-c", "import time; time.sleep(300)"])
+            (log_dir / "ready").write_text("1")
+            time.sleep(300)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        end = time.monotonic() + 30
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < end and proc.poll() is None, "supervisor script did not start"
+            time.sleep(0.05)
+        pids = _read_pids(tmp_path / "a.log")
+        assert len(surviving_processes(run_id)) >= 4  # a, its two grandchildren, b
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0  # KeyboardInterrupt propagated after cleanup
+    assert not _wait_gone(pids)
+    assert surviving_processes(run_id) == []
+
+
+def _tests():
+    return [
+        DemoTest("t1", "e1", ("a", "b"), (0.01, 0.03)),
+        DemoTest("t2", "e2", ("c", "d", "e"), (0.02, 0.01, 0.015)),
+    ]
+
+
+def test_allocation_stats_against_truth():
+    snap = {
+        "t1:e1": {"v0": {"impressions": 100, "clicks": 1}, "v1": {"impressions": 300, "clicks": 9}},
+        "t2": {"c": {"impressions": 50, "clicks": 1}, "d": {"impressions": 25, "clicks": 0}, "e": {"impressions": 25, "clicks": 1}},
+        "unknown": {"v0": {"impressions": 999, "clicks": 99}},
+    }
+    stats = allocation_stats(snap, _tests())
+    assert stats.experiments == 2 and stats.impressions == 500 and stats.clicks == 12
+    assert stats.best_share == pytest.approx((300 + 50) / 500)
+    exp1 = (100 * 0.01 + 300 * 0.03) / 400
+    exp2 = (50 * 0.02 + 25 * 0.01 + 25 * 0.015) / 100
+    assert stats.expected_clicks_per_period == pytest.approx((exp1 + exp2) / 2)
+    assert stats.realised_clicks_per_period == pytest.approx((10 / 400 + 2 / 100) / 2)
+
+
+def test_variants_match_by_text_field_or_index():
+    snap = {"t1": {"x": {"text": "b", "impressions": 1}, "arm-0": {"impressions": 1}, "zz": {"impressions": 1}}}
+    (_, index), = match_experiments(snap, _tests()).values()
+    assert index == {"x": 1, "arm-0": 0}
+
+
+def test_reference_clicks_uniform_and_oracle():
+    ref = reference_clicks(_tests())
+    assert ref["uniform (A/B split)"] == pytest.approx((0.02 + 0.015) / 2)
+    assert ref["oracle (best headline always)"] == pytest.approx((0.03 + 0.02) / 2)
+
+
+def test_select_tests_is_seeded_and_from_the_asked_split(upworthy_csv, tmp_path):
+    from lola.data.upworthy import load_packages, split_of_tests
+
+    a = select_tests(upworthy_csv, 5, seed=3, split="test")
+    b = select_tests(upworthy_csv, 5, seed=3, split="test")
+    assert a == b and len(a) == 5
+    packages, _ = load_packages(upworthy_csv)
+    split = split_of_tests(packages)
+    assert {split[t.test_id] for t in a} == {"test"}
+    out = write_tests_csv(upworthy_csv, a, tmp_path / "tests.csv")
+    again = select_tests(out, 5, seed=0, split="test")
+    assert {(t.test_id, t.eyecatcher_id) for t in again} == {(t.test_id, t.eyecatcher_id) for t in a}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tests": 0}, "--tests"),
+        ({"tau": 0}, "--tau"),
+        ({"duration_s": 1}, "--duration"),
+        ({"reps": 0}, "--reps"),
+        ({"split": "dev"}, "--split"),
+        ({"bootstrap": "nohostport"}, "--bootstrap"),
+        ({"data": Path("/no/such.csv")}, "--data"),
+    ],
+)
+def test_bad_options_are_config_errors(kwargs, message, upworthy_csv):
+    base = {"model": None, "data": upworthy_csv}
+    with pytest.raises(ConfigError, match=message):
+        DemoOptions(**{**base, **kwargs})
+
+
+def test_bad_cli_argument_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "lola.cli", "demo", "--tau", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "lola: error: --tau must be in 1..100000, got 0"
+
+
+def test_report_has_every_section_and_plots(tmp_path, upworthy_csv):
+    opts = DemoOptions(model=None, data=upworthy_csv, tests=2, tau=10, duration_s=10, reps=1, out_dir=tmp_path)
+    rec = RunRecord("demo-x", tmp_path / "demo-x", opts)
+    rec.run_dir.mkdir()
+    rec.tests = _tests()
+    rec.priors = {"a": 0.012, "b": 0.025, "c": 0.02, "d": 0.012, "e": 0.014}
+    rec.final_snapshot = {"t1": {"v0": {"impressions": 300, "clicks": 3}, "v1": {"impressions": 900, "clicks": 27}}}
+    rec.final_stats = allocation_stats(rec.final_snapshot, rec.tests)
+    rec.history = [{"t": 1.0, "best_share": 0.5, "events_per_s": 100.0, "lag": 3.0},
+                   {"t": 2.0, "best_share": 0.7, "events_per_s": 120.0, "lag": 0.0}]
+    rec.replay = {"results": [{"tau": 10, "policy": "UCB", "clicks_per_period": 0.02},
+                              {"tau": 10, "policy": "LOLA", "clicks_per_period": 0.021},
+                              {"tau": 50, "policy": "UCB", "clicks_per_period": 0.5}]}
+    rec.skip("something", "because")
+    path = write_report(rec, tmp_path / "demo-x.md")
+    text = path.read_text()
+    positions = [text.index(section) for section in REPORT_SECTIONS]
+    assert positions == sorted(positions)
+    assert "| replay LOLA | 0.02100 |" in text and "0.5" not in text.split("## Clicks")[1].split("##")[0].split("| replay")[-1]
+    assert "- something: because" in text
+    for png in ("clicks.png", "allocation.png", "calibration.png"):
+        assert (rec.run_dir / png).stat().st_size > 1000
+        assert f"demo-x/{png}" in text
+    assert isinstance(rec.final_stats, AllocationStats) and rec.final_stats.best_share == pytest.approx(0.75)
