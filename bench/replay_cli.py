@@ -1,9 +1,206 @@
-"""Placeholder: filled in by its owner (see README)."""
+"""``lola replay``: the LOLA paper replay (Table 8, Figure 7; appendix G.1-G.3).
+
+    lola replay --data CSV (--priors CSV | --model DIR) [--tune-data CSV]
+                [--taus 50,100,...] [--reps R] [--json] [--plot out.png]
+    lola replay bai --data CSV (--priors CSV | --model DIR) ...     # appendix G.1
+    lola replay baseline-prior --data CSV --out runs/priors.csv     # TF-IDF ridge, train split only
+
+Heavy imports (numba, scipy, sklearn, matplotlib) stay inside the command bodies.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from lola.errors import ConfigError
+
+replay_app = typer.Typer(
+    help="Reproduce LOLA's Table 8 / Figure 7 on Upworthy headline tests with the worker's own kernels.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _progress_factory(enabled: bool):
+    """A rich progress bar on stderr; returns (factory, stop)."""
+    if not enabled:
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    holder = {}
+
+    def factory(total: int):
+        progress.start()
+        task = progress.add_task("replay", total=total)
+        holder["task"] = task
+        return lambda n=1: progress.advance(task, n)
+
+    return factory, progress.stop
+
+
+def _check_inputs(data: Path, priors: Optional[Path], model: Optional[Path], tune_data: Optional[Path], reps: int) -> None:
+    if (priors is None) == (model is None):
+        raise ConfigError("give exactly one of --priors CSV or --model DIR")
+    if not data.is_file():
+        raise ConfigError(f"--data file not found: {data}")
+    if tune_data is not None and not tune_data.is_file():
+        raise ConfigError(f"--tune-data file not found: {tune_data}")
+    if priors is not None and not priors.is_file():
+        raise ConfigError(f"--priors file not found: {priors}")
+    if model is not None and not model.is_dir():
+        raise ConfigError(f"--model directory not found: {model}")
+    if reps < 1:
+        raise ConfigError(f"--reps must be >= 1, got {reps}")
+
+
+@replay_app.callback()
+def replay(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", help="Upworthy package CSV (archive columns)."),
+    priors: Optional[Path] = typer.Option(None, "--priors", help="CSV headline,prior_ctr (from `lola priors score`)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Exported ONNX prior model directory."),
+    tune_data: Optional[Path] = typer.Option(
+        None, "--tune-data", help="Tune on this file's tests and report on ALL tests of --data (hold-out evaluation)."
+    ),
+    taus: str = typer.Option("50,100,200,400,600,800,1000", "--taus", help="Impressions per headline; T = tau * K."),
+    reps: int = typer.Option(10, "--reps", help="Simulation repetitions per test on the report tests."),
+    tune_reps: int = typer.Option(3, "--tune-reps", help="Repetitions per grid point on the tune tests."),
+    policies: Optional[str] = typer.Option(None, "--policies", help="Comma-separated subset (default: all)."),
+    seed: int = typer.Option(20240501, "--seed", help="Master seed (common random numbers across policies)."),
+    workers: int = typer.Option(0, "--workers", help="Threads across tests (0 = min(2, cores))."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON result on stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Figure 7-style PNG here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Tune every policy per tau on tune tests, report clicks per test per period on the test tests."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is None:
+        raise ConfigError("--data is required (an Upworthy package CSV)")
+    _check_inputs(data, priors, model, tune_data, reps)
+    if tune_reps < 1:
+        raise ConfigError(f"--tune-reps must be >= 1, got {tune_reps}")
+    from lola.bench import replay_protocol as P
+
+    tau_list = P.parse_taus(taus)
+    names = P.parse_policies(policies)
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+
+    from lola.bench import replay_report as R
+    from lola.bench import replay_run as run
+
+    nworkers = workers or run.default_workers()
+    rd = run.load_replay_data(data, priors, model, tune_data, want_features="LLM-LinUCB" in names)
+    factory, stop = _progress_factory(progress)
+    try:
+        result = run.run_replay(rd, tau_list, names, reps, tune_reps, seed, nworkers, factory)
+    finally:
+        stop()
+    doc = _json_safe(result.as_json())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+    if plot is not None:
+        src = result.settings.get("prior_source", "")
+        R.plot_figure7(doc["results"], tau_list, names, plot, title=f"LOLA replay: {result.settings['report_tests']} tests, {reps} reps ({Path(str(src)).name})")
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    rows = doc["results"]
+    typer.echo(f"# {result.settings['split']}")
+    q = result.settings["prior_quality"]["report"]
+    typer.echo(
+        f"# report tests {result.settings['report_tests']}, reps {reps}, seed {seed}; prior {result.settings['prior_source']}"
+        f" (R2 {q['r2']:.3f}, top-1 {q['top1_accuracy']:.3f}); {result.settings['wall_seconds']} s"
+    )
+    typer.echo(R.markdown_results(rows, tau_list, names))
+    typer.echo("")
+    typer.echo(R.markdown_improvements(result.improvements, tau_list))
+
+
+@replay_app.command("baseline-prior")
+def baseline_prior(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV; the model is fitted on its train split only."),
+    out: Path = typer.Option(Path("runs/priors-tfidf.csv"), "--out", help="Where to write headline,prior_ctr."),
+    score: Optional[list[Path]] = typer.Option(None, "--score", help="Extra CSV(s) whose headlines are scored too."),
+) -> None:
+    """Fit the development baseline prior (TF-IDF ridge on the train split) and score every headline."""
+    if not data.is_file():
+        raise ConfigError(f"--data file not found: {data}")
+    from lola.bench.replay_priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
+    from lola.data.upworthy import headline_tests, load_packages, split_packages
+
+    packages, _ = load_packages(data)
+    parts = split_packages(packages)
+    predict = fit_tfidf_ridge(parts["train"])
+    texts = {p.headline for p in packages}
+    for extra in score or []:
+        if not extra.is_file():
+            raise ConfigError(f"--score file not found: {extra}")
+        texts |= {p.headline for p in load_packages(extra)[0]}
+    texts_sorted = sorted(texts)
+    preds = predict(texts_sorted)
+    write_priors_csv(out, texts_sorted, preds)
+    table = PriorTable(dict(zip(texts_sorted, preds.tolist())), source=str(out))
+    tune_q = r2_on_tests(headline_tests(parts["tune"]), table)
+    typer.echo(json.dumps({"out": str(out), "headlines": len(texts_sorted), "fitted_on": "train split", "tune_r2": tune_q["r2"], "tune_top1": tune_q["top1_accuracy"]}))
+
+
+@replay_app.command("bai")
+def bai(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV."),
+    priors: Optional[Path] = typer.Option(None, "--priors", help="CSV headline,prior_ctr."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Exported ONNX prior model directory."),
+    tune_data: Optional[Path] = typer.Option(None, "--tune-data", help="Tune n_aux on this file; report on all of --data."),
+    reps: int = typer.Option(5, "--reps"),
+    seed: int = typer.Option(20240501, "--seed"),
+    workers: int = typer.Option(0, "--workers"),
+    as_json: bool = typer.Option(False, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Figure A13-style PNG: success rate vs pulls per test."),
+) -> None:
+    """Appendix G.1: LLM-BAI vs BAI vs fixed-pull A/B tests; success = every returned arm within 0.5% of the best CTR."""
+    _check_inputs(data, priors, model, tune_data, reps)
+    from lola.bench import replay_bai as B
+    from lola.bench import replay_run as run
+
+    rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
+    doc = B.run_bai(rd, reps, seed, workers or run.default_workers())
+    if plot is not None:
+        B.plot_bai(doc, plot)
+    doc = _json_safe(doc)
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        typer.echo(B.markdown_bai(doc))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s)."""
+    """Add ``lola replay`` (and its ``bai`` / ``baseline-prior`` subcommands) to the root app."""
+    app.add_typer(replay_app, name="replay")

@@ -86,11 +86,11 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"--model directory not found: {model_dir}")
-    model = OnnxPriorModel(model_dir) if not hasattr(OnnxPriorModel, "load") else OnnxPriorModel.load(model_dir)
+    model = OnnxPriorModel(model_dir)
     texts = list(dict.fromkeys(headlines))
     preds = np.asarray(model.predict(texts), dtype=np.float64).reshape(-1)
     emb = None
-    if want_embeddings and hasattr(model, "embed"):
+    if want_embeddings and getattr(model, "embedding_dim", None):
         vecs = np.asarray(model.embed(texts), dtype=np.float64)
         emb = {t: vecs[i] for i, t in enumerate(texts)}
     return PriorTable(dict(zip(texts, np.clip(preds, 0.0, 1.0).tolist())), source=f"model {model_dir}", embeddings=emb)
