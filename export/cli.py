@@ -1,9 +1,170 @@
-"""CLI commands of lola.export: ``lola priors train|export|score|eval``."""
+"""CLI commands of lola.export: ``lola priors train|export|score|eval|build-default``.
+
+Heavy imports (torch, transformers, onnxruntime) stay inside the command bodies.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+from lola.errors import ConfigError, DataError
+
+priors_app = typer.Typer(
+    help="LLM CTR priors: LoRA fine-tune, ONNX export, scoring and evaluation (LOLA section 3.3, appendix F).",
+    no_args_is_help=True,
+)
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+class TextModeOpt(str, Enum):
+    headline = "headline"
+    headline_context = "headline_context"
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="lola: %(message)s")
+    for noisy in ("transformers", "optimum", "torch", "onnxruntime", "peft"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _need_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+
+
+def _default_data(data: Optional[Path]) -> Path:
+    if data is not None:
+        return data
+    from lola.paths import upworthy_csv
+
+    return upworthy_csv()
+
+
+def _train_config(quick: bool, **overrides):
+    from lola.export.config import make_config
+
+    return make_config("quick" if quick else "full", **overrides)
+
+
+@priors_app.command("train")
+def train_cmd(
+    data: Optional[Path] = typer.Option(None, "--data", help="Upworthy package CSV (default: the shared dev CSV)."),
+    out: Path = typer.Option(..., "--out", help="Training output folder (adapter, checkpoints, train_state.json)."),
+    base: Optional[str] = typer.Option(None, "--base", help="HF Llama checkpoint folder or .gguf (default: SmolLM2-135M)."),
+    quick: bool = typer.Option(False, "--quick", help="The <=15 min CPU profile (subset, short inputs, few hundred steps)."),
+    text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode", help="headline (paper) or headline_context."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    learning_rate: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    max_length: Optional[int] = typer.Option(None, "--max-length"),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Seeded subset of training headlines."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the newest matching checkpoint."),
+) -> None:
+    """LoRA fine-tune a Llama CTR regressor on the train split."""
+    data = _default_data(data)
+    _need_file(data, "--data CSV")
+    config = _train_config(quick, text_mode=text_mode.value if text_mode else None, max_steps=max_steps,
+                           epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                           max_length=max_length, train_limit=train_limit, seed=seed)
+    _logging()
+    from lola.export.train import train
+
+    state = train(data, out, config, base=base, resume=resume)
+    typer.echo(json.dumps({k: state[k] for k in ("steps_done", "steps_planned", "stopped_early", "train_seconds",
+                                                   "final_loss_mean_last_20")}))
+
+
+@priors_app.command("export")
+def export_cmd(
+    model: Path = typer.Option(..., "--model", help="Training output folder (from `lola priors train`)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the ONNX model, tokenizer and model card."),
+    quantize: Optional[list[Quantize]] = typer.Option(None, "--quantize", help="Also write int8 (CPU) or fp16 (GPU)."),
+) -> None:
+    """Merge LoRA, export to ONNX with optimum, validate ORT against torch, write model_card.json."""
+    if not model.is_dir():
+        raise DataError(f"--model {model} is not a folder")
+    _logging()
+    from lola.export.onnx_export import export_model
+
+    card = export_model(model, out, tuple(q.value for q in quantize or ()))
+    typer.echo(json.dumps({"out": str(out), "variants": card["variants"],
+                           "validation": {k: v["max_abs_diff_logits"] for k, v in card["validation"].items()}}))
+
+
+@priors_app.command("score")
+def score_cmd(
+    model: Path = typer.Option(..., "--model", help="Exported model folder."),
+    input_csv: Path = typer.Option(..., "--in", help="CSV with a `headline` column (and `lede`/`excerpt` if used)."),
+    output_csv: Path = typer.Option(..., "--out", help="Output CSV: headline,prior_ctr, one row per input row."),
+    variant: str = typer.Option("auto", "--variant", help="auto, fp32, int8 or fp16."),
+    provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda."),
+) -> None:
+    """Write a prior CTR for every row of a CSV."""
+    _need_file(input_csv, "--in CSV")
+    _logging()
+    from lola.export.scoring import score_csv
+
+    summary = score_csv(model, input_csv, output_csv, variant=variant, provider=provider)
+    typer.echo(json.dumps(summary))
+
+
+@priors_app.command("eval")
+def eval_cmd(
+    model: Path = typer.Option(..., "--model", help="Exported model folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    split: str = typer.Option("test", "--split", help="Which split to evaluate on: test (default) or tune."),
+    variant: str = typer.Option("fp32", "--variant"),
+    embed_train_limit: int = typer.Option(3000, "--embed-train-limit",
+                                          help="Training headlines embedded for the embedding baseline (CPU cost)."),
+    skip_embedding: bool = typer.Option(False, "--skip-embedding-baseline"),
+) -> None:
+    """Fine-tuned model vs embedding ridge vs TF-IDF ridge vs constant prior, on a held-out split."""
+    data = _default_data(data)
+    _need_file(data, "--data CSV")
+    if split not in ("test", "tune"):
+        raise ConfigError(f"--split must be test or tune, got {split!r}")
+    if embed_train_limit < 10:
+        raise ConfigError(f"--embed-train-limit must be >= 10, got {embed_train_limit}")
+    _logging()
+    from lola.export.evaluate import evaluate, format_table
+
+    report = evaluate(model, data, split=split, variant=variant, embed_train_limit=embed_train_limit,
+                      embedding_baseline=not skip_embedding)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
+
+
+@priors_app.command("build-default")
+def build_default_cmd(
+    out: Path = typer.Option(Path("models/ctr-onnx"), "--out", help="Exported model folder."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
+    base: Optional[str] = typer.Option(None, "--base"),
+    full: bool = typer.Option(False, "--full", help="Use the full profile instead of --quick."),
+    text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode"),
+) -> None:
+    """Quick-train on the train split, merge, export (fp32 + int8), validate, score the tune split into the card."""
+    data = _default_data(data)
+    _need_file(data, "--data CSV")
+    config = _train_config(not full, text_mode=text_mode.value if text_mode else None)
+    _logging()
+    from lola.export.pipeline import build_default
+
+    card = build_default(data, out, config, base=base)
+    typer.echo(json.dumps({"out": str(out), "training": card["training"], "metrics": card["metrics"]}, indent=2))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root ``lola`` app."""
+    """Add ``lola priors ...`` to the root ``lola`` app."""
+    app.add_typer(priors_app, name="priors")

@@ -1,0 +1,293 @@
+"""Merge the LoRA adapter, export to ONNX with optimum, validate against torch, write the model card.
+
+Outputs of the ONNX graph (dynamic ``batch_size`` and ``sequence_length`` axes):
+
+* ``logits`` ``[batch, 1]``: the standardised CTR score of the last non-pad token
+  (exactly ``LlamaForSequenceClassification``'s pooling);
+* ``embedding`` ``[batch, hidden]``: the attention-masked mean of the last hidden
+  state, so serving can also hand out text embeddings.
+
+Validation (a mismatch raises :class:`~lola.errors.ExportValidationError`):
+ORT is run on at least two input shapes (``VALIDATION_SHAPES``, with padding) and
+compared with the stock torch model. Tolerances, in units of the standardised
+score (1.0 = one standard deviation of training CTR):
+
+* fp32: ``|ort - torch| <= FP32_ATOL + FP32_RTOL * |torch|``, and the same on embeddings;
+* int8 (dynamic weight quantisation, CPU): mean ``|ort - torch| <= INT8_MEAN_ATOL``
+  and max ``<= INT8_MAX_ATOL`` on the score; quantisation error is real, so
+  the bound is looser and is checked rather than assumed;
+* fp16 (GPU only): ``FP16_ATOL``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lola.errors import ConfigError, ExportValidationError
+from lola.export.data import file_sha256
+from lola.export.serve import CARD_FILE, cuda_usable
+
+log = logging.getLogger("lola.export.onnx")
+
+FP32_ATOL = 1e-3
+FP32_RTOL = 1e-3
+INT8_MEAN_ATOL = 0.25
+INT8_MAX_ATOL = 1.0
+FP16_ATOL = 5e-2
+#: (batch, sequence length) pairs; rows get different real lengths so padding is exercised.
+VALIDATION_SHAPES = ((1, 7), (4, 19), (8, 32))
+CARD_FORMAT = 1
+
+
+def _embedding_model_class(base_cls):
+    """A subclass whose forward also returns the masked mean of the last hidden state."""
+    import torch
+    from transformers.modeling_outputs import ModelOutput
+
+    @dataclasses.dataclass
+    class PriorOutput(ModelOutput):
+        logits: torch.Tensor | None = None
+        embedding: torch.Tensor | None = None
+
+    class PriorWithEmbedding(base_cls):
+        def forward(self, input_ids=None, attention_mask=None, **_):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            scores = self.score(hidden)
+            # Same pooling as LlamaForSequenceClassification: the last non-pad token.
+            non_pad = (input_ids != self.config.pad_token_id).to(torch.int32)
+            positions = torch.arange(input_ids.shape[-1], device=input_ids.device, dtype=torch.int32)
+            last = (positions * non_pad).argmax(-1)
+            logits = scores[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            embedding = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return PriorOutput(logits=logits, embedding=embedding)
+
+    # optimum infers the library ("transformers") from the class's module.
+    PriorWithEmbedding.__module__ = base_cls.__module__
+    PriorWithEmbedding.__qualname__ = PriorWithEmbedding.__name__ = base_cls.__name__
+    return PriorWithEmbedding
+
+
+def _onnx_config(model):
+    from optimum.exporters.onnx.model_configs import LlamaOnnxConfig
+
+    class PriorOnnxConfig(LlamaOnnxConfig):
+        @property
+        def outputs(self):
+            outputs = dict(super().outputs)
+            outputs["embedding"] = {0: "batch_size"}
+            return outputs
+
+    return PriorOnnxConfig(model.config, task="text-classification")
+
+
+def validation_inputs(pad_id: int, vocab_size: int, seed: int = 0):
+    """Random token batches per VALIDATION_SHAPES, right-padded with varied real lengths."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for batch, length in VALIDATION_SHAPES:
+        ids = rng.integers(3, vocab_size, size=(batch, length), dtype=np.int64)
+        ids[ids == pad_id] = pad_id + 1
+        mask = np.ones((batch, length), dtype=np.int64)
+        for row in range(1, batch):  # row 0 keeps the full length
+            real = int(rng.integers(1, length + 1))
+            ids[row, real:] = pad_id
+            mask[row, real:] = 0
+        batches.append((ids, mask))
+    return batches
+
+
+def _torch_outputs(model, wrapper, ids: np.ndarray, mask: np.ndarray):
+    import torch
+
+    with torch.inference_mode():
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        logits = model(input_ids=t_ids, attention_mask=t_mask).logits.float().numpy()
+        embedding = wrapper(input_ids=t_ids, attention_mask=t_mask).embedding.float().numpy()
+    return logits, embedding
+
+
+def validate(onnx_path: Path, model, wrapper, pad_id: int, kind: str = "fp32", provider: str = "CPUExecutionProvider") -> dict:
+    """Compare ORT with torch on VALIDATION_SHAPES; raise ExportValidationError on a mismatch."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=[provider])
+    report = {"shapes": [list(s) for s in VALIDATION_SHAPES], "kind": kind}
+    worst_logit, worst_embed, errors = 0.0, 0.0, []
+    for ids, mask in validation_inputs(pad_id, model.config.vocab_size):
+        t_logits, t_embed = _torch_outputs(model, wrapper, ids, mask)
+        o_logits, o_embed = session.run(["logits", "embedding"], {"input_ids": ids, "attention_mask": mask})
+        if o_logits.shape != t_logits.shape or o_embed.shape != t_embed.shape:
+            raise ExportValidationError(
+                f"{onnx_path.name}: output shapes {o_logits.shape}/{o_embed.shape} differ from torch "
+                f"{t_logits.shape}/{t_embed.shape} at input shape {ids.shape}"
+            )
+        d_logit = np.abs(o_logits.astype(np.float64) - t_logits)
+        d_embed = np.abs(o_embed.astype(np.float64) - t_embed)
+        worst_logit, worst_embed = max(worst_logit, float(d_logit.max())), max(worst_embed, float(d_embed.max()))
+        errors.append(float(d_logit.mean()))
+        if kind == "fp32":
+            bad = (d_logit > FP32_ATOL + FP32_RTOL * np.abs(t_logits)).any() or (
+                d_embed > FP32_ATOL + FP32_RTOL * np.abs(t_embed)).any()
+            if bad:
+                raise ExportValidationError(
+                    f"{onnx_path.name}: ORT differs from torch at input shape {ids.shape}: max |Δlogit| "
+                    f"{d_logit.max():.3g}, max |Δembedding| {d_embed.max():.3g} (tolerance {FP32_ATOL} + {FP32_RTOL}·|x|)"
+                )
+    mean_err = float(np.mean(errors))
+    if kind == "int8" and (mean_err > INT8_MEAN_ATOL or worst_logit > INT8_MAX_ATOL):
+        raise ExportValidationError(
+            f"{onnx_path.name}: int8 model differs from torch by mean {mean_err:.3g} / max {worst_logit:.3g} "
+            f"(tolerance mean {INT8_MEAN_ATOL}, max {INT8_MAX_ATOL}, in score standard deviations)"
+        )
+    if kind == "fp16" and worst_logit > FP16_ATOL:
+        raise ExportValidationError(f"{onnx_path.name}: fp16 max |Δlogit| {worst_logit:.3g} > {FP16_ATOL}")
+    report.update(max_abs_diff_logits=worst_logit, max_abs_diff_embedding=worst_embed, mean_abs_diff_logits=mean_err,
+                  tolerance={"fp32": {"atol": FP32_ATOL, "rtol": FP32_RTOL},
+                             "int8": {"mean_atol": INT8_MEAN_ATOL, "max_atol": INT8_MAX_ATOL},
+                             "fp16": {"atol": FP16_ATOL}}[kind])
+    return report
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 weight quantisation (MatMul/Gemm), for CPU serving."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul", "Gemm"])
+
+
+def write_card(out_dir: Path, card: dict) -> dict:
+    """Add the sha256 of every file in ``out_dir`` and write model_card.json."""
+    files = {}
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and path.name != CARD_FILE:
+            files[str(path.relative_to(out_dir))] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+    card = {**card, "files": files}
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False))
+    return card
+
+
+def export_model(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    quantize: tuple[str, ...] = ("int8",),
+    metrics: dict | None = None,
+    overwrite: bool = True,
+) -> dict:
+    """Merge (``merge_and_unload``), export, validate, quantise; return the model card."""
+    for q in quantize:
+        if q not in ("int8", "fp16"):
+            raise ConfigError(f"--quantize must be int8 or fp16, got {q!r}")
+    if "fp16" in quantize and not cuda_usable():
+        raise ConfigError("--quantize fp16 is for GPU serving and is validated on a GPU; no usable CUDA device here")
+    out_dir = Path(out_dir)
+    from lola.export.train import load_merged
+
+    started = time.monotonic()
+    merged, tokenizer, state = load_merged(model_dir)  # raises DataError if model_dir is not a training output
+    if out_dir.exists():
+        if not overwrite:
+            raise ConfigError(f"--out {out_dir} exists")
+        shutil.rmtree(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    # A shallow copy shares every parameter with ``merged``; only its forward differs.
+    wrapper = copy.copy(merged)
+    wrapper.__class__ = _embedding_model_class(type(merged))
+    onnx_export_from_model(
+        wrapper,
+        staging,
+        task="text-classification",
+        do_validation=False,  # our own validation below compares with the stock torch model
+        custom_onnx_configs={"model": _onnx_config(wrapper)},
+    )
+    tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
+
+    pad_id = int(tokenizer.pad_token_id)
+    validation = {"fp32": validate(staging / "model.onnx", merged, wrapper, pad_id, "fp32")}
+    variants = {"fp32": "model.onnx"}
+    if "int8" in quantize:
+        quantize_int8(staging / "model.onnx", staging / "model.int8.onnx")
+        validation["int8"] = validate(staging / "model.int8.onnx", merged, wrapper, pad_id, "int8")
+        variants["int8"] = "model.int8.onnx"
+    if "fp16" in quantize:  # pragma: no cover - needs a GPU
+        fp16_dir = staging / "fp16"
+        onnx_export_from_model(wrapper.half().cuda(), fp16_dir, task="text-classification", do_validation=False,
+                               device="cuda", dtype="fp16", custom_onnx_configs={"model": _onnx_config(wrapper)})
+        (fp16_dir / "model.onnx").rename(staging / "model.fp16.onnx")
+        shutil.rmtree(fp16_dir)
+        wrapper = wrapper.float().cpu()
+        merged = merged.float().cpu()
+        validation["fp16"] = validate(staging / "model.fp16.onnx", merged, wrapper, pad_id, "fp16",
+                                      provider="CUDAExecutionProvider")
+        variants["fp16"] = "model.fp16.onnx"
+
+    config = state["config"]
+    card = {
+        "format": CARD_FORMAT,
+        "name": "lola-ctr-prior",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "task": "per-headline CTR regression (LOLA appendix F)",
+        "base": state["base_description"],
+        "base_ref": state["base"],
+        "architecture": "LlamaForSequenceClassification, num_labels=1, last non-pad token, LoRA merged",
+        "data": state["data"],
+        "hyperparameters": config,
+        "text_mode": config["text_mode"],
+        "target_scaling": state["target_scaling"],
+        "training": {k: state[k] for k in ("steps_done", "steps_planned", "stopped_early", "train_seconds",
+                                            "device", "dtype", "final_loss_mean_last_20")},
+        "tokenizer": {"file": "tokenizer.json", "pad_token_id": pad_id, "padding_side": "right",
+                      "max_length": int(config["max_length"])},
+        "inputs": {"input_ids": ["batch_size", "sequence_length"], "attention_mask": ["batch_size", "sequence_length"]},
+        "outputs": {"logits": ["batch_size", 1], "embedding": ["batch_size", int(merged.config.hidden_size)]},
+        "variants": variants,
+        "validation": validation,
+        "metrics": metrics or {},
+        "export_seconds": round(time.monotonic() - started, 1),
+        "versions": _versions(),
+    }
+    for stray in staging.glob("*.json"):
+        if stray.name not in ("tokenizer.json",):
+            stray.unlink()  # optimum's config.json: serving needs only the card
+    card = write_card(staging, card)
+    staging.rename(out_dir)
+    log.info("exported %s with %s in %.0f s", out_dir, sorted(variants), time.monotonic() - started)
+    return card
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "optimum", "optimum-onnx", "onnxruntime-gpu", "onnxruntime", "tokenizers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def update_metrics(out_dir: str | Path, metrics: dict) -> dict:
+    """Rewrite the card with ``metrics`` (the file hashes are unchanged, the card hash changes)."""
+    out_dir = Path(out_dir)
+    card = json.loads((out_dir / CARD_FILE).read_text())
+    card["metrics"] = metrics
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2))
+    return card

@@ -1,0 +1,48 @@
+"""``lola priors build-default``: train, merge, export, validate, and record tune-split metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from lola.export.config import TrainConfig
+
+log = logging.getLogger("lola.export.pipeline")
+
+
+def training_dir_for(out: Path) -> Path:
+    """Where build-default keeps the adapter and checkpoints: a sibling ``<out>-train`` folder."""
+    return out.with_name(out.name + "-train")
+
+
+def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
+    """Fine-tuned model on the tune split (the test split stays untouched for `lola priors eval`)."""
+    from lola.data.upworthy import headline_tests, load_packages, split_packages
+    from lola.export.data import build_examples
+    from lola.export.evaluate import score_predictions
+    from lola.export.serve import OnnxPriorModel
+
+    prior = OnnxPriorModel(model_dir, variant="fp32")
+    hp = prior.card["hyperparameters"]
+    packages, _ = load_packages(data_csv)
+    tune = split_packages(packages)["tune"]
+    everything = build_examples(tune, hp["text_mode"], 0, False)
+    scored = build_examples(tune, hp["text_mode"], hp["min_impressions"], False)
+    pred = prior.predict(list(everything.headlines), list(everything.contexts))
+    return {"tune": score_predictions(dict(zip(everything.headlines, pred)), scored, headline_tests(tune))}
+
+
+def build_default(data_csv: Path, out: Path, config: TrainConfig, base: str | None = None) -> dict:
+    from lola.export.onnx_export import export_model, update_metrics
+    from lola.export.train import train
+
+    started = time.monotonic()
+    train_dir = training_dir_for(Path(out))
+    train(data_csv, train_dir, config, base=base)
+    card = export_model(train_dir, out, ("int8",))
+    metrics = tune_metrics(Path(out), Path(data_csv))
+    metrics["build_seconds_total"] = round(time.monotonic() - started, 1)
+    card = update_metrics(out, metrics)
+    log.info("built %s in %.0f s", out, time.monotonic() - started)
+    return card

@@ -1,0 +1,59 @@
+"""``lola priors score``: a prior CTR for every row of a CSV (torch-free)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+
+from lola.errors import DataError
+
+log = logging.getLogger("lola.export.scoring")
+
+
+def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Path,
+              variant: str = "auto", provider: str = "auto") -> dict:
+    """Write ``headline,prior_ctr`` with one row per input row, in input order.
+
+    Rows with an empty headline get an empty ``prior_ctr`` (counted in the summary),
+    so the output still lines up with the input.
+    """
+    from lola.export.serve import OnnxPriorModel
+
+    input_csv, output_csv = Path(input_csv), Path(output_csv)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    with input_csv.open(newline="", encoding="utf-8", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        if "headline" not in (reader.fieldnames or ()):
+            raise DataError(f"{input_csv}: no `headline` column (found {reader.fieldnames})")
+        rows = [(r.get("headline") or "", r.get("lede") or "", r.get("excerpt") or "") for r in reader]
+    model = OnnxPriorModel(model_dir, provider=provider, variant=variant)
+    # Score each distinct (headline, context) once: archive CSVs repeat headlines across images.
+    from lola.export.text import clean_text
+
+    keys = []
+    for headline, lede, excerpt in rows:
+        context = lede if clean_text(lede) else excerpt
+        keys.append((headline, context if model.text_mode == "headline_context" else ""))
+    unique = sorted({k for k in keys if k[0].strip()})
+    preds = model.predict([k[0] for k in unique], [k[1] for k in unique]) if unique else []
+    by_key = dict(zip(unique, preds))
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_csv.with_name(output_csv.name + ".tmp")
+    empty = 0
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["headline", "prior_ctr"])
+        for (headline, _, _), key in zip(rows, keys):
+            if key in by_key:
+                writer.writerow([headline, repr(float(by_key[key]))])
+            else:
+                writer.writerow([headline, ""])
+                empty += 1
+    tmp.replace(output_csv)
+    if empty:
+        log.warning("%d row(s) with an empty headline got an empty prior_ctr", empty)
+    return {"rows": len(rows), "scored_unique": len(unique), "empty_headlines": empty,
+            "model_version": model.model_version, "variant": model.variant, "provider": model.provider,
+            "out": str(output_csv)}

@@ -1,0 +1,241 @@
+"""Serve the exported CTR prior model with ONNX Runtime.
+
+Imports only onnxruntime, tokenizers and numpy (plus the standard library and
+:mod:`lola.errors`): no torch, no transformers. A test checks ``sys.modules`` in
+a fresh interpreter.
+
+Usage::
+
+    model = OnnxPriorModel("models/ctr-onnx")          # provider="auto"
+    priors = model.predict(["Headline A", "Headline B"])  # float64 CTRs in [0, 1]
+
+It is the worker's ``PriorProvider``: ``predict(texts) -> float64 array in [0, 1]``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lola.errors import ConfigError, DataError, ModelIntegrityError
+from lola.export.text import model_text
+
+log = logging.getLogger("lola.export.serve")
+
+CARD_FILE = "model_card.json"
+VARIANTS = ("fp32", "int8", "fp16")
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cuda_usable() -> bool:
+    """True only when a CUDA driver loads and reports at least one device.
+
+    onnxruntime-gpu lists CUDAExecutionProvider even on machines without CUDA,
+    so the list alone proves nothing.
+    """
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return False
+        lib = ctypes.CDLL("libcuda.so.1")
+        if lib.cuInit(0) != 0:
+            return False
+        count = ctypes.c_int(0)
+        return lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except OSError:
+        return False
+
+
+def read_card(model_dir: str | Path) -> tuple[dict, str]:
+    """The model card and its sha256 (the model version)."""
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        raise ModelIntegrityError(f"{model_dir}: no {CARD_FILE}; build the model with `lola priors export`")
+    raw = path.read_bytes()
+    try:
+        card = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelIntegrityError(f"{path}: not valid JSON ({exc})") from None
+    return card, hashlib.sha256(raw).hexdigest()
+
+
+def verify_files(model_dir: str | Path, card: dict, names: Sequence[str] | None = None) -> None:
+    """Check the sha256 of each named file (default: all) against the card, or raise ModelIntegrityError."""
+    files = card.get("files") or {}
+    for name in names if names is not None else sorted(files):
+        expected = files.get(name)
+        if expected is None:
+            raise ModelIntegrityError(f"{model_dir}: model card lists no sha256 for {name}")
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{model_dir}: {name} is missing")
+        actual = _sha256(path)
+        if actual != expected["sha256"]:
+            raise ModelIntegrityError(
+                f"{path}: sha256 {actual[:12]}… differs from the model card's {expected['sha256'][:12]}…"
+            )
+
+
+class OnnxPriorModel:
+    """CTR priors from the exported model: batched, clamped to [0, 1], torch-free.
+
+    Parameters
+    ----------
+    model_dir
+        Folder written by ``lola priors export`` (model_card.json, ONNX files, tokenizer.json).
+    provider
+        ``"auto"`` (CUDA only when really usable, else CPU), ``"cpu"`` or ``"cuda"``.
+    variant
+        ``"auto"`` (fp16 on CUDA when exported, else fp32), ``"fp32"``, ``"int8"`` or ``"fp16"``.
+    batch_size
+        Rows per ONNX Runtime call.
+    intra_op_threads
+        ONNX Runtime threads (0: its default).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        provider: str = "auto",
+        variant: str = "auto",
+        batch_size: int = 64,
+        intra_op_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if provider not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"provider must be auto, cpu or cuda, got {provider!r}")
+        if variant not in ("auto", *VARIANTS):
+            raise ConfigError(f"variant must be auto or one of {VARIANTS}, got {variant!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_dir = Path(model_dir)
+        self.card, card_sha = read_card(self.model_dir)
+        self.model_version = card_sha[:16]
+        self.batch_size = batch_size
+
+        use_cuda = provider == "cuda" or (provider == "auto" and cuda_usable())
+        if provider == "cuda" and not cuda_usable():
+            raise ConfigError("provider='cuda' asked for, but no usable CUDA device was found")
+        variants = self.card.get("variants") or {}
+        if variant == "auto":
+            variant = "fp16" if use_cuda and "fp16" in variants else "fp32"
+        if variant not in variants:
+            raise ModelIntegrityError(f"{model_dir}: no {variant} model exported (have {sorted(variants)})")
+        self.variant = variant
+        onnx_name = variants[variant]
+        tokenizer_name = self.card["tokenizer"]["file"]
+        verify_files(self.model_dir, self.card, [onnx_name, tokenizer_name, *self.card.get("external_data", {}).get(onnx_name, [])])
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: no wall of provider warnings
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(self.model_dir / onnx_name), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        if use_cuda and self.provider != "CUDAExecutionProvider":
+            log.warning("CUDA looked usable but ONNX Runtime fell back to %s", self.provider)
+        log.info("prior model %s (%s, %s) on %s", self.model_version, self.variant, onnx_name, self.provider)
+
+        self.tokenizer = Tokenizer.from_file(str(self.model_dir / tokenizer_name))
+        tok = self.card["tokenizer"]
+        self.pad_id = int(tok["pad_token_id"])
+        self.max_length = int(tok["max_length"])
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.text_mode = self.card.get("text_mode", "headline")
+        scaling = self.card["target_scaling"]
+        self.mean, self.std = float(scaling["mean"]), float(scaling["std"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.embedding_dim = (self.session.get_outputs()[self.output_names.index("embedding")].shape[-1]
+                              if "embedding" in self.output_names else None)
+
+    # -- encoding -----------------------------------------------------------
+    def _texts(self, texts: Sequence[str], contexts: Sequence[str] | None) -> list[str]:
+        if isinstance(texts, str):
+            raise DataError("predict() takes a list of strings, not one string")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise DataError(f"text {i} is {type(t).__name__}, not str")
+        if contexts is not None and len(contexts) != len(texts):
+            raise DataError(f"{len(contexts)} contexts for {len(texts)} texts")
+        ctx = list(contexts) if contexts is not None else [""] * len(texts)
+        return [model_text(t, c, self.text_mode) for t, c in zip(texts, ctx)]
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ``input_ids`` and ``attention_mask`` (int64) for already prepared texts."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        width = max(1, max((len(e.ids) for e in encodings), default=1))
+        ids = np.full((len(encodings), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            n = len(e.ids)
+            if n == 0:  # an empty headline still needs one token to pool
+                ids[i, 0] = self.pad_id
+                mask[i, 0] = 1
+                continue
+            ids[i, :n] = e.ids
+            mask[i, :n] = 1
+        return ids, mask
+
+    def _run(self, texts: list[str], want: str) -> np.ndarray:
+        # Sort by length so each batch pads little; restore the order at the end.
+        lengths = [len(t) for t in texts]
+        order = np.argsort(lengths, kind="stable")
+        chunks = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = [texts[i] for i in order[start : start + self.batch_size]]
+            ids, mask = self.encode(batch)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+            out = self.session.run([want], feeds)[0]
+            chunks.append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))
+        stacked = np.concatenate(chunks, axis=0)
+        result = np.empty_like(stacked)
+        result[order] = stacked
+        return result
+
+    # -- public API ---------------------------------------------------------
+    def raw_scores(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        """The network's standardised output ``z`` (float64), before scaling and clamping."""
+        prepared = self._texts(texts, contexts)
+        if not prepared:
+            return np.zeros(0, dtype=np.float64)
+        return self._run(prepared, "logits")[:, 0].astype(np.float64)
+
+    def predict(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        """Predicted CTR per text: float64, clamped to [0, 1], in input order."""
+        z = self.raw_scores(texts, contexts)
+        ctr = self.mean + self.std * z
+        ctr = np.where(np.isfinite(ctr), ctr, self.mean)
+        return np.clip(ctr, 0.0, 1.0)
+
+    def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+        """Mean-pooled last hidden state (float32 ``[n, d]``) of the fine-tuned model."""
+        if self.embedding_dim is None:
+            raise ModelIntegrityError(f"{self.model_dir}: this export has no embedding output")
+        prepared = self._texts(texts, contexts)
+        if not prepared:
+            return np.zeros((0, int(self.embedding_dim)), dtype=np.float32)
+        return self._run(prepared, "embedding").astype(np.float32)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict(texts)

@@ -1,0 +1,64 @@
+"""Fixtures of the export tests: a tiny random-initialised Llama checkpoint and a small Upworthy CSV."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+WORDS = ("you won't believe what this dog did next the one where a priest picks fight and loses "
+         "science says people love headlines about cats climate money health family music why how").split()
+
+
+def make_tiny_base(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32) with a word-level tokenizer, saved as a Hugging Face checkpoint."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "[UNK]": 3}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="[UNK]",
+                                   bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def write_packages_csv(path: Path, n_tests: int = 30, seed: int = 0) -> Path:
+    """A synthetic package CSV in the archive's columns; CTR rises with the word 'dog'."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    columns = ["clickability_test_id", "eyecatcher_id", "headline", "lede", "excerpt", "impressions",
+               "clicks", "significance", "first_place", "winner", "test_week"]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(columns)
+        for t in range(n_tests):
+            for h in range(3):
+                words = rng.choice(WORDS, size=int(rng.integers(3, 9)))
+                headline = " ".join(words) + f" {t} {h}"
+                ctr = 0.01 + 0.02 * ("dog" in words)
+                imps = int(rng.integers(1500, 4000))
+                w.writerow([f"t{t:03d}", f"e{t:03d}", headline, "<p>A lede about it.</p>", "An excerpt.",
+                            imps, int(rng.binomial(imps, ctr)), "", "", "", "201401"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return make_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return write_packages_csv(tmp_path_factory.mktemp("data") / "packages.csv")
