@@ -155,3 +155,16 @@ def test_protocol_arithmetic():
     assert P.POLICY_NAMES[:7] == ("E&C", "UCB", "PureLLM", "LOLA", "TS", "LLM-TS", "LLM-LinUCB")
     assert len(P.grid("LOLA")) == len(P.ALPHA_GRID) * len(P.N_AUX_GRID)
     assert {s.params["explore_fraction"] for s in P.grid("E&C")} == {0.1, 0.2, 0.3, 0.4, 0.5}
+
+
+def test_bai_subcommand_json(files):
+    data, tune, priors, _ = files
+    res = invoke("bai", "--data", data, "--priors", priors, "--tune-data", tune, "--reps", 1, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert set(doc["curves"]) == {"LLM-BAI", "BAI", "A/B test"}
+    assert doc["pure_llm_success_rate"] == 1.0  # exact priors pick the best arm
+    for curve in doc["curves"].values():
+        for budget, point in curve.items():
+            assert 0.0 <= point["success_rate"] <= 1.0
+            assert 0 < point["pulls_per_test"] <= int(budget) * 4
