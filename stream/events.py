@@ -54,6 +54,8 @@ REASONS = {
     "unknown_variant": "event for a variant the experiment does not have",
     "invalid_settings": "experiment settings rejected by ExperimentParams",
     "late_click": "click outside the attribution window",
+    "late_conversion": "conversion outside the attribution window",
+    "no_active_variant": "decision request for an experiment whose variants are all retired",
     "capacity": "state cannot hold another experiment or arm",
 }
 

@@ -67,6 +67,9 @@ class StreamSettings(BaseSettings):
 
     # --- worker ------------------------------------------------------------------------
     group_id: str = Field("lola-worker", validation_alias=AliasChoices("group_id", "LOLA_GROUP_ID"))
+    session_timeout_ms: int = Field(10_000, ge=1000, le=300_000,
+                                    validation_alias=AliasChoices("session_timeout_ms", "LOLA_SESSION_TIMEOUT_MS"),
+                                    description="consumer group session timeout: how fast a dead worker's partitions move")
     batch_size: int = Field(5000, ge=1, le=1_000_000, validation_alias=AliasChoices("batch_size", "LOLA_BATCH_SIZE"))
     poll_timeout_s: float = Field(0.05, gt=0, le=10, validation_alias=AliasChoices("poll_timeout_s", "LOLA_POLL_TIMEOUT_S"))
     checkpoint_interval_s: float = Field(1.0, gt=0, le=3600,

@@ -1,0 +1,198 @@
+"""Thin confluent-kafka wrappers: client configs, topic creation, dead letters, checkpoints.
+
+Everything that decides *what* to do with an event lives in the pure modules
+(:mod:`lola.stream.events`, :mod:`lola.stream.processor`); this module only moves
+bytes. Kafka errors become :class:`lola.errors.BrokerError` with librdkafka's code.
+
+Tansu notes (measured against the bundled v0.6.0-510f3e2 build; see README):
+
+* ``ListOffsets`` (``get_watermark_offsets(cached=False)``) reports the base offset of
+  the partition's last record batch + 1, not the log end, when that batch holds
+  several records; Fetch responses carry the right high watermark. So nothing here
+  trusts a listed high watermark to find "the end": readers stop at
+  ``PARTITION_EOF`` (from Fetch), and checkpoints are written one record per
+  produce request so the listed offset is exact for the state topic.
+* ``cleanup.policy=compact`` is accepted and reported back, but memory storage
+  never compacts. Readers therefore always take the *latest* record per key, which
+  is also what compaction would leave.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Protocol
+
+from lola.errors import BrokerError, ConfigError
+from lola.stream.processor import DeadLetter
+
+log = logging.getLogger("lola.stream.kafka")
+
+#: Same partitioner as the Java client (murmur2), so an experiment_id keyed by an ad
+#: server written in Java lands on the partition our tools and workers expect.
+PARTITIONER = "murmur2_random"
+
+H_REASON = "lola.reason"
+H_DETAIL = "lola.detail"
+H_TOPIC = "lola.source.topic"
+H_PARTITION = "lola.source.partition"
+H_OFFSET = "lola.source.offset"
+
+
+def producer_config(settings: Any, **extra: Any) -> dict[str, Any]:
+    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2,
+            "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000,
+            "message.max.bytes": 33_554_432}
+    conf.update(extra)
+    return conf
+
+
+def consumer_config(settings: Any, group_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    # Fetch settings: large fetches and a short broker wait. fetch.wait.max.ms=0
+    # returned nothing at all from Tansu in our probe; 10-500 ms all read ~1M msg/s.
+    conf = {**settings.kafka_config(), "group.id": group_id or settings.group_id,
+            "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 20,
+            "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 33_554_432,
+            "queued.max.messages.kbytes": 262_144}
+    conf.update(extra)
+    return conf
+
+
+def raise_on(err: Any, what: str) -> None:
+    if err is not None:
+        raise BrokerError.from_kafka_error(what, err)
+
+
+def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
+    """Create the worker's topics if missing; check the co-partitioning rule.
+
+    Events, decisions, snapshots and state all get the events topic's partition
+    count (state/snapshots compacted). Returns ``{topic: partitions}``.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(settings.kafka_config())
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise BrokerError.from_kafka_error(f"cannot reach broker {settings.bootstrap_servers}", exc.args[0]) from None
+    events_partitions = len(existing[settings.events_topic].partitions) if settings.events_topic in existing \
+        else settings.partitions
+    compact = {"cleanup.policy": "compact"}
+    wanted = {settings.events_topic: {}, settings.decisions_topic: {}, settings.deadletter_topic: {},
+              settings.snapshots_topic: compact, settings.state_topic: compact}
+    missing = [NewTopic(name, events_partitions, settings.replication_factor, config=cfg)
+               for name, cfg in wanted.items() if name not in existing]
+    if missing:
+        if not settings.create_topics:
+            raise ConfigError(f"topic(s) missing and LOLA_CREATE_TOPICS is false: {[t.topic for t in missing]}")
+        for name, fut in admin.create_topics(missing, request_timeout=timeout_s).items():
+            try:
+                fut.result(timeout_s)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if getattr(err, "name", lambda: "")() != "TOPIC_ALREADY_EXISTS":
+                    raise BrokerError.from_kafka_error(f"cannot create topic {name}", err) from None
+    topics = admin.list_topics(timeout=timeout_s).topics
+    counts = {name: len(topics[name].partitions) for name in wanted if name in topics}
+    if counts.get(settings.state_topic, 0) < events_partitions:
+        raise ConfigError(f"state topic {settings.state_topic} has {counts.get(settings.state_topic)} partitions; "
+                          f"it needs at least the {events_partitions} of {settings.events_topic}")
+    return counts
+
+
+class DeadLetterPolicy(Protocol):
+    """What happens to a bad message: the one injected policy."""
+
+    def handle(self, source_topic: str, partition: int, letter: DeadLetter) -> None: ...
+
+
+class KafkaDeadLetterPolicy:
+    """Publish the original bytes to the dead-letter topic with reason/source headers."""
+
+    def __init__(self, producer: Any, topic: str, on_error: Any = None) -> None:
+        self.producer = producer
+        self.topic = topic
+        self._on_error = on_error
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            log.error("dead letter not delivered", extra={"error": str(err)})
+            if self._on_error:
+                self._on_error(err)
+
+    def handle(self, source_topic: str, partition: int, letter: DeadLetter) -> None:
+        headers = [(H_REASON, letter.reason.encode()), (H_DETAIL, letter.detail.encode("utf-8", "replace")[:500]),
+                   (H_TOPIC, source_topic.encode()), (H_PARTITION, str(partition).encode()),
+                   (H_OFFSET, str(letter.offset).encode())]
+        produce(self.producer, self.topic, letter.value, key=letter.key, headers=headers,
+                on_delivery=self._delivered)
+
+
+class ListDeadLetterPolicy:
+    """Keep dead letters in a list (for embedding and pure tests)."""
+
+    def __init__(self) -> None:
+        self.letters: list[tuple[str, int, DeadLetter]] = []
+
+    def handle(self, source_topic: str, partition: int, letter: DeadLetter) -> None:
+        self.letters.append((source_topic, partition, letter))
+
+
+def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None = None, **kw: Any) -> None:
+    """``producer.produce`` that waits (serving delivery reports) while the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value, key, **kw)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def read_partition_to_end(conf: dict[str, Any], topic: str, partition: int, start: int,
+                          timeout_s: float = 30.0) -> Iterable[Any]:
+    """Yield messages of one partition from ``start`` until Fetch reports its end."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({**conf, "enable.partition.eof": True})
+    try:
+        consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic}[{partition}] did not reach its end within {timeout_s:.0f}s")
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    return
+                raise BrokerError.from_kafka_error(f"reading {topic}[{partition}]", err)
+            yield msg
+    finally:
+        consumer.close()
+
+
+def read_topic_latest(conf: dict[str, Any], topic: str, timeout_s: float = 30.0) -> dict[bytes, Any]:
+    """The latest message per key of a whole (compacted) topic: what compaction keeps."""
+    from confluent_kafka import Consumer, KafkaException
+
+    admin_consumer = Consumer({**conf, "enable.partition.eof": True})
+    try:
+        md = admin_consumer.list_topics(topic, timeout=timeout_s)
+    except KafkaException as exc:
+        raise BrokerError.from_kafka_error(f"cannot read metadata of {topic}", exc.args[0]) from None
+    finally:
+        admin_consumer.close()
+    tmeta = md.topics.get(topic)
+    if tmeta is None or tmeta.error is not None:
+        raise BrokerError.from_kafka_error(f"topic {topic} not available", tmeta.error if tmeta else None) \
+            if tmeta is not None and tmeta.error is not None else BrokerError(f"topic {topic} does not exist")
+    latest: dict[bytes, Any] = {}
+    for p in sorted(tmeta.partitions):
+        for msg in read_partition_to_end(conf, topic, p, 0, timeout_s):
+            latest[msg.key()] = msg
+    return latest

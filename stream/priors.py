@@ -1,0 +1,234 @@
+"""Prior providers and the background service that keeps them off the allocation loop.
+
+A :class:`PriorProvider` maps variant texts to prior CTRs in [0, 1]. The worker never
+calls one directly: it hands :class:`~lola.stream.processor.PriorRequest` items to a
+:class:`PriorService`, whose thread batches texts, calls ``predict`` and queues the
+results. The worker drains results between batches and applies them with
+``BanditState.set_prior``. A slow or failing provider therefore never stalls
+decisions: a request not answered within ``timeout_s`` is given up (the arm simply
+has no prior, as in plain UCB) and counted as a fallback; so is a provider error, a
+result outside [0, 1], or a full queue.
+
+:class:`OnnxModelProvider` wraps ``lola.export.serve.OnnxPriorModel(model_dir)`` (the
+priors engineer's torch-free server, which checks the model card's sha256). It loads
+lazily on first use and reloads, on the service thread, when the model card file
+changes or on :meth:`OnnxModelProvider.request_reload` (SIGHUP in the worker). The old
+model keeps serving until the new one has loaded and passed its hash check, so a
+reload has no downtime; a failed reload keeps the old model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from lola.errors import ConfigError
+
+log = logging.getLogger("lola.stream.priors")
+
+
+@runtime_checkable
+class PriorProvider(Protocol):
+    """Anything that predicts prior CTRs for texts."""
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        """Return float64[len(texts)] with values in [0, 1]."""
+        ...
+
+
+class ConstantPriorProvider:
+    """The same prior CTR for every text (a baseline, and the default in tests)."""
+
+    def __init__(self, ctr: float) -> None:
+        if not (0.0 <= float(ctr) <= 1.0):
+            raise ConfigError(f"constant prior must be in [0, 1], got {ctr}")
+        self.ctr = float(ctr)
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        return np.full(len(texts), self.ctr, dtype=np.float64)
+
+
+class OnnxModelProvider:
+    """Lazy, hot-reloadable ``lola.export.serve.OnnxPriorModel`` (see module docstring)."""
+
+    CARD = "model_card.json"
+
+    def __init__(self, model_dir: str | Path, loader: Callable[[Path], Any] | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        if not self.model_dir.is_dir():
+            raise ConfigError(f"model dir not found: {self.model_dir}")
+        self._loader = loader
+        self._model: Any = None
+        self._card_stamp: tuple[float, int] | None = None
+        self._reload_requested = threading.Event()
+        self.reloads = 0
+        self.reload_failures = 0
+
+    def _load(self) -> Any:
+        if self._loader is not None:
+            return self._loader(self.model_dir)
+        from lola.export.serve import OnnxPriorModel  # imports onnxruntime/tokenizers only
+
+        return OnnxPriorModel(self.model_dir)
+
+    def _stamp(self) -> tuple[float, int] | None:
+        try:
+            st = os.stat(self.model_dir / self.CARD)
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def request_reload(self) -> None:
+        """Ask for a reload at the next prediction (safe from a signal handler)."""
+        self._reload_requested.set()
+
+    def maybe_reload(self) -> None:
+        """Reload if asked or the model card changed; keep the old model on failure."""
+        stamp = self._stamp()
+        if self._model is not None and not self._reload_requested.is_set() and stamp == self._card_stamp:
+            return
+        self._reload_requested.clear()
+        try:
+            model = self._load()
+        except Exception as exc:  # ModelIntegrityError, missing files, ORT errors
+            self.reload_failures += 1
+            if self._model is None:
+                raise
+            log.error("prior model reload failed, keeping the loaded model", extra={"error": str(exc)})
+            self._card_stamp = stamp  # do not retry the same broken files in a loop
+            return
+        first = self._model is None
+        self._model, self._card_stamp = model, stamp
+        if not first:
+            self.reloads += 1
+        log.info("prior model loaded", extra={"model_dir": str(self.model_dir), "reload": not first})
+
+    def predict(self, texts: list[str]) -> np.ndarray:
+        self.maybe_reload()
+        return np.asarray(self._model.predict(texts), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class PriorResult:
+    partition: int
+    experiment_id: str
+    variant_id: str
+    prior: float
+
+
+class PriorService:
+    """Runs a provider on its own thread; see the module docstring.
+
+    ``on_fallback(reason)`` is called (from either thread) for every request that
+    ends without a prior: ``timeout``, ``error``, ``out_of_range``, ``queue_full``.
+    """
+
+    def __init__(self, provider: PriorProvider | None, timeout_s: float = 2.0, batch_size: int = 32,
+                 max_pending: int = 100_000, on_fallback: Callable[[str], None] | None = None,
+                 watch_interval_s: float = 5.0) -> None:
+        self.provider = provider
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.watch_interval_s = watch_interval_s
+        self._in: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._out: queue.Queue = queue.Queue()
+        self._on_fallback = on_fallback or (lambda reason: None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+        self.fallbacks: dict[str, int] = {}
+
+    def _fallback(self, reason: str, n: int = 1) -> None:
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + n
+        for _ in range(n):
+            self._on_fallback(reason)
+
+    def start(self) -> "PriorService":
+        if self.provider is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lola-priors", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def submit(self, request: Any) -> None:
+        """Queue a PriorRequest; never blocks."""
+        if self.provider is None:
+            return
+        try:
+            self._in.put_nowait((time.monotonic() + self.timeout_s, request))
+        except queue.Full:
+            self._fallback("queue_full")
+
+    def results(self) -> list[PriorResult]:
+        """Priors that arrived since the last call (never blocks)."""
+        out = []
+        while True:
+            try:
+                out.append(self._out.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _run(self) -> None:
+        last_watch = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                first = self._in.get(timeout=0.1)
+            except queue.Empty:
+                if isinstance(self.provider, OnnxModelProvider) and time.monotonic() - last_watch > self.watch_interval_s:
+                    last_watch = time.monotonic()
+                    try:
+                        self.provider.maybe_reload()
+                    except Exception as exc:  # first load failed: report, retry later
+                        log.error("prior model load failed", extra={"error": str(exc)})
+                continue
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._in.get_nowait())
+                except queue.Empty:
+                    break
+            now = time.monotonic()
+            live = [(d, r) for d, r in batch if d > now]
+            if len(live) < len(batch):
+                self._fallback("timeout", len(batch) - len(live))
+            if not live:
+                continue
+            try:
+                preds = np.asarray(self.provider.predict([r.text for _, r in live]), dtype=np.float64)
+                if preds.shape != (len(live),):
+                    raise ValueError(f"provider returned shape {preds.shape}, expected ({len(live)},)")
+            except Exception as exc:  # a failing model must never take the worker down
+                log.error("prior provider failed", extra={"error": str(exc)[:300]})
+                self._fallback("error", len(live))
+                continue
+            done = time.monotonic()
+            for (deadline, req), p in zip(live, preds.tolist()):
+                if done > deadline:
+                    self._fallback("timeout")
+                elif not (0.0 <= p <= 1.0):
+                    self._fallback("out_of_range")
+                else:
+                    self.delivered += 1
+                    self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p))
+
+
+def provider_from_settings(settings: Any) -> PriorProvider | None:
+    """ONNX model when ``model_dir`` is set, else a constant prior when set, else none."""
+    if settings.model_dir is not None:
+        return OnnxModelProvider(settings.model_dir)
+    if settings.constant_prior is not None:
+        return ConstantPriorProvider(settings.constant_prior)
+    return None

@@ -1,0 +1,425 @@
+"""Pure event processing for one partition-shard: no confluent_kafka, no I/O.
+
+A :class:`ShardProcessor` owns the experiments whose key hashes to one partition of
+the events topic. It holds a :class:`lola.kernels.BanditState`, the experiment and
+variant registry, the de-duplication window and the attribution index, and the next
+input offset its state reflects. :meth:`ShardProcessor.process` turns a batch of
+``(offset, key, value)`` records into outputs (decisions, dead letters, prior
+requests, dirty experiments); :meth:`to_checkpoint` / :meth:`from_checkpoint` make
+the exact, self-consistent checkpoint the worker writes to the state topic.
+
+Batch semantics
+---------------
+Within one consumed batch, records are handled in log order; variant add/retire
+take effect at once, counting events (impression, click, conversion) are gathered and
+applied with one :func:`lola.kernels.update` call at the end of the batch, and the
+batch's decision requests are then answered by one :func:`lola.kernels.select` call.
+So a decision sees every event logged before the end of its batch. Counts never
+depend on batch boundaries; decisions may (a decision re-emitted after a crash keeps
+its ``request_id`` but may name another variant).
+
+Attribution window
+------------------
+A click (or conversion) that names a remembered impression (``impression_id``, or a
+``request_id`` an impression carried) is late if it comes more than the window after
+that impression. Otherwise it is late if its ts is more than the window before the
+newest event time seen for its experiment. Late events go to dead letters
+(``late_click`` / ``late_conversion``) and a metric; they are never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from lola.errors import CapacityError, ConfigError, EventError, KernelInputError, LolaError
+from lola.stream import events as ev
+
+CHECKPOINT_MAGIC = b"LOLACKP1"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """Per-shard processing settings (a subset of StreamSettings)."""
+
+    dedup_window: int = 100_000
+    request_memory: int = 20_000
+    attribution_window_s: float = 86_400.0
+    max_message_bytes: int = 65_536
+    default_policy: str = "llm2ucb"
+    default_alpha: float = 0.06
+    default_n_aux: float = 1000.0
+    seed: int = 0
+    check_key: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "ProcessorConfig":
+        return cls(dedup_window=settings.dedup_window,
+                   request_memory=min(settings.dedup_window, 20_000),
+                   attribution_window_s=settings.attribution_window_s,
+                   max_message_bytes=settings.max_message_bytes,
+                   default_policy=settings.default_policy,
+                   default_alpha=settings.default_alpha,
+                   default_n_aux=settings.default_n_aux,
+                   seed=settings.seed)
+
+
+@dataclass
+class Experiment:
+    """Registry entry: where an experiment lives in the BanditState and its variants."""
+
+    experiment_id: str
+    row: int
+    policy: str
+    attribution_window_s: float
+    variant_ids: list[str] = field(default_factory=list)  # slot -> variant_id
+    texts: list[str] = field(default_factory=list)        # slot -> text (for priors)
+    slots: dict[str, int] = field(default_factory=dict)   # variant_id -> slot
+    version: int = 0                                      # policy_version
+    max_ts: float = -math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.experiment_id, "row": self.row, "policy": self.policy,
+                "win": self.attribution_window_s, "variants": self.variant_ids, "texts": self.texts,
+                "version": self.version, "max_ts": self.max_ts if math.isfinite(self.max_ts) else None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Experiment":
+        exp = cls(d["id"], d["row"], d["policy"], d["win"], list(d["variants"]), list(d["texts"]),
+                  version=d["version"], max_ts=-math.inf if d["max_ts"] is None else d["max_ts"])
+        exp.slots = {v: i for i, v in enumerate(exp.variant_ids)}
+        return exp
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class PriorRequest:
+    partition: int
+    experiment_id: str
+    variant_id: str
+    text: str
+
+
+@dataclass
+class BatchOutput:
+    """What one processed batch produced (the worker turns it into Kafka records)."""
+
+    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)   # (key, value)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    prior_requests: list[PriorRequest] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)                 # accepted events by type
+    duplicates: int = 0
+    dirty: set[str] = field(default_factory=set)                         # experiment ids changed
+
+
+class _Window:
+    """A bounded FIFO map: the newest ``size`` keys are remembered (dedup, attribution)."""
+
+    __slots__ = ("size", "map", "order")
+
+    def __init__(self, size: int, items: list | None = None) -> None:
+        self.size = size
+        self.map: dict[str, Any] = {}
+        self.order: deque[str] = deque()
+        for k, v in items or ():
+            self.put(k, v)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.map
+
+    def get(self, key: str) -> Any:
+        return self.map.get(key)
+
+    def put(self, key: str, value: Any) -> None:
+        if self.size <= 0:
+            return
+        if key not in self.map:
+            self.order.append(key)
+            if len(self.order) > self.size:
+                del self.map[self.order.popleft()]
+        self.map[key] = value
+
+    def items(self) -> list:
+        return [[k, self.map[k]] for k in self.order]
+
+
+def _mix_seed(*parts: int) -> int:
+    """Stable 63-bit seed from integers (splitmix64 finaliser); Python's hash() is salted."""
+    z = 0x9E3779B97F4A7C15
+    for p in parts:
+        z = (z ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+    return z & 0x7FFFFFFFFFFFFFFF
+
+
+class ShardProcessor:
+    """State and processing of one partition of the events topic (see module docstring)."""
+
+    def __init__(self, partition: int, config: ProcessorConfig | None = None, *,
+                 state: Any = None, next_offset: int = 0) -> None:
+        from lola.kernels import BanditState
+
+        self.partition = partition
+        self.config = config or ProcessorConfig()
+        self.state = state if state is not None else BanditState(capacity_experiments=64, capacity_arms=4)
+        self.experiments: dict[str, Experiment] = {}
+        self.by_row: dict[int, Experiment] = {}
+        self.next_offset = next_offset
+        self.seen = _Window(self.config.dedup_window)          # event_id -> impression ts or -1
+        self.imp_by_request = _Window(self.config.dedup_window)  # request_id -> impression ts
+        self.decided = _Window(self.config.request_memory)     # request_id -> [variant, propensity, version]
+        self.events_applied = 0
+
+    # ------------------------------------------------------------------ processing
+    def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None) -> BatchOutput:
+        """Apply a batch of ``(offset, key, value)`` records in log order.
+
+        Records at offsets below :attr:`next_offset` (already reflected in the state)
+        are skipped, so a re-delivered batch never counts twice.
+        """
+        from lola.kernels import update
+
+        out = BatchOutput()
+        cfg = self.config
+        now = time.time() if now is None else now
+        rows: list[int] = []
+        slots: list[int] = []
+        imps: list[float] = []
+        clks: list[float] = []
+        convs: list[float] = []
+        requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None]] = []
+        counts = out.counts
+        seen = self.seen
+        first_offset = None
+        for offset, key, value in records:
+            if offset < self.next_offset:
+                continue
+            if first_offset is None:
+                first_offset = offset
+            self.next_offset = offset + 1
+            try:
+                event = ev.decode(value, (key or b"") if cfg.check_key else None, cfg.max_message_bytes)
+                exp = self.experiments.get(event.experiment_id)
+                kind = type(event)
+                if kind is ev.Impression or kind is ev.Click or kind is ev.Conversion:
+                    if event.event_id in seen:
+                        out.duplicates += 1
+                        continue
+                    if exp is None:
+                        raise EventError("unknown_experiment", event.experiment_id[:80])
+                    slot = exp.slots.get(event.variant_id)
+                    if slot is None:
+                        raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
+                    if kind is ev.Impression:
+                        seen.put(event.event_id, event.ts)
+                        if event.request_id is not None:
+                            self.imp_by_request.put(event.request_id, event.ts)
+                        rows.append(exp.row); slots.append(slot); imps.append(1.0); clks.append(0.0); convs.append(0.0)
+                    else:
+                        self._check_attribution(event, exp, "late_click" if kind is ev.Click else "late_conversion")
+                        seen.put(event.event_id, -1.0)
+                        rows.append(exp.row); slots.append(slot); imps.append(0.0)
+                        if kind is ev.Click:
+                            clks.append(1.0); convs.append(0.0)
+                        else:
+                            clks.append(0.0); convs.append(event.value)
+                    if event.ts > exp.max_ts:
+                        exp.max_ts = event.ts
+                    exp.version += 1
+                    out.dirty.add(exp.experiment_id)
+                elif kind is ev.DecisionRequest:
+                    if exp is None:
+                        raise EventError("unknown_experiment", event.experiment_id[:80])
+                    requests.append((event, exp, offset, key, value))
+                else:  # Variant
+                    self._apply_variant(event, exp, out)
+                counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
+            except EventError as exc:
+                out.dead_letters.append(DeadLetter(offset, key, value, exc.reason, exc.detail))
+        if rows:
+            n = len(rows)
+            update(self.state, np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64),
+                   np.asarray(imps, dtype=np.float64), np.asarray(clks, dtype=np.float64),
+                   np.asarray(convs, dtype=np.float64))
+            self.events_applied += n
+        if requests:
+            self._decide(requests, out, now, first_offset or 0)
+        return out
+
+    def _check_attribution(self, event: Any, exp: Experiment, reason: str) -> None:
+        window = exp.attribution_window_s
+        ref = None
+        impression_id = getattr(event, "impression_id", None)
+        if impression_id is not None:
+            ref = self.seen.get(impression_id)
+            if ref is not None and ref < 0:
+                ref = None  # that id was a click or conversion, not an impression
+        request_id = getattr(event, "request_id", None)
+        if ref is None and request_id is not None:
+            ref = self.imp_by_request.get(request_id)
+        if ref is not None:
+            if event.ts - ref > window:
+                raise EventError(reason, f"{event.ts - ref:.0f}s after its impression > window {window:g}s")
+        elif event.ts < exp.max_ts - window:
+            raise EventError(reason, f"{exp.max_ts - event.ts:.0f}s older than the newest event > window {window:g}s")
+
+    def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
+        from lola.kernels import ExperimentParams
+
+        if event.action == "retire":
+            if exp is None:
+                raise EventError("unknown_experiment", event.experiment_id[:80])
+            slot = exp.slots.get(event.variant_id)
+            if slot is None:
+                raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
+            if bool(self.state.active[exp.row, slot]):
+                self.state.retire_arm(exp.row, slot)
+                exp.version += 1
+                out.dirty.add(exp.experiment_id)
+            return
+        if exp is None:
+            settings = dict(event.settings or {})
+            window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
+            if not window > 0:
+                raise EventError("invalid_settings", "attribution_window_s must be > 0")
+            params = {"policy": self.config.default_policy, "alpha": self.config.default_alpha,
+                      "n_aux": self.config.default_n_aux, **settings}
+            try:
+                row = self.state.add_experiment(ExperimentParams(**params))
+            except CapacityError as exc:
+                raise EventError("capacity", str(exc)[:120]) from None
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise EventError("invalid_settings", str(exc)[:160]) from None
+            exp = Experiment(event.experiment_id, row, self.state.params(row).policy, window)
+            self.experiments[exp.experiment_id] = exp
+            self.by_row[row] = exp
+        if event.variant_id in exp.slots:
+            return  # adding a known variant again is a no-op (idempotent upstream retries)
+        try:
+            slot = self.state.add_arm(exp.row)
+        except (CapacityError, KernelInputError) as exc:
+            raise EventError("capacity", str(exc)[:120]) from None
+        exp.slots[event.variant_id] = slot
+        exp.variant_ids.append(event.variant_id)
+        exp.texts.append(event.text)
+        exp.version += 1
+        out.dirty.add(exp.experiment_id)
+        out.prior_requests.append(PriorRequest(self.partition, exp.experiment_id, event.variant_id, event.text))
+
+    def _decide(self, requests: list, out: BatchOutput, now: float, first_offset: int) -> None:
+        from lola.kernels import select
+
+        fresh: list[tuple[ev.DecisionRequest, Experiment]] = []
+        for req, exp, offset, key, value in requests:
+            prior = self.decided.get(req.request_id)
+            if prior is not None:  # upstream retry: answer with the same decision again
+                out.duplicates += 1
+                out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
+                    req.request_id, exp.experiment_id, prior[0], prior[1], exp.policy, prior[2], now)))
+            elif not bool(self.state.active[exp.row, :int(self.state.n_arms[exp.row])].any()):
+                out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant", exp.experiment_id[:80]))
+            else:
+                fresh.append((req, exp))
+        if not fresh:
+            return
+        rows = np.fromiter((exp.row for _, exp in fresh), dtype=np.int64, count=len(fresh))
+        chosen, propensity = select(self.state, rows, _mix_seed(self.config.seed, self.partition, first_offset))
+        for (req, exp), slot, p in zip(fresh, chosen.tolist(), propensity.tolist()):
+            variant_id = exp.variant_ids[slot]
+            self.decided.put(req.request_id, (variant_id, p, exp.version))
+            out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
+                req.request_id, exp.experiment_id, variant_id, p, exp.policy, exp.version, now)))
+
+    # ------------------------------------------------------------------ priors
+    def apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
+        """Apply a prior that arrived from the prior provider; False if the arm is gone."""
+        exp = self.experiments.get(experiment_id)
+        slot = exp.slots.get(variant_id) if exp else None
+        if slot is None:
+            return False
+        self.state.set_prior(exp.row, slot, float(prior))
+        exp.version += 1
+        return True
+
+    def missing_priors(self) -> list[PriorRequest]:
+        """Active arms without a prior (asked again after a restore)."""
+        out = []
+        for exp in self.experiments.values():
+            for slot, vid in enumerate(exp.variant_ids):
+                if self.state.active[exp.row, slot] and not self.state.has_prior[exp.row, slot]:
+                    out.append(PriorRequest(self.partition, exp.experiment_id, vid, exp.texts[slot]))
+        return out
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, experiment_id: str, now: float | None = None) -> dict[str, Any]:
+        """Policy snapshot of one experiment (value of the compacted snapshots topic)."""
+        exp = self.experiments[experiment_id]
+        summary = self.state.experiment_summary(exp.row, seed=_mix_seed(self.config.seed, exp.version))
+        arms = {}
+        for arm in summary["arms"]:
+            vid = exp.variant_ids[arm["slot"]]
+            arms[vid] = {k: arm[k] for k in ("impressions", "clicks", "conversions", "prior", "score",
+                                             "serving_share", "active")}
+        return {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
+                "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
+                "ts": time.time() if now is None else now, "partition": self.partition,
+                "input_offset": self.next_offset, "arms": arms}
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_checkpoint(self, topic: str) -> bytes:
+        """One self-consistent record: the state exactly as of input offset ``next_offset``."""
+        meta = {"version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
+                "next_offset": self.next_offset, "created": time.time(),
+                "experiments": [e.to_json() for e in self.experiments.values()],
+                "seen": self.seen.items(), "imp_by_request": self.imp_by_request.items(),
+                "decided": self.decided.items()}
+        meta_bytes = orjson.dumps(meta)
+        return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
+
+    @staticmethod
+    def checkpoint_offset(blob: bytes) -> int:
+        meta, _ = _split_checkpoint(blob)
+        return int(meta["next_offset"])
+
+    @classmethod
+    def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None) -> "ShardProcessor":
+        from lola.kernels import BanditState
+
+        meta, state_blob = _split_checkpoint(blob)
+        proc = cls(int(meta["partition"]), config, state=BanditState.from_bytes(state_blob),
+                   next_offset=int(meta["next_offset"]))
+        for d in meta["experiments"]:
+            exp = Experiment.from_json(d)
+            proc.experiments[exp.experiment_id] = exp
+            proc.by_row[exp.row] = exp
+        proc.seen = _Window(proc.config.dedup_window, meta["seen"])
+        proc.imp_by_request = _Window(proc.config.dedup_window, meta["imp_by_request"])
+        proc.decided = _Window(proc.config.request_memory, [(k, tuple(v)) for k, v in meta["decided"]])
+        return proc
+
+
+def _split_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
+    if not blob or not blob.startswith(CHECKPOINT_MAGIC) or len(blob) < len(CHECKPOINT_MAGIC) + 4:
+        raise LolaError("not a lola checkpoint record (bad magic)")
+    (n,) = struct.unpack(">I", blob[8:12])
+    meta = orjson.loads(blob[12:12 + n])
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise LolaError(f"checkpoint version {meta.get('version')} is not supported (this build reads {CHECKPOINT_VERSION})")
+    return meta, blob[12 + n:]

@@ -1,0 +1,408 @@
+"""``lola worker``: the Kafka loop around the pure :class:`~lola.stream.processor.ShardProcessor`.
+
+Exactly-once counts without broker transactions
+-----------------------------------------------
+* Every event type travels on ONE topic keyed by ``experiment_id``. Per-experiment
+  order (variant before its impressions, impression before its click) is then the
+  log order, and a replay from an offset applies the same events in the same order.
+  Separate topics per type would need a co-partitioning assignor *and* would lose that
+  cross-type order on replay.
+* Partition ``p`` of the events topic is one shard with its own BanditState. Its
+  checkpoint (state, registry, dedup window, attribution index and the next input
+  offset the state reflects) is ONE record written to partition ``p`` of the compacted
+  state topic, as its own produce request, after every output of the batch before it
+  has been acknowledged. A checkpoint is self-consistent by construction.
+* On assignment the worker reads the tail of state partition ``p``, keeps the record
+  that reflects the most input (highest ``next_offset``: with deterministic processing
+  a later checkpoint, even one written by a zombie owner, is the more advanced copy of
+  the same history) and seeks the events partition to that offset. Committed group
+  offsets are written too, but only for lag monitoring; the checkpoint is the truth.
+* A crash therefore replays the events after the last checkpoint into the state of
+  that checkpoint: nothing lost, nothing counted twice. Outputs produced after the
+  checkpoint are produced again (at-least-once): decisions keep their request_id, dead
+  letters keep their source offset header, snapshots are overwritten.
+* On revoke: flush outputs, checkpoint the revoked shards, commit. SIGTERM: the same
+  for all shards, then exit 0. SIGHUP: reload the prior model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import orjson
+
+from lola.errors import BrokerError, LolaError
+from lola.stream import kafka as kf
+from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
+from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
+from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor
+from lola.stream.settings import StreamSettings
+
+log = logging.getLogger("lola.stream.worker")
+
+#: How many records at the tail of a state partition are examined on restore.
+RESTORE_TAIL = 16
+
+
+class Worker:
+    """One member of the worker consumer group.
+
+    Parameters
+    ----------
+    settings:
+        The typed settings object.
+    prior_provider:
+        Overrides the provider chosen from settings (ONNX model dir / constant / none).
+    dead_letter_policy:
+        Overrides the default :class:`~lola.stream.kafka.KafkaDeadLetterPolicy`.
+    serve_http:
+        Start the /metrics, /healthz, /readyz server (``settings.metrics_port``).
+    """
+
+    def __init__(self, settings: StreamSettings, prior_provider: PriorProvider | None = None,
+                 dead_letter_policy: kf.DeadLetterPolicy | None = None, serve_http: bool = True) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.settings = settings
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.metrics = WorkerMetrics()
+        self.config = ProcessorConfig.from_settings(settings)
+        self.topic = settings.events_topic
+        kf.ensure_topics(settings)
+        self.producer = Producer(kf.producer_config(settings, **{"client.id": self.worker_id}))
+        self.consumer = Consumer(kf.consumer_config(
+            settings, **{"client.id": self.worker_id, "partition.assignment.strategy": "range",
+                         "session.timeout.ms": settings.session_timeout_ms,
+                         "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300_000}))
+        self.dead_letters = dead_letter_policy or kf.KafkaDeadLetterPolicy(
+            self.producer, settings.deadletter_topic, on_error=lambda err: self.metrics.produce_errors.inc())
+        provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
+        self.priors = PriorService(provider, settings.prior_timeout_s, settings.prior_batch_size,
+                                   on_fallback=lambda reason: self.metrics.prior_fallbacks.labels(reason).inc(),
+                                   watch_interval_s=settings.model_watch_interval_s)
+        self.shards: dict[int, ShardProcessor] = {}
+        self.checkpointed_at: dict[int, float] = {}
+        self.checkpointed_offset: dict[int, int] = {}
+        self.dirty_experiments: dict[int, set[str]] = {}
+        self._stop = threading.Event()
+        self._failed = False  # set when the loop dies mid-batch: then never checkpoint
+        self._ready = False
+        self._heartbeat = time.monotonic()
+        self._rate = RateMeter()
+        self.http: HealthServer | None = None
+        self._serve_http = serve_http
+        self.bound_metrics_port: int | None = None
+
+    # ------------------------------------------------------------------ control
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stop.set()
+
+    def reload_priors(self, *_: Any) -> None:
+        if isinstance(self.priors.provider, OnnxModelProvider):
+            self.priors.provider.request_reload()
+            log.info("prior model reload requested")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, self.reload_priors)
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._heartbeat < 30.0
+
+    def ready(self) -> bool:
+        return self._ready and self.healthy()
+
+    # ------------------------------------------------------------------ rebalance
+    def _checkpoint_key(self, partition: int) -> bytes:
+        # One writer group per state topic is the intended setup; the key still names
+        # group and topic so a second group never restores another group's state.
+        return f"{self.settings.group_id}:{self.topic}:{partition}".encode()
+
+    def _restore(self, partition: int) -> ShardProcessor:
+        """The shard as of its best checkpoint, or a fresh shard at offset 0."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
+        probe = Consumer(conf)
+        try:
+            low, high = probe.get_watermark_offsets(TopicPartition(self.settings.state_topic, partition),
+                                                    timeout=10, cached=False)
+        except Exception as exc:  # KafkaException
+            raise BrokerError.from_kafka_error("cannot list state topic offsets", exc.args[0] if exc.args else exc)
+        finally:
+            probe.close()
+        want_key = self._checkpoint_key(partition)
+        best: bytes | None = None
+        best_offset = -1
+        if high > low:
+            start = max(low, high - RESTORE_TAIL)
+            for msg in kf.read_partition_to_end(conf, self.settings.state_topic, partition, start):
+                if msg.key() != want_key or not msg.value():
+                    continue
+                try:
+                    offset = ShardProcessor.checkpoint_offset(msg.value())
+                except LolaError as exc:
+                    log.error("unreadable checkpoint skipped", extra={"partition": partition, "error": str(exc)})
+                    continue
+                if offset > best_offset:
+                    best, best_offset = msg.value(), offset
+        if best is None:
+            shard = ShardProcessor(partition, self.config)
+        else:
+            shard = ShardProcessor.from_checkpoint(best, self.config)
+        self.checkpointed_offset[partition] = shard.next_offset
+        self.checkpointed_at[partition] = time.time()
+        for req in shard.missing_priors():
+            self.priors.submit(req)
+        log.info("shard restored", extra={"partition": partition, "next_offset": shard.next_offset,
+                                          "experiments": len(shard.experiments), "from_checkpoint": best is not None})
+        return shard
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self._ready = False
+        for tp in partitions:
+            if tp.topic != self.topic:
+                continue
+            shard = self._restore(tp.partition)
+            self.shards[tp.partition] = shard
+            self.dirty_experiments[tp.partition] = set(shard.experiments)  # republish snapshots
+            tp.offset = shard.next_offset
+        consumer.assign(partitions)
+        self.metrics.partitions.set(len(self.shards))
+        self._ready = True
+        log.info("partitions assigned", extra={"partitions": sorted(self.shards)})
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        revoked = [tp.partition for tp in partitions if tp.topic == self.topic and tp.partition in self.shards]
+        if revoked and not self._failed:
+            self._publish_snapshots(revoked)
+            self.checkpoint(revoked, commit_sync=True)
+        for p in revoked:
+            self._drop(p)
+        self.metrics.partitions.set(len(self.shards))
+        log.info("partitions revoked", extra={"partitions": revoked})
+
+    def _on_lost(self, consumer: Any, partitions: list) -> None:
+        for tp in partitions:
+            self._drop(tp.partition)
+        self.metrics.partitions.set(len(self.shards))
+        log.warning("partitions lost (not checkpointed)", extra={"partitions": [tp.partition for tp in partitions]})
+
+    def _drop(self, partition: int) -> None:
+        self.shards.pop(partition, None)
+        self.dirty_experiments.pop(partition, None)
+        self.checkpointed_at.pop(partition, None)
+        self.checkpointed_offset.pop(partition, None)
+        try:
+            self.metrics.lag.remove(str(partition))
+        except KeyError:
+            pass
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, partitions: list[int] | None = None, commit_sync: bool = False) -> int:
+        """Flush outputs, write one checkpoint record per changed shard, commit offsets.
+
+        Returns the number of checkpoint records written. Raises BrokerError if a
+        checkpoint could not be written (the shard is then checkpointed next time).
+        """
+        from confluent_kafka import TopicPartition
+
+        t0 = time.perf_counter()
+        parts = sorted(self.shards if partitions is None else partitions)
+        # Outputs first: a checkpoint must never claim offsets whose outputs could be lost.
+        remaining = self.producer.flush(30)
+        if remaining:
+            raise BrokerError(f"{remaining} output records not delivered within 30s; checkpoint postponed")
+        written = 0
+        commits = []
+        now = time.time()
+        for p in parts:
+            shard = self.shards.get(p)
+            if shard is None:
+                continue
+            if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
+                self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
+                continue
+            result: dict[str, Any] = {}
+
+            def delivered(err: Any, msg: Any, result: dict = result) -> None:
+                result["err"] = err
+
+            kf.produce(self.producer, self.settings.state_topic, shard.to_checkpoint(self.topic),
+                       key=self._checkpoint_key(p), partition=p, on_delivery=delivered)
+            # One record per produce request: keeps Tansu's listed high watermark exact.
+            self.producer.flush(30)
+            if result.get("err") is not None or "err" not in result:
+                raise BrokerError.from_kafka_error(f"checkpoint of partition {p} not written",
+                                                   result.get("err", "no delivery report"))
+            self.checkpointed_offset[p] = shard.next_offset
+            self.checkpointed_at[p] = now
+            commits.append(TopicPartition(self.topic, p, shard.next_offset))
+            written += 1
+        if commits:
+            try:
+                self.consumer.commit(offsets=commits, asynchronous=not commit_sync)
+            except Exception as exc:  # commits are advisory (lag); the checkpoint is the truth
+                log.warning("offset commit failed", extra={"error": str(exc)})
+        self.metrics.checkpoints.inc(written)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        return written
+
+    def _publish_snapshots(self, partitions: list[int] | None = None) -> int:
+        n = 0
+        now = time.time()
+        for p in (sorted(self.shards) if partitions is None else partitions):
+            shard = self.shards.get(p)
+            dirty = self.dirty_experiments.get(p)
+            if shard is None or not dirty:
+                continue
+            for exp_id in dirty:
+                kf.produce(self.producer, self.settings.snapshots_topic, orjson.dumps(shard.snapshot(exp_id, now)),
+                           key=exp_id.encode(), on_delivery=self._on_output)
+                n += 1
+            dirty.clear()
+        return n
+
+    def _on_output(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.metrics.produce_errors.inc()
+            log.error("output not delivered", extra={"topic": msg.topic() if msg else None, "error": str(err)})
+
+    # ------------------------------------------------------------------ main loop
+    def _emit(self, partition: int, out: BatchOutput) -> None:
+        m = self.metrics
+        for key, value in out.decisions:
+            kf.produce(self.producer, self.settings.decisions_topic, value, key=key, on_delivery=self._on_output)
+        if out.decisions:
+            m.decisions.inc(len(out.decisions))
+        for letter in out.dead_letters:
+            self.dead_letters.handle(self.topic, partition, letter)
+            m.dead_letters.labels(letter.reason).inc()
+            if letter.reason.startswith("late_"):
+                m.late_events.inc()
+        for req in out.prior_requests:
+            self.priors.submit(req)
+        for kind, n in out.counts.items():
+            m.events.labels(kind).inc(n)
+        if out.duplicates:
+            m.duplicates.inc(out.duplicates)
+        if out.dirty:
+            self.dirty_experiments.setdefault(partition, set()).update(out.dirty)
+
+    def _apply_priors(self) -> None:
+        for res in self.priors.results():
+            shard = self.shards.get(res.partition)
+            if shard is not None and shard.apply_prior(res.experiment_id, res.variant_id, res.prior):
+                self.metrics.priors_applied.inc()
+                self.dirty_experiments.setdefault(res.partition, set()).add(res.experiment_id)
+
+    def _update_gauges(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        self.metrics.events_per_s.set(self._rate.rate())
+        now = time.time()
+        if self.checkpointed_at:
+            self.metrics.checkpoint_age.set(now - min(self.checkpointed_at.values()))
+        for p, shard in self.shards.items():
+            try:
+                # cached=True: the high watermark of the last Fetch response (exact on Tansu too).
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except Exception:
+                continue
+            if high >= 0:
+                self.metrics.lag.labels(str(p)).set(max(0, high - shard.next_offset))
+
+    def run(self, max_records: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
+        """Consume until stopped (SIGTERM), ``max_records`` consumed, or idle for ``idle_exit_s``.
+
+        Returns a small summary (records consumed, decisions, dead letters).
+        """
+        from confluent_kafka import KafkaError
+
+        s = self.settings
+        if self._serve_http:
+            self.http = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.healthy, self.ready).start()
+            self.bound_metrics_port = self.http.port
+        self.priors.start()
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        log.info("worker started", extra={"worker_id": self.worker_id, "metrics_port": self.bound_metrics_port,
+                                          "settings": s.safe_dict()})
+        consumed = 0
+        last_checkpoint = last_snapshot = last_gauges = time.monotonic()
+        last_data = time.monotonic()
+        decisions = dead = 0
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = now = time.monotonic()
+                msgs = self.consumer.consume(s.batch_size, s.poll_timeout_s)
+                if msgs:
+                    t0 = time.perf_counter()
+                    by_partition: dict[int, list] = {}
+                    for msg in msgs:
+                        err = msg.error()
+                        if err is not None:
+                            if err.code() == KafkaError._PARTITION_EOF:
+                                continue
+                            if err.fatal():
+                                raise BrokerError.from_kafka_error("fatal consumer error", err)
+                            log.warning("consumer error", extra={"error": str(err), "code": err.code()})
+                            continue
+                        by_partition.setdefault(msg.partition(), []).append((msg.offset(), msg.key(), msg.value()))
+                    for p, records in by_partition.items():
+                        shard = self.shards.get(p)
+                        if shard is None:
+                            continue  # revoked while the batch was in flight
+                        out = shard.process(records)
+                        self._emit(p, out)
+                        decisions += len(out.decisions)
+                        dead += len(out.dead_letters)
+                        n = len(records)
+                        consumed += n
+                        self._rate.add(n)
+                        self.metrics.records.inc(n)
+                    self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+                    last_data = now
+                self._apply_priors()
+                self.producer.poll(0)
+                if now - last_snapshot >= s.snapshot_interval_s:
+                    self._publish_snapshots()
+                    last_snapshot = now
+                if now - last_checkpoint >= s.checkpoint_interval_s:
+                    try:
+                        self.checkpoint()
+                    except BrokerError as exc:
+                        log.error("checkpoint failed; will retry", extra={"error": str(exc)})
+                    last_checkpoint = time.monotonic()
+                if now - last_gauges >= 1.0:
+                    self._update_gauges()
+                    last_gauges = now
+                if max_records is not None and consumed >= max_records:
+                    break
+                if idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                    break
+            # Graceful end (SIGTERM): snapshots, checkpoint, commit, leave the group.
+            self._publish_snapshots()
+            self.checkpoint(commit_sync=True)
+        except BaseException:
+            self._failed = True  # a shard may be half-way through a batch: never checkpoint it
+            raise
+        finally:
+            self.priors.stop()
+            try:
+                self.consumer.close()  # triggers on_revoke -> no-op checkpoint of clean shards
+            except Exception as exc:
+                log.warning("consumer close failed", extra={"error": str(exc)})
+            self.producer.flush(10)
+            if self.http is not None:
+                self.http.stop()
+        log.info("worker stopped", extra={"records": consumed, "decisions": decisions, "dead_letters": dead})
+        return {"records": consumed, "decisions": decisions, "dead_letters": dead}
