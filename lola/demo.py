@@ -68,10 +68,10 @@ class DemoOptions:
 
     model: Path | None
     data: Path
-    tests: int = 60
-    tau: int = 100
-    duration_s: float = 420.0
-    reps: int = 5
+    tests: int = 100
+    tau: int = 1000
+    duration_s: float = 480.0
+    reps: int = 10
     seed: int = 7
     out_dir: Path = Path("reports")
     bootstrap: str | None = None
@@ -315,6 +315,26 @@ def write_tests_csv(data: Path, tests: Sequence[DemoTest], out: Path) -> Path:
     return out
 
 
+def _concat_csv(paths: Sequence[Path], out: Path) -> Path:
+    """Rows of several CSVs with the same header, in order (missing files are skipped)."""
+    header_written = False
+    with open(out, "w", newline="", encoding="utf-8") as dst:
+        writer = None
+        for path in paths:
+            if not path.is_file():
+                continue
+            with open(path, newline="", encoding="utf-8") as src:
+                reader = csv.DictReader(src)
+                if writer is None:
+                    writer = csv.DictWriter(dst, fieldnames=reader.fieldnames or [])
+                if not header_written:
+                    writer.writeheader()
+                    header_written = True
+                for row in reader:
+                    writer.writerow(row)
+    return out
+
+
 def read_priors(path: Path) -> dict[str, float]:
     """``headline,prior_ctr`` CSV (as ``lola priors score`` writes it) to a dict."""
     out: dict[str, float] = {}
@@ -379,7 +399,8 @@ def pick_metric(metrics: dict[str, float], patterns: Iterable[str]) -> float | N
     return None
 
 
-EVENTS_METRIC = (r"lola_events_processed_total", r"lola_events_total", r"lola_.*events.*_total")
+EVENTS_METRIC = (r"lola_records_total", r"lola_events_total")
+EVENTS_PER_S_METRIC = (r"lola_events_per_second",)
 LAG_METRIC = (r"lola_consumer_lag(_messages)?", r"lola_.*lag.*")
 DECISIONS_METRIC = (r"lola_decisions_total", r"lola_.*decisions.*_total")
 DEADLETTER_METRIC = (r"lola_dead_?letters?_total", r"lola_.*dead.*_total")
@@ -388,18 +409,21 @@ DEADLETTER_METRIC = (r"lola_dead_?letters?_total", r"lola_.*dead.*_total")
 def match_experiments(snapshot: dict[str, dict], tests: Sequence[DemoTest]) -> dict[str, tuple[DemoTest, dict[str, int]]]:
     """Map snapshot experiment ids to tests, and variant ids to headline indices.
 
-    The load generator names experiments after the archive ids and variants after
-    headline positions or texts; both spellings are accepted here. Experiments or
-    variants that match nothing are left out (and counted by the caller).
+    ``lola loadgen closed`` names an experiment ``<run id>-<test id>-<eyecatcher id>``
+    and its variants ``h0, h1, ...`` in headline order; an experiment id that is, or
+    ends with, ``<test id>-<eyecatcher id>`` (or ``:``-joined, or the bare test id)
+    matches. Experiments or variants that match nothing are left out.
     """
     by_key: dict[str, DemoTest] = {}
     for t in tests:
-        for key in (t.test_id, f"{t.test_id}:{t.eyecatcher_id}", f"{t.test_id}/{t.eyecatcher_id}",
-                    f"{t.test_id}-{t.eyecatcher_id}", f"{t.test_id}_{t.eyecatcher_id}"):
+        for key in (f"{t.test_id}-{t.eyecatcher_id}", f"{t.test_id}:{t.eyecatcher_id}", t.test_id):
             by_key.setdefault(key, t)
     out: dict[str, tuple[DemoTest, dict[str, int]]] = {}
     for exp_id, arms in snapshot.items():
         test = by_key.get(exp_id)
+        if test is None:
+            m = re.search(r"([0-9a-f]{24}-[0-9a-f]{24})$", exp_id)
+            test = by_key.get(m.group(1)) if m else None
         if test is None:
             continue
         index: dict[str, int] = {}
@@ -433,8 +457,11 @@ class AllocationStats:
     impressions: int = 0
     clicks: int = 0
     best_share: float = float("nan")      # share of impressions on each test's best headline
-    expected_clicks_per_period: float = float("nan")  # sum(impressions x true CTR) / impressions, mean over tests
-    realised_clicks_per_period: float = float("nan")  # clicks / impressions, mean over tests
+    # LOLA's score, clicks per test per period = total clicks / tau over a horizon of tau*K
+    # impressions; written per impression as K * clicks / impressions so that a run stopped
+    # before the horizon is still on the same scale. Mean over tests.
+    expected_clicks_per_period: float = float("nan")  # K * (impressions @ archive CTR) / impressions
+    realised_clicks_per_period: float = float("nan")  # K * clicks / impressions
     realised_se: float = float("nan")
     per_test: list[dict] = field(default_factory=list)
 
@@ -461,8 +488,9 @@ def allocation_stats(snapshot: dict[str, dict], tests: Sequence[DemoTest]) -> Al
         stats.clicks += int(clicks.sum())
         best_hits += int(imps[test.best])
         ctr = np.asarray(test.true_ctr)
-        expected.append(float(imps @ ctr / n))
-        realised.append(float(clicks.sum() / n))
+        k = len(test.headlines)
+        expected.append(float(k * (imps @ ctr) / n))
+        realised.append(float(k * clicks.sum() / n))
         stats.per_test.append({
             "experiment_id": exp_id, "arms": len(test.headlines), "impressions": int(n),
             "clicks": int(clicks.sum()), "best_share": float(imps[test.best] / n),
@@ -478,12 +506,12 @@ def allocation_stats(snapshot: dict[str, dict], tests: Sequence[DemoTest]) -> Al
 
 
 def reference_clicks(tests: Sequence[DemoTest]) -> dict[str, float]:
-    """Clicks per period of two fixed allocations, from the archive truth: uniform and oracle."""
+    """Clicks per test per period of two fixed allocations, from the archive truth: uniform and oracle."""
     import numpy as np
 
     return {
-        "uniform (A/B split)": float(np.mean([np.mean(t.true_ctr) for t in tests])),
-        "oracle (best headline always)": float(np.mean([max(t.true_ctr) for t in tests])),
+        "uniform (A/B split)": float(np.mean([np.sum(t.true_ctr) for t in tests])),
+        "oracle (best headline always)": float(np.mean([len(t.true_ctr) * max(t.true_ctr) for t in tests])),
     }
 
 
@@ -500,6 +528,9 @@ class RunRecord:
     started: float = field(default_factory=time.monotonic)
     started_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     tests: list[DemoTest] = field(default_factory=list)
+    tune_tests: list[DemoTest] = field(default_factory=list)
+    worker_hyperparameters: dict[str, float] = field(default_factory=dict)
+    loadgen_summary: dict | None = None
     priors: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -533,7 +564,7 @@ class Demo:
         from rich.console import Console
 
         self.opts = options
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         self.run_id = f"demo-{stamp}-{os.getpid()}"
         self.report_path = options.out_dir / f"demo-{stamp}.md"
@@ -562,6 +593,10 @@ class Demo:
         t0 = time.monotonic()
         rec.tests = select_tests(opts.data, opts.tests, opts.seed, opts.split)
         write_tests_csv(opts.data, rec.tests, rec.run_dir / "tests.csv")
+        if opts.split != "tune":
+            # The offline replay tunes hyperparameters on tests of the tune split (disjoint by construction).
+            rec.tune_tests = select_tests(opts.data, max(opts.tests, 20), opts.seed, "tune")
+            write_tests_csv(opts.data, rec.tune_tests, rec.run_dir / "tune.csv")
         rec.timings["select tests"] = time.monotonic() - t0
         arms = sum(len(t.headlines) for t in rec.tests)
         self.say(f"{len(rec.tests)} headline tests ({arms} headlines) from the {opts.split} split -> {rec.run_dir / 'tests.csv'}")
@@ -579,10 +614,12 @@ class Demo:
             rec.skip("prior scores", "`lola priors score` is not available in this build")
             return
         out = rec.run_dir / "priors.csv"
+        score_in = rec.run_dir / "score-input.csv"
+        _concat_csv([rec.run_dir / "tests.csv", rec.run_dir / "tune.csv"], score_in)
         t0 = time.monotonic()
-        self.say("scoring headlines with the prior model (lola priors score)")
+        self.say("scoring the headlines with the prior model (lola priors score)")
         code = sup.run("priors-score", lola_argv("priors", "score", "--model", str(opts.model),
-                                                  "--in", str(rec.run_dir / "tests.csv"), "--out", str(out)), timeout_s=600)
+                                                  "--in", str(score_in), "--out", str(out)), timeout_s=600)
         rec.timings["prior scoring"] = time.monotonic() - t0
         if code != 0 or not out.is_file():
             rec.skip("prior scores", f"`lola priors score` exited {code}: {_tail(sup.children['priors-score'].log_path)}")
@@ -625,14 +662,41 @@ class Demo:
         return env
 
     def loadgen_argv(self, bootstrap: str) -> list[str]:
-        o = self.opts
-        return lola_argv("loadgen", "closed", "--bootstrap", bootstrap, "--data", str(self.rec.run_dir / "tests.csv"),
-                         "--tau", str(o.tau), "--seed", str(o.seed))
+        """The closed loop on exactly the chosen tests: budget tau x K impressions per test."""
+        o, rec = self.opts, self.rec
+        argv = lola_argv("loadgen", "closed", "--bootstrap", bootstrap, "--csv", str(rec.run_dir / "tests.csv"),
+                         "--tests", str(len(rec.tests)), "--impressions-per-arm", str(o.tau), "--seed", str(o.seed),
+                         "--out", str(rec.run_dir / "loadgen.json"), "--timeout", f"{o.duration_s + 60:g}")
+        hp = rec.worker_hyperparameters
+        if "alpha" in hp:
+            argv += ["--alpha", repr(hp["alpha"])]
+        if "n_aux" in hp:
+            argv += ["--n-aux", repr(hp["n_aux"])]
+        return argv
 
     def snapshot(self, sup: Supervisor, bootstrap: str, timeout_s: float = 30.0) -> dict | None:
+        """The worker's state from the snapshot topic, as ``lola snapshot --json`` prints it (full arm fields).
+
+        Read in-process with :mod:`lola.stream.snapshot` (a polling loop must not pay a
+        Python start-up per read on two cores); ``lola snapshot`` is the fallback.
+        """
+        try:
+            from lola.stream.settings import StreamSettings
+            from lola.stream.snapshot import counts_view, read_snapshots
+        except ImportError:
+            return self._snapshot_cli(sup, bootstrap, timeout_s)
+        try:
+            settings = StreamSettings.load(bootstrap_servers=bootstrap)
+            doc = counts_view(read_snapshots(settings, timeout_s=timeout_s), full=True)
+        except LolaError as exc:
+            self.rec.notes.append(f"a snapshot read failed: {exc}") if len(self.rec.notes) < 20 else None
+            return None
+        (self.rec.run_dir / "snapshot.json").write_text(json.dumps(doc), encoding="utf-8")
+        return doc
+
+    def _snapshot_cli(self, sup: Supervisor, bootstrap: str, timeout_s: float) -> dict | None:
         if "snapshot" not in self.commands:
             return None
-        out = self.rec.run_dir / "snapshot.json"
         name = "snapshot"
         popen = sup.spawn(name, lola_argv("snapshot", "--bootstrap", bootstrap, "--json"), env=self._child_env())
         try:
@@ -643,16 +707,11 @@ class Demo:
         log = sup.children[name].log_path
         if popen.returncode != 0 or log is None:
             return None
-        text = log.read_text(encoding="utf-8", errors="replace")
+        doc = _last_json_object(log.read_text(encoding="utf-8", errors="replace"))
         log.unlink(missing_ok=True)
-        start = text.find("{")
-        try:
-            doc = json.loads(text[start:]) if start >= 0 else None
-        except json.JSONDecodeError:
-            return None
         if isinstance(doc, dict):
-            out.write_text(json.dumps(doc), encoding="utf-8")
-        return doc if isinstance(doc, dict) else None
+            (self.rec.run_dir / "snapshot.json").write_text(json.dumps(doc), encoding="utf-8")
+        return doc
 
     def live_phase(self, sup: Supervisor, bootstrap: str) -> None:
         """Worker + load generator, watched until the load generator ends or the time limit."""
@@ -666,7 +725,8 @@ class Demo:
         port = free_port()
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.say(f"starting the worker (metrics on {metrics_url})")
-        sup.spawn("worker", lola_argv("worker"), env=self.worker_env(bootstrap, port))
+        sup.spawn("worker", lola_argv("worker", "--bootstrap", bootstrap, "--metrics-port", str(port)),
+                  env=self.worker_env(bootstrap, port))
         ready_by = time.monotonic() + 120
         while time.monotonic() < ready_by:
             if not sup.alive("worker"):
@@ -690,30 +750,42 @@ class Demo:
             rec.notes.append(f"the load generator was stopped at the --duration limit ({opts.duration_s:g} s), before the tau={opts.tau} horizon")
             sup.stop("loadgen")
         rec.loadgen_exit = sup.children["loadgen"].popen.returncode
+        summary_path = rec.run_dir / "loadgen.json"
+        if summary_path.is_file():
+            try:
+                rec.loadgen_summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                pass
         if rec.loadgen_exit not in (0, None, -signal.SIGTERM):
             rec.skip("load generator", f"exited with code {rec.loadgen_exit}: {_tail(sup.children['loadgen'].log_path)}")
-        self._drain(sup, metrics_url)
+        self._drain(sup, bootstrap)
         rec.timings["live run"] = time.monotonic() - t_live
-        final = self.snapshot(sup, bootstrap)
+        self.say("stopping the worker (SIGTERM: final snapshots, checkpoint, commit, exit)")
+        rec.worker_exit = sup.stop("worker", grace_s=30)
+        if rec.worker_exit not in (0, None):
+            rec.skip("worker shutdown", f"the worker exited with code {rec.worker_exit} on SIGTERM: {_tail(sup.children['worker'].log_path)}")
+        final = self.snapshot(sup, bootstrap)  # the broker is still up: read what the worker published last
         if final is None:
-            rec.skip("final snapshot", "`lola snapshot` returned no state; the worker's results cannot be compared")
+            rec.skip("final snapshot", "the snapshot topic could not be read; the worker's results cannot be compared")
         else:
             rec.final_snapshot = final
             rec.final_stats = allocation_stats(final, rec.tests)
-        self.say("stopping the worker (SIGTERM: checkpoint, commit, exit)")
-        rec.worker_exit = sup.stop("worker", grace_s=30)
+            sent = (rec.loadgen_summary or {}).get("impressions")
+            if isinstance(sent, int) and rec.final_stats.impressions != sent:
+                rec.notes.append(f"the final snapshot counts {rec.final_stats.impressions} impressions; "
+                                 f"the load generator sent {sent}")
 
-    def _drain(self, sup: Supervisor, metrics_url: str, limit_s: float = 20.0) -> None:
-        """Give the worker a moment to consume what the load generator produced last."""
+    def _drain(self, sup: Supervisor, bootstrap: str, limit_s: float = 30.0) -> None:
+        """Wait until the worker's snapshots count every impression the load generator sent (or a time limit)."""
+        sent = (self.rec.loadgen_summary or {}).get("impressions")
+        if not isinstance(sent, int):
+            return
         end = time.monotonic() + limit_s
         while time.monotonic() < end and sup.alive("worker"):
-            try:
-                lag = pick_metric(scrape_metrics(metrics_url), LAG_METRIC)
-            except OSError:
+            snap = self.snapshot(sup, bootstrap, timeout_s=10)
+            if snap is not None and allocation_stats(snap, self.rec.tests).impressions >= sent:
                 return
-            if lag is None or lag <= 0:
-                return
-            time.sleep(0.5)
+            time.sleep(1.0)
 
     def _watch(self, sup: Supervisor, bootstrap: str, metrics_url: str, deadline: float) -> None:
         from rich.live import Live
@@ -739,7 +811,10 @@ class Demo:
                     sample["lag"] = pick_metric(metrics, LAG_METRIC)
                     sample["decisions"] = pick_metric(metrics, DECISIONS_METRIC)
                     sample["deadletters"] = pick_metric(metrics, DEADLETTER_METRIC)
-                    if events is not None and last_events is not None and now > last_t:
+                    rate = pick_metric(metrics, EVENTS_PER_S_METRIC)
+                    if rate is not None:
+                        sample["events_per_s"] = rate
+                    elif events is not None and last_events is not None and now > last_t:
                         sample["events_per_s"] = (events - last_events) / (now - last_t)
                     last_events, last_t = events, now
                 except OSError:
@@ -763,28 +838,38 @@ class Demo:
                 time.sleep(1.0)
 
     def replay(self, sup: Supervisor) -> None:
+        """Offline replay of the same tests (tuned on tune-split tests); its LOLA settings go to the worker."""
         opts, rec = self.opts, self.rec
         if "replay" not in self.commands:
             rec.skip("offline replay", "`lola replay` is not available in this build; no UCB/E&C comparison")
             return
         if not rec.priors:
-            rec.skip("offline replay", "no prior scores, so LOLA cannot be replayed")
+            rec.skip("offline replay", "no prior scores, so LOLA cannot be replayed (UCB/E&C comparison skipped too)")
             return
         out = rec.run_dir / "replay.json"
         argv = lola_argv("replay", "--data", str(rec.run_dir / "tests.csv"), "--priors", str(rec.run_dir / "priors.csv"),
-                         "--taus", str(opts.tau), "--reps", str(opts.reps), "--json")
-        self.say(f"offline replay of the same tests (tau={opts.tau}, {opts.reps} reps)")
+                         "--taus", str(opts.tau), "--reps", str(opts.reps), "--policies", ",".join(REPLAY_POLICIES),
+                         "--seed", str(opts.seed), "--out", str(out), "--no-progress")
+        if rec.tune_tests:
+            argv += ["--tune-data", str(rec.run_dir / "tune.csv")]
+        self.say(f"offline replay of the same tests: {', '.join(REPLAY_POLICIES)} at tau={opts.tau}, {opts.reps} reps "
+                 f"(tuned on {len(rec.tune_tests)} tune-split tests)")
         t0 = time.monotonic()
-        code = sup.run("replay", argv, timeout_s=max(120.0, opts.duration_s))
+        code = sup.run("replay", argv, timeout_s=600)
         rec.timings["offline replay"] = time.monotonic() - t0
         log = sup.children["replay"].log_path
-        text = log.read_text(encoding="utf-8", errors="replace") if log else ""
-        doc = _last_json_object(text)
-        if code != 0 or doc is None:
+        if code != 0 or not out.is_file():
             rec.skip("offline replay", f"`lola replay` exited {code}: {_tail(log)}")
             return
-        out.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        rec.replay = doc
+        try:
+            rec.replay = json.loads(out.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            rec.skip("offline replay", f"unreadable {out}: {exc}")
+            return
+        tuned = (rec.replay.get("hyperparameters", {}).get(str(opts.tau), {}) or {}).get("LOLA", {})
+        for key in ("alpha", "n_aux"):
+            if isinstance(tuned.get(key), (int, float)):
+                rec.worker_hyperparameters[key] = float(tuned[key])
 
     # --- the whole run
     def run(self) -> Path:
@@ -794,12 +879,11 @@ class Demo:
         try:
             with sup:
                 self.score_priors(sup)
+                self.replay(sup)
                 bootstrap = self.start_broker(sup)
                 if bootstrap:
                     rec.bootstrap = bootstrap
                     self.live_phase(sup, bootstrap)
-                sup.stop_all()
-                self.replay(sup)
         except KeyboardInterrupt:
             rec.interrupted = True
             self.console.print("[bold red]demo interrupted[/]: stopping every child process")
@@ -932,7 +1016,7 @@ def _plot_clicks(rec: RunRecord, path: Path) -> Path | None:
         bars.append(("worker (realised)", stats.realised_clicks_per_period, stats.realised_se))
         bars.append(("worker (expected)", stats.expected_clicks_per_period, 0.0))
     for row in _replay_rows(rec):
-        bars.append((f"replay {row['policy']}", row["clicks_per_period"], row.get("se", 0.0) or 0.0))
+        bars.append((f"replay {row['policy']}", row["clicks_per_period"], row.get("std_err", 0.0) or 0.0))
     bars = [(n, v, e if math.isfinite(e) else 0.0) for n, v, e in bars if math.isfinite(v)]
     if not bars:
         return None
@@ -1104,15 +1188,22 @@ def write_report(rec: RunRecord, path: Path) -> Path:
 
     L += ["## Clicks: worker vs offline replay", ""]
     refs = reference_clicks(rec.tests)
-    L += ["Clicks per test per period (LOLA's Figure 7 score) on the same tests. The worker's *realised* figure is one",
-          "run's Bernoulli clicks; its *expected* figure is the impressions it gave each headline times that headline's",
-          "archive CTR (less noisy). Replay figures average the replay's repetitions.", "",
+    L += ["Clicks per test per period, LOLA's Figure 7 score (total clicks / tau over a horizon of tau x K impressions),",
+          "on the same tests. The worker's figures are per impression times K, so a run stopped before the horizon stays",
+          "on the same scale. *Realised* is this run's Bernoulli clicks; *expected* is the impressions the worker gave each",
+          "headline times that headline's archive CTR (the same allocation without click noise). Replay figures average",
+          f"{opts.reps} repetitions of the offline simulation through the same kernels, hyperparameters tuned on tune-split tests.",
+          "",
           "| who | clicks per period | ± s.e. |", "|---|---|---|"]
     if stats and stats.impressions:
         L.append(f"| worker, realised | {stats.realised_clicks_per_period:.5f} | {stats.realised_se:.5f} |")
         L.append(f"| worker, expected | {stats.expected_clicks_per_period:.5f} | |")
     for row in _replay_rows(rec):
         L.append(f"| replay {row['policy']} | {row['clicks_per_period']:.5f} | {_fmt_se(row)} |")
+    if rec.worker_hyperparameters:
+        L.append("")
+        L.append("The worker ran LOLA (LLM-2UCBs) with the replay's tuned " +
+                 ", ".join(f"{k}={v:g}" for k, v in rec.worker_hyperparameters.items()) + ".")
     for k, v in refs.items():
         L.append(f"| {k} | {v:.5f} | |")
     L.append("")
@@ -1157,7 +1248,7 @@ def _pid_list(rec: RunRecord) -> list[int]:
 
 
 def _fmt_se(row: dict) -> str:
-    for key in ("se", "stderr", "ci95"):
+    for key in ("std_err", "se", "stderr"):
         if isinstance(row.get(key), (int, float)):
             return f"{row[key]:.5f}"
     return ""
@@ -1190,10 +1281,10 @@ def register(app: typer.Typer) -> None:
     def demo(
         model: Path = typer.Option(None, "--model", help="Prior model folder (model_card.json); none = no LLM priors."),
         data: Path = typer.Option(None, "--data", help="Upworthy package CSV [default: the shared dev CSV]."),
-        tests: int = typer.Option(None, "--tests", help="Headline tests to run [default 60; --short: 6]."),
-        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions [default 100; --short: 20]."),
-        duration: float = typer.Option(None, "--duration", help="Time limit of the live phase, seconds [default 420; --short: 40]."),
-        reps: int = typer.Option(None, "--reps", help="Offline replay repetitions [default 5; --short: 2]."),
+        tests: int = typer.Option(None, "--tests", help="Headline tests to run [default 100; --short: 6]."),
+        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions [default 1000; --short: 20]."),
+        duration: float = typer.Option(None, "--duration", help="Time limit of the live phase, seconds [default 480; --short: 40]."),
+        reps: int = typer.Option(None, "--reps", help="Offline replay repetitions [default 10; --short: 2]."),
         seed: int = typer.Option(7, "--seed", help="Seed of test selection, load generator and replay."),
         out_dir: Path = typer.Option(Path("reports"), "--out-dir", help="Where demo-<timestamp>.md and its plots go."),
         bootstrap: str = typer.Option(None, "--bootstrap", help="Use this Kafka instead of starting the embedded broker."),
@@ -1204,7 +1295,7 @@ def register(app: typer.Typer) -> None:
         """Run the main job: broker, worker and closed-loop load generator, then a report with plots."""
         from lola.paths import upworthy_csv
 
-        base = dict(tests=60, tau=100, duration_s=420.0, reps=5)
+        base = dict(tests=DemoOptions.tests, tau=DemoOptions.tau, duration_s=DemoOptions.duration_s, reps=DemoOptions.reps)
         if short:
             base.update(SHORT)
         given = {"tests": tests, "tau": tau, "duration_s": duration, "reps": reps}

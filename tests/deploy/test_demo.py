@@ -135,10 +135,11 @@ def test_allocation_stats_against_truth():
     stats = allocation_stats(snap, _tests())
     assert stats.experiments == 2 and stats.impressions == 500 and stats.clicks == 12
     assert stats.best_share == pytest.approx((300 + 50) / 500)
-    exp1 = (100 * 0.01 + 300 * 0.03) / 400
-    exp2 = (50 * 0.02 + 25 * 0.01 + 25 * 0.015) / 100
+    # Clicks per period = K x clicks per impression (= clicks / tau at the full horizon tau*K).
+    exp1 = 2 * (100 * 0.01 + 300 * 0.03) / 400
+    exp2 = 3 * (50 * 0.02 + 25 * 0.01 + 25 * 0.015) / 100
     assert stats.expected_clicks_per_period == pytest.approx((exp1 + exp2) / 2)
-    assert stats.realised_clicks_per_period == pytest.approx((10 / 400 + 2 / 100) / 2)
+    assert stats.realised_clicks_per_period == pytest.approx((2 * 10 / 400 + 3 * 2 / 100) / 2)
 
 
 def test_variants_match_by_text_field_or_index():
@@ -149,8 +150,8 @@ def test_variants_match_by_text_field_or_index():
 
 def test_reference_clicks_uniform_and_oracle():
     ref = reference_clicks(_tests())
-    assert ref["uniform (A/B split)"] == pytest.approx((0.02 + 0.015) / 2)
-    assert ref["oracle (best headline always)"] == pytest.approx((0.03 + 0.02) / 2)
+    assert ref["uniform (A/B split)"] == pytest.approx((0.04 + 0.045) / 2)
+    assert ref["oracle (best headline always)"] == pytest.approx((2 * 0.03 + 3 * 0.02) / 2)
 
 
 def test_select_tests_is_seeded_and_from_the_asked_split(upworthy_csv, tmp_path):
