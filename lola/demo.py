@@ -389,6 +389,17 @@ def scrape_metrics(url: str, timeout_s: float = 2.0) -> dict[str, float]:
     return out
 
 
+def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URL we built
+            return 200 <= resp.status < 300
+    except (OSError, urllib.error.URLError):
+        return False
+
+
 def pick_metric(metrics: dict[str, float], patterns: Iterable[str]) -> float | None:
     """The first metric whose name matches one of ``patterns`` (regexes), in order."""
     for pattern in patterns:
@@ -725,22 +736,25 @@ class Demo:
         port = free_port()
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.say(f"starting the worker (metrics on {metrics_url})")
+        t_worker = time.monotonic()
         sup.spawn("worker", lola_argv("worker", "--bootstrap", bootstrap, "--metrics-port", str(port)),
                   env=self.worker_env(bootstrap, port))
+        # Ready = partitions assigned and restored (/readyz); starting the load generator
+        # earlier would count the group join in the first decisions' latency.
+        ready_url = metrics_url.replace("/metrics", "/readyz")
         ready_by = time.monotonic() + 120
-        while time.monotonic() < ready_by:
-            if not sup.alive("worker"):
+        while time.monotonic() < ready_by and sup.alive("worker"):
+            if _http_ok(ready_url):
                 break
-            try:
-                scrape_metrics(metrics_url, timeout_s=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+            time.sleep(0.3)
+        else:
+            if sup.alive("worker"):
+                rec.notes.append("the worker did not report ready within 120 s; the load generator was started anyway")
         if not sup.alive("worker"):
             rec.worker_exit = sup.children["worker"].popen.returncode
             rec.skip("live run", f"the worker exited with code {rec.worker_exit} at start: {_tail(sup.children['worker'].log_path)}")
             return
-        rec.timings["worker start"] = time.monotonic() - rec.started - sum(rec.timings.values())
+        rec.timings["worker start (until ready)"] = time.monotonic() - t_worker
         self.say("starting the closed-loop load generator on the chosen tests")
         t_live = time.monotonic()
         sup.spawn("loadgen", self.loadgen_argv(bootstrap), env={**self._child_env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap})
@@ -843,16 +857,26 @@ class Demo:
         if "replay" not in self.commands:
             rec.skip("offline replay", "`lola replay` is not available in this build; no UCB/E&C comparison")
             return
+        policies = REPLAY_POLICIES
+        priors_csv = rec.run_dir / "priors.csv"
         if not rec.priors:
-            rec.skip("offline replay", "no prior scores, so LOLA cannot be replayed (UCB/E&C comparison skipped too)")
-            return
+            # E&C and UCB use no prior, so they can still be compared with the worker. `lola replay`
+            # insists on a priors file; a constant one is written and LOLA is left out.
+            policies = tuple(p for p in REPLAY_POLICIES if p != "LOLA")
+            priors_csv = rec.run_dir / "constant-priors-unused.csv"
+            headlines = sorted({h for t in (*rec.tests, *rec.tune_tests) for h in t.headlines})
+            with open(priors_csv, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["headline", "prior_ctr"])
+                w.writerows([h, "0.0"] for h in headlines)
+            rec.skip("offline replay of LOLA", "no prior scores; only E&C and UCB (which use no prior) were replayed")
         out = rec.run_dir / "replay.json"
-        argv = lola_argv("replay", "--data", str(rec.run_dir / "tests.csv"), "--priors", str(rec.run_dir / "priors.csv"),
-                         "--taus", str(opts.tau), "--reps", str(opts.reps), "--policies", ",".join(REPLAY_POLICIES),
+        argv = lola_argv("replay", "--data", str(rec.run_dir / "tests.csv"), "--priors", str(priors_csv),
+                         "--taus", str(opts.tau), "--reps", str(opts.reps), "--policies", ",".join(policies),
                          "--seed", str(opts.seed), "--out", str(out), "--no-progress")
         if rec.tune_tests:
             argv += ["--tune-data", str(rec.run_dir / "tune.csv")]
-        self.say(f"offline replay of the same tests: {', '.join(REPLAY_POLICIES)} at tau={opts.tau}, {opts.reps} reps "
+        self.say(f"offline replay of the same tests: {', '.join(policies)} at tau={opts.tau}, {opts.reps} reps "
                  f"(tuned on {len(rec.tune_tests)} tune-split tests)")
         t0 = time.monotonic()
         code = sup.run("replay", argv, timeout_s=600)
@@ -990,11 +1014,17 @@ class _LiveView:
                 for i, (sh, c) in enumerate(zip(r["shares"], r["true_ctr"])):
                     cell = f"{sh:.0%} ({c:.2%})"
                     cells.append(f"[bold green]{cell}[/]" if i == best else cell)
-                table.add_row(r["experiment_id"][:14], f"{r['impressions']:,}", f"{r['best_share']:.0%}", "  ".join(cells))
+                table.add_row(_short_id(r["experiment_id"]), f"{r['impressions']:,}", f"{r['best_share']:.0%}", "  ".join(cells))
             foot = f"all {self.stats.experiments} experiments: {self.stats.best_share:.1%} of {self.stats.impressions:,} impressions on the best headline"
         else:
             foot = "waiting for the first policy snapshot…"
         return Group(head, table, foot)
+
+
+def _short_id(experiment_id: str) -> str:
+    """``<run>-<test id>-<eyecatcher id>`` shown as ``…<last 8 of the test id>``."""
+    m = re.search(r"([0-9a-f]{24})-[0-9a-f]{24}$", experiment_id)
+    return f"…{m.group(1)[-8:]}" if m else experiment_id[-14:]
 
 
 def _fmt(x: Any) -> str:
@@ -1175,12 +1205,18 @@ def write_report(rec: RunRecord, path: Path) -> Path:
               f"- {stats.experiments} experiments, {stats.impressions:,} impressions, {stats.clicks:,} clicks in the final snapshot",
               f"- events/s: median {_median(eps):,.0f}, max {max(eps, default=float('nan')):,.0f} (from /metrics)" if eps else "- events/s: not exposed by /metrics",
               f"- consumer lag: max {max(lags):,.0f}, last {lags[-1]:,.0f}" if lags else "- consumer lag: not exposed by /metrics",
+              *([f"- closed loop (load generator's view): {lg['impressions']:,} decisions in {lg['seconds']:.1f} s = "
+                 f"{lg['decisions_per_s']:,.0f} decisions/s; request-to-decision latency p50 {lg['decision_latency_p50_ms']:.1f} ms, "
+                 f"p99 {lg['decision_latency_p99_ms']:.1f} ms; {lg['clicks_earned']:,} clicks earned"]
+                if (lg := rec.loadgen_summary) and all(k in lg for k in ("impressions", "seconds", "decisions_per_s",
+                                                                          "decision_latency_p50_ms", "decision_latency_p99_ms",
+                                                                          "clicks_earned")) else []),
               f"- share of impressions on each test's best headline (archive CTR): **{stats.best_share:.1%}** "
               f"(a uniform split would give {sum(1 / len(t.headlines) for t in rec.tests) / len(rec.tests):.1%})", ""]
         top = sorted(stats.per_test, key=lambda r: -r["impressions"])[:10]
         L += ["| experiment | arms | impressions | share on best | shares | archive CTR |", "|---|---|---|---|---|---|"]
         for r in top:
-            L.append(f"| `{r['experiment_id'][:24]}` | {r['arms']} | {r['impressions']:,} | {r['best_share']:.0%} | "
+            L.append(f"| `{_short_id(r['experiment_id'])}` | {r['arms']} | {r['impressions']:,} | {r['best_share']:.0%} | "
                      f"{' / '.join(f'{s:.0%}' for s in r['shares'])} | {' / '.join(f'{c:.2%}' for c in r['true_ctr'])} |")
         L.append("")
     else:
