@@ -345,3 +345,40 @@ def test_env_names_used_by_compose_commands_exist_in_settings():
     topic = scaled["spec"]["triggers"][0]["metadata"]["topic"]
     defaults = " ".join(f.default for f in fields.values())
     assert topic in defaults, f"KEDA watches topic {topic!r}, which is no default topic of the settings"
+
+
+# ---------------------------------------------------------------- images build what the package needs
+
+
+def _pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "Dockerfile.cuda"])
+def test_dockerfile_copies_every_package_folder_and_uses_real_extras(name):
+    text = (DEPLOY / name).read_text()
+    copied = {src for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M) for src in line.split()[:-1]}
+    project = _pyproject()
+    folders = set(project["tool"]["setuptools"]["package-dir"].values())
+    assert folders <= copied, f"{name} misses package folders {folders - copied}"
+    assert {"pyproject.toml", "README.md"} <= copied  # the build backend reads both
+    extras = set(re.findall(r"\.\[(\w+)\]", text))
+    assert extras and extras <= set(project["project"]["optional-dependencies"]), extras
+    ignore = (DEPLOY / f"{name}.dockerignore").read_text()
+    for folder in folders:
+        assert f"!{folder}/**" in ignore, f"{folder} is excluded from the build context"
+
+
+def test_images_and_compose_run_the_real_cli_commands():
+    """Commands given to the containers exist in the `lola` CLI."""
+    from lola.demo import lola_commands
+
+    commands = lola_commands()
+    compose = load_compose()
+    for svc in our_compose_services(compose).values():
+        words = [w for w in svc["command"] if not w.startswith("-")]
+        assert " ".join(words[:2]) in commands or words[0] in commands, svc["command"]
+    _, c = _worker(load_manifests())
+    assert c["args"][0] in commands
