@@ -28,6 +28,24 @@ def _array(name: str, value: Any, dtype: type, n: int | None = None) -> np.ndarr
     return np.ascontiguousarray(value)
 
 
+_NO_I64 = np.empty(0, dtype=np.int64)
+_NO_F64 = np.empty(0, dtype=np.float64)
+_NO_U64 = np.empty(0, dtype=np.uint64)
+_NO_U = np.empty((0, 2), dtype=np.float64)
+_NO_CTR = np.empty((0, 0), dtype=np.float64)
+
+
+def _engine(mode: int, state: BanditState, rows: np.ndarray, *, steps: int = 1, keys: np.ndarray = _NO_U64,
+            uniforms: np.ndarray = _NO_U, have_uniforms: bool = False, seed: int = 0, want_propensity: bool = True,
+            slots: np.ndarray = _NO_I64, w: np.ndarray = _NO_F64, c: np.ndarray = _NO_F64, v: np.ndarray = _NO_F64,
+            true_ctr: np.ndarray = _NO_CTR, out_slots: np.ndarray = _NO_I64,
+            out_prop: np.ndarray = _NO_F64) -> tuple[float, float]:
+    # Always the same argument types, so the engine compiles (and caches) exactly once.
+    return core.engine(np.int64(mode), rows, np.int64(steps), keys, uniforms, bool(have_uniforms), np.uint64(seed),
+                       bool(want_propensity), slots, w, c, v, true_ctr, *state.update_args(), out_slots, out_prop,
+                       core.TABLES)
+
+
 def _check_rows(state: BanditState, rows: Any) -> np.ndarray:
     if not isinstance(state, BanditState):
         raise KernelInputError(f"state must be a BanditState, got {type(state).__name__}")
@@ -96,7 +114,8 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
     slots = np.empty(n, dtype=np.int64)
     prop = np.empty(n, dtype=np.float64)
     if n:
-        core.select_kernel(rows, keys, u, have_u, *state.kernel_args(), slots, prop)
+        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, out_slots=slots,
+                out_prop=prop)
         if slots.min() < 0:
             bad = rows[slots < 0][0]
             raise KernelInputError(f"experiment row {int(bad)} has no active arm to select")
@@ -134,7 +153,7 @@ def update(state: BanditState, rows: np.ndarray, slots: np.ndarray, impressions:
         for name, v in zip(("impressions", "clicks", "conversion_value"), cols):
             if not np.all(np.isfinite(v)) or np.any(v < 0.0):
                 raise KernelInputError(f"{name} must be finite and >= 0")
-        core.update_kernel(rows, slots, *cols, *state.update_args())
+        _engine(core.MODE_UPDATE, state, rows, slots=slots, w=cols[0], c=cols[1], v=cols[2])
 
 
 def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndarray, seed: int,
@@ -143,8 +162,8 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
 
     Each experiment in ``rows`` runs ``steps`` decisions in turn (experiment-major, as
     the paper's replay runs each test over its horizon); clicks are Bernoulli with
-    ``true_ctr[row, slot]``. Calls the same ``decide``/``apply_update`` as
-    :func:`select`/:func:`update`. ``propensities=False`` skips TS's Monte Carlo
+    ``true_ctr[row, slot]``. Runs the same engine loop as :func:`select` and
+    :func:`update`. ``propensities=False`` skips TS's Monte Carlo
     propensity draws. Returns ``(total clicks, sum of propensities)``.
     """
     rows = _check_rows(state, rows)
@@ -155,6 +174,6 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
         raise KernelInputError("true_ctr must be float64[n_experiments, arms] covering every experiment and arm")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not (0 <= int(seed) < 2**64):
         raise KernelInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    total, psum = core.simulate_kernel(rows, int(steps), np.ascontiguousarray(true_ctr), np.uint64(int(seed)),
-                                       bool(propensities), *state.update_args())
+    total, psum = _engine(core.MODE_SIMULATE, state, rows, steps=int(steps), seed=int(seed),
+                          want_propensity=bool(propensities), true_ctr=np.ascontiguousarray(true_ctr))
     return float(total), float(psum)

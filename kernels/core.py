@@ -3,9 +3,8 @@
 Everything here is compiled by Numba with the flags of :mod:`lola.kernels.numba_config`.
 No I/O, no logging and no allocation inside the per-decision loops; scratch buffers
 are allocated once per batch call. The public, validating wrappers live in
-:mod:`lola.kernels.api`; the fused benchmark/replay loop (:func:`simulate_kernel`)
-calls exactly the same :func:`decide` and :func:`apply_update` as ``select`` and
-``update`` do.
+:mod:`lola.kernels.api`; the fused benchmark/replay loop (``simulate``)
+runs through exactly the same :func:`engine` loop as ``select`` and ``update`` do.
 
 Randomness
 ----------
@@ -25,6 +24,7 @@ import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.numba_config import NJIT
+
 
 # Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
 # experiment keeps everything a decision reads about its experiment in two cache lines.
@@ -47,7 +47,12 @@ F_BAI_DELTA = 15
 F_PROP_DRAWS = 16
 F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
 F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
-N_EXP_F = 19
+F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
+N_EXP_F = 20
+
+# Rows of the LLM-2UCBs cache ``ucb[E, 4, K]`` (per arm, refreshed whenever the arm's
+# statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
+U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
 
 # Policy codes (same order as params.POLICIES).
 P_LLM2UCB, P_UCB, P_PURE_LLM, P_EC, P_TS, P_LLM_TS, P_LINUCB, P_LLM_LINUCB, P_BAI, P_LLM_BAI, P_LLM2UCB_EB = range(11)
@@ -61,6 +66,31 @@ _S31 = np.uint64(31)
 _S11 = np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0
 _TWO_PI = 2.0 * math.pi
+
+TABLE_N = 1 << 15
+
+
+def make_tables() -> np.ndarray:
+    """float64[TABLE_N]: sqrt(log t) for integer t (index 0 holds 0).
+
+    t advances by whole impressions unless gamma < 1, so the per-update log and square
+    root of Algorithm 1 become one load; other arguments are computed.
+    """
+    t = np.arange(TABLE_N, dtype=np.float64)
+    return np.ascontiguousarray(np.sqrt(np.log(np.maximum(t, 1.0))))
+
+
+TABLES = make_tables()
+
+
+@numba.njit(**NJIT)
+def sqrt_log(t, tab):
+    """sqrt(log t) for t >= 1, from the table when t is a small integer."""
+    if t < TABLE_N:
+        ti = int(t)
+        if ti == t:
+            return tab[ti]
+    return math.sqrt(math.log(t))
 
 
 @numba.njit(**NJIT)
@@ -128,7 +158,7 @@ def beta_draw(a, b, key, j):
 
 
 @numba.njit(**NJIT)
-def ucb2_scores(n_arms, alpha_sqrt_log_t, n_aux, imp, clk, conv, lam, mu, has_prior, active, out):
+def ucb2_scores(e, n_arms, alpha_sqrt_log_t, n_aux, lam, imp, clk, conv, mu, has_prior, active, out):
     """LLM-2UCBs index of Algorithm 1 for one experiment, into ``out[:n_arms]``.
 
     ``n = 1 + impressions``, ``c = clicks + lam * conversions`` (n starts at 1, c at 0).
@@ -139,35 +169,97 @@ def ucb2_scores(n_arms, alpha_sqrt_log_t, n_aux, imp, clk, conv, lam, mu, has_pr
     """
     inf_aux = math.isinf(n_aux)
     for k in range(n_arms):
-        n = 1.0 + imp[k]
-        c = clk[k] + lam * conv[k]
+        n = 1.0 + imp[e, k]
+        c = clk[e, k] + lam * conv[e, k]
         u1 = c / n + alpha_sqrt_log_t / math.sqrt(n)
         if inf_aux:
-            u2 = mu[k]
-            s = u2 if has_prior[k] else u1
+            u2 = mu[e, k]
+            s = u2 if has_prior[e, k] else u1
         else:
             n2 = n + n_aux
-            u2 = (c + mu[k] * n_aux) / n2 + alpha_sqrt_log_t / math.sqrt(n2)
-            s = min(u1, u2) if has_prior[k] else u1
-        out[k] = s if active[k] else -np.inf
+            u2 = (c + mu[e, k] * n_aux) / n2 + alpha_sqrt_log_t / math.sqrt(n2)
+            s = min(u1, u2) if has_prior[e, k] else u1
+        out[k] = s if active[e, k] else -np.inf
 
 
 @numba.njit(**NJIT)
-def linucb_scores(n_arms, lin_alpha, feats, z, bvec, active, out):
+def refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab):
+    """Recompute arm k's LLM-2UCBs cache from its statistics (Algorithm 1, lines 5-6).
+
+    m1 = c/n, s1 = 1/sqrt(n); m2 = (c + mu n_aux)/(n + n_aux), s2 = 1/sqrt(n + n_aux).
+    No prior: m2 = +inf (U2 = +inf). n_aux = inf with a prior: m1 = +inf, m2 = mu,
+    s2 = 0 (pure-LLM greedy). Inactive: -inf. ``n_aux = 0`` gives m2 == m1, s2 == s1.
+    """
+    if not active[e, k]:
+        ucb[e, U_M1, k] = -np.inf
+        ucb[e, U_S1, k] = 0.0
+        ucb[e, U_M2, k] = -np.inf
+        ucb[e, U_S2, k] = 0.0
+        return
+    n = 1.0 + imp[e, k]
+    c = clk[e, k] + lam * conv[e, k]
+    inv_n = 1.0 / n
+    m1 = c * inv_n
+    s1 = math.sqrt(inv_n)
+    if not has_prior[e, k]:
+        m2 = np.inf
+        s2 = 0.0
+    elif math.isinf(n_aux):
+        m1 = np.inf
+        s1 = 0.0
+        m2 = mu[e, k]
+        s2 = 0.0
+    else:
+        n2 = n + n_aux
+        inv_n2 = 1.0 / n2
+        m2 = (c + mu[e, k] * n_aux) * inv_n2
+        s2 = math.sqrt(inv_n2)
+    ucb[e, U_M1, k] = m1
+    ucb[e, U_S1, k] = s1
+    ucb[e, U_M2, k] = m2
+    ucb[e, U_S2, k] = s2
+
+
+@numba.njit(**NJIT)
+def refresh_experiment(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab):
+    """Recompute experiment e's cached sqrt(log t) and every arm's LLM-2UCBs cache."""
+    exp_f[e, F_SQRT_LOG_T] = sqrt_log(exp_f[e, F_T], tab)
+    for k in range(n_arms_arr[e]):
+        refresh_ucb_arm(e, k, exp_f[e, F_N_AUX], exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, ucb,
+                        tab)
+
+
+@numba.njit(**NJIT)
+def refresh_all(n, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab):
+    """:func:`refresh_experiment` for rows ``0..n-1`` (after loading a snapshot)."""
+    for e in range(n):
+        refresh_experiment(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab)
+
+
+@numba.njit(**NJIT)
+def ucb2_cached_scores(e, n_arms, a, ucb, out):
+    """Branch-free LLM-2UCBs index from the cache: min(m1 + a s1, m2 + a s2)."""
+    for k in range(n_arms):
+        out[k] = min(ucb[e, U_M1, k] + a * ucb[e, U_S1, k], ucb[e, U_M2, k] + a * ucb[e, U_S2, k])
+
+
+@numba.njit(**NJIT)
+def linucb_scores(e, n_arms, lin_alpha, feats, z, bvec, active, out):
     """LinUCB index (Algorithm 4, line 8): theta.x_k + alpha sqrt(x_k' A^-1 x_k).
 
     ``z[k] = A^-1 x_k`` is kept current by the Sherman-Morrison update, so the score is
     ``z_k . b + alpha sqrt(x_k . z_k)``: O(K d) per decision, no matrix product.
     """
-    d = bvec.shape[0]
+    d = bvec.shape[1]
     for k in range(n_arms):
         mean = 0.0
         var = 0.0
         for j in range(d):
-            mean += z[k, j] * bvec[j]
-            var += feats[k, j] * z[k, j]
+            zj = z[e, k, j]
+            mean += zj * bvec[e, j]
+            var += feats[e, k, j] * zj
         s = mean + lin_alpha * math.sqrt(max(var, 0.0))
-        out[k] = s if active[k] else -np.inf
+        out[k] = s if active[e, k] else -np.inf
 
 
 @numba.njit(**NJIT)
@@ -196,15 +288,19 @@ def tied_argmax(n_arms, scores, u):
     """
     best = -np.inf
     nt = 0
+    first = -1
     for k in range(n_arms):
         s = scores[k]
         if s > best:
             best = s
             nt = 1
+            first = k
         elif s == best:
             nt += 1
     if best == -np.inf:
         return -1, 0, best
+    if nt == 1:
+        return first, 1, best
     pick = min(int(u * nt), nt - 1)
     for k in range(n_arms):
         if scores[k] == best:
@@ -215,10 +311,10 @@ def tied_argmax(n_arms, scores, u):
 
 
 @numba.njit(**NJIT)
-def nth_active(n_arms, active, idx):
-    """Slot of the ``idx``-th active arm."""
+def nth_active(e, n_arms, active, idx):
+    """Slot of the ``idx``-th active arm of experiment ``e``."""
     for k in range(n_arms):
-        if active[k]:
+        if active[e, k]:
             if idx == 0:
                 return k
             idx -= 1
@@ -226,7 +322,7 @@ def nth_active(n_arms, active, idx):
 
 
 @numba.njit(**NJIT)
-def ts_thetas(n_arms, prior_n, a0, b0, imp, clk, conv, lam, mu, has_prior, active, key, j, out):
+def ts_thetas(e, n_arms, prior_n, a0, b0, lam, imp, clk, conv, mu, has_prior, active, key, j, out):
     """One posterior draw per arm (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
 
     ``prior_n = 0`` is plain Beta-Bernoulli TS. With ``n_aux = inf`` an arm with a prior
@@ -235,51 +331,52 @@ def ts_thetas(n_arms, prior_n, a0, b0, imp, clk, conv, lam, mu, has_prior, activ
     """
     inf_aux = math.isinf(prior_n)
     for k in range(n_arms):
-        if not active[k]:
+        if not active[e, k]:
             out[k] = -np.inf
             continue
-        c = clk[k] + lam * conv[k]
-        fail = max(imp[k] - c, 0.0)
-        if has_prior[k] and inf_aux:
-            out[k] = mu[k]
+        c = clk[e, k] + lam * conv[e, k]
+        fail = max(imp[e, k] - c, 0.0)
+        if has_prior[e, k] and inf_aux:
+            out[k] = mu[e, k]
             continue
         pa = a0 + c
         pb = b0 + fail
-        if has_prior[k]:
-            pa += prior_n * mu[k]
-            pb += prior_n * (1.0 - mu[k])
+        if has_prior[e, k]:
+            pa += prior_n * mu[e, k]
+            pb += prior_n * (1.0 - mu[e, k])
         th, j = beta_draw(pa, pb, key, j)
         out[k] = th
     return j
 
 
 @numba.njit(**NJIT)
-def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prior, active, cand,
+def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prior, active, cand, ucb,
                   feats, z, bvec, bai_done, usable, out):
     """Scores of experiment ``e`` under its policy into ``out``; argmax (ties uniform) is the
     policy's choice. Returns (next counter, stochastic flag): TS scores are posterior draws.
     """
     K = n_arms
-    row_f = exp_f[e]
-    lam = row_f[F_LAMBDA]
+    lam = exp_f[e, F_LAMBDA]
     if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM or policy == P_LLM2UCB_EB:
-        n_aux = row_f[F_N_AUX]
+        a = exp_f[e, F_ALPHA] * exp_f[e, F_SQRT_LOG_T]
         if policy == P_LLM2UCB_EB:
             for k in range(K):
                 usable[k] = active[e, k] and has_prior[e, k]
-            n_aux = adaptive_n_aux(n_aux, row_f[F_EB_STRENGTH], imp[e, :K], clk[e, :K], mu[e, :K], usable[:K])
-        a = row_f[F_ALPHA] * math.sqrt(math.log(row_f[F_T]))
-        ucb2_scores(K, a, n_aux, imp[e], clk[e], conv[e], lam, mu[e], has_prior[e], active[e], out)
+            n_aux = adaptive_n_aux(exp_f[e, F_N_AUX], exp_f[e, F_EB_STRENGTH], imp[e, :K], clk[e, :K], mu[e, :K],
+                                   usable[:K])
+            ucb2_scores(e, K, a, n_aux, lam, imp, clk, conv, mu, has_prior, active, out)
+        else:
+            ucb2_cached_scores(e, K, a, ucb, out)
         return j, False
     if policy == P_TS or policy == P_LLM_TS:
-        j = ts_thetas(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], imp[e], clk[e], conv[e], lam,
-                      mu[e], has_prior[e], active[e], key, j, out)
+        j = ts_thetas(e, K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0], lam, imp, clk, conv, mu,
+                      has_prior, active, key, j, out)
         return j, True
     if policy == P_LINUCB or policy == P_LLM_LINUCB:
-        linucb_scores(K, row_f[F_LIN_ALPHA], feats[e], z[e], bvec[e], active[e], out)
+        linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, out)
         return j, False
     if policy == P_EC:
-        explore = row_f[F_STEPS] < row_f[F_EXPLORE_N]
+        explore = exp_f[e, F_STEPS] < exp_f[e, F_EXPLORE_N]
         any_cand = False
         for k in range(K):
             any_cand = any_cand or (cand[e, k] and active[e, k])
@@ -298,63 +395,12 @@ def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prio
         if not (active[e, k] and cand[e, k]):
             out[k] = -np.inf
         elif bai_done[e]:
-            mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
-                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+            mean, rad = bai_interval(exp_f[e, F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
+                                     has_prior[e, k], K, exp_f[e, F_BAI_DELTA])
             out[k] = mean
         else:
             out[k] = -imp[e, k]  # pull every candidate once per round
     return j, False
-
-
-@numba.njit(**NJIT)
-def decide(e, key, u0, u1, want_propensity, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior,
-           active, cand, feats, z, bvec, bai_done, usable, scores, wins):
-    """One decision for experiment ``e``: (slot, propensity). Pure: reads state only.
-
-    Burn-in: uniform over active arms while ``steps < burn_in``. Floor: with
-    probability ``m = K_active * f`` (``f = min(min_traffic, 1/K_active)``) play a
-    uniform active arm, otherwise the policy's choice; the propensity is
-    ``f + (1 - m) * p_policy(slot)``. ``p_policy`` is ``1/#tied`` for deterministic
-    indices and, for TS, the Monte Carlo estimate ``(wins + [slot won the decision's
-    own draw]) / (M + 1)`` from ``M = propensity_draws`` extra posterior draws of the
-    same key stream. With ``want_propensity`` False TS skips the extra draws and
-    returns NaN.
-    """
-    K = n_arms_arr[e]
-    policy = policy_arr[e]
-    row_f = exp_f[e]
-    k_act = 0
-    for k in range(K):
-        if active[e, k]:
-            k_act += 1
-    if k_act == 0:
-        return -1, 0.0
-    if row_f[F_STEPS] < row_f[F_BURN_IN]:
-        return nth_active(K, active[e], min(int(u1 * k_act), k_act - 1)), 1.0 / k_act
-    floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
-    mass = floor * k_act
-    j, stochastic = policy_scores(e, key, 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
-                                  feats, z, bvec, bai_done, usable, scores)
-    pol_slot, nt, best = tied_argmax(K, scores, u1)
-    slot = pol_slot
-    if u0 < mass:
-        slot = nth_active(K, active[e], min(int(u0 / mass * k_act), k_act - 1))
-    if not stochastic:
-        p_pol = 1.0 / nt if scores[slot] == best else 0.0
-    elif want_propensity:
-        draws = int(row_f[F_PROP_DRAWS])
-        for k in range(K):
-            wins[k] = 0.0
-        wins[pol_slot] += 1.0
-        for m in range(draws):
-            j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
-                                 feats, z, bvec, bai_done, usable, scores)
-            w, _, _ = tied_argmax(K, scores, 0.0)
-            wins[w] += 1.0
-        p_pol = wins[slot] / (draws + 1.0)
-    else:
-        return slot, np.nan
-    return slot, floor + (1.0 - mass) * p_pol
 
 
 @numba.njit(**NJIT)
@@ -413,118 +459,87 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
 
 
 @numba.njit(**NJIT)
-def apply_update(e, a, w, c, v, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand,
-                 feats, z, ainv, bvec, bai_done, ec_committed, ubuf):
-    """Apply one feedback row: ``w`` impressions, ``c`` clicks, ``v`` conversion value on slot ``a``.
-
-    With gamma < 1 every arm of the experiment (and LinUCB's A, b) is first discounted by
-    gamma**w, i.e. once per impression, then the new counts are added. LinUCB adds
-    ``w x x'`` to A by Sherman-Morrison on A^-1 (and the cached z_k = A^-1 x_k), and
-    ``(c + lambda v) x`` to b.
-    """
-    K = n_arms_arr[e]
-    policy = policy_arr[e]
-    row_f = exp_f[e]
-    gamma = row_f[F_GAMMA]
-    linear = policy == P_LINUCB or policy == P_LLM_LINUCB
-    if w > 0.0 and gamma < 1.0:
-        f = gamma ** w
-        for k in range(K):
-            imp[e, k] *= f
-            clk[e, k] *= f
-            conv[e, k] *= f
-        row_f[F_T] = 1.0 + (row_f[F_T] - 1.0) * f
-        if linear:
-            d = bvec.shape[1]
-            inv_f = 1.0 / f
-            for p in range(d):
-                bvec[e, p] *= f
-                for q in range(d):
-                    ainv[e, p, q] *= inv_f
-            for k in range(K):
-                for p in range(d):
-                    z[e, k, p] *= inv_f
-    imp[e, a] += w
-    clk[e, a] += c
-    conv[e, a] += v
-    row_f[F_T] += w
-    row_f[F_STEPS] += w
-    if linear:
-        d = bvec.shape[1]
-        r = c + row_f[F_LAMBDA] * v
+def linear_discount(e, K, f, z, ainv, bvec):
+    """A <- f A and b <- f b, i.e. A^-1 and the cache z scale by 1/f."""
+    d = bvec.shape[1]
+    inv_f = 1.0 / f
+    for p in range(d):
+        bvec[e, p] *= f
+        for q in range(d):
+            ainv[e, p, q] *= inv_f
+    for k in range(K):
         for p in range(d):
-            bvec[e, p] += r * feats[e, a, p]
-        if w > 0.0:
-            # u = A^-1 x_a; A^-1 <- A^-1 - w u u' / (1 + w x_a' u); z_k -= coef (u . x_k) u.
-            s = 0.0
-            for p in range(d):
-                ubuf[p] = z[e, a, p]
-                s += feats[e, a, p] * ubuf[p]
-            coef = w / (1.0 + w * s)
-            for p in range(d):
-                cp = coef * ubuf[p]
-                for q in range(d):
-                    ainv[e, p, q] -= cp * ubuf[q]
-            for k in range(K):
-                ux = 0.0
-                for p in range(d):
-                    ux += ubuf[p] * feats[e, k, p]
-                g = coef * ux
-                for p in range(d):
-                    z[e, k, p] -= g * ubuf[p]
-    elif policy == P_EC:
-        if not ec_committed[e] and row_f[F_STEPS] >= row_f[F_EXPLORE_N]:
-            ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand)
-            ec_committed[e] = True
-    elif policy == P_BAI or policy == P_LLM_BAI:
-        if not bai_done[e]:
-            bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
+            z[e, k, p] *= inv_f
+
+
+@numba.njit(**NJIT)
+def linear_update(e, a, K, w, r, feats, z, ainv, bvec, ubuf):
+    """Algorithm 4 lines 12-13 with ``w`` impressions and reward ``r``, by Sherman-Morrison.
+
+    u = A^-1 x_a; A^-1 <- A^-1 - w u u' / (1 + w x_a' u); z_k <- z_k - coef (u . x_k) u;
+    b <- b + r x_a. O(d^2 + K d); A is never re-inverted.
+    """
+    d = bvec.shape[1]
+    for p in range(d):
+        bvec[e, p] += r * feats[e, a, p]
+    if w <= 0.0:
+        return
+    s = 0.0
+    for p in range(d):
+        ubuf[p] = z[e, a, p]
+        s += feats[e, a, p] * ubuf[p]
+    coef = w / (1.0 + w * s)
+    for p in range(d):
+        cp = coef * ubuf[p]
+        for q in range(d):
+            ainv[e, p, q] -= cp * ubuf[q]
+    for k in range(K):
+        ux = 0.0
+        for p in range(d):
+            ux += ubuf[p] * feats[e, k, p]
+        g = coef * ux
+        for p in range(d):
+            z[e, k, p] -= g * ubuf[p]
 
 
 # --------------------------------------------------------------------------- batch kernels
 
 
-@numba.njit(**NJIT)
-def select_kernel(rows, keys, uniforms, have_uniforms, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu,
-                  has_prior, active, cand, feats, z, bvec, bai_done, out_slots, out_prop):
-    """Batched select: every decision reads the state as of the call start."""
-    kcap = imp.shape[1]
-    usable = np.empty(kcap, dtype=np.bool_)
-    scores = np.empty(kcap, dtype=np.float64)
-    wins = np.empty(kcap, dtype=np.float64)
-    for i in range(rows.shape[0]):
-        key = keys[i]
-        if have_uniforms:
-            u0 = uniforms[i, 0]
-            u1 = uniforms[i, 1]
-        else:
-            u0 = uniform(key, 0)
-            u1 = uniform(key, 1)
-        slot, prop = decide(rows[i], key, u0, u1, True, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu,
-                            has_prior, active, cand, feats, z, bvec, bai_done, usable, scores, wins)
-        out_slots[i] = slot
-        out_prop[i] = prop
+MODE_SELECT = 0
+MODE_UPDATE = 1
+MODE_SIMULATE = 2
 
 
 @numba.njit(**NJIT)
-def update_kernel(rows, slots, impressions, clicks, conv_value, policy_arr, exp_f, n_arms_arr, imp, clk, conv,
-                  mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed):
-    """Batched update, applied in array order."""
-    ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
-    for i in range(rows.shape[0]):
-        apply_update(rows[i], slots[i], impressions[i], clicks[i], conv_value[i], policy_arr, exp_f, n_arms_arr,
-                     imp, clk, conv, mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed,
-                     ubuf)
+def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensity, in_slots, in_w, in_c, in_v,
+           true_ctr, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb, feats, z,
+           ainv, bvec, bai_done, ec_committed, out_slots, out_prop, tab):
+    """The one decision/update loop behind ``select``, ``update`` and ``simulate``.
 
+    ``MODE_SELECT``: decision ``i`` for experiment ``rows[i]`` with key ``keys[i]``
+    (uniforms from the key stream, or ``uniforms[i]``); writes ``out_slots``/``out_prop``
+    and never touches the state, so a batch sees the state as of the call start.
+    ``MODE_UPDATE``: applies ``(in_slots, in_w, in_c, in_v)[i]`` to ``rows[i]`` in array
+    order. ``MODE_SIMULATE``: each experiment in ``rows`` runs ``steps`` decisions in
+    turn, each immediately followed by its update, clicks ~ Bernoulli(true_ctr).
 
-@numba.njit(**NJIT)
-def simulate_kernel(rows, steps, true_ctr, seed, want_propensity, policy_arr, exp_f, n_arms_arr, imp, clk,
-                    conv, mu, has_prior, active, cand, feats, z, ainv, bvec, bai_done, ec_committed):
-    """Fused select+update: each experiment in ``rows`` runs ``steps`` decisions in turn
-    (experiment-major, as in the paper replay), clicks ~ Bernoulli(true_ctr[e, slot]).
+    One function body on purpose: passing ~20 state arrays to a non-inlined helper per
+    decision costs ~100 ns (exploded array structs, reference counts), more than the
+    policy itself, so the hot path calls only small helpers LLVM inlines.
 
-    Same :func:`decide` and :func:`apply_update` as the public ``select``/``update``.
-    Returns (total clicks, sum of propensities) so no work can be optimised away.
+    Decision rule. Burn-in: uniform over active arms while ``steps < burn_in``
+    (propensity 1/K_active). Otherwise the policy's index is argmaxed with exact ties
+    broken by ``u_1``; with a floor ``f = min(min_traffic, 1/K_active)`` a uniform active
+    arm is played instead when ``u_0 < K_active f``; propensity
+    ``f + (1 - K_active f) p_policy(slot)``, where ``p_policy = 1/#tied`` for
+    deterministic indices and for TS ``(wins + own) / (M + 1)`` over ``M =
+    propensity_draws`` extra posterior draws from the same key stream (NaN if
+    ``want_propensity`` is False).
+
+    Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first;
+    then counts add, t and steps advance by ``w``; the LLM-2UCBs cache of the arm is
+    refreshed; LinUCB does Sherman-Morrison; E&C commits at the end of exploration;
+    BAI eliminates.
     """
     kcap = imp.shape[1]
     usable = np.empty(kcap, dtype=np.bool_)
@@ -532,29 +547,137 @@ def simulate_kernel(rows, steps, true_ctr, seed, want_propensity, policy_arr, ex
     wins = np.empty(kcap, dtype=np.float64)
     ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
     base = np.uint64(seed)
+    reps = steps if mode == MODE_SIMULATE else 1
     total = 0.0
     psum = 0.0
     i = 0
     for r in range(rows.shape[0]):
         e = rows[r]
-        for s in range(steps):
-            key = mix64(base + np.uint64(i + 1) * _GOLDEN)
-            i += 1
-            slot, prop = decide(e, key, uniform(key, 0), uniform(key, 1), want_propensity, policy_arr, exp_f,
-                                n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, feats, z, bvec, bai_done,
-                                usable, scores, wins)
-            if slot < 0:
-                continue
-            click = 1.0 if uniform(key, 1_000_003) < true_ctr[e, slot] else 0.0
-            apply_update(e, slot, 1.0, click, 0.0, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior,
-                         active, cand, feats, z, ainv, bvec, bai_done, ec_committed, ubuf)
-            total += click
-            psum += prop
+        K = n_arms_arr[e]
+        policy = policy_arr[e]
+        for rep in range(reps):
+            # ------------------------------------------------------------ decide
+            if mode == MODE_UPDATE:
+                a = in_slots[r]
+                w = in_w[r]
+                c = in_c[r]
+                v = in_v[r]
+            else:
+                if mode == MODE_SELECT:
+                    key = keys[r]
+                else:
+                    key = mix64(base + np.uint64(i + 1) * _GOLDEN)
+                i += 1
+                u1 = uniforms[r, 1] if have_uniforms else uniform(key, 1)
+                slot = -1
+                prop = 0.0
+                if exp_f[e, F_STEPS] < exp_f[e, F_BURN_IN]:
+                    k_act = 0
+                    for k in range(K):
+                        if active[e, k]:
+                            k_act += 1
+                    if k_act > 0:
+                        slot = nth_active(e, K, active, min(int(u1 * k_act), k_act - 1))
+                        prop = 1.0 / k_act
+                else:
+                    j = 2
+                    stochastic = False
+                    if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM:
+                        ucb2_cached_scores(e, K, exp_f[e, F_ALPHA] * exp_f[e, F_SQRT_LOG_T], ucb, scores)
+                    elif policy == P_TS or policy == P_LLM_TS:
+                        j = ts_thetas(e, K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
+                                      exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, key, j, scores)
+                        stochastic = True
+                    elif policy == P_LINUCB or policy == P_LLM_LINUCB:
+                        linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)
+                    else:
+                        j, stochastic = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
+                                                      active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
+                    pol_slot, nt, best = tied_argmax(K, scores, u1)
+                    if pol_slot >= 0:
+                        slot = pol_slot
+                        floor = 0.0
+                        mass = 0.0
+                        if exp_f[e, F_MIN_TRAFFIC] > 0.0:
+                            k_act = 0
+                            for k in range(K):
+                                if active[e, k]:
+                                    k_act += 1
+                            floor = min(exp_f[e, F_MIN_TRAFFIC], 1.0 / k_act)
+                            mass = floor * k_act
+                            u0 = uniforms[r, 0] if have_uniforms else uniform(key, 0)
+                            if u0 < mass:
+                                slot = nth_active(e, K, active, min(int(u0 / mass * k_act), k_act - 1))
+                        if not stochastic:
+                            p_pol = 1.0 / nt if scores[slot] == best else 0.0
+                            prop = floor + (1.0 - mass) * p_pol
+                        elif want_propensity:
+                            draws = int(exp_f[e, F_PROP_DRAWS])
+                            for k in range(K):
+                                wins[k] = 0.0
+                            wins[pol_slot] += 1.0
+                            for m in range(draws):
+                                j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
+                                                     active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
+                                wm, _, _ = tied_argmax(K, scores, 0.0)
+                                wins[wm] += 1.0
+                            prop = floor + (1.0 - mass) * (wins[slot] / (draws + 1.0))
+                        else:
+                            prop = np.nan
+                if mode == MODE_SELECT:
+                    out_slots[r] = slot
+                    out_prop[r] = prop
+                    continue
+                if slot < 0:
+                    continue
+                a = slot
+                w = 1.0
+                c = 1.0 if uniform(key, 1_000_003) < true_ctr[e, slot] else 0.0
+                v = 0.0
+                total += c
+                psum += prop
+            # ------------------------------------------------------------ update
+            gamma = exp_f[e, F_GAMMA]
+            linear = policy == P_LINUCB or policy == P_LLM_LINUCB
+            discounted = w > 0.0 and gamma < 1.0
+            if discounted:
+                f = gamma ** w
+                for k in range(K):
+                    imp[e, k] *= f
+                    clk[e, k] *= f
+                    conv[e, k] *= f
+                exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
+                if linear:
+                    linear_discount(e, K, f, z, ainv, bvec)
+            imp[e, a] += w
+            clk[e, a] += c
+            conv[e, a] += v
+            exp_f[e, F_T] += w
+            exp_f[e, F_STEPS] += w
+            if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM or policy == P_LLM2UCB_EB:
+                if w > 0.0:
+                    exp_f[e, F_SQRT_LOG_T] = sqrt_log(exp_f[e, F_T], tab)
+                n_aux = exp_f[e, F_N_AUX]
+                lam = exp_f[e, F_LAMBDA]
+                if discounted:
+                    for k in range(K):
+                        refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab)
+                else:
+                    refresh_ucb_arm(e, a, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab)
+            elif linear:
+                linear_update(e, a, K, w, c + exp_f[e, F_LAMBDA] * v, feats, z, ainv, bvec, ubuf)
+            elif policy == P_EC:
+                if not ec_committed[e] and exp_f[e, F_STEPS] >= exp_f[e, F_EXPLORE_N]:
+                    ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand)
+                    ec_committed[e] = True
+            elif policy == P_BAI or policy == P_LLM_BAI:
+                if not bai_done[e]:
+                    bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
     return total, psum
 
 
 @numba.njit(**NJIT)
-def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand,
+def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb,
                          feats, z, bvec, bai_done, out):
     """Serving share of every arm of ``e`` now (floor and burn-in included); TS by
     ``propensity_draws`` Monte Carlo draws from ``key``. Used for policy snapshots."""
@@ -578,13 +701,13 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
     floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
     mass = floor * k_act
     j, stochastic = policy_scores(e, key, 2, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active,
-                                  cand, feats, z, bvec, bai_done, usable, scores)
+                                  cand, ucb, feats, z, bvec, bai_done, usable, scores)
     if stochastic:
         draws = int(row_f[F_PROP_DRAWS])
         w, _, _ = tied_argmax(K, scores, 0.0)
         out[w] += 1.0
         for m in range(draws):
-            j, _ = policy_scores(e, key, j, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active, cand,
+            j, _ = policy_scores(e, key, j, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb,
                                  feats, z, bvec, bai_done, usable, scores)
             w, _, _ = tied_argmax(K, scores, 0.0)
             out[w] += 1.0
@@ -599,9 +722,9 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
 
 
 @numba.njit(**NJIT)
-def scores_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, feats, z,
+def scores_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb, feats, z,
                   bvec, bai_done, out):
     """The policy's current index per arm (TS: one posterior draw from ``key``)."""
     usable = np.empty(imp.shape[1], dtype=np.bool_)
-    policy_scores(e, key, 2, policy_arr[e], exp_f, n_arms_arr[e], imp, clk, conv, mu, has_prior, active, cand,
+    policy_scores(e, key, 2, policy_arr[e], exp_f, n_arms_arr[e], imp, clk, conv, mu, has_prior, active, cand, ucb,
                   feats, z, bvec, bai_done, usable, out)

@@ -78,6 +78,7 @@ class BanditState:
         self.has_prior = np.zeros((E, K), dtype=np.bool_)
         self.active = np.zeros((E, K), dtype=np.bool_)
         self.candidate = np.zeros((E, K), dtype=np.bool_)
+        self.ucb = np.zeros((E, 4, K))
         self.exp_f = np.zeros((E, core.N_EXP_F))
         self.policy = np.zeros(E, dtype=np.int64)
         self.n_arms = np.zeros(E, dtype=np.int64)
@@ -121,6 +122,7 @@ class BanditState:
         for name in ("policy", "n_arms", "bai_done", "ec_committed"):
             setattr(self, name, grown(getattr(self, name), (E,)))
         self.exp_f = grown(self.exp_f, (E, core.N_EXP_F))
+        self.ucb = grown(self.ucb, (E, 4, K))
         self.features = grown(self.features, (E, K, d))
         self.z = grown(self.z, (E, K, d))
         self.ainv = grown(self.ainv, (E, d, d))
@@ -160,6 +162,7 @@ class BanditState:
         f[core.F_PROP_DRAWS] = params.propensity_draws
         f[core.F_T] = 1.0
         f[core.F_STEPS] = 0.0
+        f[core.F_SQRT_LOG_T] = 0.0
         self.n_arms[row] = 0
         self.bai_done[row] = False
         self.ec_committed[row] = False
@@ -219,6 +222,7 @@ class BanditState:
         if x is not None and self.feature_dim:
             self.features[row, slot] = x
             self.z[row, slot] = self.ainv[row] @ x
+        self._refresh(row)
         return slot
 
     def set_prior(self, row: int, slot: int, prior_ctr: float) -> None:
@@ -227,14 +231,16 @@ class BanditState:
         slot = self._check_slot(row, slot)
         self.mu_aux[row, slot] = _check_prior(prior_ctr)
         self.has_prior[row, slot] = True
+        self._refresh(row)
 
     def retire_arm(self, row: int, slot: int) -> None:
         """Stop serving an arm; its statistics stay for snapshots and replay."""
         row = self._check_row(row)
         slot = self._check_slot(row, slot)
         self.active[row, slot] = False
-        self.candidate[row, slot] = False if self._params[row].policy in ("bai", "llm_bai") else self.candidate[
-            row, slot]
+        if self._params[row].policy in ("bai", "llm_bai"):
+            self.candidate[row, slot] = False
+        self._refresh(row)
 
     def warm_start_linear(self, row: int, X: Any, r: Any) -> None:
         """LLM-LinUCB warm start (Algorithm 4, line 1): A = ridge I + X'X, b = X'r.
@@ -291,15 +297,19 @@ class BanditState:
         """Raw (undiscounted) impressions so far, per experiment."""
         return self._col(core.F_STEPS)
 
+    def _refresh(self, row: int) -> None:
+        core.refresh_experiment(row, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions,
+                                self.mu_aux, self.has_prior, self.active, self.ucb, core.TABLES)
+
     def kernel_args(self) -> tuple:
         """The state arrays in the order the core kernels take them (read side)."""
         return (self.policy, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions, self.mu_aux,
-                self.has_prior, self.active, self.candidate, self.features, self.z, self.bvec, self.bai_done)
+                self.has_prior, self.active, self.candidate, self.ucb, self.features, self.z, self.bvec, self.bai_done)
 
     def update_args(self) -> tuple:
-        """The state arrays in the order ``apply_update`` takes them."""
+        """The state arrays in the order ``core.engine`` takes them (read and write side)."""
         return (self.policy, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions, self.mu_aux,
-                self.has_prior, self.active, self.candidate, self.features, self.z, self.ainv, self.bvec,
+                self.has_prior, self.active, self.candidate, self.ucb, self.features, self.z, self.ainv, self.bvec,
                 self.bai_done, self.ec_committed)
 
     # ------------------------------------------------------------------ results and snapshots
@@ -379,7 +389,7 @@ class BanditState:
                         for k, v in p.to_dict().items()} for p in self._params],
         }
         arrays = {name: getattr(self, name)[:n] for name in _ARM_F64 + _ARM_BOOL + (
-            "exp_f", "policy", "n_arms", "bai_done", "ec_committed", "features", "z", "ainv", "bvec")}
+            "exp_f", "ucb", "policy", "n_arms", "bai_done", "ec_committed", "features", "z", "ainv", "bvec")}
         buf = io.BytesIO()
         np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return buf.getvalue()
