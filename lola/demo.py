@@ -784,6 +784,10 @@ class Demo:
         else:
             rec.final_snapshot = final
             rec.final_stats = allocation_stats(final, rec.tests)
+            st = rec.final_stats
+            uniform = sum(1 / len(t.headlines) for t in rec.tests) / len(rec.tests)
+            self.say(f"final snapshot: {st.experiments} experiments, {st.impressions:,} impressions, {st.clicks:,} clicks; "
+                     f"{st.best_share:.1%} of impressions on the best headline (uniform split: {uniform:.1%})")
             sent = (rec.loadgen_summary or {}).get("impressions")
             if isinstance(sent, int) and rec.final_stats.impressions != sent:
                 rec.notes.append(f"the final snapshot counts {rec.final_stats.impressions} impressions; "
@@ -834,13 +838,16 @@ class Demo:
                 except OSError:
                     pass
                 if now >= next_snapshot:
+                    t_read = time.monotonic()
                     snap = self.snapshot(sup, bootstrap, timeout_s=15)
+                    read_s = time.monotonic() - t_read
                     if snap:
                         stats = allocation_stats(snap, rec.tests)
                         sample.update(best_share=stats.best_share, impressions=stats.impressions, clicks=stats.clicks,
                                       experiments=stats.experiments)
                         view.stats = stats
-                    next_snapshot = time.monotonic() + 3.0
+                    # The snapshot topic is re-read from its start; keep that under ~20% of one core.
+                    next_snapshot = time.monotonic() + max(3.0, 5.0 * read_s)
                 rec.history.append(sample)
                 view.sample = sample
                 if live is not None:
@@ -977,6 +984,8 @@ class _LiveView:
         self.demo = demo
         self.sample: dict[str, Any] = {}
         self.stats: AllocationStats | None = None
+        tests = demo.rec.tests
+        self.uniform = sum(1 / len(t.headlines) for t in tests) / len(tests) if tests else float("nan")
 
     def line(self) -> str:
         s = self.sample
@@ -1015,7 +1024,10 @@ class _LiveView:
                     cell = f"{sh:.0%} ({c:.2%})"
                     cells.append(f"[bold green]{cell}[/]" if i == best else cell)
                 table.add_row(_short_id(r["experiment_id"]), f"{r['impressions']:,}", f"{r['best_share']:.0%}", "  ".join(cells))
-            foot = f"all {self.stats.experiments} experiments: {self.stats.best_share:.1%} of {self.stats.impressions:,} impressions on the best headline"
+            budget = self.demo.opts.tau * sum(len(t.headlines) for t in self.demo.rec.tests)
+            foot = (f"all {self.stats.experiments} experiments: {self.stats.best_share:.1%} of {self.stats.impressions:,} "
+                    f"impressions on the best headline (uniform split: {self.uniform:.1%}); "
+                    f"{self.stats.impressions / budget:.0%} of the {budget:,}-impression horizon done")
         else:
             foot = "waiting for the first policy snapshot…"
         return Group(head, table, foot)
