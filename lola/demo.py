@@ -57,6 +57,7 @@ REPORT_SECTIONS = (
     "## Reproduce",
 )
 REPLAY_POLICIES = ("E&C", "UCB", "LOLA")
+DEFAULT_MODEL_DIR = Path("models") / "ctr-onnx"
 
 
 # ====================================================================== options
@@ -1327,7 +1328,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        model: Path = typer.Option(None, "--model", help="Prior model folder (model_card.json); none = no LLM priors."),
+        model: Path = typer.Option(None, "--model", help="Prior model folder (model_card.json) [default: models/ctr-onnx if built]."),
+        no_model: bool = typer.Option(False, "--no-model", help="Run without LLM priors even if a model is built."),
         data: Path = typer.Option(None, "--data", help="Upworthy package CSV [default: the shared dev CSV]."),
         tests: int = typer.Option(None, "--tests", help="Headline tests to run [default 100; --short: 6]."),
         tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions [default 1000; --short: 20]."),
@@ -1348,6 +1350,12 @@ def register(app: typer.Typer) -> None:
             base.update(SHORT)
         given = {"tests": tests, "tau": tau, "duration_s": duration, "reps": reps}
         base.update({k: v for k, v in given.items() if v is not None})
+        if no_model:
+            model = None
+        elif model is None and (DEFAULT_MODEL_DIR / "model_card.json").is_file():
+            model = DEFAULT_MODEL_DIR
+        elif model is not None and not (model / "model_card.json").is_file():
+            raise ConfigError(f"--model {model} has no model_card.json (build the default model with `make model`)")
         options = DemoOptions(model=model, data=data or upworthy_csv(), seed=seed, out_dir=out_dir,
                               bootstrap=bootstrap, split=split, live=not no_live, **base)
         report = Demo(options).run()

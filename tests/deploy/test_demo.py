@@ -216,3 +216,10 @@ def test_report_has_every_section_and_plots(tmp_path, upworthy_csv):
         assert (rec.run_dir / png).stat().st_size > 1000
         assert f"demo-x/{png}" in text
     assert isinstance(rec.final_stats, AllocationStats) and rec.final_stats.best_share == pytest.approx(0.75)
+
+
+def test_missing_model_card_is_a_one_line_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lola.cli", "demo", "--model", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.startswith("lola: error: --model") and out.stderr.count("\n") == 1

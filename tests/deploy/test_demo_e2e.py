@@ -43,8 +43,7 @@ def _marked_processes(demo_pid: int) -> list[int]:
 
 def _demo_argv(out_dir: Path, *extra: str) -> list[str]:
     argv = [sys.executable, "-m", "lola.cli", "demo", "--short", "--no-live", "--out-dir", str(out_dir), *extra]
-    if (MODEL / "model_card.json").is_file():
-        argv += ["--model", str(MODEL)]
+    argv += ["--model", str(MODEL)] if (MODEL / "model_card.json").is_file() else ["--no-model"]
     return argv
 
 
