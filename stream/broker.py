@@ -141,7 +141,7 @@ class EmbeddedBroker:
         except Exception as exc:
             raise BrokerError.from_kafka_error(f"tansu at {self.bootstrap} does not answer metadata", exc.args[0] if exc.args else exc) from exc
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def stop(self, timeout_s: float = 3.0) -> None:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

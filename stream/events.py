@@ -151,8 +151,31 @@ def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536)
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise EventError("invalid_json", str(exc)[:120]) from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise EventError("not_an_object", type(obj).__name__)
+    # Fast path for the hot event types when every field is well formed; anything
+    # unusual falls through to the full validation below, which names the reason.
+    kind = obj.get("type")
+    if kind == "impression" or kind == "click":
+        eid = obj.get("event_id")
+        exp = obj.get("experiment_id")
+        vid = obj.get("variant_id")
+        ts = obj.get("ts")
+        if (type(eid) is str and type(exp) is str and type(vid) is str and (type(ts) is float or type(ts) is int)
+                and 0.0 <= ts < math.inf and 0 < len(eid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
+                and 0 < len(vid) <= MAX_ID_CHARS and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
+                and (key is None or key == exp.encode())):
+            rid = obj.get("request_id")
+            if rid is None or (type(rid) is str and 0 < len(rid) <= MAX_ID_CHARS):
+                if kind == "impression":
+                    return Impression(eid, exp, vid, float(ts), rid)
+                imp = obj.get("impression_id")
+                if imp is None or (type(imp) is str and 0 < len(imp) <= MAX_ID_CHARS):
+                    return Click(eid, exp, vid, float(ts), imp, rid)
+    return _decode_checked(obj, key)
+
+
+def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
     version = obj.get("v", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise EventError("unsupported_version", repr(version)[:40])

@@ -156,7 +156,19 @@ class _Window:
         self.map[key] = value
 
     def items(self) -> list:
-        return [[k, self.map[k]] for k in self.order]
+        # The dict's insertion order is the deque's order (keys are only appended, and
+        # evicted oldest-first), so keys and values serialise without a per-item loop.
+        return [list(self.map), list(self.map.values())]
+
+    @classmethod
+    def from_items(cls, size: int, items: list) -> "_Window":
+        keys, values = items
+        w = cls(size)
+        if len(keys) > size:
+            keys, values = keys[len(keys) - size:], values[len(values) - size:]
+        w.map = dict(zip(keys, values))
+        w.order = deque(keys)
+        return w
 
 
 def _mix_seed(*parts: int) -> int:
@@ -409,9 +421,10 @@ class ShardProcessor:
             exp = Experiment.from_json(d)
             proc.experiments[exp.experiment_id] = exp
             proc.by_row[exp.row] = exp
-        proc.seen = _Window(proc.config.dedup_window, meta["seen"])
-        proc.imp_by_request = _Window(proc.config.dedup_window, meta["imp_by_request"])
-        proc.decided = _Window(proc.config.request_memory, [(k, tuple(v)) for k, v in meta["decided"]])
+        proc.seen = _Window.from_items(proc.config.dedup_window, meta["seen"])
+        proc.imp_by_request = _Window.from_items(proc.config.dedup_window, meta["imp_by_request"])
+        keys, values = meta["decided"]
+        proc.decided = _Window.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
         return proc
 
 

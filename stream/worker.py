@@ -92,6 +92,7 @@ class Worker:
         self.dirty_experiments: dict[int, set[str]] = {}
         self._stop = threading.Event()
         self._failed = False  # set when the loop dies mid-batch: then never checkpoint
+        self._callback_error: BaseException | None = None
         self._ready = False
         self._heartbeat = time.monotonic()
         self._rate = RateMeter()
@@ -167,6 +168,22 @@ class Worker:
         return shard
 
     def _on_assign(self, consumer: Any, partitions: list) -> None:
+        # Exceptions must not escape a librdkafka callback (confluent-kafka turns them into
+        # an unhelpful SystemError); keep them and re-raise from the loop.
+        try:
+            self._assign(consumer, partitions)
+        except BaseException as exc:  # noqa: BLE001
+            log.error("partition assignment failed", exc_info=True)
+            self._callback_error = exc
+
+    def _on_revoke_safe(self, consumer: Any, partitions: list) -> None:
+        try:
+            self._on_revoke(consumer, partitions)
+        except BaseException as exc:  # noqa: BLE001
+            log.error("partition revocation failed", exc_info=True)
+            self._callback_error = exc
+
+    def _assign(self, consumer: Any, partitions: list) -> None:
         self._ready = False
         for tp in partitions:
             if tp.topic != self.topic:
@@ -332,7 +349,7 @@ class Worker:
             self.http = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.healthy, self.ready).start()
             self.bound_metrics_port = self.http.port
         self.priors.start()
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke_safe,
                                 on_lost=self._on_lost)
         log.info("worker started", extra={"worker_id": self.worker_id, "metrics_port": self.bound_metrics_port,
                                           "settings": s.safe_dict()})
@@ -340,10 +357,13 @@ class Worker:
         last_checkpoint = last_snapshot = last_gauges = time.monotonic()
         last_data = time.monotonic()
         decisions = dead = 0
+        t_first = t_last = None
         try:
             while not self._stop.is_set():
                 self._heartbeat = now = time.monotonic()
                 msgs = self.consumer.consume(s.batch_size, s.poll_timeout_s)
+                if self._callback_error is not None:
+                    raise self._callback_error
                 if msgs:
                     t0 = time.perf_counter()
                     by_partition: dict[int, list] = {}
@@ -369,7 +389,10 @@ class Worker:
                         consumed += n
                         self._rate.add(n)
                         self.metrics.records.inc(n)
-                    self.metrics.batch_seconds.observe(time.perf_counter() - t0)
+                    t_last = time.perf_counter()
+                    if t_first is None:
+                        t_first = t0
+                    self.metrics.batch_seconds.observe(t_last - t0)
                     last_data = now
                 self._apply_priors()
                 self.producer.poll(0)
@@ -405,4 +428,5 @@ class Worker:
             if self.http is not None:
                 self.http.stop()
         log.info("worker stopped", extra={"records": consumed, "decisions": decisions, "dead_letters": dead})
-        return {"records": consumed, "decisions": decisions, "dead_letters": dead}
+        return {"records": consumed, "decisions": decisions, "dead_letters": dead,
+                "busy_seconds": (t_last - t_first) if t_first is not None else 0.0}

@@ -21,9 +21,25 @@ _counter = itertools.count()
 SESSION_TIMEOUT_MS = 3000
 
 
+def _warm_kernels() -> None:
+    """Compile (or load) the Numba kernels once in this process, so their on-disk cache
+    exists before worker subprocesses start: otherwise every subprocess pays the JIT."""
+    import orjson
+
+    from lola.stream.processor import ShardProcessor
+
+    proc = ShardProcessor(0)
+    variant = {"type": "variant", "experiment_id": "w", "variant_id": "a", "text": "t"}
+    imp = {"type": "impression", "experiment_id": "w", "variant_id": "a", "event_id": "i", "ts": 1.0}
+    req = {"type": "decision_request", "experiment_id": "w", "request_id": "r"}
+    proc.process([(i, b"w", orjson.dumps(e)) for i, e in enumerate((variant, imp, req))])
+    proc.snapshot("w")
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
-    """The session's Tansu broker (or an external one from KAFKA_BOOTSTRAP_SERVERS)."""
+    """The session's Tansu broker (or an external one from LOLA_TEST_BOOTSTRAP)."""
+    _warm_kernels()
     external = os.environ.get("LOLA_TEST_BOOTSTRAP")
     if external:
         yield external
@@ -181,3 +197,14 @@ def read_dead_letters(settings) -> list:
         for msg in kf.read_partition_to_end(conf, settings.deadletter_topic, p, 0):
             out.append((dict(msg.headers() or ()), msg.key(), msg.value()))
     return out
+
+
+@pytest.fixture
+def helpers():
+    """Plain helper functions (tests/ has no packages, so they travel as a fixture)."""
+
+    class H:
+        wait_for_counts = staticmethod(wait_for_counts)
+        read_dead_letters = staticmethod(read_dead_letters)
+
+    return H
