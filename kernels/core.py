@@ -67,6 +67,10 @@ _S11 = np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0
 _TWO_PI = 2.0 * math.pi
 
+# Numba-level inlining for the few small helpers the engine calls once per decision with
+# an array argument; LLVM does not always inline those calls by itself.
+NJIT_INLINE = dict(NJIT, inline="always")
+
 TABLE_N = 1 << 15
 
 
@@ -183,37 +187,35 @@ def ucb2_scores(e, n_arms, alpha_sqrt_log_t, n_aux, lam, imp, clk, conv, mu, has
 
 
 @numba.njit(**NJIT)
-def refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab):
-    """Recompute arm k's LLM-2UCBs cache from its statistics (Algorithm 1, lines 5-6).
+def ucb_cache_values(n_obs, c, mu, has_prior, active, n_aux):
+    """One arm's LLM-2UCBs cache (m1, s1, m2, s2) from scalars (Algorithm 1, lines 5-6).
 
-    m1 = c/n, s1 = 1/sqrt(n); m2 = (c + mu n_aux)/(n + n_aux), s2 = 1/sqrt(n + n_aux).
-    No prior: m2 = +inf (U2 = +inf). n_aux = inf with a prior: m1 = +inf, m2 = mu,
-    s2 = 0 (pure-LLM greedy). Inactive: -inf. ``n_aux = 0`` gives m2 == m1, s2 == s1.
+    ``n = 1 + n_obs`` (n starts at 1, c at 0). m1 = c/n, s1 = 1/sqrt(n);
+    m2 = (c + mu n_aux)/(n + n_aux), s2 = 1/sqrt(n + n_aux), so that the index is
+    min(m1 + a s1, m2 + a s2) with a = alpha sqrt(log t). No prior: m2 = +inf (U2 = +inf,
+    plain UCB). n_aux = inf with a prior: m1 = +inf, m2 = mu, s2 = 0 (pure-LLM greedy, no
+    NaN). Inactive: -inf. ``n_aux = 0`` gives m2 == m1 and s2 == s1 bit for bit.
+    Scalar arguments only, so LLVM inlines it into the engine loop.
     """
-    if not active[e, k]:
-        ucb[e, U_M1, k] = -np.inf
-        ucb[e, U_S1, k] = 0.0
-        ucb[e, U_M2, k] = -np.inf
-        ucb[e, U_S2, k] = 0.0
-        return
-    n = 1.0 + imp[e, k]
-    c = clk[e, k] + lam * conv[e, k]
+    if not active:
+        return -np.inf, 0.0, -np.inf, 0.0
+    n = 1.0 + n_obs
     inv_n = 1.0 / n
     m1 = c * inv_n
     s1 = math.sqrt(inv_n)
-    if not has_prior[e, k]:
-        m2 = np.inf
-        s2 = 0.0
-    elif math.isinf(n_aux):
-        m1 = np.inf
-        s1 = 0.0
-        m2 = mu[e, k]
-        s2 = 0.0
-    else:
-        n2 = n + n_aux
-        inv_n2 = 1.0 / n2
-        m2 = (c + mu[e, k] * n_aux) * inv_n2
-        s2 = math.sqrt(inv_n2)
+    if not has_prior:
+        return m1, s1, np.inf, 0.0
+    if math.isinf(n_aux):
+        return np.inf, 0.0, mu, 0.0
+    inv_n2 = 1.0 / (n + n_aux)
+    return m1, s1, (c + mu * n_aux) * inv_n2, math.sqrt(inv_n2)
+
+
+@numba.njit(**NJIT)
+def refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb):
+    """Store arm k's :func:`ucb_cache_values` into ``ucb[e, :, k]``."""
+    m1, s1, m2, s2 = ucb_cache_values(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k],
+                                      active[e, k], n_aux)
     ucb[e, U_M1, k] = m1
     ucb[e, U_S1, k] = s1
     ucb[e, U_M2, k] = m2
@@ -225,22 +227,27 @@ def refresh_experiment(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, acti
     """Recompute experiment e's cached sqrt(log t) and every arm's LLM-2UCBs cache."""
     exp_f[e, F_SQRT_LOG_T] = sqrt_log(exp_f[e, F_T], tab)
     for k in range(n_arms_arr[e]):
-        refresh_ucb_arm(e, k, exp_f[e, F_N_AUX], exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, ucb,
-                        tab)
+        refresh_ucb_arm(e, k, exp_f[e, F_N_AUX], exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, ucb)
 
 
 @numba.njit(**NJIT)
-def refresh_all(n, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab):
-    """:func:`refresh_experiment` for rows ``0..n-1`` (after loading a snapshot)."""
-    for e in range(n):
+def refresh_all_range(start, end, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab):
+    """:func:`refresh_experiment` for rows ``start..end-1`` (bulk registration)."""
+    for e in range(start, end):
         refresh_experiment(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, ucb, tab)
 
 
 @numba.njit(**NJIT)
+def ucb_index(m1, s1, m2, s2, a):
+    """Branch-free LLM-2UCBs index from the cache: min(U1, U2) = min(m1 + a s1, m2 + a s2)."""
+    return min(m1 + a * s1, m2 + a * s2)
+
+
+@numba.njit(**NJIT)
 def ucb2_cached_scores(e, n_arms, a, ucb, out):
-    """Branch-free LLM-2UCBs index from the cache: min(m1 + a s1, m2 + a s2)."""
+    """:func:`ucb_index` of every arm of experiment ``e`` into ``out``."""
     for k in range(n_arms):
-        out[k] = min(ucb[e, U_M1, k] + a * ucb[e, U_S1, k], ucb[e, U_M2, k] + a * ucb[e, U_S2, k])
+        out[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k], ucb[e, U_S2, k], a)
 
 
 @numba.njit(**NJIT)
@@ -280,7 +287,7 @@ def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta):
     return mean, rad
 
 
-@numba.njit(**NJIT)
+@numba.njit(**NJIT_INLINE)
 def tied_argmax(n_arms, scores, u):
     """Uniformly random argmax among exact ties, using uniform ``u``.
 
@@ -291,12 +298,11 @@ def tied_argmax(n_arms, scores, u):
     first = -1
     for k in range(n_arms):
         s = scores[k]
-        if s > best:
-            best = s
-            nt = 1
-            first = k
-        elif s == best:
-            nt += 1
+        gt = s > best
+        # written as selects so LLVM emits conditional moves, not unpredictable branches
+        nt = 1 if gt else nt + (1 if s == best else 0)
+        first = k if gt else first
+        best = s if gt else best
     if best == -np.inf:
         return -1, 0, best
     if nt == 1:
@@ -508,6 +514,7 @@ def linear_update(e, a, K, w, r, feats, z, ainv, bvec, ubuf):
 MODE_SELECT = 0
 MODE_UPDATE = 1
 MODE_SIMULATE = 2
+SIM_BLOCK = 32
 
 
 @numba.njit(**NJIT)
@@ -547,132 +554,145 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     wins = np.empty(kcap, dtype=np.float64)
     ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
     base = np.uint64(seed)
+    n_rows = rows.shape[0]
     reps = steps if mode == MODE_SIMULATE else 1
+    # Simulation interleaves SIM_BLOCK experiments step by step: consecutive decisions are
+    # then independent (the CPU overlaps them) while the block's state stays in L1/L2.
+    # Keys depend on (row, step) only, so results do not depend on this order.
+    block = SIM_BLOCK if mode == MODE_SIMULATE else max(n_rows, 1)
     total = 0.0
     psum = 0.0
-    i = 0
-    for r in range(rows.shape[0]):
-        e = rows[r]
-        K = n_arms_arr[e]
-        policy = policy_arr[e]
+    for b0 in range(0, n_rows, block):
+        b1 = min(b0 + block, n_rows)
         for rep in range(reps):
-            # ------------------------------------------------------------ decide
-            if mode == MODE_UPDATE:
-                a = in_slots[r]
-                w = in_w[r]
-                c = in_c[r]
-                v = in_v[r]
-            else:
-                if mode == MODE_SELECT:
-                    key = keys[r]
+            for r in range(b0, b1):
+                e = rows[r]
+                K = n_arms_arr[e]
+                policy = policy_arr[e]
+                # ------------------------------------------------------------ decide
+                if mode == MODE_UPDATE:
+                    a = in_slots[r]
+                    w = in_w[r]
+                    c = in_c[r]
+                    v = in_v[r]
                 else:
-                    key = mix64(base + np.uint64(i + 1) * _GOLDEN)
-                i += 1
-                u1 = uniforms[r, 1] if have_uniforms else uniform(key, 1)
-                slot = -1
-                prop = 0.0
-                if exp_f[e, F_STEPS] < exp_f[e, F_BURN_IN]:
-                    k_act = 0
-                    for k in range(K):
-                        if active[e, k]:
-                            k_act += 1
-                    if k_act > 0:
-                        slot = nth_active(e, K, active, min(int(u1 * k_act), k_act - 1))
-                        prop = 1.0 / k_act
-                else:
-                    j = 2
-                    stochastic = False
-                    if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM:
-                        ucb2_cached_scores(e, K, exp_f[e, F_ALPHA] * exp_f[e, F_SQRT_LOG_T], ucb, scores)
-                    elif policy == P_TS or policy == P_LLM_TS:
-                        j = ts_thetas(e, K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
-                                      exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, key, j, scores)
-                        stochastic = True
-                    elif policy == P_LINUCB or policy == P_LLM_LINUCB:
-                        linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)
+                    if mode == MODE_SELECT:
+                        key = keys[r]
                     else:
-                        j, stochastic = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
-                                                      active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
-                    pol_slot, nt, best = tied_argmax(K, scores, u1)
-                    if pol_slot >= 0:
-                        slot = pol_slot
-                        floor = 0.0
-                        mass = 0.0
-                        if exp_f[e, F_MIN_TRAFFIC] > 0.0:
-                            k_act = 0
-                            for k in range(K):
-                                if active[e, k]:
-                                    k_act += 1
-                            floor = min(exp_f[e, F_MIN_TRAFFIC], 1.0 / k_act)
-                            mass = floor * k_act
-                            u0 = uniforms[r, 0] if have_uniforms else uniform(key, 0)
-                            if u0 < mass:
-                                slot = nth_active(e, K, active, min(int(u0 / mass * k_act), k_act - 1))
-                        if not stochastic:
-                            p_pol = 1.0 / nt if scores[slot] == best else 0.0
-                            prop = floor + (1.0 - mass) * p_pol
-                        elif want_propensity:
-                            draws = int(exp_f[e, F_PROP_DRAWS])
-                            for k in range(K):
-                                wins[k] = 0.0
-                            wins[pol_slot] += 1.0
-                            for m in range(draws):
-                                j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
-                                                     active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
-                                wm, _, _ = tied_argmax(K, scores, 0.0)
-                                wins[wm] += 1.0
-                            prop = floor + (1.0 - mass) * (wins[slot] / (draws + 1.0))
+                        key = mix64(base + np.uint64(r * reps + rep + 1) * _GOLDEN)
+                    u1 = uniforms[r, 1] if have_uniforms else uniform(key, 1)
+                    slot = -1
+                    prop = 0.0
+                    if exp_f[e, F_STEPS] < exp_f[e, F_BURN_IN]:
+                        k_act = 0
+                        for k in range(K):
+                            if active[e, k]:
+                                k_act += 1
+                        if k_act > 0:
+                            slot = nth_active(e, K, active, min(int(u1 * k_act), k_act - 1))
+                            prop = 1.0 / k_act
+                    else:
+                        j = 2
+                        stochastic = False
+                        if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM:
+                            a_t = exp_f[e, F_ALPHA] * exp_f[e, F_SQRT_LOG_T]
+                            for k in range(K):  # inline ucb2_cached_scores: no array-passing call per decision
+                                scores[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k],
+                                                      ucb[e, U_S2, k], a_t)
+                        elif policy == P_TS or policy == P_LLM_TS:
+                            j = ts_thetas(e, K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
+                                          exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, key, j, scores)
+                            stochastic = True
+                        elif policy == P_LINUCB or policy == P_LLM_LINUCB:
+                            linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)
                         else:
-                            prop = np.nan
-                if mode == MODE_SELECT:
-                    out_slots[r] = slot
-                    out_prop[r] = prop
-                    continue
-                if slot < 0:
-                    continue
-                a = slot
-                w = 1.0
-                c = 1.0 if uniform(key, 1_000_003) < true_ctr[e, slot] else 0.0
-                v = 0.0
-                total += c
-                psum += prop
-            # ------------------------------------------------------------ update
-            gamma = exp_f[e, F_GAMMA]
-            linear = policy == P_LINUCB or policy == P_LLM_LINUCB
-            discounted = w > 0.0 and gamma < 1.0
-            if discounted:
-                f = gamma ** w
-                for k in range(K):
-                    imp[e, k] *= f
-                    clk[e, k] *= f
-                    conv[e, k] *= f
-                exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
-                if linear:
-                    linear_discount(e, K, f, z, ainv, bvec)
-            imp[e, a] += w
-            clk[e, a] += c
-            conv[e, a] += v
-            exp_f[e, F_T] += w
-            exp_f[e, F_STEPS] += w
-            if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM or policy == P_LLM2UCB_EB:
-                if w > 0.0:
-                    exp_f[e, F_SQRT_LOG_T] = sqrt_log(exp_f[e, F_T], tab)
-                n_aux = exp_f[e, F_N_AUX]
-                lam = exp_f[e, F_LAMBDA]
+                            j, stochastic = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
+                                                          active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
+                        pol_slot, nt, best = tied_argmax(K, scores, u1)
+                        if pol_slot >= 0:
+                            slot = pol_slot
+                            floor = 0.0
+                            mass = 0.0
+                            if exp_f[e, F_MIN_TRAFFIC] > 0.0:
+                                k_act = 0
+                                for k in range(K):
+                                    if active[e, k]:
+                                        k_act += 1
+                                floor = min(exp_f[e, F_MIN_TRAFFIC], 1.0 / k_act)
+                                mass = floor * k_act
+                                u0 = uniforms[r, 0] if have_uniforms else uniform(key, 0)
+                                if u0 < mass:
+                                    slot = nth_active(e, K, active, min(int(u0 / mass * k_act), k_act - 1))
+                            if not stochastic:
+                                p_pol = 1.0 / nt if scores[slot] == best else 0.0
+                                prop = floor + (1.0 - mass) * p_pol
+                            elif want_propensity:
+                                draws = int(exp_f[e, F_PROP_DRAWS])
+                                for k in range(K):
+                                    wins[k] = 0.0
+                                wins[pol_slot] += 1.0
+                                for m in range(draws):
+                                    j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
+                                                         active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
+                                    wm, _, _ = tied_argmax(K, scores, 0.0)
+                                    wins[wm] += 1.0
+                                prop = floor + (1.0 - mass) * (wins[slot] / (draws + 1.0))
+                            else:
+                                prop = np.nan
+                    if mode == MODE_SELECT:
+                        out_slots[r] = slot
+                        out_prop[r] = prop
+                        continue
+                    if slot < 0:
+                        continue
+                    a = slot
+                    w = 1.0
+                    c = 1.0 if uniform(key, 1_000_003) < true_ctr[e, slot] else 0.0
+                    v = 0.0
+                    total += c
+                    psum += prop
+                # ------------------------------------------------------------ update
+                gamma = exp_f[e, F_GAMMA]
+                linear = policy == P_LINUCB or policy == P_LLM_LINUCB
+                discounted = w > 0.0 and gamma < 1.0
                 if discounted:
+                    f = gamma ** w
                     for k in range(K):
-                        refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab)
-                else:
-                    refresh_ucb_arm(e, a, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb, tab)
-            elif linear:
-                linear_update(e, a, K, w, c + exp_f[e, F_LAMBDA] * v, feats, z, ainv, bvec, ubuf)
-            elif policy == P_EC:
-                if not ec_committed[e] and exp_f[e, F_STEPS] >= exp_f[e, F_EXPLORE_N]:
-                    ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand)
-                    ec_committed[e] = True
-            elif policy == P_BAI or policy == P_LLM_BAI:
-                if not bai_done[e]:
-                    bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
+                        imp[e, k] *= f
+                        clk[e, k] *= f
+                        conv[e, k] *= f
+                    exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
+                    if linear:
+                        linear_discount(e, K, f, z, ainv, bvec)
+                imp[e, a] += w
+                clk[e, a] += c
+                conv[e, a] += v
+                exp_f[e, F_T] += w
+                exp_f[e, F_STEPS] += w
+                if policy == P_LLM2UCB or policy == P_UCB or policy == P_PURE_LLM or policy == P_LLM2UCB_EB:
+                    if w > 0.0:
+                        exp_f[e, F_SQRT_LOG_T] = sqrt_log(exp_f[e, F_T], tab)
+                    n_aux = exp_f[e, F_N_AUX]
+                    lam = exp_f[e, F_LAMBDA]
+                    if discounted:
+                        for k in range(K):
+                            refresh_ucb_arm(e, k, n_aux, lam, imp, clk, conv, mu, has_prior, active, ucb)
+                    else:
+                        m1, s1, m2, s2 = ucb_cache_values(imp[e, a], clk[e, a] + lam * conv[e, a], mu[e, a],
+                                                          has_prior[e, a], active[e, a], n_aux)
+                        ucb[e, U_M1, a] = m1
+                        ucb[e, U_S1, a] = s1
+                        ucb[e, U_M2, a] = m2
+                        ucb[e, U_S2, a] = s2
+                elif linear:
+                    linear_update(e, a, K, w, c + exp_f[e, F_LAMBDA] * v, feats, z, ainv, bvec, ubuf)
+                elif policy == P_EC:
+                    if not ec_committed[e] and exp_f[e, F_STEPS] >= exp_f[e, F_EXPLORE_N]:
+                        ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand)
+                        ec_committed[e] = True
+                elif policy == P_BAI or policy == P_LLM_BAI:
+                    if not bai_done[e]:
+                        bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
     return total, psum
 
 

@@ -172,6 +172,68 @@ class BanditState:
             self.bvec[row] = 0.0
         return row
 
+    def add_experiments(self, params: ExperimentParams, prior_ctr: Any, features: Any = None) -> np.ndarray:
+        """Register many experiments with the same parameters at once (replays, benchmarks).
+
+        ``prior_ctr`` float64[n, K]: one row per experiment, NaN where an arm has no prior
+        yet; ``features`` float64[n, K, d] for LinUCB policies. Equivalent to ``n``
+        ``add_experiment`` calls each followed by ``K`` ``add_arm`` calls; returns the rows.
+        """
+        prior = np.asarray(prior_ctr)
+        if prior.dtype != np.float64 or prior.ndim != 2 or prior.shape[1] < 1:
+            raise KernelInputError(f"prior_ctr must be float64[n, K] (NaN = no prior), got {prior.dtype}{prior.shape}")
+        ok = np.isnan(prior) | ((prior >= 0.0) & (prior <= 1.0))
+        if not ok.all():
+            raise KernelInputError("prior_ctr values must be in [0, 1] or NaN")
+        n, K = prior.shape
+        linear = params.policy in ("linucb", "llm_linucb")
+        d = self.feature_dim
+        if linear and features is None:
+            raise KernelInputError(f"policy {params.policy!r} needs features float64[{n}, {K}, {d}]")
+        if features is not None:
+            features = np.asarray(features)
+            if features.dtype != np.float64 or features.shape != (n, K, d) or not np.all(np.isfinite(features)):
+                raise KernelInputError(f"features must be finite float64[{n}, {K}, {d}], got "
+                                       f"{features.dtype}{features.shape}")
+        if not n:
+            return np.empty(0, dtype=np.int64)
+        first = self.add_experiment(params)  # validates params, fills one exp_f row
+        start = first
+        end = start + n
+        if end > self.capacity_experiments or K > self.capacity_arms:
+            cap = self.capacity_experiments
+            while cap < end:
+                cap *= 2
+            self._grow(cap, max(K, self.capacity_arms))
+        rows = np.arange(start, end, dtype=np.int64)
+        self.exp_f[start:end] = self.exp_f[start]
+        self.policy[start:end] = params.code
+        self.n_arms[start:end] = K
+        self.bai_done[start:end] = False
+        self.ec_committed[start:end] = False
+        for name in _ARM_F64:
+            getattr(self, name)[start:end] = 0.0
+        has = ~np.isnan(prior)
+        self.has_prior[start:end, :K] = has
+        self.mu_aux[start:end, :K] = np.where(has, prior, 0.0)
+        self.active[start:end] = False
+        self.active[start:end, :K] = True
+        self.candidate[start:end] = False
+        self.candidate[start:end, :K] = params.policy in ("bai", "llm_bai")
+        if d:
+            self.ainv[start:end] = np.eye(d) / params.ridge
+            self.bvec[start:end] = 0.0
+            self.features[start:end] = 0.0
+            self.z[start:end] = 0.0
+            if features is not None:
+                self.features[start:end, :K] = features
+                self.z[start:end, :K] = features / params.ridge
+        self._n = end
+        self._params.extend([params] * (n - 1))
+        core.refresh_all_range(start, end, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions,
+                               self.mu_aux, self.has_prior, self.active, self.ucb, core.TABLES)
+        return rows
+
     def params(self, row: int) -> ExperimentParams:
         """The parameters an experiment was registered with."""
         return self._params[self._check_row(row)]

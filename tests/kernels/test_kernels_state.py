@@ -53,6 +53,35 @@ class TestState:
         np.testing.assert_array_equal(state._last[0], clone._last[0])
         np.testing.assert_array_equal(state._last[1], clone._last[1])
 
+    @pytest.mark.parametrize("policy", ["llm2ucb", "llm_linucb", "llm_bai"])
+    def test_bulk_registration_equals_one_by_one(self, policy):
+        rng = np.random.default_rng(3)
+        prior = rng.uniform(0.01, 0.1, size=(7, 3))
+        prior[2, 1] = np.nan
+        feats = rng.normal(size=(7, 3, 4))
+        p = ExperimentParams(policy=policy, ridge=2.0)
+        one, bulk = BanditState(2, 1, feature_dim=4), BanditState(2, 1, feature_dim=4)
+        one.add_experiment(p)
+        one.add_arm(0, 0.5, feats[0, 0])
+        bulk.add_experiment(p)
+        bulk.add_arm(0, 0.5, feats[0, 0])
+        for e in range(7):
+            r = one.add_experiment(p)
+            for k in range(3):
+                one.add_arm(r, None if np.isnan(prior[e, k]) else prior[e, k], feats[e, k])
+        rows = bulk.add_experiments(p, prior, feats)
+        assert rows.tolist() == list(range(1, 8))
+        n = one.n_experiments
+        assert bulk.n_experiments == n
+        for name in ARRAYS:
+            a, b = getattr(one, name)[:n], getattr(bulk, name)[:n]
+            k = min(a.shape[1], b.shape[1]) if a.ndim > 1 and name not in ("exp_f",) else None
+            if name == "ucb":
+                a, b = a[:, :, :3], b[:, :, :3]
+            elif k is not None and name not in ("ainv", "bvec"):
+                a, b = a[:, :3], b[:, :3]
+            np.testing.assert_allclose(a.astype(float), b.astype(float), rtol=1e-15, err_msg=name)
+
     def test_from_bytes_rejects_garbage_and_other_versions(self):
         with pytest.raises(KernelInputError, match="not a BanditState blob"):
             BanditState.from_bytes(b"nope")
