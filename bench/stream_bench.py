@@ -76,7 +76,7 @@ def bare_consumer_rate(settings: Any, total: int, batch: int) -> tuple[float, in
 def worker_rate(settings: Any, total: int) -> tuple[float, dict]:
     from lola.stream.worker import Worker
 
-    w = Worker(settings, serve_http=False)
+    w = Worker(settings, serve_http=False)  # compiles/loads the kernels before timing
     result = w.run(max_records=total, idle_exit_s=60)
     busy = result["busy_seconds"]
     return (result["records"] / busy if busy > 0 else 0.0), result

@@ -75,6 +75,11 @@ def worker(
     checkpoint_interval: Optional[float] = typer.Option(None, "--checkpoint-interval", help="seconds"),
 ) -> None:
     """Run the stream worker until SIGTERM (checkpoint, commit, exit 0)."""
+    import signal
+
+    # Until the worker installs its own handlers nothing has been consumed: a SIGTERM
+    # that early is a clean exit 0, not a -15.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     from lola.stream.ops import configure_json_logging
     from lola.stream.worker import Worker
 

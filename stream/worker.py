@@ -41,7 +41,7 @@ from lola.errors import BrokerError, LolaError
 from lola.stream import kafka as kf
 from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
-from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor
+from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
 
 log = logging.getLogger("lola.stream.worker")
@@ -74,6 +74,7 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.config = ProcessorConfig.from_settings(settings)
         self.topic = settings.events_topic
+        warm_up()  # JIT before joining the group, never while owning partitions
         kf.ensure_topics(settings)
         self.producer = Producer(kf.producer_config(settings, **{"client.id": self.worker_id}))
         self.consumer = Consumer(kf.consumer_config(

@@ -24,16 +24,9 @@ SESSION_TIMEOUT_MS = 3000
 def _warm_kernels() -> None:
     """Compile (or load) the Numba kernels once in this process, so their on-disk cache
     exists before worker subprocesses start: otherwise every subprocess pays the JIT."""
-    import orjson
+    from lola.stream.processor import warm_up
 
-    from lola.stream.processor import ShardProcessor
-
-    proc = ShardProcessor(0)
-    variant = {"type": "variant", "experiment_id": "w", "variant_id": "a", "text": "t"}
-    imp = {"type": "impression", "experiment_id": "w", "variant_id": "a", "event_id": "i", "ts": 1.0}
-    req = {"type": "decision_request", "experiment_id": "w", "request_id": "r"}
-    proc.process([(i, b"w", orjson.dumps(e)) for i, e in enumerate((variant, imp, req))])
-    proc.snapshot("w")
+    warm_up()
 
 
 @pytest.fixture(scope="session")

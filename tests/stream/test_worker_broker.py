@@ -51,6 +51,17 @@ def _log_events(worker) -> list[dict]:
     return out
 
 
+def _wait_for_log(worker, msg: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for e in _log_events(worker):
+            if e.get("msg") == msg:
+                return e
+        assert worker.proc.poll() is None, worker.log()
+        time.sleep(0.2)
+    pytest.fail(f"worker never logged {msg!r}: {worker.log()}")
+
+
 def _partition_ends(s) -> dict[int, int]:
     """Number of records per events partition, counted by reading (Tansu's listed offsets can lag)."""
     conf = kf.consumer_config(s, "test-ends")
@@ -82,12 +93,17 @@ def test_sigkill_at_random_points_loses_and_double_counts_nothing(stream_setting
     final = worker_procs(s, "final")
     sender.join(120)
     assert not errors
+    _wait_for_log(final, "partitions assigned")
     helpers.wait_for_counts(s, stream.truth, timeout_s=90)
     assert final.terminate() == 0, final.log()
+    # The final worker republished every snapshot from its restored state on shutdown.
+    helpers.wait_for_counts(s, stream.truth, timeout_s=10)
     # The kills must really have hit workers that owned partitions and restored state.
     assert killed_while_working >= 4
-    restored = [e for e in _log_events(final) if e.get("msg") == "shard restored"]
-    assert restored and all(e["from_checkpoint"] for e in restored)
+    ends = _partition_ends(s)
+    restored = {e["partition"]: e for e in _log_events(final) if e.get("msg") == "shard restored"}
+    assert set(restored) == set(ends)
+    assert all(restored[p]["from_checkpoint"] for p, end in ends.items() if end > 0)
     # Dead letters are at-least-once: de-duplicated by their source offset, one per malformed message.
     sources = {(h[kf.H_PARTITION], h[kf.H_OFFSET]) for h, _, _ in helpers.read_dead_letters(s)}
     assert len(sources) == stream.summary["malformed"]
@@ -99,8 +115,10 @@ def test_three_workers_one_killed_still_exact(stream_settings, worker_procs, hel
     kf.ensure_topics(s)
     stream = open_stream(12_000, 18, 2, seed=7, duplicate_rate=0.05, malformed_rate=0.01)
     workers = [worker_procs(s, f"member{i}") for i in range(3)]
+    for w in workers:
+        _wait_for_log(w, "partitions assigned", timeout_s=90)
     sender, errors = _send_in_background(s, stream.records, rate=1500)
-    time.sleep(5.0)
+    time.sleep(3.0)  # mid-stream: the group is serving and more events are on their way
     workers[1].kill()
     sender.join(120)
     assert not errors
@@ -122,6 +140,7 @@ def test_graceful_shutdown_checkpoints_commits_and_serves_health(stream_settings
     stream = open_stream(3000, 6, 2, seed=5)
     send(_producer(s), s.events_topic, stream.records)
     w = worker_procs(s, "graceful")
+    _wait_for_log(w, "partitions assigned")
     helpers.wait_for_counts(s, stream.truth, timeout_s=60)
     port = next(e["metrics_port"] for e in _log_events(w) if e.get("msg") == "worker started")
     base = f"http://127.0.0.1:{port}"
