@@ -12,7 +12,7 @@ Each decision ``i`` gets a 64-bit key. Its uniforms are a counter-based SplitMix
 stream, ``u_j = (mix(key + (j + 1) * G) >> 11 + 0.5) * 2**-53`` (never 0 or 1), so a
 batch is deterministic, independent of evaluation order, and the NumPy twins in the
 tests can replay it exactly. ``u_0`` decides floor exploration, ``u_1`` breaks ties,
-``u_2...`` feed Thompson draws (Marsaglia-Tsang gamma variates, Box-Muller normals).
+``u_2...`` feed Thompson draws (Marsaglia-Tsang gamma variates over ziggurat normals).
 """
 
 from __future__ import annotations
@@ -122,9 +122,76 @@ def decision_keys(seed, n):
     return keys
 
 
+def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Marsaglia & Tsang (2000) 128-layer ziggurat tables for the standard normal."""
+    kn = np.zeros(128, dtype=np.int64)
+    wn = np.zeros(128)
+    fn = np.zeros(128)
+    m1 = 2147483648.0
+    dn = 3.442619855899
+    tn = dn
+    vn = 9.91256303526217e-3
+    q = vn / math.exp(-0.5 * dn * dn)
+    kn[0] = int((dn / q) * m1)
+    kn[1] = 0
+    wn[0] = q / m1
+    wn[127] = dn / m1
+    fn[0] = 1.0
+    fn[127] = math.exp(-0.5 * dn * dn)
+    for i in range(126, 0, -1):
+        dn = math.sqrt(-2.0 * math.log(vn / dn + math.exp(-0.5 * dn * dn)))
+        kn[i + 1] = int((dn / tn) * m1)
+        tn = dn
+        fn[i] = math.exp(-0.5 * dn * dn)
+        wn[i] = dn / m1
+    return kn, wn, fn
+
+
+ZIG_KN, ZIG_WN, ZIG_FN = _ziggurat_tables()
+_ZIG_R = 3.442620
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@numba.njit(**NJIT)
+def _signed32(key, j):
+    """The ``j``-th draw of the stream as a signed 32-bit integer (held in int64)."""
+    z = mix64(key + np.uint64(j + 1) * _GOLDEN) & _MASK32
+    hz = np.int64(z)
+    return hz - 4294967296 if hz >= 2147483648 else hz
+
+
+@numba.njit(**NJIT)
+def normal_draw(key, j):
+    """Standard normal by the ziggurat (one 32-bit draw ~98.8% of the time); (x, next j)."""
+    hz = _signed32(key, j)
+    j += 1
+    iz = hz & 127
+    if abs(hz) < ZIG_KN[iz]:
+        return hz * ZIG_WN[iz], j
+    while True:
+        x = hz * ZIG_WN[iz]
+        if iz == 0:  # the tail beyond r
+            while True:
+                x = -math.log(uniform(key, j)) / _ZIG_R
+                y = -math.log(uniform(key, j + 1))
+                j += 2
+                if y + y >= x * x:
+                    break
+            return (_ZIG_R + x if hz > 0 else -_ZIG_R - x), j
+        u = uniform(key, j)
+        j += 1
+        if ZIG_FN[iz] + u * (ZIG_FN[iz - 1] - ZIG_FN[iz]) < math.exp(-0.5 * x * x):
+            return x, j
+        hz = _signed32(key, j)
+        j += 1
+        iz = hz & 127
+        if abs(hz) < ZIG_KN[iz]:
+            return hz * ZIG_WN[iz], j
+
+
 @numba.njit(**NJIT)
 def gamma_draw(shape, key, j):
-    """Gamma(shape, 1) by Marsaglia-Tsang; returns (draw, next counter)."""
+    """Gamma(shape, 1) by Marsaglia-Tsang with ziggurat normals; returns (draw, next counter)."""
     boost = 1.0
     if shape < 1.0:
         boost = uniform(key, j) ** (1.0 / shape)
@@ -133,10 +200,7 @@ def gamma_draw(shape, key, j):
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     while True:
-        u1 = uniform(key, j)
-        u2 = uniform(key, j + 1)
-        j += 2
-        x = math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
+        x, j = normal_draw(key, j)
         v = 1.0 + c * x
         if v <= 0.0:
             continue

@@ -37,6 +37,57 @@ def decision_keys(seed: int, n: int) -> list[int]:
     return [mix64(seed + (i + 1) * GOLDEN) for i in range(n)]
 
 
+def _zig_tables():
+    kn, wn, fn = [0] * 128, [0.0] * 128, [0.0] * 128
+    m1, dn, vn = 2147483648.0, 3.442619855899, 9.91256303526217e-3
+    tn = dn
+    q = vn / math.exp(-0.5 * dn * dn)
+    kn[0], kn[1] = int((dn / q) * m1), 0
+    wn[0], wn[127] = q / m1, dn / m1
+    fn[0], fn[127] = 1.0, math.exp(-0.5 * dn * dn)
+    for i in range(126, 0, -1):
+        dn = math.sqrt(-2.0 * math.log(vn / dn + math.exp(-0.5 * dn * dn)))
+        kn[i + 1] = int((dn / tn) * m1)
+        tn = dn
+        fn[i] = math.exp(-0.5 * dn * dn)
+        wn[i] = dn / m1
+    return kn, wn, fn
+
+
+KN, WN, FN = _zig_tables()
+R = 3.442620
+
+
+def signed32(key: int, j: int) -> int:
+    z = mix64(key + (j + 1) * GOLDEN) & 0xFFFFFFFF
+    return z - (1 << 32) if z >= (1 << 31) else z
+
+
+def normal_draw(key: int, j: int) -> tuple[float, int]:
+    """Marsaglia-Tsang ziggurat, as in their 2000 paper (RNOR / nfix)."""
+    hz = signed32(key, j)
+    j += 1
+    iz = hz & 127
+    while True:
+        if abs(hz) < KN[iz]:
+            return hz * WN[iz], j
+        x = hz * WN[iz]
+        if iz == 0:
+            while True:
+                x = -math.log(uniform(key, j)) / R
+                y = -math.log(uniform(key, j + 1))
+                j += 2
+                if y + y >= x * x:
+                    return (R + x if hz > 0 else -R - x), j
+        u = uniform(key, j)
+        j += 1
+        if FN[iz] + u * (FN[iz - 1] - FN[iz]) < math.exp(-0.5 * x * x):
+            return x, j
+        hz = signed32(key, j)
+        j += 1
+        iz = hz & 127
+
+
 def gamma_draw(shape: float, key: int, j: int) -> tuple[float, int]:
     boost = 1.0
     if shape < 1.0:
@@ -46,9 +97,7 @@ def gamma_draw(shape: float, key: int, j: int) -> tuple[float, int]:
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     while True:
-        u1, u2 = uniform(key, j), uniform(key, j + 1)
-        j += 2
-        x = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+        x, j = normal_draw(key, j)
         v = 1.0 + c * x
         if v <= 0.0:
             continue
