@@ -341,7 +341,8 @@ def read_priors(path: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            out[row["headline"]] = float(row["prior_ctr"])
+            # Stripped like lola.data.upworthy strips headlines (the archive has trailing spaces).
+            out[(row["headline"] or "").strip()] = float(row["prior_ctr"])
     return out
 
 
@@ -1094,6 +1095,11 @@ def _plot_allocation(rec: RunRecord, path: Path) -> Path | None:
     uniform = sum(1 / len(t.headlines) for t in rec.tests) / len(rec.tests)
     fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color="#2a9d8f", label="worker: cumulative share on best headline")
+    # Share in each interval between snapshots: where traffic goes now, not on average so far.
+    inter = [(b[0], (b[1] * b[2] - a[1] * a[2]) / (b[2] - a[2])) for a, b in zip(pts, pts[1:]) if b[2] - a[2] >= 500]
+    if inter:
+        ax.plot([p[0] for p in inter], [p[1] for p in inter], linewidth=1, color="#e76f51", alpha=0.8,
+                label="worker: share on best headline in each interval")
     ax.axhline(uniform, color="k", linestyle="--", linewidth=1, label=f"uniform split: {uniform:.1%}")
     ax.set_xlabel("seconds since demo start")
     ax.set_ylabel("share of impressions")
@@ -1226,8 +1232,10 @@ def write_report(rec: RunRecord, path: Path) -> Path:
                                                                           "clicks_earned")) else []),
               f"- share of impressions on each test's best headline (archive CTR): **{stats.best_share:.1%}** "
               f"(a uniform split would give {sum(1 / len(t.headlines) for t in rec.tests) / len(rec.tests):.1%})", ""]
-        top = sorted(stats.per_test, key=lambda r: -r["impressions"])[:10]
-        L += ["| experiment | arms | impressions | share on best | shares | archive CTR |", "|---|---|---|---|---|---|"]
+        top = stats.per_test[:12]
+        L += [f"The first {len(top)} of {len(stats.per_test)} tests (no selection): the share of impressions each headline got,",
+              "and its archive CTR.", "",
+              "| experiment | arms | impressions | share on best | shares | archive CTR |", "|---|---|---|---|---|---|"]
         for r in top:
             L.append(f"| `{_short_id(r['experiment_id'])}` | {r['arms']} | {r['impressions']:,} | {r['best_share']:.0%} | "
                      f"{' / '.join(f'{s:.0%}' for s in r['shares'])} | {' / '.join(f'{c:.2%}' for c in r['true_ctr'])} |")
@@ -1249,13 +1257,12 @@ def write_report(rec: RunRecord, path: Path) -> Path:
         L.append(f"| worker, expected | {stats.expected_clicks_per_period:.5f} | |")
     for row in _replay_rows(rec):
         L.append(f"| replay {row['policy']} | {row['clicks_per_period']:.5f} | {_fmt_se(row)} |")
-    if rec.worker_hyperparameters:
-        L.append("")
-        L.append("The worker ran LOLA (LLM-2UCBs) with the replay's tuned " +
-                 ", ".join(f"{k}={v:g}" for k, v in rec.worker_hyperparameters.items()) + ".")
     for k, v in refs.items():
         L.append(f"| {k} | {v:.5f} | |")
     L.append("")
+    if rec.worker_hyperparameters:
+        L += ["The worker ran LOLA (LLM-2UCBs) with the replay's tuned " +
+              ", ".join(f"{k}={v:g}" for k, v in rec.worker_hyperparameters.items()) + " and the model's priors.", ""]
     plots = rec.run_dir
     p = _plot_clicks(rec, plots / "clicks.png")
     if p:
