@@ -77,7 +77,8 @@ class OnnxModelProvider:
             return self._loader(self.model_dir)
         from lola.export.serve import OnnxPriorModel  # imports onnxruntime/tokenizers only
 
-        return OnnxPriorModel(self.model_dir)
+        # One ORT thread: the prior thread must not take the allocation loop's core.
+        return OnnxPriorModel(self.model_dir, intra_op_threads=1)
 
     def _stamp(self) -> tuple[float, int] | None:
         try:
