@@ -22,6 +22,10 @@ from lola.kernels.numba_config import NJIT
 # handful of noisy arms must not turn the policy into pure greedy or plain UCB.
 MAX_FACTOR = 16.0
 _MU_EPS = 1e-6
+import os as _os
+
+# Experiment switch (removed once chosen): also use the pooled, experiment-level gap.
+POOLED = _os.environ.get("LOLA_EB_POOLED", "1") == "1"
 
 
 @numba.njit(**NJIT)
@@ -71,6 +75,28 @@ def adaptive_n_aux(n_aux0, strength, impressions, clicks, mu_aux, usable):
     r0 = 1.0 / (n_aux0 + 1.0)
     num = strength * r0
     den = strength
+    if POOLED:
+        n_tot = 0.0
+        c_tot = 0.0
+        m_tot = 0.0
+        v_tot = 0.0
+        for k in range(impressions.shape[0]):
+            n = impressions[k]
+            if not usable[k] or n < 1.0:
+                continue
+            mu = min(max(mu_aux[k], _MU_EPS), 1.0 - _MU_EPS)
+            n_tot += n
+            c_tot += clicks[k]
+            m_tot += n * mu
+            v_tot += n * mu * (1.0 - mu)
+        if n_tot >= 1.0:
+            vbar = v_tot / n_tot
+            gbar = (c_tot - m_tot) / n_tot
+            r_pool = (gbar * gbar - vbar / n_tot) / vbar
+            w = n_tot / (n_tot + n_aux0 + 1.0)
+            w = w * w
+            num += w * r_pool
+            den += w
     for k in range(impressions.shape[0]):
         n = impressions[k]
         if not usable[k] or n < 1.0:

@@ -150,6 +150,8 @@ def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 ZIG_KN, ZIG_WN, ZIG_FN = _ziggurat_tables()
 _ZIG_R = 3.442620
 _MASK32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_INV32 = 1.0 / 4294967296.0
 
 
 @numba.njit(**NJIT)
@@ -161,10 +163,9 @@ def _signed32(key, j):
 
 
 @numba.njit(**NJIT)
-def normal_draw(key, j):
-    """Standard normal by the ziggurat (one 32-bit draw ~98.8% of the time); (x, next j)."""
-    hz = _signed32(key, j)
-    j += 1
+def normal_from(hz, key, j):
+    """Standard normal by the ziggurat from a signed 32-bit draw ``hz``; the rare slow path
+    (~1.2%) reads more draws from ``key`` starting at counter ``j``. Returns (x, next j)."""
     iz = hz & 127
     if abs(hz) < ZIG_KN[iz]:
         return hz * ZIG_WN[iz], j
@@ -190,8 +191,18 @@ def normal_draw(key, j):
 
 
 @numba.njit(**NJIT)
+def normal_draw(key, j):
+    """Standard normal (ziggurat) from the stream; returns (x, next j)."""
+    return normal_from(_signed32(key, j), key, j + 1)
+
+
+@numba.njit(**NJIT)
 def gamma_draw(shape, key, j):
-    """Gamma(shape, 1) by Marsaglia-Tsang with ziggurat normals; returns (draw, next counter)."""
+    """Gamma(shape, 1) by Marsaglia-Tsang; returns (draw, next counter).
+
+    Each attempt takes one 64-bit draw: its low 32 bits feed the ziggurat normal, its
+    high 32 bits the acceptance uniform ``(hi + 0.5) / 2**32``.
+    """
     boost = 1.0
     if shape < 1.0:
         boost = uniform(key, j) ** (1.0 / shape)
@@ -200,13 +211,15 @@ def gamma_draw(shape, key, j):
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     while True:
-        x, j = normal_draw(key, j)
+        z = mix64(key + np.uint64(j + 1) * _GOLDEN)
+        j += 1
+        lo = np.int64(z & _MASK32)
+        x, j = normal_from(lo - 4294967296 if lo >= 2147483648 else lo, key, j)
         v = 1.0 + c * x
         if v <= 0.0:
             continue
         v = v * v * v
-        u = uniform(key, j)
-        j += 1
+        u = (float(np.int64(z >> _S32)) + 0.5) * _INV32
         x2 = x * x
         if u < 1.0 - 0.0331 * x2 * x2:
             return d * v * boost, j

@@ -63,10 +63,8 @@ def signed32(key: int, j: int) -> int:
     return z - (1 << 32) if z >= (1 << 31) else z
 
 
-def normal_draw(key: int, j: int) -> tuple[float, int]:
+def normal_from(hz: int, key: int, j: int) -> tuple[float, int]:
     """Marsaglia-Tsang ziggurat, as in their 2000 paper (RNOR / nfix)."""
-    hz = signed32(key, j)
-    j += 1
     iz = hz & 127
     while True:
         if abs(hz) < KN[iz]:
@@ -88,6 +86,10 @@ def normal_draw(key: int, j: int) -> tuple[float, int]:
         iz = hz & 127
 
 
+def normal_draw(key: int, j: int) -> tuple[float, int]:
+    return normal_from(signed32(key, j), key, j + 1)
+
+
 def gamma_draw(shape: float, key: int, j: int) -> tuple[float, int]:
     boost = 1.0
     if shape < 1.0:
@@ -97,13 +99,15 @@ def gamma_draw(shape: float, key: int, j: int) -> tuple[float, int]:
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
     while True:
-        x, j = normal_draw(key, j)
+        z = mix64(key + (j + 1) * GOLDEN)
+        j += 1
+        lo = z & 0xFFFFFFFF
+        x, j = normal_from(lo - (1 << 32) if lo >= (1 << 31) else lo, key, j)
         v = 1.0 + c * x
         if v <= 0.0:
             continue
         v = v**3
-        u = uniform(key, j)
-        j += 1
+        u = ((z >> 32) + 0.5) / 2.0**32
         if u < 1.0 - 0.0331 * x**4 or math.log(u) < 0.5 * x * x + d * (1.0 - v + math.log(v)):
             return d * v * boost, j
 
