@@ -53,7 +53,7 @@ def _default_data(data: Optional[Path]) -> Path:
 def _train_config(quick: bool, **overrides):
     from lola.export.config import make_config
 
-    return make_config("quick" if quick else "full", **overrides)
+    return make_config("quick" if quick else "full", **{k: v for k, v in overrides.items() if v is not None})
 
 
 @priors_app.command("train")

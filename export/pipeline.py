@@ -40,7 +40,7 @@ def build_default(data_csv: Path, out: Path, config: TrainConfig, base: str | No
     started = time.monotonic()
     train_dir = training_dir_for(Path(out))
     train(data_csv, train_dir, config, base=base)
-    card = export_model(train_dir, out, ("int8",))
+    card = export_model(train_dir, out, ("int8",), int8_optional=True)
     metrics = tune_metrics(Path(out), Path(data_csv))
     metrics["build_seconds_total"] = round(time.monotonic() - started, 1)
     card = update_metrics(out, metrics)

@@ -103,7 +103,9 @@ def pick_device_and_precision(config: TrainConfig):
 def _config_fingerprint(config: TrainConfig, data_sha256: str, base: BaseRef) -> str:
     import hashlib
 
-    payload = json.dumps([config.model_dump(mode="json"), data_sha256, base.to_dict()], sort_keys=True)
+    # Run-control settings (how often to checkpoint, the time budget) may change on resume.
+    settings = config.model_dump(mode="json", exclude={"checkpoint_every", "max_train_seconds", "eval_batch_size"})
+    payload = json.dumps([settings, data_sha256, base.to_dict()], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -206,8 +208,18 @@ def train(
 
     tokenizer = load_tokenizer(ref)
     model = load_classifier(ref, tokenizer.pad_token_id)
+    # A zero head starts every prediction at the training mean (loss 1 on standardised
+    # targets) instead of at a random offset; LoRA's B matrices start at zero the same way.
+    with torch.no_grad():
+        model.score.weight.zero_()
+    n_layers = int(model.config.num_hidden_layers)
+    if config.lora_last_layers is not None and config.lora_last_layers > n_layers:
+        raise ConfigError(f"lora_last_layers={config.lora_last_layers} but the base has {n_layers} layers")
+    layers = (list(range(n_layers - config.lora_last_layers, n_layers))
+              if config.lora_last_layers is not None else None)
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
+        layers_to_transform=layers,
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,

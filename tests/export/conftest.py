@@ -62,3 +62,28 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_csv(tmp_path_factory) -> Path:
     return write_packages_csv(tmp_path_factory.mktemp("data") / "packages.csv")
+
+
+TINY_STEPS = 4
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, tiny_base, tiny_csv) -> Path:
+    from lola.export.config import make_config
+    from lola.export.train import train
+
+    out = tmp_path_factory.mktemp("tiny-train")
+    config = make_config("quick", max_steps=TINY_STEPS, min_impressions=0, train_limit=None, checkpoint_every=2,
+                         lora_last_layers=None,
+                         learning_rate=1e-2)
+    train(tiny_csv, out, config, base=str(tiny_base), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tmp_path_factory, trained_tiny) -> Path:
+    from lola.export.onnx_export import export_model
+
+    out = tmp_path_factory.mktemp("tiny-onnx") / "model"
+    export_model(trained_tiny, out, ("int8",))
+    return out
