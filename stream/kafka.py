@@ -40,9 +40,10 @@ H_OFFSET = "lola.source.offset"
 
 
 def producer_config(settings: Any, **extra: Any) -> dict[str, Any]:
-    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2,
+    # lz4: checkpoints carry the dedup window (mostly ids) and shrink several-fold.
+    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2, "compression.type": "lz4",
             "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000,
-            "message.max.bytes": 33_554_432}
+            "message.max.bytes": 64 * 1024 * 1024}
     conf.update(extra)
     return conf
 
@@ -81,8 +82,11 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     events_partitions = len(existing[settings.events_topic].partitions) if settings.events_topic in existing \
         else settings.partitions
     compact = {"cleanup.policy": "compact"}
+    # A checkpoint is one record holding a shard's whole state and dedup window: allow
+    # records far above Kafka's 1 MB default on the state topic (topic-level override).
+    state = {**compact, "max.message.bytes": str(64 * 1024 * 1024)}
     wanted = {settings.events_topic: {}, settings.decisions_topic: {}, settings.deadletter_topic: {},
-              settings.snapshots_topic: compact, settings.state_topic: compact}
+              settings.snapshots_topic: compact, settings.state_topic: state}
     missing = [NewTopic(name, events_partitions, settings.replication_factor, config=cfg)
                for name, cfg in wanted.items() if name not in existing]
     if missing:

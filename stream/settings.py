@@ -76,7 +76,7 @@ class StreamSettings(BaseSettings):
                                          validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
-    dedup_window: int = Field(200_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
+    dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
                               description="event_ids remembered per partition for de-duplication")
     attribution_window_s: float = Field(86_400.0, gt=0, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
