@@ -608,7 +608,7 @@ class Demo:
         write_tests_csv(opts.data, rec.tests, rec.run_dir / "tests.csv")
         if opts.split != "tune":
             # The offline replay tunes hyperparameters on tests of the tune split (disjoint by construction).
-            rec.tune_tests = select_tests(opts.data, max(opts.tests, 20), opts.seed, "tune")
+            rec.tune_tests = select_tests(opts.data, max(opts.tests, 10), opts.seed, "tune")
             write_tests_csv(opts.data, rec.tune_tests, rec.run_dir / "tune.csv")
         rec.timings["select tests"] = time.monotonic() - t0
         arms = sum(len(t.headlines) for t in rec.tests)
