@@ -431,6 +431,14 @@ class BanditState:
             "n_aux": num(self.exp_f[row, core.F_N_AUX]),
             "arms": arms,
         }
+        if p.policy == "llm2ucb_eb":
+            from lola.kernels.adaptive import adaptive_n_aux
+
+            usable = self.active[row, :k] & self.has_prior[row, :k]
+            out["n_aux_effective"] = num(adaptive_n_aux(
+                float(self.exp_f[row, core.F_N_AUX]), float(self.exp_f[row, core.F_EB_STRENGTH]),
+                self.impressions[row, :k].copy(), self.clicks[row, :k].copy(), self.mu_aux[row, :k].copy(),
+                usable.copy()))
         if p.policy in ("bai", "llm_bai"):
             out["bai_done"] = bool(self.bai_done[row])
             out["good_arms"] = self.good_arms(row)

@@ -150,6 +150,14 @@ class TestUcbFamily:
         state, twin = build(specs)
         drive(state, twin, rng, steps=20, batch=12, with_conversions=True)
 
+    def test_eb_summary_reports_the_effective_prior_strength(self):
+        rng = np.random.default_rng(15)
+        state, twin = build([(ExperimentParams(policy="llm2ucb_eb", n_aux=500.0, eb_strength=2.0), priors(rng, 3))])
+        drive(state, twin, rng, steps=30, batch=8)
+        summary = state.experiment_summary(0)
+        assert summary["n_aux_effective"] == pytest.approx(twin.n_aux(twin.exps[0]), rel=1e-12)
+        assert summary["n_aux"] == 500.0
+
     def test_floor_and_burn_in_propensities(self):
         rng = np.random.default_rng(9)
         specs = [(ExperimentParams(policy="llm2ucb", min_traffic=0.05, burn_in=5), priors(rng, 4)),
