@@ -395,3 +395,17 @@ def test_images_and_compose_run_the_real_cli_commands():
         assert " ".join(words[:2]) in commands or words[0] in commands, svc["command"]
     _, c = _worker(load_manifests())
     assert c["args"][0] in commands
+
+
+def test_metrics_port_agrees_everywhere():
+    docs = load_manifests()
+    dep, c = _worker(docs)
+    (cm,) = by_kind(docs, "ConfigMap")
+    (svc,) = by_kind(docs, "Service")
+    port = int(cm["data"]["LOLA_METRICS_PORT"])
+    assert {p["containerPort"] for p in c["ports"] if p["name"] == "metrics"} == {port}
+    assert int(dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]) == port
+    assert svc["spec"]["ports"][0]["port"] == port
+    for name in ("Dockerfile", "Dockerfile.cuda"):
+        text = (DEPLOY / name).read_text()
+        assert f"EXPOSE {port}" in text and f"LOLA_METRICS_PORT={port}" in text
