@@ -103,7 +103,8 @@ def decision_latency(settings: Any, requests: int, rate: float, experiments: int
         value = getattr(settings, field)
         if value is not None and not hasattr(value, "get_secret_value"):
             env[name] = str(value).lower() if isinstance(value, bool) else str(value)
-    env.update({"LOLA_BATCH_SIZE": "2000", "LOLA_POLL_TIMEOUT_S": "0.001", "LOLA_LOG_LEVEL": "WARNING"})
+    env.update({"LOLA_BATCH_SIZE": "2000", "LOLA_POLL_TIMEOUT_S": "0.001", "LOLA_LOG_LEVEL": "WARNING",
+                "LOLA_FETCH_WAIT_MAX_MS": "1"})
     worker = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     consumer = Consumer(kf.consumer_config(settings, f"lat-{uuid.uuid4().hex[:6]}", **{"fetch.wait.max.ms": 1}))

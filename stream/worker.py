@@ -242,6 +242,8 @@ class Worker:
         written = 0
         commits = []
         now = time.time()
+        results: dict[int, Any] = {}
+        pending: dict[int, int] = {}
         for p in parts:
             shard = self.shards.get(p)
             if shard is None:
@@ -249,21 +251,25 @@ class Worker:
             if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
                 self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
                 continue
-            result: dict[str, Any] = {}
 
-            def delivered(err: Any, msg: Any, result: dict = result) -> None:
-                result["err"] = err
+            def delivered(err: Any, msg: Any, p: int = p) -> None:
+                results[p] = err
 
+            # Each shard writes to its own state partition, so every partition's batch in
+            # the request holds one record (keeps Tansu's listed high watermark exact).
             kf.produce(self.producer, self.settings.state_topic, shard.to_checkpoint(self.topic),
                        key=self._checkpoint_key(p), partition=p, on_delivery=delivered)
-            # One record per produce request: keeps Tansu's listed high watermark exact.
+            pending[p] = shard.next_offset
+        if pending:
             self.producer.flush(30)
-            if result.get("err") is not None or "err" not in result:
-                raise BrokerError.from_kafka_error(f"checkpoint of partition {p} not written",
-                                                   result.get("err", "no delivery report"))
-            self.checkpointed_offset[p] = shard.next_offset
+        failed = []
+        for p, offset in pending.items():
+            if p not in results or results[p] is not None:
+                failed.append((p, results.get(p, "no delivery report")))
+                continue
+            self.checkpointed_offset[p] = offset
             self.checkpointed_at[p] = now
-            commits.append(TopicPartition(self.topic, p, shard.next_offset))
+            commits.append(TopicPartition(self.topic, p, offset))
             written += 1
         if commits:
             try:
@@ -272,6 +278,9 @@ class Worker:
                 log.warning("offset commit failed", extra={"error": str(exc)})
         self.metrics.checkpoints.inc(written)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        if failed:
+            p, err = failed[0]
+            raise BrokerError.from_kafka_error(f"checkpoint of partition(s) {[f[0] for f in failed]} not written", err)
         return written
 
     def _publish_snapshots(self, partitions: list[int] | None = None) -> int:
