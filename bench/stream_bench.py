@@ -130,7 +130,8 @@ def decision_latency(settings: Any, requests: int, rate: float, experiments: int
 
         def read() -> None:
             while not done.is_set() or len(latencies) < requests:
-                for m in consumer.consume(10_000, 0.05):
+                # consume(n, t) waits until n messages or t: keep t short or it adds latency.
+                for m in consumer.consume(10_000, 0.002):
                     if m.error() is not None:
                         continue
                     now = time.perf_counter()

@@ -172,6 +172,19 @@ def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536)
                 imp = obj.get("impression_id")
                 if imp is None or (type(imp) is str and 0 < len(imp) <= MAX_ID_CHARS):
                     return Click(eid, exp, vid, float(ts), imp, rid)
+    elif kind == "decision_request":
+        rid = obj.get("request_id")
+        exp = obj.get("experiment_id")
+        uid = obj.get("user_id")
+        ts = obj.get("ts")
+        context = obj.get("context")
+        if (type(rid) is str and type(exp) is str and 0 < len(rid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
+                and (uid is None or (type(uid) is str and 0 < len(uid) <= MAX_ID_CHARS))
+                and (ts is None or ((type(ts) is float or type(ts) is int) and 0.0 <= ts < math.inf))
+                and (context is None or type(context) is dict)
+                and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
+                and (key is None or key == exp.encode())):
+            return DecisionRequest(rid, exp, uid, context, None if ts is None else float(ts))
     return _decode_checked(obj, key)
 
 

@@ -215,7 +215,7 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
             if sent[i] >= budget[i]:
                 open_tests = np.flatnonzero(sent < budget)
         producer.poll(0)
-        for msg in consumer.consume(1000, 0.02):
+        for msg in consumer.consume(1000, 0.002):  # waits for 1000 msgs or the timeout
             if msg.error():
                 if msg.error().code() != KafkaError._PARTITION_EOF:
                     raise BrokerError.from_kafka_error("reading decisions", msg.error())

@@ -347,13 +347,19 @@ class ShardProcessor:
         from lola.kernels import select
 
         fresh: list[tuple[ev.DecisionRequest, Experiment]] = []
+        servable: dict[int, bool] = {}  # per experiment row: has an active arm (once per batch)
+        decided = self.decided.map
         for req, exp, offset, key, value in requests:
-            prior = self.decided.get(req.request_id)
+            prior = decided.get(req.request_id)
+            row = exp.row
+            ok = servable.get(row)
+            if ok is None:
+                ok = servable[row] = bool(self.state.active[row, :int(self.state.n_arms[row])].any())
             if prior is not None:  # upstream retry: answer with the same decision again
                 out.duplicates += 1
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                     req.request_id, exp.experiment_id, prior[0], prior[1], exp.policy, prior[2], now)))
-            elif not bool(self.state.active[exp.row, :int(self.state.n_arms[exp.row])].any()):
+            elif not ok:
                 out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant", exp.experiment_id[:80]))
             else:
                 fresh.append((req, exp))

@@ -75,7 +75,7 @@ class StreamSettings(BaseSettings):
                                    validation_alias=AliasChoices("fetch_wait_max_ms", "LOLA_FETCH_WAIT_MAX_MS"),
                                    description="broker-side fetch wait; Tansu answers only when it expires, so it is "
                                                "a floor on decision latency")
-    poll_timeout_s: float = Field(0.05, gt=0, le=10, validation_alias=AliasChoices("poll_timeout_s", "LOLA_POLL_TIMEOUT_S"))
+    poll_timeout_s: float = Field(0.005, gt=0, le=10, validation_alias=AliasChoices("poll_timeout_s", "LOLA_POLL_TIMEOUT_S"))
     checkpoint_interval_s: float = Field(1.0, gt=0, le=3600,
                                          validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
