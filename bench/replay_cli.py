@@ -40,6 +40,28 @@ def _progress_factory(enabled: bool):
     """A rich progress bar on stderr; returns (factory, stop)."""
     if not enabled:
         return None, lambda: None
+    import sys
+
+    if not sys.stderr.isatty():
+        # Logs and CI: a plain line every 5%, not a redrawn bar.
+        import time
+
+        state = {"done": 0, "total": 1, "shown": -1, "t0": time.perf_counter()}
+
+        def plain_factory(total: int):
+            state["total"] = max(total, 1)
+
+            def advance(n: int = 1) -> None:
+                state["done"] += n
+                pct = int(100 * state["done"] / state["total"])
+                if pct // 5 != state["shown"] // 5:
+                    state["shown"] = pct
+                    elapsed = time.perf_counter() - state["t0"]
+                    print(f"replay: {state['done']}/{state['total']} ({pct}%) {elapsed:.0f} s", file=sys.stderr, flush=True)
+
+            return advance
+
+        return plain_factory, lambda: None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

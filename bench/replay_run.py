@@ -263,8 +263,9 @@ def run_replay(
     order = [p for p in TUNE_ORDER if p in policies]
     if "LOLA-EB" in order and "LOLA" not in order:
         order.insert(order.index("LOLA-EB"), "LOLA")  # EB is tuned around LOLA's choice
-    total = len(taus) * (grid_size(order) + len(policies))
-    advance = progress_factory(total) if progress_factory else None
+    # Progress in units of tau: a grid point's cost grows linearly with the horizon.
+    total = sum(int(t) for t in taus) * (grid_size(order) + len(policies))
+    bar = progress_factory(total) if progress_factory else None
     hyper: dict[str, dict[str, dict]] = {}
     tuning: dict[str, dict] = {}
     scores: dict[tuple[int, str], np.ndarray] = {}
@@ -272,6 +273,7 @@ def run_replay(
     for tau in taus:
         tuned: dict[str, dict] = {}
         chosen: dict[str, P.PolicySpec] = {}
+        advance = (lambda n, _t=int(tau): bar(n * _t)) if bar else None
         for name in order:
             rec = tune_policy(rd.tune, name, tau, tune_reps, tune_seed, workers, tuned, advance)
             chosen[name] = rec.best

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lola.kernels.adaptive import MAX_FACTOR, adaptive_n_aux
+from lola.kernels.adaptive import MAX_FACTOR, MAX_UP, adaptive_n_aux
 
 
 def twin(n_aux0, strength, n, c, mu, usable):
@@ -20,11 +20,17 @@ def twin(n_aux0, strength, n, c, mu, usable):
     v = mu * (1 - mu)
     r = ((c / n - mu) ** 2 - v / n) / v
     w = (n / (n + n_aux0 + 1)) ** 2
+    if n.sum() >= 1:  # the pooled, experiment-level gap is one more term
+        N = n.sum()
+        vbar = (n * v).sum() / N
+        gbar = (c.sum() - (n * mu).sum()) / N
+        r = np.append(r, (gbar**2 - vbar / N) / vbar)
+        w = np.append(w, (N / (N + n_aux0 + 1)) ** 2)
     den = strength + w.sum()
     if den <= 0:
         return n_aux0
     ratio = (strength / (n_aux0 + 1) + (w * r).sum()) / den
-    hi, lo = n_aux0 * MAX_FACTOR, n_aux0 / MAX_FACTOR
+    hi, lo = n_aux0 * MAX_UP, n_aux0 / MAX_FACTOR
     if ratio <= 1 / (hi + 1):
         return hi
     return float(np.clip(1 / ratio - 1, lo, hi))
@@ -68,16 +74,24 @@ def test_unusable_arms_are_ignored():
     n, c, mu, _ = arrays([5000, 5000], [500, 50], [0.01, 0.01])
     only_good = adaptive_n_aux(1000.0, 0.5, n, c, mu, np.array([False, True]))
     both = adaptive_n_aux(1000.0, 0.5, n, c, mu, np.array([True, True]))
-    assert only_good > 1000.0 > both
+    assert only_good == pytest.approx(1000.0 * MAX_UP) and both < 100.0
 
 
-def test_direction_bad_prior_weakens_exact_prior_strengthens():
+def test_direction_bad_prior_weakens_exact_prior_keeps_n_aux0():
     # Observed CTR 10x the prior on lots of traffic: the prior is trusted far less.
     n, c, mu, u = arrays([20000, 20000], [2000, 3000], [0.01, 0.015])
     assert adaptive_n_aux(1000.0, 1.0, n, c, mu, u) == pytest.approx(1000.0 / MAX_FACTOR)
-    # Observed exactly at the prior: the excess is negative, the prior is trusted more.
+    # Observed exactly at the prior: the excess is negative, n_aux stays at its ceiling.
     n, c, mu, u = arrays([20000, 20000], [200, 300], [0.01, 0.015])
-    assert adaptive_n_aux(1000.0, 1.0, n, c, mu, u) > 1000.0
+    assert adaptive_n_aux(1000.0, 1.0, n, c, mu, u) == pytest.approx(1000.0 * MAX_UP)
+
+
+def test_a_shared_level_gap_is_caught_by_the_pooled_term():
+    # Every arm 40% above its prior: arm by arm the excess is about what n_aux0
+    # already allows (alone it would keep n_aux at its 1000 ceiling); pooled over
+    # 6 arms the shared gap is clear, and the prior's weight drops.
+    n, c, mu, u = arrays([600] * 6, [12.0] * 6, [0.014] * 6)
+    assert adaptive_n_aux(1000.0, 1.0, n, c, mu, u) < 800.0
 
 
 def test_stronger_hyperprior_stays_closer_to_n_aux0():
