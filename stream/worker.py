@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from lola.errors import BrokerError, LolaError
+from lola.errors import BrokerError, ConfigError, LolaError
 from lola.stream import kafka as kf
 from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
@@ -356,7 +356,11 @@ class Worker:
 
         s = self.settings
         if self._serve_http:
-            self.http = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.healthy, self.ready).start()
+            try:
+                self.http = HealthServer(self.metrics, s.metrics_host, s.metrics_port, self.healthy,
+                                         self.ready).start()
+            except OSError as exc:
+                raise ConfigError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from None
             self.bound_metrics_port = self.http.port
         self.priors.start()
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke_safe,
