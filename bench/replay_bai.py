@@ -7,8 +7,8 @@ Success of a test = every arm the method returns has true CTR >= best CTR - 0.5%
   :data:`CHECK_EVERY` pulls per headline. A test that has stopped returns its good
   set at the first checkpoint after stopping, and its pulls are counted up to that
   checkpoint. A test still running at a pull budget returns its recommendation:
-  the candidate with the highest Algorithm 2 mean (``lola.kernels.core.bai_interval``,
-  prior pseudo-pulls included), and its pulls are the budget.
+  the candidate(s) with the highest Algorithm 2 mean (``lola.kernels.core.bai_interval``,
+  prior pseudo-pulls included; exact ties all returned), and its pulls are the budget.
 * A/B test: the kernels' E&C with ``explore_fraction = 1``: an equal number of
   pulls per headline, then the best empirical CTR (exact ties all returned).
 * PureLLM: the arm with the highest prior (no pulls).
@@ -88,7 +88,9 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
                     cands = [s for s in range(k) if state.candidate[r, s]]
                     means = [core.bai_interval(state.exp_f[r, core.F_N_AUX], state.impressions[r, s], state.clicks[r, s],
                                                state.mu_aux[r, s], state.has_prior[r, s], k, 0.2)[0] for s in cands]
-                    ok[r] = _success(ctr[r], [cands[int(np.argmax(means))]]) if cands else False
+                    # Exact ties are all returned, as the A/B test's E&C commit does.
+                    top = max(means) if cands else 0.0
+                    ok[r] = _success(ctr[r], [s for s, m in zip(cands, means) if m == top]) if cands else False
                     pulls[r] = b * k
     # Tests that stopped before the smallest budget still need their later budgets filled.
     for b in budgets:
