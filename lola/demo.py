@@ -1399,13 +1399,13 @@ def register(app: typer.Typer) -> None:
 
     @app.command("demo")
     def demo(
-        model: Path = typer.Option(None, "--model", help="Prior model folder (model_card.json) [default: models/ctr-onnx if built]."),
+        model: Path = typer.Option(None, "--model", help="Prior model folder (model_card.json) (default: models/ctr-onnx if built)."),
         no_model: bool = typer.Option(False, "--no-model", help="Run without LLM priors even if a model is built."),
-        data: Path = typer.Option(None, "--data", help="Upworthy package CSV [default: the shared dev CSV]."),
-        tests: int = typer.Option(None, "--tests", help="Headline tests to run [default 100; --short: 6]."),
-        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions [default 1000; --short: 20]."),
-        duration: float = typer.Option(None, "--duration", help="Time limit of the live phase, seconds [default 480; --short: 40]."),
-        reps: int = typer.Option(None, "--reps", help="Offline replay repetitions [default 10; --short: 2]."),
+        data: Path = typer.Option(None, "--data", help="Upworthy package CSV (default: the shared dev CSV)."),
+        tests: int = typer.Option(None, "--tests", help="Headline tests to run (default 100; --short: 6)."),
+        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions (default 1000; --short: 20)."),
+        duration: float = typer.Option(None, "--duration", help="Time limit of the live phase, seconds (default 480; --short: 40)."),
+        reps: int = typer.Option(None, "--reps", help="Offline replay repetitions (default 10; --short: 2)."),
         seed: int = typer.Option(7, "--seed", help="Seed of test selection, load generator and replay."),
         out_dir: Path = typer.Option(Path("reports"), "--out-dir", help="Where demo-<timestamp>.md and its plots go."),
         bootstrap: str = typer.Option(None, "--bootstrap", help="Use this Kafka instead of starting the embedded broker."),
