@@ -144,6 +144,7 @@ class PriorService:
         self._on_fallback = on_fallback or (lambda reason: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ready_at = 0.0
         self.delivered = 0
         self.fallbacks: dict[str, int] = {}
 
@@ -169,7 +170,7 @@ class PriorService:
         if self.provider is None:
             return
         try:
-            self._in.put_nowait((time.monotonic() + self.timeout_s, request))
+            self._in.put_nowait((time.monotonic(), request))
         except queue.Full:
             self._fallback("queue_full")
 
@@ -183,6 +184,15 @@ class PriorService:
                 return out
 
     def _run(self) -> None:
+        # Load the model at once (still off the allocation loop), not at the first request.
+        # Requests queued while it loads get their timeout counted from when it is ready,
+        # so the variants of a worker's first minutes are not left without priors.
+        if isinstance(self.provider, OnnxModelProvider):
+            try:
+                self.provider.maybe_reload()
+            except Exception as exc:
+                log.error("prior model load failed", extra={"error": str(exc)[:300]})
+        self._ready_at = time.monotonic()
         last_watch = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -202,6 +212,7 @@ class PriorService:
                 except queue.Empty:
                     break
             now = time.monotonic()
+            batch = [(max(t, self._ready_at) + self.timeout_s, r) for t, r in batch]
             live = [(d, r) for d, r in batch if d > now]
             if len(live) < len(batch):
                 self._fallback("timeout", len(batch) - len(live))

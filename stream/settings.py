@@ -94,8 +94,8 @@ class StreamSettings(BaseSettings):
                                    description="ONNX prior model folder (model_card.json); none = constant prior")
     constant_prior: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("constant_prior", "LOLA_CONSTANT_PRIOR"),
                                          description="prior CTR given to every new variant when no model dir is set")
-    prior_timeout_s: float = Field(2.0, gt=0, le=600, validation_alias=AliasChoices("prior_timeout_s", "LOLA_PRIOR_TIMEOUT_S"))
-    prior_batch_size: int = Field(32, ge=1, le=4096, validation_alias=AliasChoices("prior_batch_size", "LOLA_PRIOR_BATCH_SIZE"))
+    prior_timeout_s: float = Field(10.0, gt=0, le=600, validation_alias=AliasChoices("prior_timeout_s", "LOLA_PRIOR_TIMEOUT_S"))
+    prior_batch_size: int = Field(8, ge=1, le=4096, validation_alias=AliasChoices("prior_batch_size", "LOLA_PRIOR_BATCH_SIZE"))
     model_watch_interval_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("model_watch_interval_s", "LOLA_MODEL_WATCH_INTERVAL_S"))
     # --- operations ----------------------------------------------------------------------
     metrics_host: str = Field("0.0.0.0", validation_alias=AliasChoices("metrics_host", "LOLA_METRICS_HOST"))

@@ -163,3 +163,20 @@ def test_missing_settings_file_and_missing_bootstrap(tmp_path, monkeypatch):
         StreamSettings.load(tmp_path / "nope.env")
     with pytest.raises(ConfigError, match="--bootstrap"):
         StreamSettings.load().require_bootstrap()
+
+
+def test_requests_queued_while_the_model_loads_still_get_priors(tmp_path):
+    (tmp_path / "model_card.json").write_text("{}")
+
+    def slow_loader(path):
+        time.sleep(0.6)  # longer than the timeout below
+        return FakeModel(0.07)
+
+    service = PriorService(OnnxModelProvider(tmp_path, loader=slow_loader), timeout_s=0.3).start()
+    try:
+        for i in range(3):
+            service.submit(req(i))
+        got = drain(service, 3)
+    finally:
+        service.stop()
+    assert [r.prior for r in got] == [0.07] * 3 and service.fallbacks == {}
