@@ -290,7 +290,8 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
     return {
         "machine": machine,
         "workload": {"experiments": experiments, "decisions": experiments * steps, "steps_per_experiment": steps,
-                     "order": "experiment-major for numba_per_s (each experiment runs its steps in turn); "
+                     "order": "numba_per_s: blocks of 32 experiments interleaved step by step, each decision "
+                              "followed by its update; "
                               "step-major batches for numba_batch_api_per_s and numpy",
                      "timing": f"wall clock, best of {repeats} for numba_per_s, single run otherwise; "
                                "numba_cpu_per_s uses this process's CPU time (less sensitive to a loaded machine)",

@@ -26,7 +26,8 @@ explore_fraction, min_traffic, burn_in, ts_alpha0, ts_beta0, eb_strength,
 linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, propensity_draws)``
     Frozen; each broken rule raises ``ConfigError`` with one message.
 ``BanditState(capacity_experiments=1024, capacity_arms=4, feature_dim=0)``
-    ``add_experiment(params) -> row``; ``add_arm(row, prior_ctr=None, features=None)
+    ``add_experiment(params) -> row``; ``add_experiments(params, prior_ctr[n, K],
+    features=None) -> rows`` (bulk); ``add_arm(row, prior_ctr=None, features=None)
     -> slot``; ``set_prior(row, slot, ctr)``; ``retire_arm(row, slot)``;
     ``warm_start_linear(row, X, r)``; ``good_arms(row)`` / ``bai_done_for(row)``;
     ``experiment_summary(row, seed=0) -> dict``; ``to_bytes()`` /

@@ -160,8 +160,11 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
              propensities: bool = False) -> tuple[float, float]:
     """Fused select+update for replays and benchmarks (not for the worker).
 
-    Each experiment in ``rows`` runs ``steps`` decisions in turn (experiment-major, as
-    the paper's replay runs each test over its horizon); clicks are Bernoulli with
+    Each experiment in ``rows`` (distinct rows) runs ``steps`` decisions, each followed
+    at once by its update, as the paper's replay runs each test over its horizon. Blocks
+    of experiments are interleaved step by step for speed; decision keys depend only on
+    (position in ``rows``, step), so the result does not depend on that order. Clicks are
+    Bernoulli with
     ``true_ctr[row, slot]``. Runs the same engine loop as :func:`select` and
     :func:`update`. ``propensities=False`` skips TS's Monte Carlo
     propensity draws. Returns ``(total clicks, sum of propensities)``.

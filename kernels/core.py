@@ -67,10 +67,6 @@ _S11 = np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0
 _TWO_PI = 2.0 * math.pi
 
-# Numba-level inlining for the few small helpers the engine calls once per decision with
-# an array argument; LLVM does not always inline those calls by itself.
-NJIT_INLINE = dict(NJIT, inline="always")
-
 TABLE_N = 1 << 15
 
 
@@ -364,7 +360,7 @@ def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta):
     return mean, rad
 
 
-@numba.njit(**NJIT_INLINE)
+@numba.njit(**NJIT)
 def tied_argmax(n_arms, scores, u):
     """Uniformly random argmax among exact ties, using uniform ``u``.
 
@@ -405,30 +401,32 @@ def nth_active(e, n_arms, active, idx):
 
 
 @numba.njit(**NJIT)
-def ts_thetas(e, n_arms, prior_n, a0, b0, lam, imp, clk, conv, mu, has_prior, active, key, j, out):
-    """One posterior draw per arm (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
+def ts_theta(n, c, mu, has_prior, active, prior_n, a0, b0, key, j):
+    """One arm's posterior draw (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
 
     ``prior_n = 0`` is plain Beta-Bernoulli TS. With ``n_aux = inf`` an arm with a prior
-    draws exactly ``mu`` (the greedy limit). ``n - c`` is floored at 0 (conversion
-    rewards can exceed one per impression). Returns the next counter.
+    draws exactly ``mu`` (the greedy limit). ``n - c`` is floored at 0 (conversion rewards
+    can exceed one per impression). Inactive arms get -inf. Scalar arguments only (LLVM
+    inlines it). Returns (draw, next counter).
     """
-    inf_aux = math.isinf(prior_n)
+    if not active:
+        return -np.inf, j
+    if has_prior and math.isinf(prior_n):
+        return mu, j
+    pa = a0 + c
+    pb = b0 + max(n - c, 0.0)
+    if has_prior:
+        pa += prior_n * mu
+        pb += prior_n * (1.0 - mu)
+    return beta_draw(pa, pb, key, j)
+
+
+@numba.njit(**NJIT)
+def ts_thetas(e, n_arms, prior_n, a0, b0, lam, imp, clk, conv, mu, has_prior, active, key, j, out):
+    """:func:`ts_theta` for every arm of experiment ``e`` into ``out``; returns the next counter."""
     for k in range(n_arms):
-        if not active[e, k]:
-            out[k] = -np.inf
-            continue
-        c = clk[e, k] + lam * conv[e, k]
-        fail = max(imp[e, k] - c, 0.0)
-        if has_prior[e, k] and inf_aux:
-            out[k] = mu[e, k]
-            continue
-        pa = a0 + c
-        pb = b0 + fail
-        if has_prior[e, k]:
-            pa += prior_n * mu[e, k]
-            pb += prior_n * (1.0 - mu[e, k])
-        th, j = beta_draw(pa, pb, key, j)
-        out[k] = th
+        out[k], j = ts_theta(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], active[e, k],
+                             prior_n, a0, b0, key, j)
     return j
 
 
@@ -639,10 +637,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     block = SIM_BLOCK if mode == MODE_SIMULATE else max(n_rows, 1)
     total = 0.0
     psum = 0.0
-    for b0 in range(0, n_rows, block):
-        b1 = min(b0 + block, n_rows)
+    for block_start in range(0, n_rows, block):
+        block_end = min(block_start + block, n_rows)
         for rep in range(reps):
-            for r in range(b0, b1):
+            for r in range(block_start, block_end):
                 e = rows[r]
                 K = n_arms_arr[e]
                 policy = policy_arr[e]
@@ -677,8 +675,13 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 scores[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k],
                                                       ucb[e, U_S2, k], a_t)
                         elif policy == P_TS or policy == P_LLM_TS:
-                            j = ts_thetas(e, K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
-                                          exp_f[e, F_LAMBDA], imp, clk, conv, mu, has_prior, active, key, j, scores)
+                            ts_n = exp_f[e, F_N_AUX]
+                            ts_a0 = exp_f[e, F_TS_A0]
+                            ts_b0 = exp_f[e, F_TS_B0]
+                            ts_lam = exp_f[e, F_LAMBDA]
+                            for k in range(K):  # inline ts_thetas: no array-passing call per decision
+                                scores[k], j = ts_theta(imp[e, k], clk[e, k] + ts_lam * conv[e, k], mu[e, k],
+                                                        has_prior[e, k], active[e, k], ts_n, ts_a0, ts_b0, key, j)
                             stochastic = True
                         elif policy == P_LINUCB or policy == P_LLM_LINUCB:
                             linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)

@@ -292,3 +292,35 @@ def test_random_streams_match_twin_and_have_the_right_moments():
     assert abs(normals.mean()) < 0.05 and abs(normals.std() - 1.0) < 0.05
     assert abs((np.abs(normals) > 3.442620).mean() - 5.8e-4) < 2e-3  # the tail path is reachable
     assert abs(betas.mean() - 0.3) < 0.01 and abs(betas.var() - 0.3 * 0.7 / 11.0) < 0.003
+
+
+@pytest.mark.parametrize("policy", ["llm2ucb", "ucb", "pure_llm", "llm2ucb_eb", "ec", "ts", "llm_ts", "linucb",
+                                    "llm_linucb", "bai", "llm_bai"])
+def test_simulate_equals_select_then_update_one_decision_at_a_time(policy):
+    """The fused, block-interleaved simulate loop is exactly select+update per decision."""
+    import kernels_twin as tw
+
+    rng = np.random.default_rng(16)
+    n_exp, k, d, steps, seed = 70, 3, 4, 6, 99  # 70 rows: more than one interleaved block
+    ctr = rng.uniform(0.05, 0.5, size=(n_exp, k))
+    prior = rng.uniform(0.05, 0.5, size=(n_exp, k))
+    prior[::5, 0] = np.nan
+    feats = rng.normal(size=(n_exp, k, d))
+    params = ExperimentParams(policy=policy, horizon=12, gamma=0.9 if policy == "ucb" else 1.0, n_aux=20.0)
+    fused, stepwise = BanditState(8, 2, feature_dim=d), BanditState(8, 2, feature_dim=d)
+    for s in (fused, stepwise):
+        s.add_experiments(params, prior, feats)
+    rows = np.arange(n_exp, dtype=np.int64)
+    total, _ = simulate(fused, rows, steps, ctr, seed)
+    clicks = 0.0
+    for r in range(n_exp):
+        for step in range(steps):
+            key = tw.mix64(seed + (r * steps + step + 1) * tw.GOLDEN)
+            slot, _ = select(stepwise, rows[r:r + 1], np.array([key], dtype=np.uint64))
+            c = float(tw.uniform(key, 1_000_003) < ctr[r, slot[0]])
+            clicks += c
+            update(stepwise, rows[r:r + 1], slot, np.ones(1), np.array([c]), np.zeros(1))
+    assert total == clicks
+    np.testing.assert_array_equal(fused.impressions[:n_exp, :k], stepwise.impressions[:n_exp, :k])
+    np.testing.assert_array_equal(fused.clicks[:n_exp, :k], stepwise.clicks[:n_exp, :k])
+    assert fused.steps.sum() == n_exp * steps
