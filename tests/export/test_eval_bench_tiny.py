@@ -44,3 +44,18 @@ def test_lora_layers_beyond_the_base_are_rejected(tmp_path, tiny_base, tiny_csv)
     with pytest.raises(ConfigError, match="lora_last_layers=5 but the base has 2 layers"):
         train(tiny_csv, tmp_path / "out", make_config("quick", lora_last_layers=5, min_impressions=0,
                                                        train_limit=None), base=str(tiny_base), progress=False)
+
+
+def test_build_default_trains_exports_and_records_tune_metrics(tmp_path, tiny_base, tiny_csv):
+    import json
+
+    from lola.export.config import make_config
+    from lola.export.pipeline import build_default, training_dir_for
+
+    out = tmp_path / "ctr-onnx"
+    config = make_config("quick", max_steps=2, min_impressions=0, train_limit=None, lora_last_layers=None)
+    card = build_default(tiny_csv, out, config, base=str(tiny_base))
+    assert training_dir_for(out).joinpath("train_state.json").is_file()
+    on_disk = json.loads((out / "model_card.json").read_text())
+    assert on_disk["metrics"]["tune"]["n_headlines"] > 0 and card["metrics"] == on_disk["metrics"]
+    assert set(on_disk["variants"]) <= {"fp32", "int8"} and "fp32" in on_disk["variants"]
