@@ -70,7 +70,7 @@ class DemoOptions:
     model: Path | None
     data: Path
     tests: int = 100
-    tau: int = 1000
+    tau: int = 500
     duration_s: float = 480.0
     reps: int = 10
     seed: int = 7
@@ -1403,7 +1403,7 @@ def register(app: typer.Typer) -> None:
         no_model: bool = typer.Option(False, "--no-model", help="Run without LLM priors even if a model is built."),
         data: Path = typer.Option(None, "--data", help="Upworthy package CSV (default: the shared dev CSV)."),
         tests: int = typer.Option(None, "--tests", help="Headline tests to run (default 100; --short: 6)."),
-        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions (default 1000; --short: 20)."),
+        tau: int = typer.Option(None, "--tau", help="Horizon per test = tau x arms impressions (default 500; --short: 20)."),
         duration: float = typer.Option(None, "--duration", help="Time limit of the live phase, seconds (default 480; --short: 40)."),
         reps: int = typer.Option(None, "--reps", help="Offline replay repetitions (default 10; --short: 2)."),
         seed: int = typer.Option(7, "--seed", help="Seed of test selection, load generator and replay."),
