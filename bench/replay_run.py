@@ -176,10 +176,12 @@ def load_replay_data(
     features = None
     feature_source = None
     warm_texts = sorted({p.headline for p in warm_packages})
+    warm_used = 0
     if want_features:
-        if not all(h in prior.prior_ctr for h in warm_texts):
-            warm_texts = [h for h in warm_texts if h in prior.prior_ctr]
+        # The text projection needs only the train texts; the warm start also needs
+        # their priors, and uses the train packages that have one.
         features, feature_source = _features_fn(prior, warm_texts)
+        warm_used = sum(1 for p in warm_packages if p.headline in prior.prior_ctr)
     tune_batch = P.build_batch(tune_tests, prior.lookup, features)
     report_batch = P.build_batch(report_tests, prior.lookup, features)
     if want_features:
@@ -195,6 +197,7 @@ def load_replay_data(
         "report_arms_mean": float(np.mean([t.n_arms for t in report_tests])),
         "prior_source": prior.source,
         "linucb_features": feature_source,
+        "linucb_warm_start_packages": warm_used,
         "rows_skipped": len(report_load.skipped),
     }
     quality = {"tune": r2_on_tests(tune_tests, prior), "report": r2_on_tests(report_tests, prior)}
