@@ -397,6 +397,22 @@ def test_images_and_compose_run_the_real_cli_commands():
     assert c["args"][0] in commands
 
 
+def test_container_command_flags_are_real_options():
+    import typer
+
+    from lola.cli import app
+
+    root = typer.main.get_command(app)
+    for name, svc in our_compose_services(load_compose()).items():
+        words = list(svc["command"])
+        cmd = root
+        while words and not words[0].startswith("-") and hasattr(cmd, "commands") and words[0] in cmd.commands:
+            cmd = cmd.commands[words.pop(0)]
+        options = {opt for param in cmd.params for opt in getattr(param, "opts", [])}
+        flags = {w.split("=", 1)[0] for w in words if w.startswith("--")}
+        assert flags <= options, f"{name}: {flags - options} are not options of {svc['command']}"
+
+
 def test_metrics_port_agrees_everywhere():
     docs = load_manifests()
     dep, c = _worker(docs)
