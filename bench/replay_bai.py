@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.bench.replay_protocol import ReplayBatch
+from lola.bench.replay_report import save_figure
 from lola.bench.replay_sim import block_seed, plan_blocks
 
 GOOD_WITHIN = 0.005
@@ -41,13 +42,10 @@ def _success(ctr_row: np.ndarray, chosen: list[int]) -> bool:
     return bool(chosen) and all(ctr_row[c] >= ctr_row.max() - GOOD_WITHIN for c in chosen)
 
 
-def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, seed: int, budgets) -> dict:
-    """success[budget] and pulls[budget] arrays for one block (rows = tests x reps)."""
-    from lola.kernels import core
-
-    BanditState, ExperimentParams, simulate = _kernels()
+def _block_state(batch: ReplayBatch, blk, params, reps: int, with_prior: bool):
+    """One experiment row per (test, rep) of a block, and the true CTRs of its rows."""
+    BanditState, _, _ = _kernels()
     k = blk.k
-    params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2)
     n_rows = len(blk.tests) * reps
     state = BanditState(capacity_experiments=n_rows, capacity_arms=k)
     ctr = np.zeros((n_rows, k))
@@ -55,8 +53,20 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
         for _ in range(reps):
             row = state.add_experiment(params)
             for slot in range(k):
-                state.add_arm(row, prior_ctr=float(batch.prior[test, slot]) if policy == "llm_bai" else None)
+                state.add_arm(row, prior_ctr=float(batch.prior[test, slot]) if with_prior else None)
             ctr[row] = batch.ctr[test, :k]
+    return state, ctr
+
+
+def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, seed: int, budgets) -> dict:
+    """success[budget] and pulls[budget] arrays for one block (rows = tests x reps)."""
+    from lola.kernels import core
+
+    _, ExperimentParams, simulate = _kernels()
+    k = blk.k
+    params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2)
+    state, ctr = _block_state(batch, blk, params, reps, with_prior=policy == "llm_bai")
+    n_rows = ctr.shape[0]
     done_at = np.full(n_rows, -1)
     done_set: dict[int, list[int]] = {}
     results = {b: (np.zeros(n_rows, dtype=bool), np.zeros(n_rows)) for b in budgets}
@@ -103,19 +113,12 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
 
 
 def _ab_block(batch: ReplayBatch, blk, pulls_per_arm: int, reps: int, seed: int):
-    BanditState, ExperimentParams, simulate = _kernels()
+    _, ExperimentParams, simulate = _kernels()
     k = blk.k
     horizon = pulls_per_arm * k
     params = ExperimentParams(policy="ec", horizon=horizon, explore_fraction=1.0)
-    n_rows = len(blk.tests) * reps
-    state = BanditState(capacity_experiments=n_rows, capacity_arms=k)
-    ctr = np.zeros((n_rows, k))
-    for test in blk.tests:
-        for _ in range(reps):
-            row = state.add_experiment(params)
-            for _slot in range(k):
-                state.add_arm(row)
-            ctr[row] = batch.ctr[test, :k]
+    state, ctr = _block_state(batch, blk, params, reps, with_prior=False)
+    n_rows = ctr.shape[0]
     simulate(state, np.arange(n_rows, dtype=np.int64), horizon, ctr, block_seed(seed, 20_000 + pulls_per_arm, k, blk.index))
     ok = np.array([_success(ctr[r], [s for s in range(k) if state.candidate[r, s]]) for r in range(n_rows)])
     return ok.reshape(len(blk.tests), reps)
@@ -204,9 +207,4 @@ def plot_bai(doc: dict, path: str | Path) -> Path:
     ax.set_title("Appendix G.1 replay: best-arm identification")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -160,6 +160,18 @@ def markdown_improvements(improvements: Sequence[Improvement], taus: Sequence[in
     return "\n".join(lines)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_figure7(rows: Sequence[dict], taus: Sequence[int], policies: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Figure 7: average clicks per test per period against τ, one line per policy."""
     import matplotlib
@@ -183,9 +195,4 @@ def plot_figure7(rows: Sequence[dict], taus: Sequence[int], policies: Sequence[s
     ax.set_title(title or "Paper replay (Figure 7 protocol)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
