@@ -168,21 +168,21 @@ class Worker:
                                           "experiments": len(shard.experiments), "from_checkpoint": best is not None})
         return shard
 
-    def _on_assign(self, consumer: Any, partitions: list) -> None:
-        # Exceptions must not escape a librdkafka callback (confluent-kafka turns them into
-        # an unhelpful SystemError); keep them and re-raise from the loop.
-        try:
-            self._assign(consumer, partitions)
-        except BaseException as exc:  # noqa: BLE001
-            log.error("partition assignment failed", exc_info=True)
-            self._callback_error = exc
+    def _guarded(self, what: str, handler):
+        """Wrap a rebalance handler for librdkafka.
 
-    def _on_revoke_safe(self, consumer: Any, partitions: list) -> None:
-        try:
-            self._on_revoke(consumer, partitions)
-        except BaseException as exc:  # noqa: BLE001
-            log.error("partition revocation failed", exc_info=True)
-            self._callback_error = exc
+        Exceptions must not escape a librdkafka callback (confluent-kafka turns them into
+        an unhelpful SystemError); keep them and re-raise from the loop.
+        """
+
+        def callback(consumer: Any, partitions: list) -> None:
+            try:
+                handler(consumer, partitions)
+            except BaseException as exc:  # noqa: BLE001
+                log.error("partition %s failed", what, exc_info=True)
+                self._callback_error = exc
+
+        return callback
 
     def _assign(self, consumer: Any, partitions: list) -> None:
         self._ready = False
@@ -363,8 +363,9 @@ class Worker:
                 raise ConfigError(f"cannot serve metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from None
             self.bound_metrics_port = self.http.port
         self.priors.start()
-        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke_safe,
-                                on_lost=self._on_lost)
+        self.consumer.subscribe([self.topic], on_assign=self._guarded("assignment", self._assign),
+                                on_revoke=self._guarded("revocation", self._on_revoke),
+                                on_lost=self._guarded("loss", self._on_lost))
         log.info("worker started", extra={"worker_id": self.worker_id, "metrics_port": self.bound_metrics_port,
                                           "settings": s.safe_dict()})
         consumed = 0
