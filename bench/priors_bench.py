@@ -41,7 +41,12 @@ def _torch_predictor(train_dir: Path, batch_size: int) -> Callable[[list[str]], 
 
     model, tokenizer, state = load_merged(train_dir)
     max_length = state["config"]["max_length"]
-    mean, std = state["target_scaling"]["mean"], state["target_scaling"]["std"]
+    scaling = state["target_scaling"]
+    mean, std = scaling["mean"], scaling["std"]
+    if scaling.get("week_level"):  # level_deviation model: the serving path adds the latest week level
+        from lola.export.level import WeekLevel
+
+        mean += WeekLevel.from_dict(scaling["week_level"]).latest
 
     def predict(texts: list[str]):
         out = []

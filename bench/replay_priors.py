@@ -77,8 +77,13 @@ def write_priors_csv(path: str | Path, headlines: Iterable[str], priors: Iterabl
     return path
 
 
-def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embeddings: bool) -> PriorTable:
-    """Score headlines with the exported ONNX prior model (torch-free serving path)."""
+def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embeddings: bool,
+                     test_weeks: dict[str, int] | None = None) -> PriorTable:
+    """Score headlines with the exported ONNX prior model (torch-free serving path).
+
+    ``test_weeks`` (headline -> archive ``test_week``) lets a ``level_deviation`` model add
+    the level of the headline's own week; an absolute-CTR model ignores it.
+    """
     try:
         from lola.export.serve import OnnxPriorModel  # type: ignore[attr-defined]
     except ImportError as exc:  # the priors area is not installed or not built yet
@@ -88,7 +93,8 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
         raise ConfigError(f"--model directory not found: {model_dir}")
     model = OnnxPriorModel(model_dir)
     texts = list(dict.fromkeys(headlines))
-    preds = np.asarray(model.predict(texts), dtype=np.float64).reshape(-1)
+    weeks = [test_weeks.get(t) for t in texts] if test_weeks is not None else None
+    preds = np.asarray(model.predict(texts, None, weeks), dtype=np.float64).reshape(-1)
     emb = None
     if want_embeddings and getattr(model, "embedding_dim", None):
         vecs = np.asarray(model.embed(texts), dtype=np.float64)

@@ -31,6 +31,14 @@ class TextModeOpt(str, Enum):
     headline_context = "headline_context"
 
 
+class TargetOpt(str, Enum):
+    ctr = "ctr"
+    level_deviation = "level_deviation"
+
+
+TARGET_HELP = "ctr (paper: absolute CTR) or level_deviation (CTR minus its test's mean; week level added back)."
+
+
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="lola: %(message)s")
     for noisy in ("transformers", "optimum", "torch", "onnxruntime", "peft"):
@@ -63,6 +71,7 @@ def train_cmd(
     base: Optional[str] = typer.Option(None, "--base", help="HF Llama checkpoint folder or .gguf (default: SmolLM2-135M)."),
     quick: bool = typer.Option(False, "--quick", help="The <=15 min CPU profile (subset, short inputs, few hundred steps)."),
     text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode", help="headline (paper) or headline_context."),
+    target: Optional[TargetOpt] = typer.Option(None, "--target", help=TARGET_HELP),
     max_steps: Optional[int] = typer.Option(None, "--max-steps"),
     epochs: Optional[float] = typer.Option(None, "--epochs"),
     learning_rate: Optional[float] = typer.Option(None, "--lr"),
@@ -75,7 +84,8 @@ def train_cmd(
     """LoRA fine-tune a Llama CTR regressor on the train split."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
-    config = _train_config(quick, text_mode=text_mode.value if text_mode else None, max_steps=max_steps,
+    config = _train_config(quick, text_mode=text_mode.value if text_mode else None,
+                           target=target.value if target else None, max_steps=max_steps,
                            epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                            max_length=max_length, train_limit=train_limit, seed=seed)
     _logging()
@@ -153,11 +163,13 @@ def build_default_cmd(
     base: Optional[str] = typer.Option(None, "--base"),
     full: bool = typer.Option(False, "--full", help="Use the full profile instead of --quick."),
     text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode"),
+    target: Optional[TargetOpt] = typer.Option(None, "--target", help=TARGET_HELP),
 ) -> None:
     """Quick-train on the train split, merge, export (fp32 + int8), validate, score the tune split into the card."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
-    config = _train_config(not full, text_mode=text_mode.value if text_mode else None)
+    config = _train_config(not full, text_mode=text_mode.value if text_mode else None,
+                           target=target.value if target else None)
     _logging()
     from lola.export.pipeline import build_default
 

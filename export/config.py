@@ -24,6 +24,9 @@ from lola.errors import ConfigError
 
 TextMode = Literal["headline", "headline_context"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+#: ``ctr``: the paper's absolute CTR; ``level_deviation``: CTR minus its test's mean, the
+#: week's level added back at serving (see :mod:`lola.export.data` and :mod:`lola.export.level`).
+Target = Literal["ctr", "level_deviation"]
 
 
 class TrainConfig(BaseModel):
@@ -52,6 +55,7 @@ class TrainConfig(BaseModel):
 
     # data and targets
     text_mode: TextMode = "headline"
+    target: Target = "ctr"
     max_length: int = 64
     min_impressions: int = 500
     weight_by_impressions: bool = True

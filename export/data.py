@@ -9,13 +9,22 @@ their CTR is mostly binomial noise. Each remaining headline carries a weight
 ``impressions / mean(impressions)`` (1 when weighting is off), so the MSE trusts
 well-measured headlines more.
 
-Scaling
--------
+Scaling (``target="ctr"``, the paper's target)
+-----------------------------------------------
 The network is trained on a standardised target ``z = (ctr - mean) / std`` where
 ``mean`` and ``std`` are the (weighted) statistics of the *training* targets. A
 raw CTR sits near 0.015, so an unscaled MSE gives vanishing gradients to a new
 head. The scaling is stored in the model card, and serving maps back with
 ``ctr = mean + std * z`` and clamps to [0, 1].
+
+Within-test deviation (``target="level_deviation"``)
+----------------------------------------------------
+The target is the headline's deviation from its test's mean CTR,
+``d = ctr - test_mean`` (``test_mean``: impression-weighted CTR of every package of
+the same ``clickability_test_id``), standardised the same way. Headlines that are
+alone in their test (d = 0 by construction) are dropped. Serving adds back the
+site-wide level of the test week (:class:`lola.export.level.WeekLevel`, fitted on
+train packages, bandwidth chosen on tune): ``ctr = level(week) + mean + std * z``.
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from lola.data.upworthy import Package
 from lola.errors import DataError
 from lola.export.text import clean_text, model_text
+
+if TYPE_CHECKING:
+    from lola.export.level import WeekLevel
 
 __all__ = ["clean_text", "model_text", "build_examples", "TargetScaling", "HeadlineExamples", "file_sha256"]
 
@@ -49,10 +61,23 @@ class HeadlineExamples:
     impressions: np.ndarray
     clicks: np.ndarray
     weights: np.ndarray
+    #: archive ``test_week`` (YYYYWW) of the headline's earliest package, None when unknown
+    test_weeks: tuple[int | None, ...] | None = None
+    #: impression-weighted mean CTR of the headline's test(s), over the packages given
+    test_means: np.ndarray | None = None
+    #: distinct headlines in the headline's test
+    test_sizes: np.ndarray | None = None
 
     @property
     def ctr(self) -> np.ndarray:
         return self.clicks / self.impressions
+
+    @property
+    def deviation(self) -> np.ndarray:
+        """``ctr - test_mean``: what the ``level_deviation`` target standardises."""
+        if self.test_means is None:
+            raise DataError("these examples were built without test means")
+        return self.ctr - self.test_means
 
     def __len__(self) -> int:
         return len(self.headlines)
@@ -66,6 +91,9 @@ class HeadlineExamples:
             self.impressions[index],
             self.clicks[index],
             self.weights[index],
+            None if self.test_weeks is None else tuple(self.test_weeks[i] for i in index),
+            None if self.test_means is None else self.test_means[index],
+            None if self.test_sizes is None else self.test_sizes[index],
         )
 
 
@@ -76,14 +104,26 @@ def build_examples(
     weight_by_impressions: bool = True,
 ) -> HeadlineExamples:
     """Pool packages per headline (sorted, so file order never matters) and filter by impressions."""
+    test_totals: dict[str, list] = {}
+    for p in packages:
+        t = test_totals.setdefault(p.test_id, [0, 0, set()])
+        t[0] += p.impressions
+        t[1] += p.clicks
+        t[2].add(p.headline.strip())
     pooled: dict[str, list] = {}
     for p in packages:
         key = p.headline.strip()
-        row = pooled.setdefault(key, [0, 0, ""])
+        # impressions, clicks, context, earliest test_week, sum(imps*test mean), test size
+        row = pooled.setdefault(key, [0, 0, "", None, 0.0, 0])
         row[0] += p.impressions
         row[1] += p.clicks
         if not row[2]:
             row[2] = package_context(p)
+        if p.test_week is not None and (row[3] is None or p.test_week < row[3]):
+            row[3] = p.test_week
+        total = test_totals[p.test_id]
+        row[4] += p.impressions * (total[1] / total[0])
+        row[5] = max(row[5], len(total[2]))
     keys = [k for k in sorted(pooled) if pooled[k][0] >= min_impressions]
     if not keys:
         raise DataError(f"no headline has >= {min_impressions} impressions; lower min_impressions")
@@ -92,7 +132,10 @@ def build_examples(
     weights = imps / imps.mean() if weight_by_impressions else np.ones_like(imps)
     contexts = tuple(pooled[k][2] for k in keys)
     texts = tuple(model_text(k, c, text_mode) for k, c in zip(keys, contexts))
-    return HeadlineExamples(tuple(keys), contexts, texts, imps, clicks, weights)
+    test_weeks = tuple(pooled[k][3] for k in keys)
+    test_means = np.array([pooled[k][4] / pooled[k][0] for k in keys])
+    test_sizes = np.array([pooled[k][5] for k in keys], dtype=np.int64)
+    return HeadlineExamples(tuple(keys), contexts, texts, imps, clicks, weights, test_weeks, test_means, test_sizes)
 
 
 @dataclass(frozen=True)
@@ -102,6 +145,8 @@ class TargetScaling:
     mean: float
     std: float
     kind: str = "standardize"
+    #: ``level_deviation`` only: the week level added back at serving time
+    level: "WeekLevel | None" = None
 
     @classmethod
     def fit(cls, ctr: np.ndarray, weights: np.ndarray) -> "TargetScaling":
@@ -112,6 +157,22 @@ class TargetScaling:
             raise DataError("training CTRs have zero variance; cannot scale targets")
         return cls(mean, std)
 
+    @classmethod
+    def fit_examples(cls, train: HeadlineExamples, target: str, level: "WeekLevel | None" = None) -> "TargetScaling":
+        """Scaling of the training target: absolute CTR, or within-test deviation plus ``level``."""
+        if target == "ctr":
+            return cls.fit(train.ctr, train.weights)
+        if target != "level_deviation":
+            raise DataError(f"unknown target {target!r}")
+        if level is None:
+            raise DataError("the level_deviation target needs a week level")
+        s = cls.fit(train.deviation, train.weights)
+        return cls(s.mean, s.std, "level_deviation", level)
+
+    def target(self, examples: HeadlineExamples) -> np.ndarray:
+        """The standardised training target of ``examples``."""
+        return self.forward(examples.deviation if self.kind == "level_deviation" else examples.ctr)
+
     def forward(self, ctr: np.ndarray) -> np.ndarray:
         return (np.asarray(ctr, dtype=np.float64) - self.mean) / self.std
 
@@ -119,7 +180,10 @@ class TargetScaling:
         return self.mean + self.std * np.asarray(z, dtype=np.float64)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "mean": self.mean, "std": self.std}
+        out = {"kind": self.kind, "mean": self.mean, "std": self.std}
+        if self.level is not None:
+            out["week_level"] = self.level.to_dict()
+        return out
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -154,10 +154,18 @@ def evaluate(
     results, details = {}, {}
 
     t = time.monotonic()
-    pred = prior.predict(list(everything.headlines), list(everything.contexts))
+    pred = prior.predict(list(everything.headlines), list(everything.contexts), list(everything.test_weeks))
     results["finetuned"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
     details["finetuned"] = {"variant": prior.variant, "provider": prior.provider, "model_version": prior.model_version,
-                            "seconds": round(time.monotonic() - t, 1)}
+                            "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1)}
+
+    # The week level alone: how much of R2 is the site-wide level, which no headline text carries.
+    from lola.export.level import fit_package_level, week_index
+
+    level, level_info = fit_package_level(splits["train"], splits["tune"] if split == "test" else None)
+    pred = level(np.array([week_index(w) for w in everything.test_weeks]))
+    results["week_level"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
+    details["week_level"] = {k: level_info[k] for k in ("bandwidth_weeks", "chosen_by")}
 
     if embedding_baseline:
         t = time.monotonic()

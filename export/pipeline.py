@@ -29,7 +29,7 @@ def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
     tune = split_packages(packages)["tune"]
     everything = build_examples(tune, hp["text_mode"], 0, False)
     scored = build_examples(tune, hp["text_mode"], hp["min_impressions"], False)
-    pred = prior.predict(list(everything.headlines), list(everything.contexts))
+    pred = prior.predict(list(everything.headlines), list(everything.contexts), list(everything.test_weeks))
     return {"tune": score_predictions(dict(zip(everything.headlines, pred)), scored, headline_tests(tune))}
 
 

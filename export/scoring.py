@@ -17,7 +17,9 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
     """Write ``headline,prior_ctr`` with one row per input row, in input order.
 
     Rows with an empty headline get an empty ``prior_ctr`` (counted in the summary),
-    so the output still lines up with the input.
+    so the output still lines up with the input. A model trained on the
+    ``level_deviation`` target adds the level of the row's ``test_week`` (archive
+    ``YYYYWW``) when the CSV has one, else the most recent level it knows.
     """
     from lola.export.serve import OnnxPriorModel
 
@@ -27,17 +29,20 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
         reader = csv.DictReader(fh)
         if "headline" not in (reader.fieldnames or ()):
             raise DataError(f"{input_csv}: no `headline` column (found {reader.fieldnames})")
-        rows = [(r.get("headline") or "", r.get("lede") or "", r.get("excerpt") or "") for r in reader]
+        rows = [(r.get("headline") or "", r.get("lede") or "", r.get("excerpt") or "", _week(r.get("test_week")))
+                for r in reader]
     model = OnnxPriorModel(model_dir, provider=provider, variant=variant)
     # Score each distinct (headline, context) once: archive CSVs repeat headlines across images.
     from lola.export.text import clean_text
 
     keys = []
-    for headline, lede, excerpt in rows:
+    uses_week = model.week_level is not None
+    for headline, lede, excerpt, week in rows:
         context = lede if clean_text(lede) else excerpt
-        keys.append((headline, context if model.text_mode == "headline_context" else ""))
+        keys.append((headline, context if model.text_mode == "headline_context" else "", week if uses_week else -1))
     unique = sorted({k for k in keys if k[0].strip()})
-    preds = model.predict([k[0] for k in unique], [k[1] for k in unique]) if unique else []
+    weeks = [None if k[2] < 0 else k[2] for k in unique] if uses_week else None
+    preds = model.predict([k[0] for k in unique], [k[1] for k in unique], weeks) if unique else []
     by_key = dict(zip(unique, preds))
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_csv.with_name(output_csv.name + ".tmp")
@@ -45,7 +50,7 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["headline", "prior_ctr"])
-        for (headline, _, _), key in zip(rows, keys):
+        for (headline, *_), key in zip(rows, keys):
             if key in by_key:
                 writer.writerow([headline, repr(float(by_key[key]))])
             else:
@@ -57,3 +62,11 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
     return {"rows": len(rows), "scored_unique": len(unique), "empty_headlines": empty,
             "model_version": model.model_version, "variant": model.variant, "provider": model.provider,
             "out": str(output_csv)}
+
+
+def _week(text: str | None) -> int:
+    """``test_week`` as an int, -1 when missing or unreadable (then the latest level is used)."""
+    try:
+        return int(float(text)) if text and text.strip() else -1
+    except ValueError:
+        return -1

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
+from lola.export.level import WeekLevel, week_index
 from lola.export.text import model_text
 
 log = logging.getLogger("lola.export.serve")
@@ -162,6 +163,8 @@ class OnnxPriorModel:
         self.text_mode = self.card.get("text_mode", "headline")
         scaling = self.card["target_scaling"]
         self.mean, self.std = float(scaling["mean"]), float(scaling["std"])
+        # level_deviation models predict a within-test deviation; the week's level is added back.
+        self.week_level = WeekLevel.from_dict(scaling["week_level"]) if scaling.get("week_level") else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embedding_dim = (self.session.get_outputs()[self.output_names.index("embedding")].shape[-1]
@@ -221,11 +224,27 @@ class OnnxPriorModel:
             return np.zeros(0, dtype=np.float64)
         return self._run(prepared, "logits")[:, 0].astype(np.float64)
 
-    def predict(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
+    def level(self, test_weeks: Sequence[int | None] | None, n: int) -> np.ndarray:
+        """The week level added to each prediction (zeros for an absolute-CTR model).
+
+        ``test_weeks`` are archive ``YYYYWW`` values; ``None`` (a live variant) takes the
+        most recent level the model knows.
+        """
+        if self.week_level is None:
+            return np.zeros(n)
+        if test_weeks is None:
+            return self.week_level(None, n)
+        if len(test_weeks) != n:
+            raise DataError(f"{len(test_weeks)} test weeks for {n} texts")
+        return self.week_level(np.array([week_index(w) for w in test_weeks], dtype=np.float64))
+
+    def predict(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+                test_weeks: Sequence[int | None] | None = None) -> np.ndarray:
         """Predicted CTR per text: float64, clamped to [0, 1], in input order."""
         z = self.raw_scores(texts, contexts)
-        ctr = self.mean + self.std * z
-        ctr = np.where(np.isfinite(ctr), ctr, self.mean)
+        base = self.mean + self.level(test_weeks, len(z))
+        ctr = base + self.std * z
+        ctr = np.where(np.isfinite(ctr), ctr, base)
         return np.clip(ctr, 0.0, 1.0)
 
     def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:

@@ -31,6 +31,7 @@ from lola.errors import ConfigError, DataError
 from lola.export.base import BaseRef, load_classifier, load_tokenizer, resolve_base
 from lola.export.config import TrainConfig
 from lola.export.data import HeadlineExamples, TargetScaling, build_examples, file_sha256
+from lola.export.level import fit_package_level
 
 log = logging.getLogger("lola.export.train")
 
@@ -48,6 +49,7 @@ class PreparedData:
     data_path: str
     data_sha256: str
     load_summary: str
+    level_report: dict | None = None
 
 
 def prepare_data(data_csv: str | Path, config: TrainConfig) -> PreparedData:
@@ -61,13 +63,19 @@ def prepare_data(data_csv: str | Path, config: TrainConfig) -> PreparedData:
         tune = build_examples(splits["tune"], **kwargs)
     except DataError as exc:
         raise DataError(f"{data_csv}: {exc}") from None
+    level = level_report = None
+    if config.target == "level_deviation":
+        # Alone in its test, a headline's deviation is 0 by construction: nothing to learn.
+        train = train.subset(np.flatnonzero(train.test_sizes >= 2))
+        level, level_report = fit_package_level(splits["train"], splits["tune"])
     if config.train_limit is not None and config.train_limit < len(train):
         rng = np.random.default_rng(config.seed)
         train = train.subset(np.sort(rng.choice(len(train), size=config.train_limit, replace=False)))
     if len(train) < 2:
         raise DataError(f"{data_csv}: only {len(train)} training headline(s) after filtering; need at least 2")
-    scaling = TargetScaling.fit(train.ctr, train.weights)
-    return PreparedData(train, tune, scaling, str(Path(data_csv).resolve()), file_sha256(data_csv), report.summary())
+    scaling = TargetScaling.fit_examples(train, config.target, level)
+    return PreparedData(train, tune, scaling, str(Path(data_csv).resolve()), file_sha256(data_csv), report.summary(),
+                        level_report)
 
 
 def total_steps(n_examples: int, config: TrainConfig) -> int:
@@ -232,7 +240,7 @@ def train(
     model.to(device)
 
     token_ids = tokenize(tokenizer, data.train.texts, config.max_length)
-    targets = torch.tensor(data.scaling.forward(data.train.ctr), dtype=torch.float32)
+    targets = torch.tensor(data.scaling.target(data.train), dtype=torch.float32)
     weights = torch.tensor(data.train.weights, dtype=torch.float32)
     steps = total_steps(len(data.train), config)
 
@@ -299,6 +307,7 @@ def train(
         "base_description": ref.describe(),
         "config": config.model_dump(mode="json"),
         "target_scaling": data.scaling.to_dict(),
+        "week_level_fit": data.level_report,
         "data": {"path": data.data_path, "sha256": data.data_sha256, "load": data.load_summary,
                  "split": "by-component 60/20/20 (lola.data.upworthy.split_packages)",
                  "train_headlines": len(data.train), "tune_headlines": len(data.tune)},

@@ -8,12 +8,12 @@ import pytest
 from lola.errors import ConfigError
 
 
-def test_eval_reports_four_predictors_on_the_test_split(exported_tiny, tiny_csv):
+def test_eval_reports_every_predictor_on_the_test_split(exported_tiny, tiny_csv):
     from lola.data.upworthy import headline_tests, load_packages, split_packages
     from lola.export.evaluate import evaluate, format_table
 
     report = evaluate(exported_tiny, tiny_csv, split="test", embed_train_limit=20)
-    assert set(report["predictors"]) == {"finetuned", "embedding_ridge", "tfidf_ridge", "constant"}
+    assert set(report["predictors"]) == {"finetuned", "embedding_ridge", "tfidf_ridge", "week_level", "constant"}
     assert report["split"] == "test" and report["data_matches_training_data"]
     tests = headline_tests(split_packages(load_packages(tiny_csv)[0])["test"])
     constant = report["predictors"]["constant"]
