@@ -19,9 +19,10 @@ Tansu notes (measured against the bundled v0.6.0-510f3e2 build; see README):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from lola.errors import BrokerError, ConfigError
 from lola.stream.processor import DeadLetter
@@ -109,6 +110,68 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     return counts
 
 
+class DeliveryTracker:
+    """Sequence numbers for produced outputs, so a checkpoint waits for exactly its predecessors.
+
+    A checkpoint at input offset X may be written only once every output produced for
+    the records before X has been acknowledged. ``producer.flush()`` guarantees that,
+    but blocks the allocation loop (and so every decision) for a broker round trip or
+    more. Instead each output's delivery callback is wrapped by :meth:`track`; a
+    :meth:`barrier` records how many outputs are still unacknowledged at that moment,
+    and :meth:`cleared` is true once all of those, and only those, have been reported
+    (librdkafka does not report in produce order across partitions, so a plain count
+    of deliveries would not do). One barrier at a time; pure Python, no broker.
+    """
+
+    __slots__ = ("produced", "delivered", "_barrier", "_left")
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.delivered = 0
+        self._barrier: int | None = None
+        self._left = 0
+
+    def track(self, callback: Callable[[Any, Any], None] | None = None) -> Callable[[Any, Any], None]:
+        """A delivery callback for the next produced output (calls ``callback`` too)."""
+        seq = self.produced
+        self.produced += 1
+        return functools.partial(self._done, seq, callback)
+
+    def _done(self, seq: int, callback: Any, err: Any, msg: Any) -> None:
+        self.delivered += 1
+        if self._barrier is not None and seq < self._barrier:
+            self._left -= 1
+        if callback is not None:
+            callback(err, msg)
+
+    def produce(self, producer: Any, topic: str, value: bytes | None, key: bytes | None = None,
+                callback: Callable[[Any, Any], None] | None = None, **kw: Any) -> None:
+        """:func:`produce` with a tracked callback; a produce that raises is no longer awaited."""
+        on_delivery = self.track(callback)
+        try:
+            produce(producer, topic, value, key=key, on_delivery=on_delivery, **kw)
+        except BaseException:
+            on_delivery.func(on_delivery.args[0], None, None, None)  # never sent: never awaited
+            raise
+
+    def barrier(self) -> None:
+        """Wait (via :meth:`cleared`) for every output tracked so far."""
+        # Every delivery so far had seq < produced, so the rest are exactly the unreported ones.
+        self._barrier = self.produced
+        self._left = self.produced - self.delivered
+
+    def cleared(self) -> bool:
+        return self._barrier is None or self._left <= 0
+
+    def release(self) -> None:
+        self._barrier = None
+        self._left = 0
+
+    @property
+    def outstanding(self) -> int:
+        return self.produced - self.delivered
+
+
 class DeadLetterPolicy(Protocol):
     """What happens to a bad message: the one injected policy."""
 
@@ -118,10 +181,12 @@ class DeadLetterPolicy(Protocol):
 class KafkaDeadLetterPolicy:
     """Publish the original bytes to the dead-letter topic with reason/source headers."""
 
-    def __init__(self, producer: Any, topic: str, on_error: Any = None) -> None:
+    def __init__(self, producer: Any, topic: str, on_error: Any = None,
+                 tracker: DeliveryTracker | None = None) -> None:
         self.producer = producer
         self.topic = topic
         self._on_error = on_error
+        self._tracker = tracker  # the worker's: a checkpoint waits for its dead letters too
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -133,8 +198,12 @@ class KafkaDeadLetterPolicy:
         headers = [(H_REASON, letter.reason.encode()), (H_DETAIL, letter.detail.encode("utf-8", "replace")[:500]),
                    (H_TOPIC, source_topic.encode()), (H_PARTITION, str(partition).encode()),
                    (H_OFFSET, str(letter.offset).encode())]
-        produce(self.producer, self.topic, letter.value, key=letter.key, headers=headers,
-                on_delivery=self._delivered)
+        if self._tracker is not None:
+            self._tracker.produce(self.producer, self.topic, letter.value, key=letter.key,
+                                  callback=self._delivered, headers=headers)
+        else:
+            produce(self.producer, self.topic, letter.value, key=letter.key, headers=headers,
+                    on_delivery=self._delivered)
 
 
 class ListDeadLetterPolicy:

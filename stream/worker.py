@@ -48,6 +48,22 @@ log = logging.getLogger("lola.stream.worker")
 
 #: How many records at the tail of a state partition are examined on restore.
 RESTORE_TAIL = 16
+#: A periodic checkpoint not written within this is abandoned and retried with newer state.
+CHECKPOINT_TIMEOUT_S = 30.0
+
+
+class _PendingCheckpoint:
+    """A periodic checkpoint between serialisation and acknowledgement."""
+
+    __slots__ = ("blobs", "started", "created", "produced", "sent", "results")
+
+    def __init__(self, blobs: dict[int, tuple[bytes, int]], started: float, created: float) -> None:
+        self.blobs = blobs          # partition -> (record, the next input offset it reflects)
+        self.started = started
+        self.created = created
+        self.produced = False
+        self.sent: set[int] = set()
+        self.results: dict[int, Any] = {}
 
 
 class Worker:
@@ -81,8 +97,10 @@ class Worker:
             settings, **{"client.id": self.worker_id, "partition.assignment.strategy": "range",
                          "session.timeout.ms": settings.session_timeout_ms,
                          "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300_000}))
+        self.deliveries = kf.DeliveryTracker()
         self.dead_letters = dead_letter_policy or kf.KafkaDeadLetterPolicy(
-            self.producer, settings.deadletter_topic, on_error=lambda err: self.metrics.produce_errors.inc())
+            self.producer, settings.deadletter_topic, on_error=lambda err: self.metrics.produce_errors.inc(),
+            tracker=self.deliveries)
         provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.priors = PriorService(provider, settings.prior_timeout_s, settings.prior_batch_size,
                                    on_fallback=lambda reason: self.metrics.prior_fallbacks.labels(reason).inc(),
@@ -91,6 +109,7 @@ class Worker:
         self.checkpointed_at: dict[int, float] = {}
         self.checkpointed_offset: dict[int, int] = {}
         self.dirty_experiments: dict[int, set[str]] = {}
+        self._pending: _PendingCheckpoint | None = None  # the periodic checkpoint in progress
         self._stop = threading.Event()
         self._failed = False  # set when the loop dies mid-batch: then never checkpoint
         self._callback_error: BaseException | None = None
@@ -239,6 +258,12 @@ class Worker:
         remaining = self.producer.flush(30)
         if remaining:
             raise BrokerError(f"{remaining} output records not delivered within 30s; checkpoint postponed")
+        # Everything produced is now acknowledged: let a periodic checkpoint in progress
+        # finish (or give way: the records written below reflect at least as much input).
+        self.advance_checkpoint()
+        if self._pending is not None:
+            self._pending = None
+            self.deliveries.release()
         written = 0
         commits = []
         now = time.time()
@@ -283,6 +308,93 @@ class Worker:
             raise BrokerError.from_kafka_error(f"checkpoint of partition(s) {[f[0] for f in failed]} not written", err)
         return written
 
+    def begin_checkpoint(self) -> bool:
+        """Start a periodic checkpoint without blocking the loop; False if one is in progress.
+
+        The records are serialised now (the state as of each shard's ``next_offset``),
+        but produced only once every output produced before this moment has been
+        acknowledged (:class:`~lola.stream.kafka.DeliveryTracker`), which is the same
+        guarantee as ``flush()`` before a checkpoint, without stopping decisions while
+        the broker answers. :meth:`advance_checkpoint` moves it on from the loop.
+        """
+        if self._pending is not None:
+            return False
+        now = time.time()
+        blobs: dict[int, tuple[bytes, int]] = {}
+        for p, shard in self.shards.items():
+            if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
+                self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
+                continue
+            blobs[p] = (shard.to_checkpoint(self.topic), shard.next_offset)
+        if not blobs:
+            return False
+        self.deliveries.barrier()
+        self._pending = _PendingCheckpoint(blobs, time.perf_counter(), now)
+        self.advance_checkpoint()
+        return True
+
+    def advance_checkpoint(self) -> None:
+        """Produce the pending checkpoint once its barrier clears; finish it once delivered."""
+        from confluent_kafka import TopicPartition
+
+        pc = self._pending
+        if pc is None:
+            return
+        if not pc.produced:
+            if not self.deliveries.cleared():
+                if time.perf_counter() - pc.started > CHECKPOINT_TIMEOUT_S:
+                    self._abandon_checkpoint(f"outputs still unacknowledged after {CHECKPOINT_TIMEOUT_S:.0f}s "
+                                             f"({self.deliveries.outstanding} in flight)")
+                return
+            self.deliveries.release()
+            for p, (blob, _) in pc.blobs.items():
+                if p not in self.shards:
+                    continue  # revoked meanwhile: its revoke checkpoint superseded this one
+
+                def delivered(err: Any, msg: Any, p: int = p) -> None:
+                    pc.results[p] = err
+
+                # One record per state partition per request (keeps Tansu's listed watermark exact).
+                kf.produce(self.producer, self.settings.state_topic, blob, key=self._checkpoint_key(p),
+                           partition=p, on_delivery=delivered)
+                pc.sent.add(p)
+            pc.produced = True
+        if len(pc.results) < len(pc.sent):
+            if time.perf_counter() - pc.started > CHECKPOINT_TIMEOUT_S:
+                self._abandon_checkpoint(f"checkpoint records not acknowledged after {CHECKPOINT_TIMEOUT_S:.0f}s")
+            return
+        self._pending = None
+        commits, failed = [], []
+        for p in sorted(pc.sent):
+            err = pc.results[p]
+            if err is not None:
+                failed.append((p, err))
+                continue
+            offset = pc.blobs[p][1]
+            if p in self.shards and offset >= self.checkpointed_offset.get(p, -1):
+                self.checkpointed_offset[p] = offset
+                self.checkpointed_at[p] = pc.created
+                commits.append(TopicPartition(self.topic, p, offset))
+        if commits:
+            try:
+                self.consumer.commit(offsets=commits, asynchronous=True)
+            except Exception as exc:  # commits are advisory (lag); the checkpoint is the truth
+                log.warning("offset commit failed", extra={"error": str(exc)})
+        self.metrics.checkpoints.inc(len(commits))
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - pc.started)
+        if failed:
+            err = BrokerError.from_kafka_error(f"checkpoint of partition(s) {[p for p, _ in failed]} not written",
+                                               failed[0][1])
+            log.error("checkpoint failed; will retry", extra={"error": str(err)})
+
+    def _abandon_checkpoint(self, why: str) -> None:
+        # The next interval serialises a newer state and tries again; nothing is lost
+        # meanwhile, a crash just replays from the older checkpoint.
+        self._pending = None
+        self.deliveries.release()
+        self.metrics.produce_errors.inc()
+        log.error("checkpoint abandoned; will retry", extra={"error": why})
+
     def _publish_snapshots(self, partitions: list[int] | None = None) -> int:
         n = 0
         now = time.time()
@@ -292,8 +404,9 @@ class Worker:
             if shard is None or not dirty:
                 continue
             for exp_id in dirty:
-                kf.produce(self.producer, self.settings.snapshots_topic, orjson.dumps(shard.snapshot(exp_id, now)),
-                           key=exp_id.encode(), on_delivery=self._on_output)
+                self.deliveries.produce(self.producer, self.settings.snapshots_topic,
+                                        orjson.dumps(shard.snapshot(exp_id, now)), key=exp_id.encode(),
+                                        callback=self._on_output)
                 n += 1
             dirty.clear()
         return n
@@ -306,8 +419,10 @@ class Worker:
     # ------------------------------------------------------------------ main loop
     def _emit(self, partition: int, out: BatchOutput) -> None:
         m = self.metrics
+        track = self.deliveries.produce
+        topic = self.settings.decisions_topic
         for key, value in out.decisions:
-            kf.produce(self.producer, self.settings.decisions_topic, value, key=key, on_delivery=self._on_output)
+            track(self.producer, topic, value, key=key, callback=self._on_output)
         if out.decisions:
             m.decisions.inc(len(out.decisions))
         for letter in out.dead_letters:
@@ -414,12 +529,11 @@ class Worker:
                 if now - last_snapshot >= s.snapshot_interval_s:
                     self._publish_snapshots()
                     last_snapshot = now
-                if now - last_checkpoint >= s.checkpoint_interval_s:
-                    try:
-                        self.checkpoint()
-                    except BrokerError as exc:
-                        log.error("checkpoint failed; will retry", extra={"error": str(exc)})
-                    last_checkpoint = time.monotonic()
+                if now - last_checkpoint >= s.checkpoint_interval_s and self._pending is None:
+                    self.begin_checkpoint()
+                    last_checkpoint = now
+                else:
+                    self.advance_checkpoint()
                 if now - last_gauges >= 1.0:
                     self._update_gauges()
                     last_gauges = now
