@@ -110,6 +110,7 @@ class Worker:
         self.checkpointed_offset: dict[int, int] = {}
         self.dirty_experiments: dict[int, set[str]] = {}
         self._pending: _PendingCheckpoint | None = None  # the periodic checkpoint in progress
+        self._first_assigned_at: float | None = None
         self._stop = threading.Event()
         self._failed = False  # set when the loop dies mid-batch: then never checkpoint
         self._callback_error: BaseException | None = None
@@ -205,6 +206,8 @@ class Worker:
 
     def _assign(self, consumer: Any, partitions: list) -> None:
         self._ready = False
+        if self._first_assigned_at is None:
+            self._first_assigned_at = time.perf_counter()
         for tp in partitions:
             if tp.topic != self.topic:
                 continue
@@ -558,4 +561,8 @@ class Worker:
                 self.http.stop()
         log.info("worker stopped", extra={"records": consumed, "decisions": decisions, "dead_letters": dead})
         return {"records": consumed, "decisions": decisions, "dead_letters": dead,
-                "busy_seconds": (t_last - t_first) if t_first is not None else 0.0}
+                "busy_seconds": (t_last - t_first) if t_first is not None else 0.0,
+                # from the first assignment (restore included) to the last record: what a
+                # reader pays from "start fetching" to "done", comparable across consumers
+                "seconds_since_assignment": (t_last - self._first_assigned_at)
+                if t_last is not None and self._first_assigned_at is not None else 0.0}
