@@ -36,7 +36,8 @@ class TargetOpt(str, Enum):
     level_deviation = "level_deviation"
 
 
-TARGET_HELP = "ctr (paper: absolute CTR) or level_deviation (CTR minus its test's mean; week level added back)."
+TARGET_HELP = ("level_deviation (default: CTR minus its test's mean, week level added back when serving) "
+               "or ctr (the paper's absolute CTR).")
 
 
 def _logging() -> None:

@@ -55,7 +55,9 @@ class TrainConfig(BaseModel):
 
     # data and targets
     text_mode: TextMode = "headline"
-    target: Target = "ctr"
+    #: level_deviation (the default since it won on the tune split: R2 0.252 vs 0.062, pairwise
+    #: 59.8% vs 57.8%, top-1 30.3% vs 30.6%, quick profile) or the paper's absolute ctr.
+    target: Target = "level_deviation"
     max_length: int = 64
     min_impressions: int = 500
     weight_by_impressions: bool = True

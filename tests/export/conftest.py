@@ -75,7 +75,7 @@ def trained_tiny(tmp_path_factory, tiny_base, tiny_csv) -> Path:
     out = tmp_path_factory.mktemp("tiny-train")
     config = make_config("quick", max_steps=TINY_STEPS, min_impressions=0, train_limit=None, checkpoint_every=2,
                          lora_last_layers=None,
-                         learning_rate=1e-2)
+                         learning_rate=1e-2, target="ctr")  # level_deviation: tests/export/test_level.py
     train(tiny_csv, out, config, base=str(tiny_base), progress=False)
     return out
 
