@@ -94,11 +94,13 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     model = OnnxPriorModel(model_dir)
     texts = list(dict.fromkeys(headlines))
     weeks = [test_weeks.get(t) for t in texts] if test_weeks is not None else None
-    preds = np.asarray(model.predict(texts, None, weeks), dtype=np.float64).reshape(-1)
     emb = None
     if want_embeddings and getattr(model, "embedding_dim", None):
-        vecs = np.asarray(model.embed(texts), dtype=np.float64)
-        emb = {t: vecs[i] for i, t in enumerate(texts)}
+        preds, vecs = model.predict_and_embed(texts, None, weeks)
+        emb = {t: np.asarray(vecs[i], dtype=np.float64) for i, t in enumerate(texts)}
+    else:
+        preds = model.predict(texts, None, weeks)
+    preds = np.asarray(preds, dtype=np.float64).reshape(-1)
     return PriorTable(dict(zip(texts, np.clip(preds, 0.0, 1.0).tolist())), source=f"model {model_dir}", embeddings=emb)
 
 

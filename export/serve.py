@@ -199,22 +199,25 @@ class OnnxPriorModel:
             mask[i, :n] = 1
         return ids, mask
 
-    def _run(self, texts: list[str], want: str) -> np.ndarray:
+    def _run(self, texts: list[str], *want: str) -> list[np.ndarray]:
         # Sort by length so each batch pads little; restore the order at the end.
         lengths = [len(t) for t in texts]
         order = np.argsort(lengths, kind="stable")
-        chunks = []
+        chunks: list[list[np.ndarray]] = [[] for _ in want]
         for start in range(0, len(texts), self.batch_size):
             batch = [texts[i] for i in order[start : start + self.batch_size]]
             ids, mask = self.encode(batch)
             feeds = {"input_ids": ids, "attention_mask": mask}
             feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-            out = self.session.run([want], feeds)[0]
-            chunks.append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))
-        stacked = np.concatenate(chunks, axis=0)
-        result = np.empty_like(stacked)
-        result[order] = stacked
-        return result
+            for j, out in enumerate(self.session.run(list(want), feeds)):
+                chunks[j].append(np.asarray(out, dtype=np.float32).reshape(len(batch), -1))
+        results = []
+        for parts in chunks:
+            stacked = np.concatenate(parts, axis=0)
+            result = np.empty_like(stacked)
+            result[order] = stacked
+            results.append(result)
+        return results
 
     # -- public API ---------------------------------------------------------
     def raw_scores(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
@@ -222,7 +225,7 @@ class OnnxPriorModel:
         prepared = self._texts(texts, contexts)
         if not prepared:
             return np.zeros(0, dtype=np.float64)
-        return self._run(prepared, "logits")[:, 0].astype(np.float64)
+        return self._run(prepared, "logits")[0][:, 0].astype(np.float64)
 
     def level(self, test_weeks: Sequence[int | None] | None, n: int) -> np.ndarray:
         """The week level added to each prediction (zeros for an absolute-CTR model).
@@ -241,11 +244,24 @@ class OnnxPriorModel:
     def predict(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
                 test_weeks: Sequence[int | None] | None = None) -> np.ndarray:
         """Predicted CTR per text: float64, clamped to [0, 1], in input order."""
-        z = self.raw_scores(texts, contexts)
+        return self._to_ctr(self.raw_scores(texts, contexts), test_weeks)
+
+    def _to_ctr(self, z: np.ndarray, test_weeks: Sequence[int | None] | None) -> np.ndarray:
         base = self.mean + self.level(test_weeks, len(z))
         ctr = base + self.std * z
         ctr = np.where(np.isfinite(ctr), ctr, base)
         return np.clip(ctr, 0.0, 1.0)
+
+    def predict_and_embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+                          test_weeks: Sequence[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` and :meth:`embed` from one pass of the network (half the cost of both)."""
+        if self.embedding_dim is None:
+            raise ModelIntegrityError(f"{self.model_dir}: this export has no embedding output")
+        prepared = self._texts(texts, contexts)
+        if not prepared:
+            return np.zeros(0, dtype=np.float64), np.zeros((0, int(self.embedding_dim)), dtype=np.float32)
+        logits, emb = self._run(prepared, "logits", "embedding")
+        return self._to_ctr(logits[:, 0].astype(np.float64), test_weeks), emb.astype(np.float32)
 
     def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled last hidden state (float32 ``[n, d]``) of the fine-tuned model."""
@@ -254,7 +270,7 @@ class OnnxPriorModel:
         prepared = self._texts(texts, contexts)
         if not prepared:
             return np.zeros((0, int(self.embedding_dim)), dtype=np.float32)
-        return self._run(prepared, "embedding").astype(np.float32)
+        return self._run(prepared, "embedding")[0].astype(np.float32)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict(texts)

@@ -122,6 +122,18 @@ def test_embeddings_and_version(exported_tiny):
     assert len(model.model_version) == 16 and model.provider == "CPUExecutionProvider"
 
 
+def test_predict_and_embed_is_one_pass_of_both(exported_tiny):
+    from lola.export.serve import OnnxPriorModel
+
+    model = OnnxPriorModel(exported_tiny, batch_size=2)
+    texts = ["a much longer headline about dogs", "a cat", "the dog", ""]
+    ctr, emb = model.predict_and_embed(texts)
+    np.testing.assert_allclose(ctr, model.predict(texts), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(emb, model.embed(texts), rtol=0, atol=1e-6)
+    empty_ctr, empty_emb = model.predict_and_embed([])
+    assert empty_ctr.shape == (0,) and empty_emb.shape == (0, 32)
+
+
 def test_int8_variant_serves_close_to_fp32(exported_tiny):
     from lola.export.serve import OnnxPriorModel
 
