@@ -40,10 +40,12 @@ POLICY_KERNELS = {
 POLICY_NAMES = tuple(POLICY_KERNELS)
 PAPER_POLICIES = ("E&C", "UCB", "PureLLM", "LOLA", "TS", "LLM-TS", "LLM-LinUCB")
 
-# The paper's grids (section 4.3, appendix G.2), widened downwards for n_aux as the issue asks.
+# The paper's grids (section 4.3, appendix G.2), widened downwards for n_aux as the issue asks,
+# and upwards: LOLA tends to PureLLM as n_aux grows, so with a prior that beats the early data
+# (short horizons) the grid must be able to reach it instead of capping trust at 1,400.
 ALPHA_GRID = (0.02, 0.04, 0.06, 0.08, 0.10)
 EC_FRACTION_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
-N_AUX_GRID = (100.0, 200.0, 400.0, 700.0, 1000.0, 1400.0)
+N_AUX_GRID = (100.0, 200.0, 400.0, 700.0, 1000.0, 1400.0, 2800.0, 5600.0)
 LLM_TS_N_AUX_GRID = (200.0, 600.0, 1000.0, 1400.0)
 TS_PRIOR_GRID = ((1.0, 1.0), (1.38, 96.11))  # (alpha0, beta0): flat, and appendix G.2's fitted prior
 LINUCB_ALPHA_GRID = (0.005, 0.01, 0.02, 0.05)
