@@ -1,4 +1,4 @@
-"""CLI commands of lola.export: ``lola priors train|export|score|eval|build-default``.
+"""CLI commands of lola.export: ``lola priors train|export|readout|score|eval|build-default``.
 
 Heavy imports (torch, transformers, onnxruntime) stay inside the command bodies.
 """
@@ -114,6 +114,23 @@ def export_cmd(
                            "validation": {k: v["max_abs_diff_logits"] for k, v in card["validation"].items()}}))
 
 
+@priors_app.command("readout")
+def readout_cmd(
+    model: Path = typer.Option(..., "--model", help="Exported model folder (from `lola priors export`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The training CSV (default: the one the card names)."),
+) -> None:
+    """Refit the linear readout (ridge on the model's embeddings) on every training headline; penalty chosen on tune."""
+    _need_file(model / "model_card.json", "--model model_card.json")
+    if data is not None:
+        _need_file(data, "--data CSV")
+    _logging()
+    from lola.export.readout import fit_readout
+
+    entry = fit_readout(model, data)
+    typer.echo(json.dumps({k: entry[k] for k in ("alpha", "chosen_by", "train_headlines", "tune_headlines",
+                                                 "network_head_tune_weighted_mse", "fit_seconds")}))
+
+
 @priors_app.command("score")
 def score_cmd(
     model: Path = typer.Option(..., "--model", help="Exported model folder."),
@@ -166,7 +183,7 @@ def build_default_cmd(
     text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode"),
     target: Optional[TargetOpt] = typer.Option(None, "--target", help=TARGET_HELP),
 ) -> None:
-    """Quick-train on the train split, merge, export (fp32 + int8), validate, score the tune split into the card."""
+    """Quick-train on the train split, merge, export (fp32 + int8), validate, refit the readout, score tune into the card."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
     config = _train_config(not full, text_mode=text_mode.value if text_mode else None,

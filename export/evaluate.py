@@ -154,10 +154,23 @@ def evaluate(
     results, details = {}, {}
 
     t = time.monotonic()
-    pred = prior.predict(list(everything.headlines), list(everything.contexts), list(everything.test_weeks))
+    weeks = list(everything.test_weeks)
+    if prior.embedding_dim is not None:
+        z, embedding = prior.network_outputs(list(everything.headlines), list(everything.contexts))
+        pred = prior.to_ctr(z, weeks, embedding)
+    else:  # an export without the embedding output: the network's head only
+        z, pred = None, prior.predict(list(everything.headlines), list(everything.contexts), weeks)
     results["finetuned"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
     details["finetuned"] = {"variant": prior.variant, "provider": prior.provider, "model_version": prior.model_version,
-                            "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1)}
+                            "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1),
+                            "readout": (card["readout"]["kind"] if prior.readout_weights is not None
+                                        else "network head")}
+    if prior.readout_weights is not None and z is not None:
+        # The same pass through the network's own head: what the readout adds.
+        pred = prior.to_ctr(z, weeks)
+        results["finetuned_network_head"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests,
+                                                              alpha)
+        details["finetuned_network_head"] = {"readout": "network head (no readout.json)"}
 
     # The week level alone: how much of R2 is the site-wide level, which no headline text carries.
     from lola.export.level import fit_package_level, week_index
@@ -198,8 +211,8 @@ def evaluate(
 
 def format_table(report: dict) -> str:
     lines = [f"split={report['split']} text_mode={report['text_mode']}",
-             f"{'predictor':<16}{'R2':>8}{'MAE':>10}{'top1':>8}{'pairwise':>10}"]
+             f"{'predictor':<24}{'R2':>8}{'MAE':>10}{'top1':>8}{'pairwise':>10}"]
     for name, m in report["predictors"].items():
-        lines.append(f"{name:<16}{m['r2']:>8.3f}{m['mae']:>10.5f}{m['top1_accuracy']:>8.3f}"
+        lines.append(f"{name:<24}{m['r2']:>8.3f}{m['mae']:>10.5f}{m['top1_accuracy']:>8.3f}"
                      f"{m['pairwise_accuracy_significant']:>10.3f}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""``lola priors build-default``: train, merge, export, validate, and record tune-split metrics."""
+"""``lola priors build-default``: train, merge, export, validate, refit the readout, record tune-split metrics."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ def training_dir_for(out: Path) -> Path:
 
 
 def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
-    """Fine-tuned model on the tune split (the test split stays untouched for `lola priors eval`)."""
+    """Fine-tuned model on the tune split (the test split stays untouched for `lola priors eval`).
+
+    ``tune`` is what serving predicts (the readout when the model has one); with a readout,
+    ``tune_network_head`` is the network's own head on the same pass, for comparison.
+    """
     from lola.data.upworthy import headline_tests, load_packages, split_packages
     from lola.export.data import build_examples
     from lola.export.evaluate import score_predictions
@@ -29,18 +33,27 @@ def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
     tune = split_packages(packages)["tune"]
     everything = build_examples(tune, hp["text_mode"], 0, False)
     scored = build_examples(tune, hp["text_mode"], hp["min_impressions"], False)
-    pred = prior.predict(list(everything.headlines), list(everything.contexts), list(everything.test_weeks))
-    return {"tune": score_predictions(dict(zip(everything.headlines, pred)), scored, headline_tests(tune))}
+    tests = headline_tests(tune)
+    weeks = list(everything.test_weeks)
+    z, embedding = prior.network_outputs(list(everything.headlines), list(everything.contexts))
+    out = {"tune": score_predictions(dict(zip(everything.headlines, prior.to_ctr(z, weeks, embedding))), scored, tests)}
+    if prior.readout_weights is not None:
+        out["tune_network_head"] = score_predictions(dict(zip(everything.headlines, prior.to_ctr(z, weeks))), scored,
+                                                     tests)
+    return out
 
 
 def build_default(data_csv: Path, out: Path, config: TrainConfig, base: str | None = None) -> dict:
     from lola.export.onnx_export import export_model, update_metrics
+    from lola.export.readout import fit_readout
     from lola.export.train import train
 
     started = time.monotonic()
     train_dir = training_dir_for(Path(out))
     train(data_csv, train_dir, config, base=base)
     card = export_model(train_dir, out, ("int8",), int8_optional=True)
+    # The fine-tune saw a subset; the readout is refitted on every training headline.
+    fit_readout(out, data_csv)
     metrics = tune_metrics(Path(out), Path(data_csv))
     metrics["build_seconds_total"] = round(time.monotonic() - started, 1)
     card = update_metrics(out, metrics)

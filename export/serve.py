@@ -106,6 +106,11 @@ class OnnxPriorModel:
         Rows per ONNX Runtime call.
     intra_op_threads
         ONNX Runtime threads (0: its default).
+    readout
+        Apply the model's refitted linear readout (``readout.json``, see
+        :mod:`lola.export.readout`) when the card has one: predictions are then
+        ``level + embedding @ weights + bias`` instead of the network's own head.
+        ``False`` serves the network's head (used to fit and to evaluate the readout).
     """
 
     def __init__(
@@ -115,6 +120,7 @@ class OnnxPriorModel:
         variant: str = "auto",
         batch_size: int = 64,
         intra_op_threads: int = 0,
+        readout: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -141,7 +147,10 @@ class OnnxPriorModel:
         self.variant = variant
         onnx_name = variants[variant]
         tokenizer_name = self.card["tokenizer"]["file"]
-        verify_files(self.model_dir, self.card, [onnx_name, tokenizer_name, *self.card.get("external_data", {}).get(onnx_name, [])])
+        readout_entry = self.card.get("readout") if readout else None
+        readout_file = [readout_entry["file"]] if readout_entry else []
+        verify_files(self.model_dir, self.card, [onnx_name, tokenizer_name, *readout_file,
+                                                 *self.card.get("external_data", {}).get(onnx_name, [])])
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no wall of provider warnings
@@ -169,6 +178,23 @@ class OnnxPriorModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embedding_dim = (self.session.get_outputs()[self.output_names.index("embedding")].shape[-1]
                               if "embedding" in self.output_names else None)
+        self.readout_weights: np.ndarray | None = None
+        self.readout_bias = 0.0
+        if readout_entry:
+            self._load_readout(readout_entry)
+
+    def _load_readout(self, entry: dict) -> None:
+        path = self.model_dir / entry["file"]
+        try:
+            data = json.loads(path.read_text())
+            weights = np.asarray(data["weights"], dtype=np.float64)
+            bias = float(data["bias"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelIntegrityError(f"{path}: not a readout file ({exc})") from None
+        if self.embedding_dim is None or weights.shape != (int(self.embedding_dim),) or not np.isfinite(weights).all():
+            raise ModelIntegrityError(f"{path}: {weights.shape[0]} finite readout weights expected "
+                                      f"{self.embedding_dim} (the embedding size)")
+        self.readout_weights, self.readout_bias = weights, bias
 
     # -- encoding -----------------------------------------------------------
     def _texts(self, texts: Sequence[str], contexts: Sequence[str] | None) -> list[str]:
@@ -244,24 +270,40 @@ class OnnxPriorModel:
     def predict(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
                 test_weeks: Sequence[int | None] | None = None) -> np.ndarray:
         """Predicted CTR per text: float64, clamped to [0, 1], in input order."""
-        return self._to_ctr(self.raw_scores(texts, contexts), test_weeks)
+        if self.readout_weights is not None:
+            return self.predict_and_embed(texts, contexts, test_weeks)[0]
+        return self.to_ctr(self.raw_scores(texts, contexts), test_weeks)
 
-    def _to_ctr(self, z: np.ndarray, test_weeks: Sequence[int | None] | None) -> np.ndarray:
-        base = self.mean + self.level(test_weeks, len(z))
-        ctr = base + self.std * z
-        ctr = np.where(np.isfinite(ctr), ctr, base)
-        return np.clip(ctr, 0.0, 1.0)
-
-    def predict_and_embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
-                          test_weeks: Sequence[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`predict` and :meth:`embed` from one pass of the network (half the cost of both)."""
+    def network_outputs(self, texts: Sequence[str], contexts: Sequence[str] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The network's standardised score ``z`` (float64) and embedding (float32) from one pass."""
         if self.embedding_dim is None:
             raise ModelIntegrityError(f"{self.model_dir}: this export has no embedding output")
         prepared = self._texts(texts, contexts)
         if not prepared:
             return np.zeros(0, dtype=np.float64), np.zeros((0, int(self.embedding_dim)), dtype=np.float32)
         logits, emb = self._run(prepared, "logits", "embedding")
-        return self._to_ctr(logits[:, 0].astype(np.float64), test_weeks), emb.astype(np.float32)
+        return logits[:, 0].astype(np.float64), emb.astype(np.float32)
+
+    def to_ctr(self, z: np.ndarray, test_weeks: Sequence[int | None] | None,
+               embedding: np.ndarray | None = None) -> np.ndarray:
+        """CTRs in [0, 1] from :meth:`network_outputs`: the readout when loaded and ``embedding``
+        is given, else the network's head ``mean + std * z``; the week level is added to both."""
+        level = self.level(test_weeks, len(z))
+        base = self.mean + level
+        if self.readout_weights is not None and embedding is not None:
+            # The readout predicts the training target in CTR units (deviation or CTR).
+            ctr = level + embedding.astype(np.float64) @ self.readout_weights + self.readout_bias
+        else:
+            ctr = base + self.std * z
+        ctr = np.where(np.isfinite(ctr), ctr, base)
+        return np.clip(ctr, 0.0, 1.0)
+
+    def predict_and_embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None,
+                          test_weeks: Sequence[int | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` and :meth:`embed` from one pass of the network (half the cost of both)."""
+        z, emb = self.network_outputs(texts, contexts)
+        return self.to_ctr(z, test_weeks, emb), emb
 
     def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled last hidden state (float32 ``[n, d]``) of the fine-tuned model."""

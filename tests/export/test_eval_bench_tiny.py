@@ -59,3 +59,11 @@ def test_build_default_trains_exports_and_records_tune_metrics(tmp_path, tiny_ba
     on_disk = json.loads((out / "model_card.json").read_text())
     assert on_disk["metrics"]["tune"]["n_headlines"] > 0 and card["metrics"] == on_disk["metrics"]
     assert set(on_disk["variants"]) <= {"fp32", "int8"} and "fp32" in on_disk["variants"]
+    # the readout is refitted on every training headline and both heads are scored on tune
+    assert on_disk["readout"]["file"] in on_disk["files"]
+    assert on_disk["metrics"]["tune_network_head"]["n_headlines"] == on_disk["metrics"]["tune"]["n_headlines"]
+    from lola.export.evaluate import evaluate
+
+    report = evaluate(out, tiny_csv, split="test", embedding_baseline=False)
+    assert {"finetuned", "finetuned_network_head"} <= set(report["predictors"])
+    assert report["details"]["finetuned"]["readout"] == "ridge_on_embedding"

@@ -169,3 +169,28 @@ def test_served_prior_adds_the_level_of_the_week(exported_deviation, drifting_cs
     assert out["rows"] == len(rows) == len(src)
     expected = model.predict([r["headline"] for r in src], test_weeks=[int(r["test_week"]) for r in src])
     np.testing.assert_allclose([float(r["prior_ctr"]) for r in rows], expected, rtol=1e-6)
+
+
+def test_readout_of_a_deviation_model_adds_the_week_level(exported_deviation, drifting_csv, tmp_path):
+    """The refitted readout predicts the within-test deviation; serving adds the week level as for the head."""
+    import json
+    import shutil
+
+    from lola.export.readout import fit_readout
+    from lola.export.serve import OnnxPriorModel
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(exported_deviation, model_dir)
+    entry = fit_readout(model_dir, drifting_csv)
+    assert entry["target"] == "level_deviation"
+    model = OnnxPriorModel(model_dir)
+    readout = json.loads((model_dir / "readout.json").read_text())
+    texts = ["dog story", "cat story"]
+    emb = model.embed(texts).astype(np.float64)
+    deviation = emb @ np.array(readout["weights"]) + readout["bias"]
+    for week in (201401, 201402):
+        level = model.week_level(np.array([week_index(week)] * 2))
+        np.testing.assert_allclose(model.predict(texts, test_weeks=[week, week]),
+                                   np.clip(level + deviation, 0, 1), rtol=0, atol=1e-9)
+    # fitted on every training headline: 'dog' headlines beat 'cat' ones inside a test
+    assert deviation[0] > deviation[1]
