@@ -46,18 +46,28 @@ CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 1
 
 
+def _setting_default(name: str) -> Any:
+    from lola.stream.settings import StreamSettings
+
+    return StreamSettings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class ProcessorConfig:
-    """Per-shard processing settings (a subset of StreamSettings)."""
+    """Per-shard processing settings (a subset of StreamSettings).
 
-    dedup_window: int = 100_000
-    request_memory: int = 20_000
-    attribution_window_s: float = 86_400.0
-    max_message_bytes: int = 65_536
-    default_policy: str = "llm2ucb"
-    default_alpha: float = 0.06
-    default_n_aux: float = 1000.0
-    seed: int = 0
+    The defaults are read from :class:`lola.stream.settings.StreamSettings`, the one
+    source of every default, so the two can never drift apart.
+    """
+
+    dedup_window: int = _setting_default("dedup_window")
+    request_memory: int = min(_setting_default("dedup_window"), 20_000)
+    attribution_window_s: float = _setting_default("attribution_window_s")
+    max_message_bytes: int = _setting_default("max_message_bytes")
+    default_policy: str = _setting_default("default_policy")
+    default_alpha: float = _setting_default("default_alpha")
+    default_n_aux: float = _setting_default("default_n_aux")
+    seed: int = _setting_default("seed")
     check_key: bool = True
 
     @classmethod
