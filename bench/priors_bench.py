@@ -102,6 +102,13 @@ def run_bench(model_dir: Path, train_dir: Optional[Path], data: Path, n: int, ba
               for name, ts in times.items() if name != "torch_eager"}
     agreement = {f"{name}_max_abs_diff_ctr_vs_torch": float(np.max(np.abs(outputs[name] - outputs["torch_eager"])))
                  for name in engines if name != "torch_eager"}
+    # Ranking agreement too: a fast int8 model that reorders headlines is not a win.
+    agreement.update({f"{name}_pearson_ctr_vs_torch": float(np.corrcoef(outputs[name], outputs["torch_eager"])[0, 1])
+                      for name in engines if name != "torch_eager"})
+    int8_card = (fp32.card.get("validation") or {}).get("int8") or {}
+    int8_build = {"method": int8_card.get("method", "MatMulNBits 8-bit (older export)" if "int8" in results else None),
+                  "alpha": (int8_card.get("quantization") or {}).get("alpha"),
+                  "rejected": int8_card.get("rejected")}
     met = {key: ratios.get(key, 0.0) >= goal for key, goal in TARGETS.items() if key in ratios}
     if "ort_cuda" in results:
         met["cuda_headlines_per_s"] = results["ort_cuda"]["headlines_per_s"] >= TARGETS["cuda_headlines_per_s"]
@@ -117,6 +124,7 @@ def run_bench(model_dir: Path, train_dir: Optional[Path], data: Path, n: int, ba
         "targets": TARGETS,
         "targets_met": met,
         "agreement": agreement,
+        "int8_build": int8_build,
         "cuda": cuda_note,
         "machine": {"cpu_count": os.cpu_count(), "loadavg_1_5_15": [round(x, 2) for x in load],
                     "platform": platform.platform(), "torch_threads": _torch_threads()},
