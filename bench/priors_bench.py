@@ -33,20 +33,24 @@ def _headlines(data: Path, n: int) -> list[str]:
     return test[:n]
 
 
-def _torch_predictor(train_dir: Path, batch_size: int) -> Callable[[list[str]], "object"]:
+def _torch_predictor(train_dir: Path, batch_size: int, readout: tuple | None = None) -> Callable[[list[str]], "object"]:
+    """torch eager doing what the served model does: the network, then its head or the refitted readout."""
     import numpy as np
     import torch
 
+    from lola.export.onnx_export import with_embedding
     from lola.export.train import load_merged
 
     model, tokenizer, state = load_merged(train_dir)
+    wrapper = with_embedding(model)  # logits and the masked-mean embedding, like the ONNX graph
     max_length = state["config"]["max_length"]
     scaling = state["target_scaling"]
     mean, std = scaling["mean"], scaling["std"]
+    level = 0.0
     if scaling.get("week_level"):  # level_deviation model: the serving path adds the latest week level
         from lola.export.level import WeekLevel
 
-        mean += WeekLevel.from_dict(scaling["week_level"]).latest
+        level = WeekLevel.from_dict(scaling["week_level"]).latest
 
     def predict(texts: list[str]):
         out = []
@@ -54,8 +58,12 @@ def _torch_predictor(train_dir: Path, batch_size: int) -> Callable[[list[str]], 
             for start in range(0, len(texts), batch_size):
                 enc = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt")
-                out.append(model(**enc).logits[:, 0].numpy())
-        return np.clip(mean + std * np.concatenate(out).astype(np.float64), 0.0, 1.0)
+                result = wrapper(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+                if readout is None:
+                    out.append(mean + std * result.logits[:, 0].numpy().astype(np.float64))
+                else:
+                    out.append(result.embedding.numpy().astype(np.float64) @ readout[0] + readout[1])
+        return np.clip(level + np.concatenate(out), 0.0, 1.0)
 
     return predict
 
@@ -74,7 +82,8 @@ def run_bench(model_dir: Path, train_dir: Optional[Path], data: Path, n: int, ba
     train_dir = train_dir or (Path(card_train_dir) if card_train_dir else None)
     if train_dir is None or not (train_dir / "train_state.json").is_file():
         raise ConfigError(f"torch eager needs the training folder; pass --train-dir (card says {card_train_dir})")
-    engines["torch_eager"] = _torch_predictor(train_dir, batch_size)
+    readout = (fp32.readout_weights, fp32.readout_bias) if fp32.readout_weights is not None else None
+    engines["torch_eager"] = _torch_predictor(train_dir, batch_size, readout)
     engines["ort_fp32"] = fp32.predict
     if "int8" in fp32.card.get("variants", {}):
         engines["ort_int8"] = OnnxPriorModel(model_dir, provider="cpu", variant="int8", batch_size=batch_size).predict

@@ -121,3 +121,12 @@ def test_serving_with_a_readout_never_imports_torch_or_sklearn(with_readout):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"bad": [], "n": 2, "readout": True}
+
+
+def test_bench_torch_eager_serves_the_same_readout(with_readout, tiny_csv):
+    """lola bench priors compares engines doing the same work: torch eager applies the readout too."""
+    from lola.bench.priors_bench import run_bench
+
+    out, _ = with_readout
+    report = run_bench(out, None, tiny_csv, n=8, batch_size=4, rounds=1)
+    assert report["agreement"]["ort_fp32_max_abs_diff_ctr_vs_torch"] < 1e-5
