@@ -380,6 +380,17 @@ def _node_key(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
 def quantize_dynamic_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = ()) -> int:
     """Per-output-channel int8 weights, dynamic per-tensor uint8 activations, on the block projections.
 
@@ -396,13 +407,17 @@ def quantize_dynamic_int8(src: Path, dst: Path, keep_fp32: Sequence[str] = ()) -
     if not nodes:
         raise ExportValidationError(f"{src.name}: no Llama projection MatMuls found to quantise")
     # The quantiser logs one INFO line per unquantised tensor through the root logger (hundreds);
-    # silence INFO for the call only.
+    # silence INFO for the call only. Its WARNING advising shape-inference pre-processing is
+    # dropped too: the graph is quantised per named MatMul, and validation checks the result.
     previous = logging.root.manager.disable
     logging.disable(max(previous, logging.INFO))
+    advice = _DropMessage("pre-processing before quantization")
+    logging.root.addFilter(advice)
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=nodes,
                          extra_options={"MatMulConstBOnly": True})
     finally:
+        logging.root.removeFilter(advice)
         logging.disable(previous)
     return len(nodes)
 
