@@ -165,6 +165,9 @@ def thread_worker():
         if w.thread.is_alive():
             w.worker.stop()
             w.thread.join(60)
+    # pytest keeps `start` (and so this list) reachable until the session ends; drop the
+    # workers now, or their Kafka clients outlive the session broker and log reconnect errors.
+    started.clear()
 
 
 def wait_for_counts(settings, truth: dict, timeout_s: float = 60.0) -> dict:
