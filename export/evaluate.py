@@ -126,6 +126,19 @@ def embedding_ridge(base_ref, max_length, train, select, target, limit: int, see
     return model.predict(x[n_tr + n_se :]), {"alpha": alpha, "train_headlines_embedded": n_tr}
 
 
+def finetuned_predictions(prior, examples: HeadlineExamples) -> dict[str, np.ndarray]:
+    """The served CTRs of ``examples`` (``finetuned``) from one pass of the network; with a readout,
+    also the network's own head on that same pass (``finetuned_network_head``): what the readout adds."""
+    texts, contexts, weeks = list(examples.headlines), list(examples.contexts), list(examples.test_weeks)
+    if prior.embedding_dim is None:  # an export without the embedding output: the network's head only
+        return {"finetuned": prior.predict(texts, contexts, weeks)}
+    z, embedding = prior.network_outputs(texts, contexts)
+    out = {"finetuned": prior.to_ctr(z, weeks, embedding)}
+    if prior.readout_weights is not None:
+        out["finetuned_network_head"] = prior.to_ctr(z, weeks)
+    return out
+
+
 def evaluate(
     model_dir: str | Path,
     data_csv: str | Path,
@@ -154,22 +167,14 @@ def evaluate(
     results, details = {}, {}
 
     t = time.monotonic()
-    weeks = list(everything.test_weeks)
-    if prior.embedding_dim is not None:
-        z, embedding = prior.network_outputs(list(everything.headlines), list(everything.contexts))
-        pred = prior.to_ctr(z, weeks, embedding)
-    else:  # an export without the embedding output: the network's head only
-        z, pred = None, prior.predict(list(everything.headlines), list(everything.contexts), weeks)
-    results["finetuned"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
+    preds = finetuned_predictions(prior, everything)
+    for name, pred in preds.items():
+        results[name] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
     details["finetuned"] = {"variant": prior.variant, "provider": prior.provider, "model_version": prior.model_version,
                             "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1),
                             "readout": (card["readout"]["kind"] if prior.readout_weights is not None
                                         else "network head")}
-    if prior.readout_weights is not None and z is not None:
-        # The same pass through the network's own head: what the readout adds.
-        pred = prior.to_ctr(z, weeks)
-        results["finetuned_network_head"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests,
-                                                              alpha)
+    if "finetuned_network_head" in preds:
         details["finetuned_network_head"] = {"readout": "network head (no readout.json)"}
 
     # The week level alone: how much of R2 is the site-wide level, which no headline text carries.

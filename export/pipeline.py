@@ -24,7 +24,7 @@ def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
     """
     from lola.data.upworthy import headline_tests, load_packages, split_packages
     from lola.export.data import build_examples
-    from lola.export.evaluate import score_predictions
+    from lola.export.evaluate import finetuned_predictions, score_predictions
     from lola.export.serve import OnnxPriorModel
 
     prior = OnnxPriorModel(model_dir, variant="fp32")
@@ -34,13 +34,9 @@ def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
     everything = build_examples(tune, hp["text_mode"], 0, False)
     scored = build_examples(tune, hp["text_mode"], hp["min_impressions"], False)
     tests = headline_tests(tune)
-    weeks = list(everything.test_weeks)
-    z, embedding = prior.network_outputs(list(everything.headlines), list(everything.contexts))
-    out = {"tune": score_predictions(dict(zip(everything.headlines, prior.to_ctr(z, weeks, embedding))), scored, tests)}
-    if prior.readout_weights is not None:
-        out["tune_network_head"] = score_predictions(dict(zip(everything.headlines, prior.to_ctr(z, weeks))), scored,
-                                                     tests)
-    return out
+    names = {"finetuned": "tune", "finetuned_network_head": "tune_network_head"}
+    return {names[name]: score_predictions(dict(zip(everything.headlines, pred)), scored, tests)
+            for name, pred in finetuned_predictions(prior, everything).items()}
 
 
 def build_default(data_csv: Path, out: Path, config: TrainConfig, base: str | None = None) -> dict:
