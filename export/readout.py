@@ -50,25 +50,18 @@ def _targets(examples, target: str) -> np.ndarray:
 
 
 def _split_examples(data_csv: Path, card: dict):
-    """Train and tune headlines with the training run's filters, but no subset limit."""
-    from lola.data.upworthy import load_packages, split_packages
-    from lola.export.data import build_examples
+    """Train and tune headlines exactly as the training run built them, but without its subset limit."""
+    from lola.export.config import TrainConfig
+    from lola.export.train import prepare_data
 
-    hp = card["hyperparameters"]
-    packages, _ = load_packages(data_csv)
-    splits = split_packages(packages)
-    kwargs = dict(text_mode=hp["text_mode"], min_impressions=hp["min_impressions"],
-                  weight_by_impressions=hp.get("weight_by_impressions", True))
-    train = build_examples(splits["train"], **kwargs)
-    tune = build_examples(splits["tune"], **kwargs)
+    prepared = prepare_data(data_csv, TrainConfig(**{**card["hyperparameters"], "train_limit": None}))
+    tune = prepared.tune
     if card.get("target", "ctr") == "level_deviation":
-        # Alone in its test a headline's deviation is 0 by construction, as in training.
-        train = train.subset(np.flatnonzero(train.test_sizes >= 2))
+        # Alone in its test a headline's deviation is 0 by construction: as in training, not scored.
         tune = tune.subset(np.flatnonzero(tune.test_sizes >= 2))
-    if len(train) < 2 or len(tune) < 1:
-        raise DataError(f"{data_csv}: {len(train)} train / {len(tune)} tune headlines after filtering; "
-                        "need at least 2 and 1 to fit the readout")
-    return train, tune
+    if len(tune) < 1:
+        raise DataError(f"{data_csv}: no tune headlines after filtering; need at least 1 to choose the readout penalty")
+    return prepared.train, tune
 
 
 def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
@@ -81,7 +74,7 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
     """
     from sklearn.linear_model import Ridge
 
-    from lola.export.data import file_sha256
+    from lola.export.data import training_csv
     from lola.export.onnx_export import write_card
     from lola.export.serve import CARD_FILE, OnnxPriorModel
 
@@ -91,13 +84,10 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
     card = prior.card
     if prior.embedding_dim is None:
         raise ModelIntegrityError(f"{model_dir}: this export has no embedding output to fit a readout on")
-    data_csv = Path(data_csv or card.get("data", {}).get("path") or "")
-    if not data_csv.is_file():
-        raise DataError(f"readout: training data {str(data_csv) or '(none named in the card)'} not found; pass --data")
-    expected = card.get("data", {}).get("sha256")
-    if expected and file_sha256(data_csv) != expected:
-        raise DataError(f"readout: {data_csv} is not the file this model was trained on (sha256 differs from the "
-                        "card's); the train/tune split would not be the training run's")
+    try:
+        data_csv = training_csv(card.get("data") or {}, data_csv)
+    except DataError as exc:
+        raise DataError(f"readout: {exc}") from None
     target = card.get("target", "ctr")
     train, tune = _split_examples(data_csv, card)
 

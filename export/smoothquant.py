@@ -168,14 +168,13 @@ def calibration_texts(state: dict, config: Int8Config) -> tuple[list[str], list[
     when the CSV is gone or changed, so int8 is rejected rather than calibrated on other data.
     """
     from lola.data.upworthy import load_packages, split_packages
-    from lola.export.data import build_examples, file_sha256
+    from lola.errors import DataError
+    from lola.export.data import build_examples, training_csv
 
-    data = state.get("data") or {}
-    path = Path(data.get("path", ""))
-    if not data.get("path") or not path.is_file():
-        raise ExportValidationError(f"int8 needs calibration headlines: training CSV {path} not found")
-    if data.get("sha256") and file_sha256(path) != data["sha256"]:
-        raise ExportValidationError(f"int8 needs calibration headlines: {path} changed since training (sha256)")
+    try:
+        path = training_csv(state.get("data") or {})
+    except DataError as exc:
+        raise ExportValidationError(f"int8 needs calibration headlines: {exc}") from None
     packages, _ = load_packages(path)
     texts = sorted(set(build_examples(split_packages(packages)["train"], state["config"]["text_mode"], 0, False).texts))
     texts = [t for t in texts if t]
