@@ -239,9 +239,15 @@ def _scales(act_max, weights, alpha: float):
     import torch
 
     w_max = torch.stack([w.detach().abs().double().amax(0) for w in weights]).amax(0)
-    a = act_max.double()
-    s = a.clamp(min=1e-8).pow(alpha) / w_max.clamp(min=1e-8).pow(1.0 - alpha)
-    return torch.where((a > 0) & (w_max > 0), s, torch.ones_like(s))
+    return _migration(act_max.double(), w_max, alpha)
+
+
+def _migration(a, w, alpha: float):
+    """SmoothQuant's ``a^alpha / w^(1-alpha)`` element-wise (float64); 1 where either side is 0."""
+    import torch
+
+    s = a.clamp(min=1e-8).pow(alpha) / w.clamp(min=1e-8).pow(1.0 - alpha)
+    return torch.where((a > 0) & (w > 0), s, torch.ones_like(s))
 
 
 def _scale_cols(linear, s) -> None:
@@ -329,8 +335,6 @@ def _o_proj_scales(attn, act_max, alpha: float):
     ``v``, so a scale folded into ``v_proj``'s rows must be the same for every query head
     of the group. Returns ``(s_kv, s_o)``: per ``v`` channel and per ``o_proj`` input channel.
     """
-    import torch
-
     d = head_dim_of(attn)
     n_q = attn.o_proj.weight.shape[1] // d
     n_kv = attn.v_proj.weight.shape[0] // d
@@ -338,8 +342,7 @@ def _o_proj_scales(attn, act_max, alpha: float):
     # [n_kv, group, d]: the group axis collects the query heads sharing one KV head
     a = act_max.double().reshape(n_kv, group, d).amax(1)
     w = attn.o_proj.weight.detach().abs().double().amax(0).reshape(n_kv, group, d).amax(1)
-    s_kv = a.clamp(min=1e-8).pow(alpha) / w.clamp(min=1e-8).pow(1.0 - alpha)
-    s_kv = torch.where((a > 0) & (w > 0), s_kv, torch.ones_like(s_kv))
+    s_kv = _migration(a, w, alpha)
     s_o = s_kv[:, None, :].expand(n_kv, group, d).reshape(-1)
     return s_kv.reshape(-1), s_o
 
