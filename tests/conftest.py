@@ -4,7 +4,10 @@ that export and stream tests share. Broker fixtures live in tests/stream/conftes
 from __future__ import annotations
 
 import csv
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,25 @@ def exported_tiny(tmp_path_factory, trained_tiny) -> Path:
     out = tmp_path_factory.mktemp("tiny-onnx") / "model"
     export_model(trained_tiny, out, ("int8",))
     return out
+
+
+@pytest.fixture(scope="session")
+def fresh_serving_run():
+    """Serve two headlines from ``model_dir`` in a fresh interpreter; return which training-side
+    packages that imported (serving must need none) and what it served."""
+    heavy = ("torch", "transformers", "optimum", "peft", "sklearn", "scipy")
+
+    def run(model_dir) -> dict:
+        code = (
+            "import sys, json\n"
+            "from lola.export.serve import OnnxPriorModel\n"
+            f"m = OnnxPriorModel({str(model_dir)!r})\n"
+            "p = m.predict(['a dog', 'a cat'])\n"
+            f"bad = sorted(k for k in sys.modules if k.split('.')[0] in {heavy!r})\n"
+            "print(json.dumps({'bad': bad, 'n': len(p), 'readout': m.readout_weights is not None}))\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    return run
