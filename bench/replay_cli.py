@@ -157,6 +157,11 @@ def replay(
         return
     rows = doc["results"]
     typer.echo(f"# {result.settings['split']}")
+    typer.echo(
+        f"# model training headlines: {result.settings['model_training_headlines']}; tune tests dropped as seen in"
+        f" training {result.settings['tune_tests_dropped_seen_in_training']}, report tests seen in training"
+        f" {result.settings['report_tests_seen_in_training']}"
+    )
     q = result.settings["prior_quality"]["report"]
     typer.echo(
         f"# report tests {result.settings['report_tests']}, reps {reps}, seed {seed}; prior {result.settings['prior_source']}"

@@ -18,7 +18,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from lola.bench import replay_protocol as P
-from lola.bench.replay_priors import PriorTable, fit_tfidf_ridge, r2_on_tests, read_priors_csv, score_with_model
+from lola.bench.replay_priors import (
+    PriorTable,
+    fit_tfidf_ridge,
+    model_training_headlines,
+    r2_on_tests,
+    read_priors_csv,
+    score_with_model,
+)
 from lola.bench.replay_report import Improvement, improvement_table, results_rows
 from lola.data.upworthy import HeadlineTest, headline_tests, load_packages, split_packages
 from lola.errors import ConfigError
@@ -164,8 +171,21 @@ def load_replay_data(
         report_tests = headline_tests(parts["test"])
         warm_packages = parts["train"]
         split = f"by-component split of {data} (lola.data.upworthy, 60/20/20): tune on 'tune', report on 'test'"
+    fitted_check = "not applicable (--priors)"
+    tune_dropped = report_seen = 0
+    if model_dir is not None:
+        fitted, fitted_check = model_training_headlines(model_dir)
+        if fitted is not None:
+            def seen(t: HeadlineTest) -> bool:
+                return any(h.strip() in fitted for h in t.headlines)
+
+            kept = [t for t in tune_tests if not seen(t)]
+            tune_dropped = len(tune_tests) - len(kept)
+            tune_tests = kept
+            report_seen = sum(1 for t in report_tests if seen(t))
     if not tune_tests or not report_tests:
-        raise ConfigError(f"need headline tests on both sides; got {len(tune_tests)} to tune and {len(report_tests)} to report")
+        raise ConfigError(f"need headline tests on both sides; got {len(tune_tests)} to tune and {len(report_tests)} to report"
+                          + (f" ({tune_dropped} tune test(s) dropped: the model was trained on their headlines)" if tune_dropped else ""))
     all_headlines = sorted({h for t in (*tune_tests, *report_tests) for h in t.headlines} | ({p.headline for p in warm_packages} if model_dir else set()))
     if priors_csv is not None:
         prior = read_priors_csv(priors_csv)
@@ -198,6 +218,9 @@ def load_replay_data(
         "split": split,
         "tune_tests": len(tune_tests),
         "report_tests": len(report_tests),
+        "model_training_headlines": fitted_check,
+        "tune_tests_dropped_seen_in_training": tune_dropped,
+        "report_tests_seen_in_training": report_seen,
         "report_arms_mean": float(np.mean([t.n_arms for t in report_tests])),
         "prior_source": prior.source,
         "linucb_features": feature_source,

@@ -168,3 +168,39 @@ def test_bai_subcommand_json(files):
         for budget, point in curve.items():
             assert 0.0 <= point["success_rate"] <= 1.0
             assert 0 < point["pulls_per_test"] <= int(budget) * 4
+
+
+def test_model_replay_never_tunes_on_the_models_training_headlines(exported_tiny, tiny_csv, tmp_path):
+    """With --tune-data being the model's own training file, its train-split tests are dropped from tuning."""
+    from lola.data.upworthy import headline_tests, load_packages, split_packages
+
+    # Report tests: copies of six tiny tests under new ids and headlines (no overlap with anything fitted).
+    rows = list(csv.DictReader(tiny_csv.open()))
+    report = tmp_path / "report.csv"
+    with report.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            if int(r["clickability_test_id"][1:]) < 6:
+                w.writerow({**r, "clickability_test_id": "r" + r["clickability_test_id"], "headline": r["headline"] + " new"})
+    packages = load_packages(tiny_csv)[0]
+    train_heads = {p.headline.strip() for p in split_packages(packages)["train"]}
+    all_tests = headline_tests(packages)
+    n_seen = sum(any(h.strip() in train_heads for h in t.headlines) for t in all_tests)
+    assert 0 < n_seen < len(all_tests)
+
+    res = invoke("--data", report, "--tune-data", tiny_csv, "--model", exported_tiny, "--policies", "UCB,LOLA",
+                 "--taus", "5", "--reps", "1", "--tune-reps", "1", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    settings = json.loads(res.output.strip().splitlines()[-1])["settings"]
+    assert settings["tune_tests_dropped_seen_in_training"] == n_seen
+    assert settings["tune_tests"] == len(all_tests) - n_seen
+    assert settings["report_tests_seen_in_training"] == 0
+    assert "sha256 checked" in settings["model_training_headlines"]
+
+    # Reporting on the training file itself is allowed but flagged.
+    res = invoke("--data", tiny_csv, "--model", exported_tiny, "--policies", "UCB", "--taus", "5", "--reps", "1",
+                 "--tune-reps", "1", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    settings = json.loads(res.output.strip().splitlines()[-1])["settings"]
+    assert settings["report_tests_seen_in_training"] == 0  # the split's test part shares no headline with train
