@@ -46,7 +46,7 @@ PAPER_POLICIES = ("E&C", "UCB", "PureLLM", "LOLA", "TS", "LLM-TS", "LLM-LinUCB")
 ALPHA_GRID = (0.02, 0.04, 0.06, 0.08, 0.10)
 EC_FRACTION_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
 N_AUX_GRID = (100.0, 200.0, 400.0, 700.0, 1000.0, 1400.0, 2800.0, 5600.0)
-LLM_TS_N_AUX_GRID = (200.0, 600.0, 1000.0, 1400.0)
+LLM_TS_N_AUX_GRID = (100.0, 200.0, 400.0, 1000.0, 2800.0, 11200.0, 44800.0)
 TS_PRIOR_GRID = ((1.0, 1.0), (1.38, 96.11))  # (alpha0, beta0): flat, and appendix G.2's fitted prior
 LINUCB_ALPHA_GRID = (0.005, 0.01, 0.02, 0.05)
 EB_STRENGTH_GRID = (0.25, 1.0, 4.0)
@@ -159,7 +159,9 @@ def grid(name: str, tuned: Mapping[str, Mapping[str, float]] | None = None) -> l
     if name == "TS":
         return [PolicySpec(name, {"ts_alpha0": a0, "ts_beta0": b0}) for a0, b0 in TS_PRIOR_GRID]
     if name == "LLM-TS":
-        return [PolicySpec(name, {"n_aux": m, "ts_alpha0": 1.0, "ts_beta0": 1.0}) for m in LLM_TS_N_AUX_GRID]
+        # Algorithm 3, line 2: n_aux and the standard TS prior (alpha0, beta0) are tuned together.
+        return [PolicySpec(name, {"n_aux": m, "ts_alpha0": a0, "ts_beta0": b0})
+                for m in LLM_TS_N_AUX_GRID for a0, b0 in TS_PRIOR_GRID]
     if name == "LLM-LinUCB":
         return [PolicySpec(name, {"linucb_alpha": a}) for a in LINUCB_ALPHA_GRID]
     if name == "LOLA-EB":
