@@ -170,6 +170,11 @@ def replay(
     typer.echo(R.markdown_results(rows, tau_list, names))
     typer.echo("")
     typer.echo(R.markdown_improvements(result.improvements, tau_list))
+    one = doc.get("one_setting_for_all_horizons")
+    if one:
+        params = ", ".join(f"{k}={v:g}" for k, v in one["params"].items())
+        typer.echo(f"\n# one {one['policy']} setting for every horizon (a worker's default): {params};"
+                   f" on tune it gives up {one['tune_shortfall_pct_mean']:.2f} % on average against per-tau tuning")
 
 
 @replay_app.command("baseline-prior")

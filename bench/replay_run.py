@@ -272,10 +272,40 @@ class ReplayResult:
             "improvements": [i.as_dict() for i in self.improvements],
             "hyperparameters": self.hyperparameters,
             "settings": self.settings,
+            "one_setting_for_all_horizons": one_setting_for_all_horizons(self.tuning),
         }
 
 
 TUNE_ORDER = ("E&C", "UCB", "PureLLM", "LOLA", "LOLA-EB", "TS", "LLM-TS", "LLM-LinUCB")
+
+
+def one_setting_for_all_horizons(tuning: Mapping[str, Mapping[str, list]], name: str = "LOLA") -> dict | None:
+    """The grid point of ``name`` that loses least, on average over tau, against the per-tau best on tune.
+
+    The replay tunes per horizon (the paper's protocol), but a worker does not know how long an
+    experiment will run and needs one setting. Each grid point's tune score at each tau is divided
+    by that tau's best, and the point with the highest mean ratio wins; its mean shortfall is
+    reported, so a reader sees what one setting costs. Uses the tuning runs already made (no
+    extra simulation). ``None`` when ``name`` was not tuned at every tau.
+    """
+    taus = sorted(tuning, key=int)
+    if not taus or any(name not in tuning[t] for t in taus):
+        return None
+    keys = [tuple(sorted(params.items())) for params, _ in tuning[taus[0]][name]]
+    by_tau = []
+    for t in taus:
+        scores = {tuple(sorted(params.items())): value for params, value in tuning[t][name]}
+        best = max(scores.values())
+        by_tau.append({k: scores[k] / best for k in keys})
+    mean_ratio = {k: float(np.mean([r[k] for r in by_tau])) for k in keys}
+    chosen = max(keys, key=lambda k: mean_ratio[k])
+    return {
+        "policy": name,
+        "params": dict(chosen),
+        "taus": [int(t) for t in taus],
+        "tune_shortfall_pct_mean": round(100.0 * (1.0 - mean_ratio[chosen]), 3),
+        "tune_shortfall_pct_by_tau": {t: round(100.0 * (1.0 - r[chosen]), 3) for t, r in zip(taus, by_tau)},
+    }
 
 
 def run_replay(

@@ -81,3 +81,16 @@ def test_results_rows_and_plot(tmp_path):
     assert "**0.06000**" in markdown_results(rows, (50,), ("LOLA", "UCB"))
     out = plot_figure7(rows, (50,), ("LOLA", "UCB"), tmp_path / "fig.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_setting_for_all_horizons_minimises_the_mean_shortfall():
+    from lola.bench.replay_run import one_setting_for_all_horizons
+
+    a, b = {"alpha": 0.1, "n_aux": 100.0}, {"alpha": 0.1, "n_aux": 5600.0}
+    # a is best at tau 50 only; b gives up 10 % there and is best at tau 1000, where a gives up 50 %.
+    tuning = {"50": {"LOLA": [(a, 2.0), (b, 1.8)]}, "1000": {"LOLA": [(a, 20.0), (b, 40.0)]}}
+    one = one_setting_for_all_horizons(tuning)
+    assert one["params"] == b
+    assert one["tune_shortfall_pct_mean"] == pytest.approx(5.0)
+    assert one["tune_shortfall_pct_by_tau"] == {"50": pytest.approx(10.0), "1000": pytest.approx(0.0)}
+    assert one_setting_for_all_horizons({"50": {"UCB": [({"alpha": 0.1}, 1.0)]}}) is None
