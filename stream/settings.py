@@ -86,8 +86,14 @@ class StreamSettings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
     default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
-    default_alpha: float = Field(0.06, ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"))
-    default_n_aux: float = Field(1000.0, ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"))
+    # A worker does not know how long an experiment will run, so its default is the one LOLA setting that
+    # loses least across horizons tau = 50..1000 on the replay's tune split with the default model
+    # (`lola replay` JSON: one_setting_for_all_horizons; README "Paper replay"). Tune it again for another model.
+    default_alpha: float = Field(0.08, ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
+                                 description="UCB width of a new experiment (LOLA replay, one setting for all horizons)")
+    default_n_aux: float = Field(5600.0, ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
+                                 description="prior pseudo-impressions of a new experiment, tuned for the default model; "
+                                             "lower it for a constant prior or a weaker model")
     seed: int = Field(0, ge=0, validation_alias=AliasChoices("seed", "LOLA_SEED"))
     # --- priors --------------------------------------------------------------------------
     model_dir: Path | None = Field(None, validation_alias=AliasChoices("model_dir", "LOLA_MODEL_DIR"),
