@@ -198,9 +198,11 @@ def test_model_replay_never_tunes_on_the_models_training_headlines(exported_tiny
     assert settings["report_tests_seen_in_training"] == 0
     assert "sha256 checked" in settings["model_training_headlines"]
 
-    # Reporting on the training file itself is allowed but flagged.
+    # Without --tune-data the training file's own split is used: its tune and test parts share
+    # no headline with train, so nothing is dropped or flagged.
     res = invoke("--data", tiny_csv, "--model", exported_tiny, "--policies", "UCB", "--taus", "5", "--reps", "1",
                  "--tune-reps", "1", "--json", "--no-progress")
     assert res.exit_code == 0, res.output
     settings = json.loads(res.output.strip().splitlines()[-1])["settings"]
-    assert settings["report_tests_seen_in_training"] == 0  # the split's test part shares no headline with train
+    assert settings["tune_tests_dropped_seen_in_training"] == 0
+    assert settings["report_tests_seen_in_training"] == 0
