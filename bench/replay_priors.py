@@ -114,16 +114,14 @@ def model_training_headlines(model_dir: str | Path) -> tuple[frozenset[str] | No
     ``(None, reason)`` when the file is not on this machine or has changed, so the caller
     can say the check was not possible instead of silently skipping it.
     """
-    from lola.data.upworthy import load_packages, split_packages
-    from lola.export.data import training_csv
+    from lola.export.data import training_split
     from lola.export.serve import read_card
 
     card, _ = read_card(model_dir)
     try:
-        path = training_csv(card.get("data") or {})
+        path, train = training_split(card.get("data") or {})
     except DataError as exc:
         return None, f"not checked: {exc}"
-    train = split_packages(load_packages(path)[0])["train"]
     return frozenset(p.headline.strip() for p in train), f"train split of {path} (sha256 checked)"
 
 

@@ -206,3 +206,12 @@ def training_csv(data: dict, override: str | Path | None = None) -> Path:
         raise DataError(f"{path} is not the file this model was trained on (sha256 differs from the record); "
                         "the train/tune split would not be the training run's")
     return path
+
+
+def training_split(data: dict, override: str | Path | None = None) -> tuple[Path, list[Package]]:
+    """The train-split packages of the CSV a model was trained on (checked by :func:`training_csv`):
+    what a later stage must calibrate on (int8) or keep out of its tuning (the replay). Raises DataError."""
+    from lola.data.upworthy import load_packages, split_packages
+
+    path = training_csv(data, override)
+    return path, split_packages(load_packages(path)[0])["train"]

@@ -167,16 +167,14 @@ def calibration_texts(state: dict, config: Int8Config) -> tuple[list[str], list[
     Texts are prepared exactly as for training (``text_mode``). Raises ExportValidationError
     when the CSV is gone or changed, so int8 is rejected rather than calibrated on other data.
     """
-    from lola.data.upworthy import load_packages, split_packages
     from lola.errors import DataError
-    from lola.export.data import build_examples, training_csv
+    from lola.export.data import build_examples, training_split
 
     try:
-        path = training_csv(state.get("data") or {})
+        path, train = training_split(state.get("data") or {})
     except DataError as exc:
         raise ExportValidationError(f"int8 needs calibration headlines: {exc}") from None
-    packages, _ = load_packages(path)
-    texts = sorted(set(build_examples(split_packages(packages)["train"], state["config"]["text_mode"], 0, False).texts))
+    texts = sorted(set(build_examples(train, state["config"]["text_mode"], 0, False).texts))
     texts = [t for t in texts if t]
     order = np.random.default_rng(config.seed).permutation(len(texts))
     n_check = min(config.check_headlines, len(texts) // 2)
