@@ -4,6 +4,8 @@
                 [--taus 50,100,...] [--reps R] [--json] [--plot out.png]
     lola replay bai --data CSV (--priors CSV | --model DIR) ...     # appendix G.1
     lola replay baseline-prior --data CSV --out runs/priors.csv     # TF-IDF ridge, train split only
+    lola replay synthetic-prior --data CSV --out CSV                # exact / rank-reversed, per test
+    lola replay ideal-observer --data CSV                           # can a test's clicks judge its prior?
 
 Heavy imports (numba, scipy, sklearn, matplotlib) stay inside the command bodies.
 """
@@ -205,6 +207,54 @@ def baseline_prior(
     typer.echo(json.dumps({"out": str(out), "headlines": len(texts_sorted), "fitted_on": "train split", "tune_r2": tune_q["r2"], "tune_top1": tune_q["top1_accuracy"]}))
 
 
+@replay_app.command("synthetic-prior")
+def synthetic_prior(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV."),
+    out: Path = typer.Option(Path("runs/priors-synthetic.csv"), "--out", help="Where to write headline,prior_ctr."),
+    reversed_fraction: float = typer.Option(0.5, "--reversed-fraction",
+                                            help="Share of tests whose prior ranks the headlines in reverse."),
+    seed: int = typer.Option(20240501, "--seed", help="Picks which tests are reversed."),
+) -> None:
+    """A controlled prior: each test's own CTRs (exact), rank-reversed in a seeded share of tests.
+
+    For checking an adaptive policy's premise (prior quality that varies between
+    experiments) with `lola replay --priors`; it uses the archive's outcomes, so
+    its scores are an upper-bound experiment, never a result for a real prior.
+    """
+    if not data.is_file():
+        raise ConfigError(f"--data file not found: {data}")
+    if not (0.0 <= reversed_fraction <= 1.0):
+        raise ConfigError(f"--reversed-fraction must be in [0, 1], got {reversed_fraction}")
+    from lola.bench.replay_priors import synthetic_priors, write_priors_csv
+    from lola.data.upworthy import headline_tests, load_packages
+
+    tests = headline_tests(load_packages(data)[0])
+    priors = synthetic_priors(tests, reversed_fraction, seed)
+    write_priors_csv(out, list(priors), list(priors.values()))
+    typer.echo(json.dumps({"out": str(out), "headlines": len(priors), "tests": len(tests),
+                           "reversed_fraction": reversed_fraction, "seed": seed}))
+
+
+@replay_app.command("ideal-observer")
+def ideal_observer(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV."),
+    taus: str = typer.Option("50,100,200,400,1000", "--taus", help="Impressions per headline."),
+    draws: int = typer.Option(400, "--draws", help="Simulated click counts per test and tau."),
+    seed: int = typer.Option(20240501, "--seed"),
+) -> None:
+    """How often one test's own clicks tell an exact prior from a rank-reversed one (best case for LOLA-EB)."""
+    if not data.is_file():
+        raise ConfigError(f"--data file not found: {data}")
+    if draws < 1:
+        raise ConfigError(f"--draws must be >= 1, got {draws}")
+    from lola.bench.replay_premise import ideal_observer as observe
+    from lola.bench.replay_protocol import parse_taus
+    from lola.data.upworthy import headline_tests, load_packages
+
+    tests = headline_tests(load_packages(data)[0])
+    typer.echo(json.dumps(observe([t.ctrs for t in tests], parse_taus(taus), draws, seed)))
+
+
 @replay_app.command("bai")
 def bai(
     data: Path = typer.Option(..., "--data", help="Upworthy package CSV."),
@@ -234,5 +284,5 @@ def bai(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``lola replay`` (and its ``bai`` / ``baseline-prior`` subcommands) to the root app."""
+    """Add ``lola replay`` (and its ``bai``, ``baseline-prior``, ``synthetic-prior`` and ``ideal-observer`` subcommands) to the root app."""
     app.add_typer(replay_app, name="replay")

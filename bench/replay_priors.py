@@ -1,5 +1,6 @@
-"""Prior CTRs for the paper replay: read a priors CSV, score with the ONNX model, or
-fit the honest development baseline (TF-IDF ridge on the train split only).
+"""Prior CTRs for the paper replay: read a priors CSV, score with the ONNX model,
+fit the honest development baseline (TF-IDF ridge on the train split only), or
+build a controlled synthetic prior (exact or rank-reversed per test).
 
 The replay never fits anything on the split it reports on. The baseline exists so
 the replay can be developed and checked before the fine-tuned LLM prior is built;
@@ -9,12 +10,14 @@ its R² is reported beside every table that uses it.
 from __future__ import annotations
 
 import csv
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from lola.bench.replay_premise import reversed_ranking
 from lola.data.upworthy import HeadlineTest, Package
 from lola.errors import ConfigError, DataError
 
@@ -151,6 +154,28 @@ def fit_tfidf_ridge(train: Sequence[Package], alpha: float = 50.0):
         return np.clip(ridge.predict(Z), 1e-4, 1.0)
 
     return predict
+
+
+def synthetic_priors(tests: Sequence[HeadlineTest], reversed_fraction: float, seed: int) -> dict[str, float]:
+    """A controlled prior of two known qualities, to test an adaptive policy's premise.
+
+    Every test gets its headlines' own archive CTRs as priors (an exact prior),
+    except a seeded ``reversed_fraction`` of the tests, whose priors are the same
+    CTRs in reversed rank order (the best headline gets the worst CTR, and so on):
+    the prior is exactly right about the level and exactly wrong about the
+    ranking. Which tests are reversed depends only on the test key and ``seed``.
+    A headline found in several tests keeps the prior of the first one.
+    """
+    if not (0.0 <= reversed_fraction <= 1.0):
+        raise ConfigError(f"reversed fraction must be in [0, 1], got {reversed_fraction!r}")
+    out: dict[str, float] = {}
+    for t in tests:
+        key = f"{seed}/{t.test_id}/{t.eyecatcher_id}".encode()
+        flip = np.random.default_rng(zlib.crc32(key)).random() < reversed_fraction
+        ctrs = reversed_ranking(t.ctrs) if flip else t.ctrs
+        for h, p in zip(t.headlines, ctrs):
+            out.setdefault(h, float(p))
+    return out
 
 
 def r2_on_tests(tests: Sequence[HeadlineTest], priors: PriorTable) -> dict[str, float]:

@@ -133,6 +133,18 @@ def test_bad_arguments_are_one_line_errors(files, args, message):
     assert exc.value.code == 2
 
 
+def test_synthetic_prior_bad_fraction_is_a_one_line_error(files, tmp_path, capsys):
+    data, *_ = files
+    from lola.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "synthetic-prior", "--data", str(data), "--out", str(tmp_path / "x.csv"),
+              "--reversed-fraction", "1.5"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--reversed-fraction must be in [0, 1]" in err and err.count("\n") == 1
+
+
 def test_missing_headline_prior_is_a_clear_error(files, tmp_path, capsys):
     data, tune, _, truth = files
     partial = tmp_path / "partial.csv"
@@ -168,6 +180,44 @@ def test_bai_subcommand_json(files):
         for budget, point in curve.items():
             assert 0.0 <= point["success_rate"] <= 1.0
             assert 0 < point["pulls_per_test"] <= int(budget) * 4
+
+
+def test_synthetic_prior_is_exact_or_rank_reversed_per_test(files, tmp_path):
+    data, _, _, truth = files
+    from lola.bench.replay_priors import read_priors_csv
+    from lola.data.upworthy import headline_tests, load_packages
+
+    tests = headline_tests(load_packages(data)[0])
+    kinds = {}
+    for frac in (0.0, 0.5, 1.0):
+        out = tmp_path / f"synthetic-{frac}.csv"
+        res = invoke("synthetic-prior", "--data", data, "--out", out, "--reversed-fraction", frac, "--seed", 3)
+        assert res.exit_code == 0, res.output
+        table = read_priors_csv(out)
+        kinds[frac] = []
+        for t in tests:
+            prior = table.lookup(t.headlines)
+            assert sorted(prior) == pytest.approx(sorted(t.ctrs))  # same values: the level is exact
+            exact = np.allclose(prior, t.ctrs)
+            reversed_ = np.allclose(prior, np.sort(t.ctrs)[::-1][np.argsort(np.argsort(t.ctrs))])
+            assert exact or reversed_
+            kinds[frac].append("exact" if exact else "reversed")
+    assert set(kinds[0.0]) == {"exact"} and set(kinds[1.0]) == {"reversed"}
+    assert set(kinds[0.5]) == {"exact", "reversed"}  # 12 tests, seed 3: a fixed, mixed draw
+    again = tmp_path / "again.csv"
+    invoke("synthetic-prior", "--data", data, "--out", again, "--reversed-fraction", 0.5, "--seed", 3)
+    assert again.read_bytes() == (tmp_path / "synthetic-0.5.csv").read_bytes()
+
+
+def test_ideal_observer_subcommand_json(files):
+    data, *_ = files
+    res = invoke("ideal-observer", "--data", data, "--taus", "50,5000", "--draws", 100)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    low, high = doc["results"]
+    assert (low["tau"], high["tau"]) == (50, 5000) and low["tests"] + low["tests_all_tied"] == 12
+    # CTRs 0.5 %-6 % on 5,000 impressions per headline: the ranking shows almost always.
+    assert 0.5 <= low["accuracy"] < high["accuracy"] and high["accuracy"] > 0.95
 
 
 def test_model_replay_never_tunes_on_the_models_training_headlines(exported_tiny, tiny_csv, tmp_path):
