@@ -58,13 +58,15 @@ def _block_state(batch: ReplayBatch, blk, params, reps: int, with_prior: bool):
     return state, ctr
 
 
-def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, seed: int, budgets) -> dict:
+def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, seed: int, budgets,
+               radius: str = "hoeffding") -> dict:
     """success[budget] and pulls[budget] arrays for one block (rows = tests x reps)."""
     from lola.kernels import core
 
     _, ExperimentParams, simulate = _kernels()
     k = blk.k
-    params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2)
+    params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2,
+                              bai_radius=radius)
     state, ctr = _block_state(batch, blk, params, reps, with_prior=policy == "llm_bai")
     n_rows = ctr.shape[0]
     done_at = np.full(n_rows, -1)
@@ -96,8 +98,10 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
                     pulls[r] = done_at[r] * k
                 else:
                     cands = [s for s in range(k) if state.candidate[r, s]]
-                    means = [core.bai_interval(state.exp_f[r, core.F_N_AUX], state.impressions[r, s], state.clicks[r, s],
-                                               state.mu_aux[r, s], state.has_prior[r, s], k, 0.2)[0] for s in cands]
+                    f = state.exp_f[r]
+                    means = [core.bai_interval(f[core.F_N_AUX], state.impressions[r, s], state.clicks[r, s],
+                                               state.mu_aux[r, s], state.has_prior[r, s], k, f[core.F_BAI_DELTA],
+                                               f[core.F_BAI_BERNSTEIN] > 0.5)[0] for s in cands]
                     # Exact ties are all returned, as the A/B test's E&C commit does.
                     top = max(means) if cands else 0.0
                     ok[r] = _success(ctr[r], [s for s, m in zip(cands, means) if m == top]) if cands else False
@@ -124,11 +128,12 @@ def _ab_block(batch: ReplayBatch, blk, pulls_per_arm: int, reps: int, seed: int)
     return ok.reshape(len(blk.tests), reps)
 
 
-def bai_curve(batch: ReplayBatch, policy: str, n_aux: float, reps: int, seed: int, budgets=BUDGETS) -> dict:
+def bai_curve(batch: ReplayBatch, policy: str, n_aux: float, reps: int, seed: int, budgets=BUDGETS,
+              radius: str = "hoeffding") -> dict:
     n = len(batch)
     out = {b: (np.zeros((n, reps), dtype=bool), np.zeros((n, reps))) for b in budgets}
     for blk in plan_blocks(batch):
-        res = _bai_block(batch, blk, policy, n_aux, reps, seed, budgets)
+        res = _bai_block(batch, blk, policy, n_aux, reps, seed, budgets, radius)
         for b in budgets:
             out[b][0][blk.tests] = res[b][0]
             out[b][1][blk.tests] = res[b][1]
@@ -151,22 +156,27 @@ def pure_llm_success(batch: ReplayBatch) -> float:
     return float(np.mean(ok))
 
 
-def run_bai(rd, reps: int, seed: int, workers: int = 1) -> dict:
-    """Tune LLM-BAI's n_aux on the tune tests (success at the largest budget), then report."""
+def run_bai(rd, reps: int, seed: int, workers: int = 1, radius: str = "hoeffding") -> dict:
+    """Tune LLM-BAI's n_aux on the tune tests (success at the largest budget), then report.
+
+    ``radius`` is Algorithm 2's confidence radius for both BAI variants (the paper's Hoeffding,
+    or the empirical Bernstein of ``lola.kernels.core.bai_interval``).
+    """
     tune_scores = {}
     for m in N_AUX_GRID:
-        curve = bai_curve(rd.tune, "llm_bai", m, max(1, reps // 2), seed + 7919, budgets=(max(BUDGETS),))
+        curve = bai_curve(rd.tune, "llm_bai", m, max(1, reps // 2), seed + 7919, budgets=(max(BUDGETS),), radius=radius)
         tune_scores[m] = curve[max(BUDGETS)]["success_rate"]
     best = max(N_AUX_GRID, key=lambda m: (tune_scores[m], -m))
     curves = {
-        "LLM-BAI": bai_curve(rd.report, "llm_bai", best, reps, seed),
-        "BAI": bai_curve(rd.report, "bai", 0.0, reps, seed),
+        "LLM-BAI": bai_curve(rd.report, "llm_bai", best, reps, seed, radius=radius),
+        "BAI": bai_curve(rd.report, "bai", 0.0, reps, seed, radius=radius),
         "A/B test": ab_curve(rd.report, reps, seed),
     }
     return {
         "experiment": "appendix G.1 best-arm identification",
         "good_within": GOOD_WITHIN,
         "delta": 0.2,
+        "radius": radius,
         "budgets_pulls_per_headline": list(BUDGETS),
         "llm_bai_n_aux": best,
         "tune_success_by_n_aux": {str(k): v for k, v in tune_scores.items()},
@@ -178,7 +188,8 @@ def run_bai(rd, reps: int, seed: int, workers: int = 1) -> dict:
 
 def markdown_bai(doc: dict) -> str:
     lines = [f"# G.1 BAI: success = all returned arms within {doc['good_within']:.3f} of the best CTR; "
-             f"LLM-BAI n_aux={doc['llm_bai_n_aux']} (tuned); PureLLM success {doc['pure_llm_success_rate']:.3f}",
+             f"LLM-BAI n_aux={doc['llm_bai_n_aux']} (tuned); {doc.get('radius', 'hoeffding')} radius; "
+             f"PureLLM success {doc['pure_llm_success_rate']:.3f}",
              "| pulls/headline | " + " | ".join(f"{n} success (pulls/test)" for n in doc["curves"]) + " |",
              "|---" * (len(doc["curves"]) + 1) + "|"]
     for b in doc["budgets_pulls_per_headline"]:

@@ -266,14 +266,19 @@ def bai(
     workers: int = typer.Option(0, "--workers"),
     as_json: bool = typer.Option(False, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Figure A13-style PNG: success rate vs pulls per test."),
+    radius: str = typer.Option("hoeffding", "--radius", help="Algorithm 2's confidence radius: hoeffding or bernstein."),
 ) -> None:
     """Appendix G.1: LLM-BAI vs BAI vs fixed-pull A/B tests; success = every returned arm within 0.5% of the best CTR."""
     _check_inputs(data, priors, model, tune_data, reps)
+    from lola.kernels.params import BAI_RADII
+
+    if radius not in BAI_RADII:
+        raise ConfigError(f"--radius must be one of {', '.join(BAI_RADII)}, got {radius!r}")
     from lola.bench import replay_bai as B
     from lola.bench import replay_run as run
 
     rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
-    doc = B.run_bai(rd, reps, seed, workers or run.default_workers())
+    doc = B.run_bai(rd, reps, seed, workers or run.default_workers(), radius)
     if plot is not None:
         B.plot_bai(doc, plot)
     doc = _json_safe(doc)

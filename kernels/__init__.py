@@ -23,7 +23,7 @@ API
     "bai", "llm_bai", "llm2ucb_eb")``.
 ``ExperimentParams(policy, alpha, n_aux, gamma, conversion_weight, horizon,
 explore_fraction, min_traffic, burn_in, ts_alpha0, ts_beta0, eb_strength,
-linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, propensity_draws)``
+linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_draws)``
     Frozen; each broken rule raises ``ConfigError`` with one message.
 ``BanditState(capacity_experiments=1024, capacity_arms=4, feature_dim=0)``
     ``add_experiment(params) -> row``; ``add_experiments(params, prior_ctr[n, K],

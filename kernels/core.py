@@ -48,7 +48,8 @@ F_PROP_DRAWS = 16
 F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
 F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
 F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
-N_EXP_F = 20
+F_BAI_BERNSTEIN = 20  # 1.0: Algorithm 2 with the empirical-Bernstein radius, 0.0: Hoeffding
+N_EXP_F = 21
 
 # Rows of the LLM-2UCBs cache ``ucb[E, 4, K]`` (per arm, refreshed whenever the arm's
 # statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
@@ -343,11 +344,16 @@ def linucb_scores(e, n_arms, lin_alpha, feats, z, bvec, active, out):
 
 
 @numba.njit(**NJIT)
-def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta):
+def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta, bernstein):
     """(mean, radius) of Algorithm 2 for one arm: T = n_aux + n prior-and-real pulls.
 
-    Radius C(T) = sqrt(log(4 K T^2 / delta) / (2 T)) (anytime Hoeffding with a union
-    bound over arms and rounds); infinite for T = 0, zero for n_aux = inf.
+    Hoeffding (the paper's): C(T) = sqrt(L / (2 T)) with L = log(4 K T^2 / delta), an
+    anytime bound with a union over arms and rounds. With ``bernstein`` the same L goes
+    into the empirical-Bernstein radius of Maurer and Pontil (2009),
+    C(T) = sqrt(2 V L / T) + 7 L / (3 (T - 1)), V = T m (1 - m) / (T - 1) the sample
+    variance of T Bernoulli draws with mean m. At CTRs near 1 % V is ~0.01 instead of
+    Hoeffding's worst case 1/4, so certifying a gap takes roughly 10x fewer pulls.
+    Infinite for T = 0 (and T <= 1 with ``bernstein``), zero for n_aux = inf.
     """
     if has_prior and math.isinf(n_aux):
         return mu, 0.0
@@ -356,8 +362,13 @@ def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta):
     if tk <= 0.0:
         return 0.0, np.inf
     mean = (mu * prior + c) / tk
-    rad = math.sqrt(math.log(4.0 * n_arms * tk * tk / delta) / (2.0 * tk))
-    return mean, rad
+    log_term = math.log(4.0 * n_arms * tk * tk / delta)
+    if not bernstein:
+        return mean, math.sqrt(log_term / (2.0 * tk))
+    if tk <= 1.0:
+        return mean, np.inf
+    var = max(mean * (1.0 - mean), 0.0) * tk / (tk - 1.0)
+    return mean, math.sqrt(2.0 * var * log_term / tk) + 7.0 * log_term / (3.0 * (tk - 1.0))
 
 
 @numba.njit(**NJIT)
@@ -477,7 +488,7 @@ def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prio
             out[k] = -np.inf
         elif bai_done[e]:
             mean, rad = bai_interval(exp_f[e, F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
-                                     has_prior[e, k], K, exp_f[e, F_BAI_DELTA])
+                                     has_prior[e, k], K, exp_f[e, F_BAI_DELTA], exp_f[e, F_BAI_BERNSTEIN] > 0.5)
             out[k] = mean
         else:
             out[k] = -imp[e, k]  # pull every candidate once per round
@@ -496,19 +507,20 @@ def bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, c
     row_f = exp_f[e]
     lam = row_f[F_LAMBDA]
     eps = row_f[F_BAI_EPS]
+    bernstein = row_f[F_BAI_BERNSTEIN] > 0.5
     max_lcb = -np.inf
     max_ucb = -np.inf
     n_c = 0
     for k in range(K):
         if cand[e, k] and active[e, k]:
             mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
-                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+                                     has_prior[e, k], K, row_f[F_BAI_DELTA], bernstein)
             max_lcb = max(max_lcb, mean - rad)
             max_ucb = max(max_ucb, mean + rad)
     for k in range(K):
         if cand[e, k] and active[e, k]:
             mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
-                                     has_prior[e, k], K, row_f[F_BAI_DELTA])
+                                     has_prior[e, k], K, row_f[F_BAI_DELTA], bernstein)
             if mean + rad < max_lcb - eps:
                 cand[e, k] = False
             else:
@@ -519,7 +531,7 @@ def bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, c
         for k in range(K):
             if cand[e, k] and active[e, k]:
                 mean, rad = bai_interval(row_f[F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
-                                         has_prior[e, k], K, row_f[F_BAI_DELTA])
+                                         has_prior[e, k], K, row_f[F_BAI_DELTA], bernstein)
                 if mean - rad < max_ucb - eps - row_f[F_BAI_GAMMA]:
                     done = False
     bai_done[e] = done

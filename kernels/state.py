@@ -159,6 +159,7 @@ class BanditState:
         f[core.F_BAI_EPS] = params.bai_epsilon
         f[core.F_BAI_GAMMA] = params.bai_gamma
         f[core.F_BAI_DELTA] = params.bai_delta
+        f[core.F_BAI_BERNSTEIN] = 1.0 if params.bai_radius == "bernstein" else 0.0
         f[core.F_PROP_DRAWS] = params.propensity_draws
         f[core.F_T] = 1.0
         f[core.F_STEPS] = 0.0
@@ -481,6 +482,11 @@ class BanditState:
         state = cls(meta["capacity_experiments"], meta["capacity_arms"], meta["feature_dim"])
         n = meta["n"]
         for name, arr in arrays.items():
+            if name == "exp_f" and arr.ndim == 2 and arr.shape[1] < core.N_EXP_F:
+                # A blob from before a column was appended (F_BAI_BERNSTEIN): new columns are
+                # added at the end and their 0.0 is the old behaviour, so the blob stays readable.
+                state.exp_f[:n, : arr.shape[1]] = arr
+                continue
             getattr(state, name)[:n] = arr
         state._n = n
         state._params = [ExperimentParams(**{k: (float(v) if k == "n_aux" and isinstance(v, str) else v)

@@ -145,6 +145,17 @@ def test_synthetic_prior_bad_fraction_is_a_one_line_error(files, tmp_path, capsy
     assert "--reversed-fraction must be in [0, 1]" in err and err.count("\n") == 1
 
 
+def test_bai_bad_radius_is_a_one_line_error(files, capsys):
+    data, tune, priors, _ = files
+    from lola.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["replay", "bai", "--data", str(data), "--priors", str(priors), "--radius", "kl"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--radius must be one of hoeffding, bernstein" in err and err.count("\n") == 1
+
+
 def test_missing_headline_prior_is_a_clear_error(files, tmp_path, capsys):
     data, tune, _, truth = files
     partial = tmp_path / "partial.csv"
@@ -169,11 +180,13 @@ def test_protocol_arithmetic():
     assert {s.params["explore_fraction"] for s in P.grid("E&C")} == {0.1, 0.2, 0.3, 0.4, 0.5}
 
 
-def test_bai_subcommand_json(files):
+@pytest.mark.parametrize("radius", ["hoeffding", "bernstein"])
+def test_bai_subcommand_json(files, radius):
     data, tune, priors, _ = files
-    res = invoke("bai", "--data", data, "--priors", priors, "--tune-data", tune, "--reps", 1, "--json")
+    res = invoke("bai", "--data", data, "--priors", priors, "--tune-data", tune, "--reps", 1, "--json", "--radius", radius)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert doc["radius"] == radius
     assert set(doc["curves"]) == {"LLM-BAI", "BAI", "A/B test"}
     assert doc["pure_llm_success_rate"] == 1.0  # exact priors pick the best arm
     for curve in doc["curves"].values():

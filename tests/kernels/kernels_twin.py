@@ -236,7 +236,13 @@ class Twin:
         if T <= 0:
             return 0.0, math.inf
         mean = ((a.prior or 0.0) * prior + self.reward(e, a)) / T
-        return mean, math.sqrt(math.log(4 * len(e.arms) * T * T / e.p.bai_delta) / (2 * T))
+        L = math.log(4 * len(e.arms) * T * T / e.p.bai_delta)
+        if e.p.bai_radius == "hoeffding":
+            return mean, math.sqrt(L / (2 * T))
+        if T <= 1:
+            return mean, math.inf
+        sample_var = max(mean * (1 - mean), 0.0) * T / (T - 1)  # Bernoulli draws with mean `mean`
+        return mean, math.sqrt(2 * sample_var * L / T) + 7 * L / (3 * (T - 1))
 
     def index(self, e: Exp, key: int) -> tuple[list[float], bool, int]:
         pol = e.p.policy

@@ -97,6 +97,28 @@ class TestState:
         with pytest.raises(KernelInputError, match="version 999"):
             BanditState.from_bytes(buf.getvalue())
 
+    def test_blob_from_before_the_bernstein_column_still_loads(self):
+        """Checkpoints written before F_BAI_BERNSTEIN was appended to exp_f (20 columns, no
+        ``bai_radius`` in the params) load as Hoeffding experiments and behave identically."""
+        import io
+
+        from lola.kernels import core
+
+        state = populated()
+        with np.load(io.BytesIO(state.to_bytes())) as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["exp_f"] = arrays["exp_f"][:, : core.F_BAI_BERNSTEIN]
+        meta = json.loads(arrays["__meta__"].tobytes())
+        for p in meta["params"]:
+            p.pop("bai_radius")
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        old = BanditState.from_bytes(buf.getvalue())
+        n = state.n_experiments
+        assert np.array_equal(old.exp_f[:n], state.exp_f[:n], equal_nan=True)
+        assert all(old.params(r).bai_radius == "hoeffding" for r in range(n))
+
     def test_experiment_summary_is_json_ready(self):
         state = populated()
         for r in range(state.n_experiments):
@@ -140,6 +162,8 @@ class TestBadInput:
         (dict(ridge=0.0), "ridge must be a finite number > 0"),
         (dict(bai_gamma=-0.1), "bai_gamma must be a finite number >= 0"),
         (dict(bai_delta=1.0), r"bai_delta must be in \(0, 1\)"),
+        (dict(bai_radius="kl"), "bai_radius must be one of hoeffding, bernstein"),
+        (dict(bai_radius="bernstein", conversion_weight=1.0), "bai_radius 'bernstein' needs conversion_weight 0"),
         (dict(propensity_draws=0), "propensity_draws must be an integer >= 1"),
         (dict(burn_in=True), "burn_in must be an integer"),
     ])

@@ -242,11 +242,13 @@ class TestOtherPolicies:
         assert state.add_arm(0, None, x) == twin.add_arm(0, None, x)
         drive(state, twin, rng, steps=5, batch=5, check=check)
 
+    @pytest.mark.parametrize("radius", ["hoeffding", "bernstein"])
     @pytest.mark.parametrize("policy", ["bai", "llm_bai"])
-    def test_best_arm_identification(self, policy):
+    def test_best_arm_identification(self, policy, radius):
         rng = np.random.default_rng(14)
         ctr = np.array([[0.30, 0.10, 0.05, 0.28], [0.5, 0.5, 0.1, 0.1], [0.2, 0.6, 0.6, 0.0]])
-        specs = [(ExperimentParams(policy=policy, n_aux=n, bai_gamma=0.05, bai_delta=0.2, bai_epsilon=eps),
+        specs = [(ExperimentParams(policy=policy, n_aux=n, bai_gamma=0.05, bai_delta=0.2, bai_epsilon=eps,
+                                   bai_radius=radius),
                   [(float(p), None) for p in ctr[i]])
                  for i, (n, eps) in enumerate(((300.0, 0.0), (50.0, 0.02), (math.inf, 0.0)))]
         state, twin = build(specs)
@@ -261,6 +263,22 @@ class TestOtherPolicies:
         assert state.experiment_summary(0)["good_arms"] == [0]
         slots, _ = select(state, np.zeros(10, np.int64), 1)
         assert slots.tolist() == [0] * 10  # once done, the good set is served
+
+
+def test_bernstein_radius_certifies_low_ctr_arms_with_far_fewer_pulls():
+    """Two arms at 1 % and 2 % CTR, fed exact expected clicks: the impressions per arm at
+    which Algorithm 2 is done, on a doubling grid, for each radius."""
+    def pulls_to_done(radius):
+        for n in 2.0 ** np.arange(6, 26):
+            state, _ = build([(ExperimentParams(policy="bai", bai_radius=radius), [(0.0, None), (0.0, None)])])
+            update(state, np.zeros(2, np.int64), np.arange(2), np.full(2, n), np.array([0.01, 0.02]) * n, np.zeros(2))
+            if state.bai_done_for(0):
+                assert state.good_arms(0) == [1]
+                return n
+        raise AssertionError(f"{radius}: not done within 2**25 pulls per arm")
+
+    hoeffding, bernstein = pulls_to_done("hoeffding"), pulls_to_done("bernstein")
+    assert bernstein * 8 <= hoeffding
 
 
 def test_batch_sees_state_of_call_start():
