@@ -8,7 +8,8 @@ type                      fields (``?`` = optional)
 ========================  ===========================================================
 ``variant``               experiment_id, variant_id, text, action? (add|retire),
                           settings? {policy, alpha, n_aux, conversion_weight, gamma,
-                          attribution_window_s}
+                          attribution_window_s, eb_strength, bai_radius,
+                          bai_epsilon, bai_gamma, bai_delta}
 ``decision_request``      request_id, experiment_id, user_id?, context? (object), ts?
 ``impression``            event_id, experiment_id, variant_id, ts, request_id?
 ``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
@@ -37,7 +38,9 @@ SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 10_000
 EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
-VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s")
+VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s",
+                    "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta")
+_STRING_SETTINGS = ("policy", "bai_radius")
 
 #: Dead-letter reasons, with what each means.
 REASONS = {
@@ -228,9 +231,9 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
             if unknown:
                 raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
             for name, value in settings.items():
-                if name == "policy":
+                if name in _STRING_SETTINGS:
                     if not isinstance(value, str):
-                        raise EventError("wrong_type", "settings.policy must be a string")
+                        raise EventError("wrong_type", f"settings.{name} must be a string")
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise EventError("wrong_type", f"settings.{name} must be a number")
                 elif math.isnan(value) or value < 0:

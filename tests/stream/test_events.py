@@ -73,6 +73,8 @@ BAD_INPUTS = [
                    "settings": {"colour": 1}}), "invalid_settings"),
     (orjson.dumps({"type": "variant", "experiment_id": "e1", "variant_id": "a", "text": "t",
                    "settings": {"alpha": -1}}), "invalid_value"),
+    (orjson.dumps({"type": "variant", "experiment_id": "e1", "variant_id": "a", "text": "t",
+                   "settings": {"bai_radius": 1}}), "wrong_type"),
     (orjson.dumps({"type": "decision_request", "experiment_id": "e1", "request_id": "r", "context": [1]}),
      "wrong_type"),
     (b"{" + b'"a":1,' * 20000 + b'"b":2}', "oversized"),

@@ -112,6 +112,15 @@ def test_invalid_experiment_settings_are_dead_lettered():
     assert proc.experiments == {}
 
 
+def test_bai_settings_reach_the_kernel_params():
+    proc = ShardProcessor(0)
+    out = proc.process([variant(0, settings={"policy": "llm_bai", "bai_radius": "bernstein", "bai_gamma": 0.01}),
+                        variant(1, exp="f", settings={"policy": "bai", "bai_radius": "kl"})])
+    params = proc.state.params(proc.experiments["e"].row)
+    assert (params.policy, params.bai_radius, params.bai_gamma) == ("llm_bai", "bernstein", 0.01)
+    assert [d.reason for d in out.dead_letters] == ["invalid_settings"] and "f" not in proc.experiments
+
+
 def test_decisions_name_active_variants_and_retries_get_the_same_answer():
     proc = ShardProcessor(0)
     proc.process([variant(0, vid="a"), variant(1, vid="b"),
