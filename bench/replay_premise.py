@@ -6,10 +6,10 @@ rule could do on the archive's CTRs, with the easiest possible question: is the 
 exact, or exactly rank-reversed (the two kinds of test `synthetic-prior` writes)?
 
 An ideal observer knows both hypotheses, sees ``tau`` impressions of every headline
-(uniform traffic: at least as informative about the ranking as a bandit's, which starves
-the arms it believes are bad) and answers with the likelihood-ratio test. Its accuracy,
-averaged over tests, bounds what online trust estimation can use at that horizon;
-0.5 is a coin flip.
+(uniform traffic; a bandit starves the arms its prior ranks low and sees less of them)
+and answers with the likelihood-ratio test, the most powerful test between two simple
+hypotheses. Its accuracy, averaged over tests, says how much a test's own clicks can
+tell about its prior by that horizon; 0.5 is a coin flip.
 """
 
 from __future__ import annotations
