@@ -87,15 +87,18 @@ def _progress_factory(enabled: bool):
     return factory, progress.stop
 
 
+def _require_file(path: Optional[Path], flag: str) -> None:
+    """One-line error for a named input file that is not there (``None`` means not given)."""
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{flag} file not found: {path}")
+
+
 def _check_inputs(data: Path, priors: Optional[Path], model: Optional[Path], tune_data: Optional[Path], reps: int) -> None:
     if (priors is None) == (model is None):
         raise ConfigError("give exactly one of --priors CSV or --model DIR")
-    if not data.is_file():
-        raise ConfigError(f"--data file not found: {data}")
-    if tune_data is not None and not tune_data.is_file():
-        raise ConfigError(f"--tune-data file not found: {tune_data}")
-    if priors is not None and not priors.is_file():
-        raise ConfigError(f"--priors file not found: {priors}")
+    _require_file(data, "--data")
+    _require_file(tune_data, "--tune-data")
+    _require_file(priors, "--priors")
     if model is not None and not model.is_dir():
         raise ConfigError(f"--model directory not found: {model}")
     if reps < 1:
@@ -186,8 +189,7 @@ def baseline_prior(
     score: Optional[list[Path]] = typer.Option(None, "--score", help="Extra CSV(s) whose headlines are scored too."),
 ) -> None:
     """Fit the development baseline prior (TF-IDF ridge on the train split) and score every headline."""
-    if not data.is_file():
-        raise ConfigError(f"--data file not found: {data}")
+    _require_file(data, "--data")
     from lola.bench.replay_priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages, split_packages
 
@@ -196,8 +198,7 @@ def baseline_prior(
     predict = fit_tfidf_ridge(parts["train"])
     texts = {p.headline for p in packages}
     for extra in score or []:
-        if not extra.is_file():
-            raise ConfigError(f"--score file not found: {extra}")
+        _require_file(extra, "--score")
         texts |= {p.headline for p in load_packages(extra)[0]}
     texts_sorted = sorted(texts)
     preds = predict(texts_sorted)
@@ -221,8 +222,7 @@ def synthetic_prior(
     experiments) with `lola replay --priors`; it uses the archive's outcomes, so
     its scores are an upper-bound experiment, never a result for a real prior.
     """
-    if not data.is_file():
-        raise ConfigError(f"--data file not found: {data}")
+    _require_file(data, "--data")
     if not (0.0 <= reversed_fraction <= 1.0):
         raise ConfigError(f"--reversed-fraction must be in [0, 1], got {reversed_fraction}")
     from lola.bench.replay_priors import synthetic_priors, write_priors_csv
@@ -243,8 +243,7 @@ def ideal_observer(
     seed: int = typer.Option(20240501, "--seed"),
 ) -> None:
     """How often one test's own clicks tell an exact prior from a rank-reversed one (best case for LOLA-EB)."""
-    if not data.is_file():
-        raise ConfigError(f"--data file not found: {data}")
+    _require_file(data, "--data")
     if draws < 1:
         raise ConfigError(f"--draws must be >= 1, got {draws}")
     from lola.bench.replay_premise import ideal_observer as observe

@@ -199,9 +199,10 @@ def training_csv(data: dict, override: str | Path | None = None) -> Path:
     checked against its recorded sha256: the train/tune/test split is a function of the file,
     so a later stage (readout, int8 calibration) on another file would not see the run's splits.
     ``override`` points at a copy elsewhere. Raises DataError."""
-    path = Path(override or data.get("path") or "")
-    if not str(override or data.get("path") or "") or not path.is_file():
-        raise DataError(f"training data {str(path) if path != Path('') else '(none recorded)'} not found; pass --data")
+    recorded = str(override or data.get("path") or "")
+    path = Path(recorded)
+    if not recorded or not path.is_file():
+        raise DataError(f"training data {recorded or '(none recorded)'} not found; pass --data")
     if data.get("sha256") and file_sha256(path) != data["sha256"]:
         raise DataError(f"{path} is not the file this model was trained on (sha256 differs from the record); "
                         "the train/tune split would not be the training run's")

@@ -6,8 +6,8 @@ Layout (``E`` = experiment capacity, ``K`` = arm capacity, ``d`` = feature dim):
   when gamma < 1; these are the *observed* counts, Algorithm 1's ``n = 1 + impressions``
   is applied inside the kernel), ``mu_aux`` (prior CTR), ``has_prior``, ``active`` and
   ``candidate`` (bool: BAI candidate set / E&C committed set);
-* per experiment: ``exp_f[E, 19]`` (float64 parameters plus the clocks ``t`` and
-  ``steps``; one row = everything a decision reads about its experiment, two cache
+* per experiment: ``exp_f[E, N_EXP_F]`` (float64 parameters plus the clocks ``t`` and
+  ``steps``; one row = everything a decision reads about its experiment, three cache
   lines), ``policy``, ``n_arms`` (int64), ``bai_done``, ``ec_committed`` (bool);
 * LinUCB, only when ``d > 0``: ``features[E, K, d]`` (arm text embeddings),
   ``ainv[E, d, d]`` (A^-1, kept by Sherman-Morrison), ``bvec[E, d]`` and the cache
@@ -30,7 +30,10 @@ from lola.errors import CapacityError, ConfigError, KernelInputError
 from lola.kernels import core
 from lola.kernels.params import POLICIES, ExperimentParams
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Width of ``exp_f`` in each readable format: version 1 predates F_BAI_BERNSTEIN, the one
+# column version 2 appended; its 0.0 (Hoeffding) is what version 1 always did.
+_EXP_F_WIDTH = {1: core.F_BAI_BERNSTEIN, 2: core.N_EXP_F}
 _MAGIC = "lola.kernels.BanditState"
 
 _ARM_F64 = ("impressions", "clicks", "conversions", "mu_aux")
@@ -476,17 +479,19 @@ class BanditState:
             raise KernelInputError(f"not a BanditState blob: {exc}") from None
         if meta.get("magic") != _MAGIC:
             raise KernelInputError("not a BanditState blob (bad magic)")
-        if meta.get("version") != FORMAT_VERSION:
-            raise KernelInputError(f"BanditState format version {meta.get('version')} is not supported "
-                                   f"(this build reads {FORMAT_VERSION})")
+        version = meta.get("version")
+        if version not in _EXP_F_WIDTH:
+            raise KernelInputError(f"BanditState format version {version} is not supported "
+                                   f"(this build reads {', '.join(map(str, _EXP_F_WIDTH))})")
         state = cls(meta["capacity_experiments"], meta["capacity_arms"], meta["feature_dim"])
         n = meta["n"]
+        width = _EXP_F_WIDTH[version]
+        shape = arrays["exp_f"].shape if "exp_f" in arrays else None
+        if shape is None or shape[1:] != (width,):
+            raise KernelInputError(f"not a BanditState blob: exp_f has shape {shape}, "
+                                   f"format version {version} has {width} columns")
+        arrays["exp_f"] = np.pad(arrays["exp_f"], ((0, 0), (0, core.N_EXP_F - width)))  # appended columns: 0.0
         for name, arr in arrays.items():
-            if name == "exp_f" and arr.ndim == 2 and arr.shape[1] < core.N_EXP_F:
-                # A blob from before a column was appended (F_BAI_BERNSTEIN): new columns are
-                # added at the end and their 0.0 is the old behaviour, so the blob stays readable.
-                state.exp_f[:n, : arr.shape[1]] = arr
-                continue
             getattr(state, name)[:n] = arr
         state._n = n
         state._params = [ExperimentParams(**{k: (float(v) if k == "n_aux" and isinstance(v, str) else v)

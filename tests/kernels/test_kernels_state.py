@@ -109,6 +109,7 @@ class TestState:
             arrays = {k: z[k] for k in z.files}
         arrays["exp_f"] = arrays["exp_f"][:, : core.F_BAI_BERNSTEIN]
         meta = json.loads(arrays["__meta__"].tobytes())
+        meta["version"] = 1
         for p in meta["params"]:
             p.pop("bai_radius")
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
