@@ -15,6 +15,11 @@ from lola.errors import KernelInputError
 from lola.kernels import core
 from lola.kernels.state import BanditState
 
+#: Largest impressions, clicks or conversion value one ``update`` row may carry
+#: (docs/operations/limits.md). With the parameter bounds of
+#: :mod:`lola.kernels.params` no statistic can then overflow to inf.
+MAX_UPDATE_VALUE = 1e12
+
 
 def _array(name: str, value: Any, dtype: type, n: int | None = None) -> np.ndarray:
     if not isinstance(value, np.ndarray):
@@ -130,7 +135,7 @@ def update(state: BanditState, rows: np.ndarray, slots: np.ndarray, impressions:
     ----------
     rows, slots : int64[n]
     impressions, clicks, conversion_value : float64[n]
-        Non-negative and finite. An impression event is ``(1, 0, 0)``, a later click
+        In [0, :data:`MAX_UPDATE_VALUE`]. An impression event is ``(1, 0, 0)``, a later click
         ``(0, 1, 0)``, a conversion worth 12.5 ``(0, 0, 12.5)``; aggregated rows work too.
 
     Notes
@@ -151,8 +156,9 @@ def update(state: BanditState, rows: np.ndarray, slots: np.ndarray, impressions:
             i = int(np.flatnonzero((slots < 0) | (slots >= state.n_arms[rows]))[0])
             raise KernelInputError(f"slot {int(slots[i])} does not exist in experiment row {int(rows[i])}")
         for name, v in zip(("impressions", "clicks", "conversion_value"), cols):
-            if not np.all(np.isfinite(v)) or np.any(v < 0.0):
-                raise KernelInputError(f"{name} must be finite and >= 0")
+            # np.all(v <= MAX) is False for NaN too, so one comparison checks both.
+            if not np.all(v <= MAX_UPDATE_VALUE) or np.any(v < 0.0):
+                raise KernelInputError(f"{name} must be in [0, {MAX_UPDATE_VALUE:g}] (finite)")
         _engine(core.MODE_UPDATE, state, rows, slots=slots, w=cols[0], c=cols[1], v=cols[2])
 
 

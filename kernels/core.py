@@ -482,9 +482,14 @@ def policy_scores(e, key, j, policy, exp_f, n_arms, imp, clk, conv, mu, has_prio
             else:  # committed arms all retired: best empirical mean among the rest
                 out[k] = (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0)
         return j, False
-    # BAI / LLM-BAI (Algorithm 2)
+    # BAI / LLM-BAI (Algorithm 2). If every surviving candidate was retired, the
+    # remaining active arms compete again (as E&C does), so an experiment with an
+    # active arm can always be served.
+    any_cand = False
     for k in range(K):
-        if not (active[e, k] and cand[e, k]):
+        any_cand = any_cand or (cand[e, k] and active[e, k])
+    for k in range(K):
+        if not (active[e, k] and (cand[e, k] or not any_cand)):
             out[k] = -np.inf
         elif bai_done[e]:
             mean, rad = bai_interval(exp_f[e, F_N_AUX], imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k],
@@ -551,10 +556,31 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
         cand[e, k] = active[e, k] and (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0) == best
 
 
+#: Below this discount factor the data part of A is forgotten outright (A = ridge I):
+#: scaling A^-1 by 1/f would otherwise overflow (gamma ** w underflows to 0).
+LINEAR_FORGET_BELOW = 1e-12
+
+
 @numba.njit(**NJIT)
-def linear_discount(e, K, f, z, ainv, bvec):
-    """A <- f A and b <- f b, i.e. A^-1 and the cache z scale by 1/f."""
+def linear_discount(e, K, f, ridge, feats, z, ainv, bvec, ubuf):
+    """Discount the data, keep the ridge: A <- f A + (1 - f) ridge I, b <- f b.
+
+    A^-1 and the cache z first scale by 1/f, then d Sherman-Morrison steps add
+    (1 - f) ridge e_j e_j' back, so a feature direction that gets no data keeps
+    A = ridge (A^-1 never grows without bound). For f below
+    :data:`LINEAR_FORGET_BELOW` the data is dropped: A = ridge I, b = 0.
+    """
     d = bvec.shape[1]
+    if f < LINEAR_FORGET_BELOW:
+        inv_r = 1.0 / ridge
+        for p in range(d):
+            bvec[e, p] = 0.0
+            for q in range(d):
+                ainv[e, p, q] = inv_r if p == q else 0.0
+        for k in range(K):
+            for p in range(d):
+                z[e, k, p] = feats[e, k, p] * inv_r
+        return
     inv_f = 1.0 / f
     for p in range(d):
         bvec[e, p] *= f
@@ -563,6 +589,19 @@ def linear_discount(e, K, f, z, ainv, bvec):
     for k in range(K):
         for p in range(d):
             z[e, k, p] *= inv_f
+    wj = (1.0 - f) * ridge
+    for j in range(d):
+        for p in range(d):
+            ubuf[p] = ainv[e, p, j]  # A^-1 e_j (A^-1 is symmetric)
+        coef = wj / (1.0 + wj * ubuf[j])
+        for p in range(d):
+            cp = coef * ubuf[p]
+            for q in range(d):
+                ainv[e, p, q] -= cp * ubuf[q]
+        for k in range(K):
+            g = coef * z[e, k, j]  # (A^-1 e_j) . x_k = e_j . A^-1 x_k
+            for p in range(d):
+                z[e, k, p] -= g * ubuf[p]
 
 
 @numba.njit(**NJIT)
@@ -755,7 +794,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                         conv[e, k] *= f
                     exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
                     if linear:
-                        linear_discount(e, K, f, z, ainv, bvec)
+                        linear_discount(e, K, f, exp_f[e, F_RIDGE], feats, z, ainv, bvec, ubuf)
                 imp[e, a] += w
                 clk[e, a] += c
                 conv[e, a] += v
@@ -828,7 +867,9 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
     else:
         _, nt, best = tied_argmax(K, scores, 0.0)
         for k in range(K):
-            out[k] = 1.0 / nt if scores[k] == best else 0.0
+            # nt == 0 only if no score beats -inf (e.g. every candidate eliminated): share 0,
+            # never a division by zero that would kill the caller.
+            out[k] = 1.0 / nt if nt > 0 and scores[k] == best else 0.0
     for k in range(K):
         out[k] = (floor + (1.0 - mass) * out[k]) if active[e, k] else 0.0
 

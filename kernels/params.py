@@ -37,6 +37,25 @@ BAI_RADII: tuple[str, ...] = ("hoeffding", "bernstein")
 # Integer codes used by the @njit kernels (kept equal to POLICY_CODE).
 LLM2UCB, UCB, PURE_LLM, EC, TS, LLM_TS, LINUCB, LLM_LINUCB, BAI, LLM_BAI, LLM2UCB_EB = range(11)
 
+#: Explicit bounds of the numeric parameters (docs/operations/limits.md). Far beyond any
+#: sensible experiment, and small enough that no kernel sum, product or log can overflow
+#: to inf (or inf - inf to NaN) from finite statistics: every value a kernel multiplies
+#: stays below 1e12, so products stay below ~1e40 even after 2**53 events.
+MAX_ALPHA = 1e6
+MAX_N_AUX = 1e12          # finite values; math.inf (the pure-LLM limit) is allowed too
+MIN_GAMMA = 1e-6
+MAX_CONVERSION_WEIGHT = 1e6
+MAX_HORIZON = 10**15
+MAX_BURN_IN = 10**15
+MAX_TS_PRIOR = 1e12       # ts_alpha0, ts_beta0
+MAX_EB_STRENGTH = 1e6
+MAX_LINUCB_ALPHA = 1e6
+MAX_RIDGE = 1e12
+MIN_RIDGE = 1e-12
+MAX_BAI_GAP = 1e6         # bai_epsilon, bai_gamma
+MIN_BAI_DELTA = 1e-12
+MAX_PROPENSITY_DRAWS = 100_000
+
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
@@ -121,19 +140,20 @@ class ExperimentParams:
         if not isinstance(self.policy, str) or self.policy not in POLICY_CODE:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
         alpha = _number("alpha", self.alpha)
-        if not (math.isfinite(alpha) and alpha >= 0.0):
-            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        if not (0.0 <= alpha <= MAX_ALPHA):
+            raise ConfigError(f"alpha must be in [0, {MAX_ALPHA:g}], got {self.alpha!r}")
         n_aux = _number("n_aux", self.n_aux)
-        if n_aux < 0.0:
-            raise ConfigError(f"n_aux must be >= 0 (math.inf allowed), got {self.n_aux!r}")
+        if not (0.0 <= n_aux <= MAX_N_AUX or n_aux == math.inf):
+            raise ConfigError(f"n_aux must be in [0, {MAX_N_AUX:g}] (or math.inf), got {self.n_aux!r}")
         gamma = _number("gamma", self.gamma)
-        if not (0.0 < gamma <= 1.0):
-            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        if not (MIN_GAMMA <= gamma <= 1.0):
+            raise ConfigError(f"gamma must be in [{MIN_GAMMA:g}, 1], got {self.gamma!r}")
         lam = _number("conversion_weight", self.conversion_weight)
-        if not (math.isfinite(lam) and lam >= 0.0):
-            raise ConfigError(f"conversion_weight must be a finite number >= 0, got {self.conversion_weight!r}")
-        if self.horizon is not None and _integer("horizon", self.horizon) < 1:
-            raise ConfigError(f"horizon must be an integer >= 1 or None, got {self.horizon!r}")
+        if not (0.0 <= lam <= MAX_CONVERSION_WEIGHT):
+            raise ConfigError(f"conversion_weight must be in [0, {MAX_CONVERSION_WEIGHT:g}], "
+                              f"got {self.conversion_weight!r}")
+        if self.horizon is not None and not (1 <= _integer("horizon", self.horizon) <= MAX_HORIZON):
+            raise ConfigError(f"horizon must be an integer in [1, {MAX_HORIZON:g}] or None, got {self.horizon!r}")
         if self.policy == "ec" and self.horizon is None:
             raise ConfigError("policy 'ec' needs a horizon (impressions) to size its exploration phase")
         frac = _number("explore_fraction", self.explore_fraction)
@@ -142,35 +162,36 @@ class ExperimentParams:
         floor = _number("min_traffic", self.min_traffic)
         if not (0.0 <= floor < 1.0):
             raise ConfigError(f"min_traffic must be in [0, 1), got {self.min_traffic!r}")
-        if _integer("burn_in", self.burn_in) < 0:
-            raise ConfigError(f"burn_in must be an integer >= 0, got {self.burn_in!r}")
+        if not (0 <= _integer("burn_in", self.burn_in) <= MAX_BURN_IN):
+            raise ConfigError(f"burn_in must be an integer in [0, {MAX_BURN_IN:g}], got {self.burn_in!r}")
         for name in ("ts_alpha0", "ts_beta0"):
             v = _number(name, getattr(self, name))
-            if not (math.isfinite(v) and v > 0.0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+            if not (0.0 < v <= MAX_TS_PRIOR):
+                raise ConfigError(f"{name} must be in (0, {MAX_TS_PRIOR:g}], got {getattr(self, name)!r}")
         eb = _number("eb_strength", self.eb_strength)
-        if not (math.isfinite(eb) and eb >= 0.0):
-            raise ConfigError(f"eb_strength must be a finite number >= 0, got {self.eb_strength!r}")
+        if not (0.0 <= eb <= MAX_EB_STRENGTH):
+            raise ConfigError(f"eb_strength must be in [0, {MAX_EB_STRENGTH:g}], got {self.eb_strength!r}")
         la = _number("linucb_alpha", self.linucb_alpha)
-        if not (math.isfinite(la) and la >= 0.0):
-            raise ConfigError(f"linucb_alpha must be a finite number >= 0, got {self.linucb_alpha!r}")
+        if not (0.0 <= la <= MAX_LINUCB_ALPHA):
+            raise ConfigError(f"linucb_alpha must be in [0, {MAX_LINUCB_ALPHA:g}], got {self.linucb_alpha!r}")
         ridge = _number("ridge", self.ridge)
-        if not (math.isfinite(ridge) and ridge > 0.0):
-            raise ConfigError(f"ridge must be a finite number > 0, got {self.ridge!r}")
+        if not (MIN_RIDGE <= ridge <= MAX_RIDGE):
+            raise ConfigError(f"ridge must be in [{MIN_RIDGE:g}, {MAX_RIDGE:g}], got {self.ridge!r}")
         for name in ("bai_epsilon", "bai_gamma"):
             v = _number(name, getattr(self, name))
-            if not (math.isfinite(v) and v >= 0.0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+            if not (0.0 <= v <= MAX_BAI_GAP):
+                raise ConfigError(f"{name} must be in [0, {MAX_BAI_GAP:g}], got {getattr(self, name)!r}")
         delta = _number("bai_delta", self.bai_delta)
-        if not (0.0 < delta < 1.0):
-            raise ConfigError(f"bai_delta must be in (0, 1), got {self.bai_delta!r}")
+        if not (MIN_BAI_DELTA <= delta < 1.0):
+            raise ConfigError(f"bai_delta must be in [{MIN_BAI_DELTA:g}, 1), got {self.bai_delta!r}")
         if self.bai_radius not in BAI_RADII:
             raise ConfigError(f"bai_radius must be one of {', '.join(BAI_RADII)}; got {self.bai_radius!r}")
         if self.bai_radius == "bernstein" and lam != 0.0:
             # The kernel keeps no sum of squares, so the sample variance is only known for 0/1 rewards.
             raise ConfigError(f"bai_radius 'bernstein' needs conversion_weight 0 (0/1 rewards), got {self.conversion_weight!r}")
-        if _integer("propensity_draws", self.propensity_draws) < 1:
-            raise ConfigError(f"propensity_draws must be an integer >= 1, got {self.propensity_draws!r}")
+        if not (1 <= _integer("propensity_draws", self.propensity_draws) <= MAX_PROPENSITY_DRAWS):
+            raise ConfigError(f"propensity_draws must be an integer in [1, {MAX_PROPENSITY_DRAWS}], "
+                              f"got {self.propensity_draws!r}")
 
     @property
     def code(self) -> int:

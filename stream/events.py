@@ -14,11 +14,12 @@ type                      fields (``?`` = optional)
 ``impression``            event_id, experiment_id, variant_id, ts, request_id?
 ``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
                           request_id?
-``conversion``            event_id, experiment_id, variant_id, value (>= 0), ts
+``conversion``            event_id, experiment_id, variant_id, value (0..1e9), ts
 ========================  ===========================================================
 
 Every event may carry ``"v": 1`` (the schema version; absent means 1). ``ts`` is
-seconds since the Unix epoch (float). Ids are non-empty strings of at most
+seconds since the Unix epoch (float), at most :data:`MAX_TS`; the worker also rejects
+one too far in the future (``future_ts``). Ids are non-empty strings of at most
 :data:`MAX_ID_CHARS` characters. A bad message raises :class:`~lola.errors.EventError`
 with a short machine-readable ``reason`` (see :data:`REASONS`), which the worker puts
 in the dead letter's ``lola.reason`` header.
@@ -37,6 +38,14 @@ from lola.errors import EventError
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
 MAX_TEXT_CHARS = 10_000
+#: Largest conversion ``value`` (docs/operations/limits.md): far above any order value,
+#: far below what could overflow the kernels' statistics (kernels.api.MAX_UPDATE_VALUE).
+MAX_CONVERSION_VALUE = 1e9
+#: Largest ``ts`` accepted by decoding (the year 9999). The worker also rejects a ts
+#: more than ``max_future_skew_s`` ahead of its clock (``future_ts``); old ts are legal.
+MAX_TS = 253_402_300_799.0
+#: Bounds of the numeric variant settings that are not ExperimentParams fields.
+MAX_ATTRIBUTION_WINDOW_S = 1e9
 EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
 VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s",
                     "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta")
@@ -51,7 +60,8 @@ REASONS = {
     "unknown_type": "field type is missing or not one of EVENT_TYPES",
     "missing_field": "a required field is absent",
     "wrong_type": "a field has the wrong JSON type",
-    "invalid_value": "a field is out of range (negative, non-finite, empty, too long)",
+    "invalid_value": "a field is out of range (negative, non-finite, above its bound, empty, too long)",
+    "future_ts": "ts further in the future than max_future_skew_s (milliseconds sent as seconds?)",
     "key_mismatch": "the Kafka key differs from experiment_id (breaks partition ownership)",
     "unknown_experiment": "event for an experiment no variant event created",
     "unknown_variant": "event for a variant the experiment does not have",
@@ -60,6 +70,8 @@ REASONS = {
     "late_conversion": "conversion outside the attribution window",
     "no_active_variant": "decision request for an experiment whose variants are all retired",
     "capacity": "state cannot hold another experiment or arm",
+    "processing_error": "applying the event raised an unexpected error (class in lola.detail); shard rolled back",
+    "poison": "the process died N times with this record in flight (crash-loop breaker)",
 }
 
 
@@ -125,7 +137,7 @@ def _id(obj: dict[str, Any], name: str, required: bool = True) -> str | None:
     return value
 
 
-def _number(obj: dict[str, Any], name: str, required: bool = True) -> float | None:
+def _number(obj: dict[str, Any], name: str, required: bool = True, limit: float = MAX_TS) -> float | None:
     value = obj.get(name)
     if value is None:
         if required:
@@ -135,8 +147,8 @@ def _number(obj: dict[str, Any], name: str, required: bool = True) -> float | No
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise EventError("wrong_type", f"{name} must be a number")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise EventError("invalid_value", f"{name} must be finite and >= 0")
+    if not 0.0 <= value <= limit:  # False for NaN and inf too
+        raise EventError("invalid_value", f"{name} must be in [0, {limit:g}]")
     return value
 
 
@@ -165,7 +177,7 @@ def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536)
         vid = obj.get("variant_id")
         ts = obj.get("ts")
         if (type(eid) is str and type(exp) is str and type(vid) is str and (type(ts) is float or type(ts) is int)
-                and 0.0 <= ts < math.inf and 0 < len(eid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
+                and 0.0 <= ts <= MAX_TS and 0 < len(eid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
                 and 0 < len(vid) <= MAX_ID_CHARS and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
                 and (key is None or key == exp.encode())):
             rid = obj.get("request_id")
@@ -183,7 +195,7 @@ def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536)
         context = obj.get("context")
         if (type(rid) is str and type(exp) is str and 0 < len(rid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
                 and (uid is None or (type(uid) is str and 0 < len(uid) <= MAX_ID_CHARS))
-                and (ts is None or ((type(ts) is float or type(ts) is int) and 0.0 <= ts < math.inf))
+                and (ts is None or ((type(ts) is float or type(ts) is int) and 0.0 <= ts <= MAX_TS))
                 and (context is None or type(context) is dict)
                 and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
                 and (key is None or key == exp.encode())):
@@ -210,7 +222,7 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
         event = DecisionRequest(_id(obj, "request_id"), experiment_id, _id(obj, "user_id", False), context,
                                 _number(obj, "ts", False))
     elif kind == "conversion":
-        event = Conversion(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "value"),
+        event = Conversion(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "value", limit=MAX_CONVERSION_VALUE),
                            _number(obj, "ts"))
     elif kind == "variant":
         text = obj.get("text")
@@ -238,6 +250,9 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
                     raise EventError("wrong_type", f"settings.{name} must be a number")
                 elif math.isnan(value) or value < 0:
                     raise EventError("invalid_value", f"settings.{name} must be >= 0")
+                elif name == "attribution_window_s" and not 0 < value <= MAX_ATTRIBUTION_WINDOW_S:
+                    raise EventError("invalid_value", f"settings.{name} must be in (0, {MAX_ATTRIBUTION_WINDOW_S:g}]")
+                # every other numeric bound is ExperimentParams' (lola.kernels.params): invalid_settings
         event = Variant(experiment_id, _id(obj, "variant_id"), text, action, settings)
     else:
         raise EventError("unknown_type", repr(kind)[:40])

@@ -44,6 +44,9 @@ from lola.stream import events as ev
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 1
+#: Records applied since the last restore point after which the shard takes a new one
+#: itself (normally the worker's checkpoint, every checkpoint_interval_s, takes it).
+JOURNAL_MAX_RECORDS = 500_000
 
 
 def _setting_default(name: str) -> Any:
@@ -68,6 +71,7 @@ class ProcessorConfig:
     default_alpha: float = _setting_default("default_alpha")
     default_n_aux: float = _setting_default("default_n_aux")
     seed: int = _setting_default("seed")
+    max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
 
     @classmethod
@@ -79,7 +83,8 @@ class ProcessorConfig:
                    default_policy=settings.default_policy,
                    default_alpha=settings.default_alpha,
                    default_n_aux=settings.default_n_aux,
-                   seed=settings.seed)
+                   seed=settings.seed,
+                   max_future_skew_s=settings.max_future_skew_s)
 
 
 @dataclass
@@ -195,7 +200,7 @@ class ShardProcessor:
     """State and processing of one partition of the events topic (see module docstring)."""
 
     def __init__(self, partition: int, config: ProcessorConfig | None = None, *,
-                 state: Any = None, next_offset: int = 0) -> None:
+                 state: Any = None, next_offset: int = 0, restore_point: bytes | None = None) -> None:
         from lola.kernels import BanditState
 
         self.partition = partition
@@ -208,19 +213,49 @@ class ShardProcessor:
         self.imp_by_request = _Window(self.config.dedup_window)  # request_id -> impression ts
         self.decided = _Window(self.config.request_memory)     # request_id -> [variant, propensity, version]
         self.events_applied = 0
+        # Fault isolation (see process): the last restore point (a checkpoint blob, or None
+        # for "fresh at _restore_offset") and everything applied since, in order.
+        self._restore_blob = restore_point
+        self._restore_offset = next_offset
+        self._journal: list[tuple] = []
+        self._journal_records = 0
+        self.rollbacks = 0
 
     # ------------------------------------------------------------------ processing
-    def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None) -> BatchOutput:
+    def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None,
+                timestamps: list[float] | None = None) -> BatchOutput:
         """Apply a batch of ``(offset, key, value)`` records in log order.
 
         Records at offsets below :attr:`next_offset` (already reflected in the state)
-        are skipped, so a re-delivered batch never counts twice.
+        are skipped, so a re-delivered batch never counts twice. ``timestamps`` (the
+        records' Kafka timestamps in seconds, parallel to ``records``) are the reference
+        of the ``future_ts`` check; without them it is ``now`` (the worker's clock).
+
+        Fault isolation: if applying the batch raises anything but an EventError (a
+        kernel bug, an exception nobody foresaw), the shard is rolled back to its state
+        before the batch and the records are applied one by one; the one that fails is
+        a ``processing_error`` dead letter (exception class in its detail) and the rest
+        count exactly once.
         """
+        now = time.time() if now is None else now
+        applied = self.events_applied
+        try:
+            out = self._process(records, now, timestamps)
+        except Exception as exc:  # noqa: BLE001 - anything: the shard must survive it
+            return self._isolate(records, now, timestamps, applied, exc)
+        self._journal.append((0, records, now, timestamps))
+        self._journal_records += len(records)
+        if self._journal_records > JOURNAL_MAX_RECORDS:
+            self.mark()
+        return out
+
+    def _process(self, records: list, now: float, timestamps: list[float] | None) -> BatchOutput:
         from lola.kernels import update
 
         out = BatchOutput()
         cfg = self.config
-        now = time.time() if now is None else now
+        skew = cfg.max_future_skew_s
+        latest = now + skew
         rows: list[int] = []
         slots: list[int] = []
         imps: list[float] = []
@@ -238,7 +273,7 @@ class ShardProcessor:
         max_bytes = cfg.max_message_bytes
         first_offset = None
         next_offset = self.next_offset
-        for offset, key, value in records:
+        for i, (offset, key, value) in enumerate(records):
             if offset < next_offset:
                 continue
             if first_offset is None:
@@ -249,6 +284,9 @@ class ShardProcessor:
                 exp = experiments.get(event.experiment_id)
                 kind = type(event)
                 if kind is Impression or kind is Click or kind is Conversion:
+                    if event.ts > (latest if timestamps is None else timestamps[i] + skew):
+                        raise EventError("future_ts", f"ts {event.ts:.0f} is more than {skew:g}s ahead of "
+                                                      f"{'now' if timestamps is None else 'its Kafka timestamp'}")
                     if event.event_id in seen_map:
                         out.duplicates += 1
                         continue
@@ -292,6 +330,66 @@ class ShardProcessor:
         if requests:
             self._decide(requests, out, now, first_offset or 0)
         return out
+
+    # ------------------------------------------------------------------ fault isolation
+    def _isolate(self, records: list, now: float, timestamps: list[float] | None, applied: int,
+                 exc: BaseException) -> BatchOutput:
+        """Roll back, then apply ``records`` one at a time (see :meth:`process`)."""
+        self._rollback()
+        self.events_applied = applied
+        self.mark()  # the pre-batch state: each failing record below then costs one restore
+        out = BatchOutput()
+        for i, rec in enumerate(records):
+            if rec[0] < self.next_offset:
+                continue
+            one = [rec]
+            ts = None if timestamps is None else [timestamps[i]]
+            try:
+                part = self._process(one, now, ts)
+            except Exception as err:  # noqa: BLE001
+                self._rollback()
+                self.next_offset = rec[0] + 1
+                self._journal.append((2, rec[0]))
+                detail = f"{type(err).__name__}: {err}"[:300]
+                out.dead_letters.append(DeadLetter(rec[0], rec[1], rec[2], "processing_error", detail))
+                continue
+            self._journal.append((0, one, now, ts))
+            self._journal_records += 1
+            out.decisions += part.decisions
+            out.dead_letters += part.dead_letters
+            out.prior_requests += part.prior_requests
+            for kind, n in part.counts.items():
+                out.counts[kind] = out.counts.get(kind, 0) + n
+            out.duplicates += part.duplicates
+            out.dirty |= part.dirty
+        return out
+
+    def mark(self, topic: str = "") -> bytes:
+        """Serialise the shard (a checkpoint record) and make it the restore point."""
+        blob = self.to_checkpoint(topic)
+        self._restore_blob = blob
+        self._journal = []
+        self._journal_records = 0
+        return blob
+
+    def _rollback(self) -> None:
+        """Back to the restore point, then re-apply the journal (its outputs were emitted already)."""
+        if self._restore_blob is None:
+            fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset)
+        else:
+            fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config)
+        journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        self.__dict__.update(fresh.__dict__)
+        self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
+        for entry in journal:
+            if entry[0] == 0:
+                self._process(entry[1], entry[2], entry[3])
+            elif entry[0] == 1:
+                self._apply_prior(entry[1], entry[2], entry[3])
+            else:
+                self.next_offset = max(self.next_offset, entry[1] + 1)
+        self._journal = journal
+        self._journal_records = sum(len(e[1]) for e in journal if e[0] == 0)
 
     def _check_attribution(self, event: Any, exp: Experiment, reason: str) -> None:
         window = exp.attribution_window_s
@@ -386,6 +484,10 @@ class ShardProcessor:
     # ------------------------------------------------------------------ priors
     def apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
         """Apply a prior that arrived from the prior provider; False if the arm is gone."""
+        self._journal.append((1, experiment_id, variant_id, prior))
+        return self._apply_prior(experiment_id, variant_id, prior)
+
+    def _apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
         exp = self.experiments.get(experiment_id)
         slot = exp.slots.get(variant_id) if exp else None
         if slot is None:
@@ -440,7 +542,7 @@ class ShardProcessor:
 
         meta, state_blob = _split_checkpoint(blob)
         proc = cls(int(meta["partition"]), config, state=BanditState.from_bytes(state_blob),
-                   next_offset=int(meta["next_offset"]))
+                   next_offset=int(meta["next_offset"]), restore_point=blob)
         for d in meta["experiments"]:
             exp = Experiment.from_json(d)
             proc.experiments[exp.experiment_id] = exp

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lola.errors import ConfigError
@@ -58,7 +58,9 @@ class StreamSettings(BaseSettings):
     events_topic: str = Field("lola.events", validation_alias=AliasChoices("events_topic", "LOLA_EVENTS_TOPIC"))
     decisions_topic: str = Field("lola.decisions", validation_alias=AliasChoices("decisions_topic", "LOLA_DECISIONS_TOPIC"))
     snapshots_topic: str = Field("lola.snapshots", validation_alias=AliasChoices("snapshots_topic", "LOLA_SNAPSHOTS_TOPIC"))
-    state_topic: str = Field("lola.state", validation_alias=AliasChoices("state_topic", "LOLA_STATE_TOPIC"))
+    state_topic: str | None = Field(None, validation_alias=AliasChoices("state_topic", "LOLA_STATE_TOPIC"),
+                                    description="checkpoint topic; default lola.state.<group_id>, one per consumer "
+                                                "group. Set it to share a topic between groups on purpose")
     deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
     partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
                             description="partitions of the events topic when the worker creates it")
@@ -82,19 +84,37 @@ class StreamSettings(BaseSettings):
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
     dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
                               description="event_ids remembered per partition for de-duplication")
-    attribution_window_s: float = Field(86_400.0, gt=0, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
+    attribution_window_s: float = Field(86_400.0, gt=0, le=1e9, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
     default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
     # A worker does not know how long an experiment will run, so its default is the one LOLA setting that
     # loses least across horizons tau = 50..1000 on the replay's tune split with the default model
     # (`lola replay` JSON: one_setting_for_all_horizons; README "Paper replay"). Tune it again for another model.
-    default_alpha: float = Field(0.08, ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
+    default_alpha: float = Field(0.08, ge=0, le=1e6, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
                                  description="UCB width of a new experiment (LOLA replay, one setting for all horizons)")
-    default_n_aux: float = Field(5600.0, ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
+    default_n_aux: float = Field(5600.0, ge=0, le=1e12, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
-    seed: int = Field(0, ge=0, validation_alias=AliasChoices("seed", "LOLA_SEED"))
+    seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
+    max_future_skew_s: float = Field(300.0, ge=0, le=31_536_000,
+                                     validation_alias=AliasChoices("max_future_skew_s", "LOLA_MAX_FUTURE_SKEW_S"),
+                                     description="an event ts further ahead of its Kafka timestamp is a future_ts "
+                                                 "dead letter; old ts stay legal (backfills)")
+    # --- fault tolerance (docs/operations/fault-tolerance.md) ----------------------------
+    poison_after_deaths: int = Field(3, ge=1, le=100,
+                                     validation_alias=AliasChoices("poison_after_deaths", "LOLA_POISON_AFTER_DEATHS"),
+                                     description="a record in flight when the process died this many times is "
+                                                 "dead-lettered as poison on restart")
+    offset_reset_policy: Literal["earliest", "latest", "fail"] = Field(
+        "earliest", validation_alias=AliasChoices("offset_reset_policy", "LOLA_OFFSET_RESET_POLICY"),
+        description="a checkpoint beyond its partition's end (topic recreated): keep its state and re-read the "
+                    "partition from its start (earliest), keep its state and skip to the end (latest), or stop (fail)")
+    state_max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024,
+                                         validation_alias=AliasChoices("state_max_message_bytes",
+                                                                       "LOLA_STATE_MAX_MESSAGE_BYTES"),
+                                         description="max.message.bytes of a state topic the worker creates; the "
+                                                     "limit in force is read from the broker")
     # --- priors --------------------------------------------------------------------------
     model_dir: Path | None = Field(None, validation_alias=AliasChoices("model_dir", "LOLA_MODEL_DIR"),
                                    description="ONNX prior model folder (model_card.json); none = constant prior")
@@ -122,9 +142,11 @@ class StreamSettings(BaseSettings):
 
     @field_validator("events_topic", "decisions_topic", "snapshots_topic", "state_topic", "deadletter_topic")
     @classmethod
-    def _topic_name(cls, value: str) -> str:
+    def _topic_name(cls, value: str | None) -> str | None:
         import re
 
+        if value is None:
+            return None  # state_topic: derived from group_id below
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
             raise ValueError(f"topic name {value!r} must be 1-249 characters of A-Z a-z 0-9 . _ -")
         return value
@@ -154,6 +176,19 @@ class StreamSettings(BaseSettings):
             env = [c for c in choices if isinstance(c, str) and c.isupper()]
             out[name] = env[0]
         return out
+
+    @model_validator(mode="after")
+    def _state_topic_per_group(self) -> "StreamSettings":
+        # One state topic per consumer group by default: a second group then can never push
+        # this group's checkpoints out of the restore window (issue 15).
+        if self.state_topic is None:
+            topic = f"lola.state.{self.group_id}"
+            try:
+                self.state_topic = self._topic_name(topic)
+            except ValueError:
+                raise ValueError(f"group_id {self.group_id!r} does not make a valid state topic name ({topic!r}); "
+                                 "set state_topic (LOLA_STATE_TOPIC)") from None
+        return self
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -269,8 +269,9 @@ class Twin:
                     out.append((a.clicks + lam * a.conv) / max(a.n, 1.0))
             return out, False, 2
         out = []
+        any_cand = any(a.active and a.candidate for a in e.arms)  # none left: every active arm competes
         for a in e.arms:
-            if not (a.active and a.candidate):
+            if not (a.active and (a.candidate or not any_cand)):
                 out.append(-math.inf)
             elif e.bai_done:
                 out.append(self.bai_interval(e, a)[0])
@@ -329,8 +330,10 @@ class Twin:
                 a.conv *= f
             e.imps *= f
             if e.A is not None and e.p.policy in ("linucb", "llm_linucb"):
-                e.A = e.A * f
-                e.b = e.b * f
+                # discount the data, keep the ridge; below 1e-12 the data is forgotten
+                keep = 0.0 if f < 1e-12 else f
+                e.A = e.A * keep + (1.0 - keep) * e.p.ridge * np.eye(self.d)
+                e.b = e.b * keep
         a = e.arms[slot]
         a.n += w
         a.clicks += c
