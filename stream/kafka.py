@@ -87,9 +87,9 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     compact = {"cleanup.policy": "compact"}
     # A checkpoint is one record holding a shard's whole state and dedup window: allow
     # records far above Kafka's 1 MB default on the state topic (topic-level override).
-    state = {**compact, "max.message.bytes": str(64 * 1024 * 1024)}
+    state = {**compact, "max.message.bytes": str(settings.state_max_message_bytes)}
     wanted = {settings.events_topic: {}, settings.decisions_topic: {}, settings.deadletter_topic: {},
-              settings.snapshots_topic: compact, settings.state_topic: state}
+              settings.snapshots_topic: compact, settings.state_topic: state, settings.inflight_topic: compact}
     missing = [NewTopic(name, events_partitions, settings.replication_factor, config=cfg)
                for name, cfg in wanted.items() if name not in existing]
     if missing:
@@ -110,6 +110,24 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     return counts
 
 
+def topic_max_message_bytes(settings: Any, topic: str, timeout_s: float = 10.0) -> int | None:
+    """The topic's ``max.message.bytes`` as the broker reports it (DescribeConfigs), or None
+    if the broker cannot say (the caller then documents its fallback)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(settings.kafka_config())
+    try:
+        futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
+                                         request_timeout=timeout_s)
+        for fut in futures.values():
+            entry = fut.result(timeout_s).get("max.message.bytes")
+            if entry is not None and entry.value is not None and str(entry.value).isdigit():
+                return int(entry.value)
+    except Exception as exc:  # KafkaException, a broker without DescribeConfigs, a timeout
+        log.warning("cannot read max.message.bytes of %s", topic, extra={"error": str(exc)[:200]})
+    return None
+
+
 class DeliveryTracker:
     """Sequence numbers for produced outputs, so a checkpoint waits for exactly its predecessors.
 
@@ -123,13 +141,17 @@ class DeliveryTracker:
     of deliveries would not do). One barrier at a time; pure Python, no broker.
     """
 
-    __slots__ = ("produced", "delivered", "_barrier", "_left")
+    __slots__ = ("produced", "delivered", "failed", "retry", "_barrier", "_left", "_barrier_failed")
 
     def __init__(self) -> None:
         self.produced = 0
         self.delivered = 0
+        self.failed = 0
+        #: Outputs whose delivery failed, to produce again: (topic, value, key, headers, callback).
+        self.retry: list[tuple[str, bytes | None, bytes | None, Any, Any]] = []
         self._barrier: int | None = None
         self._left = 0
+        self._barrier_failed = False
 
     def track(self, callback: Callable[[Any, Any], None] | None = None) -> Callable[[Any, Any], None]:
         """A delivery callback for the next produced output (calls ``callback`` too)."""
@@ -141,6 +163,14 @@ class DeliveryTracker:
         self.delivered += 1
         if self._barrier is not None and seq < self._barrier:
             self._left -= 1
+            if err is not None:
+                self._barrier_failed = True
+        if err is not None:
+            # Never counted as acknowledged: kept to be produced again (retry_failed), and a
+            # checkpoint waiting on it gives way (barrier_failed) instead of advancing.
+            self.failed += 1
+            if msg is not None:
+                self.retry.append((msg.topic(), msg.value(), msg.key(), msg.headers(), callback))
         if callback is not None:
             callback(err, msg)
 
@@ -150,22 +180,37 @@ class DeliveryTracker:
         on_delivery = self.track(callback)
         try:
             produce(producer, topic, value, key=key, on_delivery=on_delivery, **kw)
-        except BaseException:
-            on_delivery.func(on_delivery.args[0], None, None, None)  # never sent: never awaited
+        except BaseException as exc:
+            # never sent: not awaited, but a failure (never reported as delivered)
+            on_delivery.func(on_delivery.args[0], None, exc, None)
             raise
+
+    def retry_failed(self, producer: Any) -> int:
+        """Produce every failed output again (tracked); returns how many."""
+        todo, self.retry = self.retry, []
+        for topic, value, key, headers, callback in todo:
+            self.produce(producer, topic, value, key=key, callback=callback, headers=headers)
+        return len(todo)
 
     def barrier(self) -> None:
         """Wait (via :meth:`cleared`) for every output tracked so far."""
         # Every delivery so far had seq < produced, so the rest are exactly the unreported ones.
         self._barrier = self.produced
         self._left = self.produced - self.delivered
+        self._barrier_failed = False
 
     def cleared(self) -> bool:
         return self._barrier is None or self._left <= 0
 
+    @property
+    def barrier_failed(self) -> bool:
+        """True if an output the barrier waits for was reported as failed."""
+        return self._barrier_failed
+
     def release(self) -> None:
         self._barrier = None
         self._left = 0
+        self._barrier_failed = False
 
     @property
     def outstanding(self) -> int:

@@ -67,6 +67,22 @@ class WorkerMetrics:
                                             registry=r)
         self.partitions = Gauge("lola_assigned_partitions", "Partitions this worker owns", registry=r)
         self.produce_errors = Counter("lola_produce_errors_total", "Failed output deliveries", registry=r)
+        self.output_retries = Counter("lola_output_retries_total",
+                                      "Outputs produced again after a failed delivery (checkpoints wait for them)",
+                                      registry=r)
+        self.checkpoints_refused = Counter("lola_checkpoints_refused_total",
+                                           "Checkpoints not written, by reason (oversized: above the state topic's "
+                                           "max.message.bytes; the worker keeps serving from memory)",
+                                           ["reason"], registry=r)
+        self.offset_resets = Counter("lola_offset_resets_total",
+                                     "Checkpoints found beyond their partition's end (topic recreated), by policy",
+                                     ["policy"], registry=r)
+        self.rollbacks = Counter("lola_shard_rollbacks_total",
+                                 "Batches rolled back and re-applied record by record after an unexpected error",
+                                 registry=r)
+        self.inflight_marker_failures = Counter("lola_inflight_marker_failures_total",
+                                                "In-flight markers not acknowledged (batch applied unprotected by the "
+                                                "crash-loop breaker)", registry=r)
         self.batch_seconds = Histogram("lola_batch_seconds", "Processing time per consumed batch", registry=r,
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 

@@ -364,6 +364,17 @@ class ShardProcessor:
             out.dirty |= part.dirty
         return out
 
+    def skip(self, offset: int) -> None:
+        """Never apply the record at ``offset`` (the crash-loop breaker dead-lettered it)."""
+        if offset >= self.next_offset:
+            self.next_offset = offset + 1
+            self._journal.append((2, offset))
+
+    def rewind(self, offset: int) -> None:
+        """Resume at ``offset`` below :attr:`next_offset` (the partition was recreated)."""
+        self.next_offset = offset
+        self._journal.append((3, offset))
+
     def mark(self, topic: str = "") -> bytes:
         """Serialise the shard (a checkpoint record) and make it the restore point."""
         blob = self.to_checkpoint(topic)
@@ -386,8 +397,10 @@ class ShardProcessor:
                 self._process(entry[1], entry[2], entry[3])
             elif entry[0] == 1:
                 self._apply_prior(entry[1], entry[2], entry[3])
-            else:
+            elif entry[0] == 2:
                 self.next_offset = max(self.next_offset, entry[1] + 1)
+            else:
+                self.next_offset = entry[1]
         self._journal = journal
         self._journal_records = sum(len(e[1]) for e in journal if e[0] == 0)
 

@@ -61,6 +61,9 @@ class StreamSettings(BaseSettings):
     state_topic: str | None = Field(None, validation_alias=AliasChoices("state_topic", "LOLA_STATE_TOPIC"),
                                     description="checkpoint topic; default lola.state.<group_id>, one per consumer "
                                                 "group. Set it to share a topic between groups on purpose")
+    inflight_topic: str | None = Field(None, validation_alias=AliasChoices("inflight_topic", "LOLA_INFLIGHT_TOPIC"),
+                                       description="crash-loop breaker's in-flight markers (compacted); default "
+                                                   "lola.inflight.<group_id>")
     deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
     partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
                             description="partitions of the events topic when the worker creates it")
@@ -140,7 +143,8 @@ class StreamSettings(BaseSettings):
                 raise ValueError(f"bootstrap server {part!r} is not HOST:PORT")
         return value
 
-    @field_validator("events_topic", "decisions_topic", "snapshots_topic", "state_topic", "deadletter_topic")
+    @field_validator("events_topic", "decisions_topic", "snapshots_topic", "state_topic", "deadletter_topic",
+                     "inflight_topic")
     @classmethod
     def _topic_name(cls, value: str | None) -> str | None:
         import re
@@ -181,13 +185,14 @@ class StreamSettings(BaseSettings):
     def _state_topic_per_group(self) -> "StreamSettings":
         # One state topic per consumer group by default: a second group then can never push
         # this group's checkpoints out of the restore window (issue 15).
-        if self.state_topic is None:
-            topic = f"lola.state.{self.group_id}"
-            try:
-                self.state_topic = self._topic_name(topic)
-            except ValueError:
-                raise ValueError(f"group_id {self.group_id!r} does not make a valid state topic name ({topic!r}); "
-                                 "set state_topic (LOLA_STATE_TOPIC)") from None
+        for name, prefix in (("state_topic", "lola.state"), ("inflight_topic", "lola.inflight")):
+            if getattr(self, name) is None:
+                topic = f"{prefix}.{self.group_id}"
+                try:
+                    setattr(self, name, self._topic_name(topic))
+                except ValueError:
+                    raise ValueError(f"group_id {self.group_id!r} does not make a valid topic name ({topic!r}); "
+                                     f"set {name} (LOLA_{name.upper()})") from None
         return self
 
     def require_bootstrap(self) -> str:

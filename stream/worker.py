@@ -39,9 +39,11 @@ import orjson
 
 from lola.errors import BrokerError, ConfigError, LolaError
 from lola.stream import kafka as kf
+from lola.stream.breaker import PartitionBreaker
+from lola.stream.inflight import InflightMarkers
 from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
-from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
+from lola.stream.processor import BatchOutput, DeadLetter, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
 
 log = logging.getLogger("lola.stream.worker")
@@ -50,6 +52,15 @@ log = logging.getLogger("lola.stream.worker")
 RESTORE_TAIL = 16
 #: A periodic checkpoint not written within this is abandoned and retried with newer state.
 CHECKPOINT_TIMEOUT_S = 30.0
+#: Bytes kept free below max.message.bytes for the record's key, headers and batch framing.
+RECORD_OVERHEAD_BYTES = 4096
+#: After a refused checkpoint the shard is not serialised again for this long.
+REFUSED_RETRY_S = 60.0
+#: TEST ONLY: a worker started with this variable set to a token of at least 16
+#: characters exits at once (os._exit, like a segfault) before applying a record whose
+#: value contains the token. Unset (production), nothing is checked. It is read from the
+#: environment only, never from settings files or flags, so no event can arm it.
+TEST_CRASH_ENV = "LOLA_TEST_CRASH_TOKEN"
 
 
 class _PendingCheckpoint:
@@ -93,6 +104,20 @@ class Worker:
         warm_up()  # JIT before joining the group, never while owning partitions
         kf.ensure_topics(settings)
         self.producer = Producer(kf.producer_config(settings, **{"client.id": self.worker_id}))
+        # The largest checkpoint record the state topic takes, as the broker says (fallback:
+        # the value this worker gives a topic it creates), capped by the producer's limit.
+        broker_limit = kf.topic_max_message_bytes(settings, settings.state_topic)
+        self.checkpoint_limit = min(broker_limit or settings.state_max_message_bytes,
+                                    kf.producer_config(settings)["message.max.bytes"]) - RECORD_OVERHEAD_BYTES
+        self.markers = InflightMarkers(settings, self.worker_id,
+                                       on_failure=lambda: self.metrics.inflight_marker_failures.inc())
+        self.breakers: dict[int, PartitionBreaker] = {}
+        token = os.environ.get(TEST_CRASH_ENV)
+        if token is not None and len(token) < 16:
+            raise ConfigError(f"{TEST_CRASH_ENV} must be at least 16 characters (test-only crash hook)")
+        self._crash_token = token.encode() if token else None
+        if self._crash_token:
+            log.warning("TEST ONLY crash hook armed: records containing the token kill this process")
         self.consumer = Consumer(kf.consumer_config(
             settings, **{"client.id": self.worker_id, "partition.assignment.strategy": "range",
                          "session.timeout.ms": settings.session_timeout_ms,
@@ -110,6 +135,7 @@ class Worker:
         self.checkpointed_offset: dict[int, int] = {}
         self.dirty_experiments: dict[int, set[str]] = {}
         self._pending: _PendingCheckpoint | None = None  # the periodic checkpoint in progress
+        self._refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
         self._first_assigned_at: float | None = None
         self._stop = threading.Event()
         self._failed = False  # set when the loop dies mid-batch: then never checkpoint
@@ -164,9 +190,11 @@ class Worker:
         want_key = self._checkpoint_key(partition)
         best: bytes | None = None
         best_offset = -1
-        if high > low:
-            start = max(low, high - RESTORE_TAIL)
-            for msg in kf.read_partition_to_end(conf, self.settings.state_topic, partition, start):
+        start = max(low, high - RESTORE_TAIL)
+        # The tail first; if it holds none of this group's checkpoints (a state topic shared
+        # on purpose with busier groups), the whole partition.
+        for begin in ((start, low) if start > low else (start,)) if high > low else ():
+            for msg in kf.read_partition_to_end(conf, self.settings.state_topic, partition, begin):
                 if msg.key() != want_key or not msg.value():
                     continue
                 try:
@@ -176,10 +204,19 @@ class Worker:
                     continue
                 if offset > best_offset:
                     best, best_offset = msg.value(), offset
+            if best is not None:
+                break
         if best is None:
             shard = ShardProcessor(partition, self.config)
         else:
             shard = ShardProcessor.from_checkpoint(best, self.config)
+        breaker = PartitionBreaker(partition, self.settings.poison_after_deaths, self.markers.read(partition),
+                                   shard.next_offset)
+        self.breakers[partition] = breaker
+        if breaker.died_in_flight is not None and breaker.suspects:
+            log.error("previous owner died while applying records; applying them one at a time",
+                      extra={"partition": partition, "in_flight": list(breaker.died_in_flight),
+                             "suspects": [s.to_json()[:3] for s in breaker.suspects]})
         self.checkpointed_offset[partition] = shard.next_offset
         self.checkpointed_at[partition] = time.time()
         for req in shard.missing_priors():
@@ -225,6 +262,7 @@ class Worker:
         if revoked and not self._failed:
             self._publish_snapshots(revoked)
             self.checkpoint(revoked, commit_sync=True)
+            self._clear_markers(revoked)
         for p in revoked:
             self._drop(p)
         self.metrics.partitions.set(len(self.shards))
@@ -236,8 +274,15 @@ class Worker:
         self.metrics.partitions.set(len(self.shards))
         log.warning("partitions lost (not checkpointed)", extra={"partitions": [tp.partition for tp in partitions]})
 
+    def _clear_markers(self, partitions: list[int]) -> None:
+        """Nothing in flight any more (clean revoke or shutdown); suspects are kept."""
+        markers = {p: self.breakers[p].marker(None, None, self.worker_id) for p in partitions if p in self.breakers}
+        if markers:
+            self.markers.write(markers)
+
     def _drop(self, partition: int) -> None:
         self.shards.pop(partition, None)
+        self.breakers.pop(partition, None)
         self.dirty_experiments.pop(partition, None)
         self.checkpointed_at.pop(partition, None)
         self.checkpointed_offset.pop(partition, None)
@@ -259,8 +304,14 @@ class Worker:
         parts = sorted(self.shards if partitions is None else partitions)
         # Outputs first: a checkpoint must never claim offsets whose outputs could be lost.
         remaining = self.producer.flush(30)
-        if remaining:
-            raise BrokerError(f"{remaining} output records not delivered within 30s; checkpoint postponed")
+        for _ in range(3):  # failed outputs are produced again; the checkpoint waits for them
+            if not self.deliveries.retry:
+                break
+            self.metrics.output_retries.inc(self.deliveries.retry_failed(self.producer))
+            remaining = self.producer.flush(30)
+        if remaining or self.deliveries.retry:
+            raise BrokerError(f"{remaining + len(self.deliveries.retry)} output records not delivered; "
+                              "checkpoint postponed")
         # Everything produced is now acknowledged: let a periodic checkpoint in progress
         # finish (or give way: the records written below reflect at least as much input).
         self.advance_checkpoint()
@@ -283,11 +334,8 @@ class Worker:
             def delivered(err: Any, msg: Any, p: int = p) -> None:
                 results[p] = err
 
-            # Each shard writes to its own state partition, so every partition's batch in
-            # the request holds one record (keeps Tansu's listed high watermark exact).
-            kf.produce(self.producer, self.settings.state_topic, shard.to_checkpoint(self.topic),
-                       key=self._checkpoint_key(p), partition=p, on_delivery=delivered)
-            pending[p] = shard.next_offset
+            if self._produce_checkpoint(p, shard.mark(self.topic), delivered):
+                pending[p] = shard.next_offset
         if pending:
             self.producer.flush(30)
         failed = []
@@ -311,6 +359,34 @@ class Worker:
             raise BrokerError.from_kafka_error(f"checkpoint of partition(s) {[f[0] for f in failed]} not written", err)
         return written
 
+    def _produce_checkpoint(self, p: int, blob: bytes, delivered: Any) -> bool:
+        """Produce one checkpoint record; False (counted, logged) if it is refused.
+
+        A record above the state topic's max.message.bytes would fail (librdkafka raises
+        MSG_SIZE_TOO_LARGE): it is refused here instead, the worker keeps serving from
+        memory, and a restart replays from the last checkpoint that was written. The
+        shard is not tried again for :data:`REFUSED_RETRY_S` (serialising costs).
+        """
+        if len(blob) > self.checkpoint_limit:
+            self.metrics.checkpoints_refused.labels("oversized").inc()
+            self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S
+            log.error("checkpoint refused: larger than the state topic's max.message.bytes; serving from memory "
+                      "(a restart replays from the last written checkpoint)",
+                      extra={"partition": p, "bytes": len(blob), "limit": self.checkpoint_limit})
+            return False
+        try:
+            # Each shard writes to its own state partition, so every partition's batch in
+            # the request holds one record (keeps Tansu's listed high watermark exact).
+            kf.produce(self.producer, self.settings.state_topic, blob, key=self._checkpoint_key(p), partition=p,
+                       on_delivery=delivered)
+        except Exception as exc:  # KafkaException: a local refusal must not kill the worker
+            self.metrics.checkpoints_refused.labels("produce_error").inc()
+            self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S
+            log.error("checkpoint refused by the producer; serving from memory",
+                      extra={"partition": p, "bytes": len(blob), "error": str(exc)[:200]})
+            return False
+        return True
+
     def begin_checkpoint(self) -> bool:
         """Start a periodic checkpoint without blocking the loop; False if one is in progress.
 
@@ -323,12 +399,17 @@ class Worker:
         if self._pending is not None:
             return False
         now = time.time()
+        if self.deliveries.retry:  # produce failed outputs again first: this checkpoint waits for them
+            self.metrics.output_retries.inc(self.deliveries.retry_failed(self.producer))
         blobs: dict[int, tuple[bytes, int]] = {}
+        mono = time.monotonic()
         for p, shard in self.shards.items():
             if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
                 self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
                 continue
-            blobs[p] = (shard.to_checkpoint(self.topic), shard.next_offset)
+            if self._refused_until.get(p, 0.0) > mono:
+                continue
+            blobs[p] = (shard.mark(self.topic), shard.next_offset)
         if not blobs:
             return False
         self.deliveries.barrier()
@@ -349,6 +430,10 @@ class Worker:
                     self._abandon_checkpoint(f"outputs still unacknowledged after {CHECKPOINT_TIMEOUT_S:.0f}s "
                                              f"({self.deliveries.outstanding} in flight)")
                 return
+            if self.deliveries.barrier_failed:
+                self._abandon_checkpoint(f"{len(self.deliveries.retry)} output(s) failed delivery; "
+                                         "producing them again before the next checkpoint")
+                return
             self.deliveries.release()
             for p, (blob, _) in pc.blobs.items():
                 if p not in self.shards:
@@ -357,10 +442,8 @@ class Worker:
                 def delivered(err: Any, msg: Any, p: int = p) -> None:
                     pc.results[p] = err
 
-                # One record per state partition per request (keeps Tansu's listed watermark exact).
-                kf.produce(self.producer, self.settings.state_topic, blob, key=self._checkpoint_key(p),
-                           partition=p, on_delivery=delivered)
-                pc.sent.add(p)
+                if self._produce_checkpoint(p, blob, delivered):
+                    pc.sent.add(p)
             pc.produced = True
         if len(pc.results) < len(pc.sent):
             if time.perf_counter() - pc.started > CHECKPOINT_TIMEOUT_S:
@@ -442,6 +525,75 @@ class Worker:
         if out.dirty:
             self.dirty_experiments.setdefault(partition, set()).update(out.dirty)
 
+    def _apply(self, by_partition: dict[int, tuple[list, list]]) -> list[BatchOutput]:
+        """Apply consumed records behind durable in-flight markers (the crash-loop breaker)."""
+        plans: dict[int, list] = {}
+        first_markers: dict[int, bytes] = {}
+        for p, (records, stamps) in by_partition.items():
+            shard = self.shards.get(p)
+            if shard is None:
+                continue  # revoked while the batch was in flight
+            if records[0][0] < shard.next_offset and not self._offset_reset(p, shard, records[0][0]):
+                continue
+            breaker = self.breakers[p]
+            chunks = [(c, s) for c, s in breaker.chunks(records, stamps) if c[-1][0] >= shard.next_offset]
+            if not chunks:
+                continue
+            plans[p] = chunks
+            head = chunks[0][0]
+            if len(head) > 1 or breaker.poison_deaths(head[0][0]) is None:
+                first_markers[p] = breaker.marker(head[0][0], head[-1][0], self.worker_id)
+        if first_markers:
+            self.markers.write(first_markers)  # one round trip for every partition's first chunk
+        outs = []
+        for p, chunks in plans.items():
+            shard, breaker = self.shards[p], self.breakers[p]
+            for i, (chunk, stamps) in enumerate(chunks):
+                deaths = breaker.poison_deaths(chunk[0][0]) if len(chunk) == 1 else None
+                if deaths is not None:
+                    offset, key, value = chunk[0]
+                    shard.skip(offset)
+                    log.error("poison record dead-lettered by the crash-loop breaker",
+                              extra={"partition": p, "offset": offset, "deaths": deaths})
+                    out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
+                                                               f"process died {deaths} times with it in flight")])
+                else:
+                    if i > 0 or p not in first_markers:
+                        self.markers.write({p: breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)})
+                    if self._crash_token is not None and any(self._crash_token in (v or b"") for _, _, v in chunk):
+                        os._exit(70)  # TEST ONLY (see TEST_CRASH_ENV): dies like a segfault would
+                    rollbacks = shard.rollbacks
+                    out = shard.process(chunk, timestamps=stamps)
+                    if shard.rollbacks != rollbacks:
+                        self.metrics.rollbacks.inc()
+                breaker.passed(shard.next_offset)
+                self._emit(p, out)
+                outs.append(out)
+        return outs
+
+    def _offset_reset(self, p: int, shard: ShardProcessor, offset: int) -> bool:
+        """Records below the checkpoint's offset arrived: the consumer was reset because the
+        checkpoint lies beyond the partition's end (topic deleted and recreated, or truncated).
+        Apply ``offset_reset_policy``; True if the records are to be applied."""
+        from confluent_kafka import TopicPartition
+
+        policy = self.settings.offset_reset_policy
+        self.metrics.offset_resets.labels(policy).inc()
+        log.error("checkpoint offset is beyond the partition's end (topic recreated?)",
+                  extra={"partition": p, "checkpoint_offset": shard.next_offset, "first_offset": offset,
+                         "policy": policy})
+        if policy == "fail":
+            raise ConfigError(f"checkpoint of {self.topic}[{p}] is at offset {shard.next_offset}, beyond the "
+                              f"partition's end (records from {offset}); offset_reset_policy is 'fail'")
+        self.breakers[p].suspects = []  # offsets of the old log mean nothing now
+        if policy == "earliest":
+            shard.rewind(offset)  # keep the state (and its dedup window); count the new log
+            return True
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+        shard.rewind(max(high, offset))
+        self.consumer.seek(TopicPartition(self.topic, p, shard.next_offset))
+        return False
+
     def _apply_priors(self) -> None:
         for res in self.priors.results():
             shard = self.shards.get(res.partition)
@@ -499,7 +651,8 @@ class Worker:
                     raise self._callback_error
                 if msgs:
                     t0 = time.perf_counter()
-                    by_partition: dict[int, list] = {}
+                    by_partition: dict[int, tuple[list, list]] = {}
+                    wall = time.time()
                     for msg in msgs:
                         err = msg.error()
                         if err is not None:
@@ -509,15 +662,14 @@ class Worker:
                                 raise BrokerError.from_kafka_error("fatal consumer error", err)
                             log.warning("consumer error", extra={"error": str(err), "code": err.code()})
                             continue
-                        by_partition.setdefault(msg.partition(), []).append((msg.offset(), msg.key(), msg.value()))
-                    for p, records in by_partition.items():
-                        shard = self.shards.get(p)
-                        if shard is None:
-                            continue  # revoked while the batch was in flight
-                        out = shard.process(records)
-                        self._emit(p, out)
+                        recs, stamps = by_partition.setdefault(msg.partition(), ([], []))
+                        recs.append((msg.offset(), msg.key(), msg.value()))
+                        kind, ms = msg.timestamp()
+                        stamps.append(ms / 1000.0 if kind else wall)  # kind 0: no timestamp
+                    for out in self._apply(by_partition):
                         decisions += len(out.decisions)
                         dead += len(out.dead_letters)
+                    for p, (records, _) in by_partition.items():
                         n = len(records)
                         consumed += n
                         self._rate.add(n)
@@ -547,6 +699,7 @@ class Worker:
             # Graceful end (SIGTERM): snapshots, checkpoint, commit, leave the group.
             self._publish_snapshots()
             self.checkpoint(commit_sync=True)
+            self._clear_markers(sorted(self.shards))
         except BaseException:
             self._failed = True  # a shard may be half-way through a batch: never checkpoint it
             raise
@@ -557,6 +710,7 @@ class Worker:
             except Exception as exc:
                 log.warning("consumer close failed", extra={"error": str(exc)})
             self.producer.flush(10)
+            self.markers.close()
             if self.http is not None:
                 self.http.stop()
         log.info("worker stopped", extra={"records": consumed, "decisions": decisions, "dead_letters": dead})

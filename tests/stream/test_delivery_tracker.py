@@ -54,3 +54,47 @@ def test_a_produce_that_raises_is_not_awaited_forever():
     t.barrier()
     assert t.cleared()
     assert t.outstanding == 0
+
+
+class _Msg:
+    def __init__(self, topic, value, key):
+        self._t, self._v, self._k = topic, value, key
+
+    def topic(self):
+        return self._t
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return self._k
+
+    def headers(self):
+        return [("h", b"1")]
+
+
+class _RecordingProducer:
+    def __init__(self):
+        self.sent = []
+
+    def produce(self, topic, value, key, **kw):
+        self.sent.append((topic, value, key, kw.get("headers"), kw["on_delivery"]))
+
+
+def test_a_failed_delivery_is_not_acknowledged_it_fails_the_barrier_and_is_produced_again():
+    """Issue 15: the tracker used to ignore the delivery error (a checkpoint then moved past it)."""
+    t = DeliveryTracker()
+    p = _RecordingProducer()
+    t.produce(p, "decisions", b"d1", key=b"k")
+    t.produce(p, "decisions", b"d2", key=b"k")
+    t.barrier()
+    p.sent[0][4](None, _Msg("decisions", b"d1", b"k"))
+    p.sent[1][4]("MSG_TIMED_OUT", _Msg("decisions", b"d2", b"k"))
+    assert t.cleared() and t.barrier_failed and t.failed == 1
+    assert t.retry_failed(p) == 1 and t.retry == []
+    assert p.sent[2][:4] == ("decisions", b"d2", b"k", [("h", b"1")])
+    t.release()
+    t.barrier()                    # the next checkpoint waits for the retried output
+    assert not t.cleared()
+    p.sent[2][4](None, _Msg("decisions", b"d2", b"k"))
+    assert t.cleared() and not t.barrier_failed
