@@ -61,8 +61,8 @@ class InflightMarkers:
                     latest = msg.value()
         return latest
 
-    def write(self, markers: dict[int, bytes]) -> bool:
-        """Write one marker per partition and wait for the acknowledgements.
+    def write(self, markers: dict[int, bytes], wait: bool = True) -> bool:
+        """Write one marker per partition and (``wait``) for the acknowledgements.
 
         False (logged, counted by ``on_failure``) if any was not acknowledged: the
         caller applies anyway, that batch is then not protected by the breaker.
@@ -76,6 +76,9 @@ class InflightMarkers:
                 kf.produce(self.producer, self.topic, value, key=self.key(p), partition=p, on_delivery=delivered)
             except Exception as exc:  # KafkaException: a local error must not stop the partition
                 results[p] = exc
+        if not wait:
+            self.producer.poll(0)
+            return True
         self.producer.flush(MARKER_TIMEOUT_S)
         bad = {p: results.get(p, "not acknowledged") for p in markers if results.get(p, "x") is not None}
         if bad:

@@ -250,6 +250,9 @@ class Worker:
                 continue
             shard = self._restore(tp.partition)
             self.shards[tp.partition] = shard
+            beyond = self._events_end(tp.partition, shard.next_offset) if shard.next_offset > 0 else None
+            if beyond is not None:
+                self._offset_reset(tp.partition, shard, beyond[0], end=beyond[1])
             self.dirty_experiments[tp.partition] = set(shard.experiments)  # republish snapshots
             tp.offset = shard.next_offset
         consumer.assign(partitions)
@@ -526,9 +529,13 @@ class Worker:
             self.dirty_experiments.setdefault(partition, set()).update(out.dirty)
 
     def _apply(self, by_partition: dict[int, tuple[list, list]]) -> list[BatchOutput]:
-        """Apply consumed records behind durable in-flight markers (the crash-loop breaker)."""
+        """Apply consumed records behind durable in-flight markers (the crash-loop breaker).
+
+        One chunk is in flight at a time: its marker is written (and acknowledged)
+        together with the "nothing in flight" marker of the partition applied before,
+        so a death is charged to the chunk that was really being applied.
+        """
         plans: dict[int, list] = {}
-        first_markers: dict[int, bytes] = {}
         for p, (records, stamps) in by_partition.items():
             shard = self.shards.get(p)
             if shard is None:
@@ -540,12 +547,8 @@ class Worker:
             if not chunks:
                 continue
             plans[p] = chunks
-            head = chunks[0][0]
-            if len(head) > 1 or breaker.poison_deaths(head[0][0]) is None:
-                first_markers[p] = breaker.marker(head[0][0], head[-1][0], self.worker_id)
-        if first_markers:
-            self.markers.write(first_markers)  # one round trip for every partition's first chunk
         outs = []
+        done: dict[int, bytes] = {}
         for p, chunks in plans.items():
             shard, breaker = self.shards[p], self.breakers[p]
             for i, (chunk, stamps) in enumerate(chunks):
@@ -558,8 +561,9 @@ class Worker:
                     out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
                                                                f"process died {deaths} times with it in flight")])
                 else:
-                    if i > 0 or p not in first_markers:
-                        self.markers.write({p: breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)})
+                    done[p] = breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)
+                    self.markers.write(done)
+                    done = {}
                     if self._crash_token is not None and any(self._crash_token in (v or b"") for _, _, v in chunk):
                         os._exit(70)  # TEST ONLY (see TEST_CRASH_ENV): dies like a segfault would
                     rollbacks = shard.rollbacks
@@ -569,12 +573,41 @@ class Worker:
                 breaker.passed(shard.next_offset)
                 self._emit(p, out)
                 outs.append(out)
+            done[p] = breaker.marker(None, None, self.worker_id)
+        if done:
+            self.markers.write(done, wait=False)  # delivered with the next marker at the latest
         return outs
 
-    def _offset_reset(self, p: int, shard: ShardProcessor, offset: int) -> bool:
-        """Records below the checkpoint's offset arrived: the consumer was reset because the
-        checkpoint lies beyond the partition's end (topic deleted and recreated, or truncated).
-        Apply ``offset_reset_policy``; True if the records are to be applied."""
+    def _events_end(self, p: int, next_offset: int) -> tuple[int, int] | None:
+        """(low, end) of events partition ``p`` if ``next_offset`` lies beyond its end, else None.
+
+        Tansu lists the base offset of the last record batch + 1 as the high watermark,
+        which can be below the true end; so only a checkpoint above the listed value is
+        checked, by reading the last batch (Fetch reports the true end).
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
+        probe = Consumer(conf)
+        try:
+            low, high = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+        except Exception as exc:  # KafkaException
+            raise BrokerError.from_kafka_error("cannot list events topic offsets", exc.args[0] if exc.args else exc)
+        finally:
+            probe.close()
+        if next_offset <= high:
+            return None
+        end = high
+        if high > low:
+            for msg in kf.read_partition_to_end(conf, self.topic, p, max(low, high - 1)):
+                end = max(end, msg.offset() + 1)
+        return (low, end) if next_offset > end else None
+
+    def _offset_reset(self, p: int, shard: ShardProcessor, offset: int, end: int | None = None) -> bool:
+        """The checkpoint lies beyond the partition's end (topic deleted and recreated, or
+        truncated): found at assignment (``offset`` = low watermark, ``end`` given) or when
+        records below the checkpoint arrive (the consumer was reset). Apply
+        ``offset_reset_policy``; True if records from ``offset`` are to be applied."""
         from confluent_kafka import TopicPartition
 
         policy = self.settings.offset_reset_policy
@@ -589,9 +622,12 @@ class Worker:
         if policy == "earliest":
             shard.rewind(offset)  # keep the state (and its dedup window); count the new log
             return True
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
-        shard.rewind(max(high, offset))
-        self.consumer.seek(TopicPartition(self.topic, p, shard.next_offset))
+        if end is None:
+            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            shard.rewind(max(end, offset))
+            self.consumer.seek(TopicPartition(self.topic, p, shard.next_offset))
+        else:
+            shard.rewind(end)
         return False
 
     def _apply_priors(self) -> None:

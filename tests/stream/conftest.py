@@ -86,10 +86,11 @@ def settings_env(settings) -> dict[str, str]:
 class WorkerProcess:
     """A `lola worker` subprocess with its log file."""
 
-    def __init__(self, settings, log_dir: Path, name: str) -> None:
+    def __init__(self, settings, log_dir: Path, name: str, env: dict[str, str] | None = None) -> None:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"], env=settings_env(settings),
+        self.proc = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"],
+                                     env={**settings_env(settings), **(env or {})},
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:
@@ -114,8 +115,8 @@ def worker_procs(tmp_path):
     """Start `lola worker` subprocesses; every one still alive at teardown is killed."""
     started: list[WorkerProcess] = []
 
-    def start(settings, name: str | None = None) -> WorkerProcess:
-        w = WorkerProcess(settings, tmp_path, name or f"worker{len(started)}")
+    def start(settings, name: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path, name or f"worker{len(started)}", env)
         started.append(w)
         return w
 

@@ -1,0 +1,199 @@
+"""Issue 15 against the real broker: crash-loop breaker, hostile set, oversized
+checkpoints, offsets beyond the partition's end, one state topic per group."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import orjson
+import pytest
+
+from lola.stream import kafka as kf
+from lola.stream.loadgen import open_stream, send
+from lola.stream.processor import ShardProcessor
+
+pytestmark = pytest.mark.broker
+
+
+def _producer(s):
+    from confluent_kafka import Producer
+
+    return Producer(kf.producer_config(s))
+
+
+def _log_events(worker) -> list[dict]:
+    out = []
+    for line in worker.log_path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def _counts(s) -> dict:
+    from lola.stream.snapshot import counts_view, read_snapshots
+
+    return counts_view(read_snapshots(s))
+
+
+def _ev(**event) -> tuple[bytes, bytes]:
+    return event["experiment_id"].encode(), orjson.dumps(event)
+
+
+@pytest.mark.slow
+def test_hostile_set_with_a_process_killing_record_is_survived_within_n_restarts(stream_settings, worker_procs,
+                                                                                helpers):
+    """Malformed bytes, huge numbers, far-future times and a record that kills the process
+    (os._exit via the test-only hook), sent to a running worker that is restarted like a
+    Kubernetes pod: up and healthy after at most N = 3 deaths, every bad record
+    dead-lettered with a reason, every valid record counted exactly once."""
+    s = stream_settings(batch_size=200, session_timeout_ms=2000, poison_after_deaths=3)
+    kf.ensure_topics(s)
+    token = uuid.uuid4().hex
+    stream = open_stream(3000, 6, 2, seed=17, duplicate_rate=0.02, malformed_rate=0.0)
+    now = time.time()
+    imp = dict(type="impression", experiment_id="exp-0", variant_id="v0")
+    bad = {
+        "invalid_json": [(b"exp-0", b"\xff\xfe not json"), (b"exp-0", b"{\"type\": ")],
+        "invalid_value": [_ev(type="conversion", experiment_id="exp-0", variant_id="v0", event_id="big1", value=1e308,
+                              ts=now),
+                          _ev(**imp, event_id="far", ts=1e30),
+                          _ev(**imp, event_id="ms", ts=now * 1000)],
+        "future_ts": [_ev(**imp, event_id="tomorrow", ts=now + 86_400)],
+        "invalid_settings": [_ev(type="variant", experiment_id="exp-0x", variant_id="a", text="t",
+                                 settings={"policy": "llm_bai", "n_aux": 2**63 - 1}),
+                             _ev(type="variant", experiment_id="exp-0y", variant_id="a", text="t",
+                                 settings={"conversion_weight": 1.7e308})],
+        "poison": [_ev(**imp, event_id=f"crash-{token}", ts=now)],
+    }
+    records = list(stream.records)
+    at = len(records) // 2
+    hostile = [r for rs in bad.values() for r in rs]
+    records[at:at] = hostile
+    send(_producer(s), s.events_topic, records)
+    crash_env = {"LOLA_TEST_CRASH_TOKEN": token}
+    restarts = 0
+    w = worker_procs(s, "pod0", env=crash_env)
+    deadline = time.monotonic() + 240
+    view: dict = {}
+    while time.monotonic() < deadline:
+        if w.proc.poll() is not None:
+            assert w.proc.returncode == 70, w.log()  # died by the hook, not by anything else
+            w.kill()
+            restarts += 1
+            assert restarts <= 3, "the breaker did not stop the crash loop"
+            w = worker_procs(s, f"pod{restarts}", env=crash_env)
+            continue
+        view = _counts(s)
+        if view == stream.truth:
+            break
+        time.sleep(0.5)
+    assert view == stream.truth, helpers.wait_for_counts(s, stream.truth, timeout_s=1)
+    time.sleep(1.0)
+    assert w.proc.poll() is None, "the worker is not up after the crash loop"
+    assert restarts == 3, restarts  # one death with the record's batch in flight, two with it alone
+    assert w.terminate() == 0, w.log()
+    letters = helpers.read_dead_letters(s)
+    got: dict[bytes, set[str]] = {}
+    for headers, _, value in letters:
+        got.setdefault(value, set()).add(headers[kf.H_REASON].decode())
+    for reason, recs in bad.items():
+        for _, value in recs:
+            assert got.get(value) == {reason}, (reason, value[:60], got.get(value))
+    assert len(got) == len(hostile)
+    poison = next(h for h, _, v in letters if h[kf.H_REASON] == b"poison")
+    assert b"died 3 times" in poison[kf.H_DETAIL]
+
+
+def test_test_crash_hook_needs_a_long_token(stream_settings, monkeypatch):
+    from lola.errors import ConfigError
+    from lola.stream.worker import TEST_CRASH_ENV, Worker
+
+    s = stream_settings()
+    monkeypatch.setenv(TEST_CRASH_ENV, "short")
+    with pytest.raises(ConfigError, match="at least 16"):
+        Worker(s, serve_http=False)
+
+
+def test_an_oversized_checkpoint_is_refused_and_the_worker_keeps_serving(stream_settings, thread_worker, helpers):
+    """Issue 15: librdkafka's MSG_SIZE_TOO_LARGE escaped produce and crash-looped the worker.
+    The limit is read from the broker (the state topic is created with 200 kB here)."""
+    s = stream_settings(state_max_message_bytes=200_000, partitions=1)
+    kf.ensure_topics(s)
+    assert kf.topic_max_message_bytes(s, s.state_topic) == 200_000
+    long_text = "x" * 9_000
+    records = [_ev(type="variant", experiment_id="big", variant_id=f"v{i}", text=long_text + str(i)) for i in range(40)]
+    records += [_ev(type="impression", experiment_id="big", variant_id=f"v{i % 40}", event_id=f"i{i}", ts=1.0)
+                for i in range(400)]
+    send(_producer(s), s.events_topic, records)
+    tw = thread_worker(s)
+    truth = {"big": {f"v{i}": {"impressions": 10, "clicks": 0, "conversions": 0} for i in range(40)}}
+    helpers.wait_for_counts(s, truth, timeout_s=60)
+    time.sleep(1.5)  # at least one periodic checkpoint attempt
+    result = tw.stop()  # the final checkpoint is refused too: no exception
+    assert result["records"] == len(records)
+    assert tw.worker.metrics.checkpoints_refused.labels("oversized")._value.get() >= 1
+    assert tw.worker.checkpoint_limit < 200_000
+    conf = kf.consumer_config(s, "test-state")
+    assert not [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)]
+
+
+def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_settings, thread_worker, helpers):
+    """Issue 15: records below the checkpoint offset were skipped silently (topic recreated)."""
+    s = stream_settings(partitions=1)
+    kf.ensure_topics(s)
+    stream = open_stream(600, 2, 2, seed=4, duplicate_rate=0.0, malformed_rate=0.0)
+    send(_producer(s), s.events_topic, stream.records)
+    tw = thread_worker(s)
+    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
+    tw.stop()
+    conf = kf.consumer_config(s, "test-state")
+    last = [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)][-1]
+    # As if the events topic had been recreated: the stored checkpoint is far beyond its end.
+    proc = ShardProcessor.from_checkpoint(last.value())
+    proc.next_offset = 10_000_000
+    p = _producer(s)
+    p.produce(s.state_topic, proc.to_checkpoint(s.events_topic), last.key(), partition=0)
+    p.flush(10)
+    extra = [_ev(type="impression", experiment_id="exp-0", variant_id="v0", event_id=f"new{i}", ts=1.7e9)
+             for i in range(5)]
+    send(p, s.events_topic, extra)
+    tw2 = thread_worker(s)
+    truth = json.loads(json.dumps(stream.truth))
+    truth["exp-0"]["v0"]["impressions"] += 5
+    # Policy "earliest": state kept, the partition read again from its start; the old
+    # events are duplicates of the dedup window, the new ones count.
+    helpers.wait_for_counts(s, truth, timeout_s=60)
+    tw2.stop()
+    assert tw2.worker.metrics.offset_resets.labels("earliest")._value.get() == 1
+
+
+def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(stream_settings, thread_worker,
+                                                                             helpers):
+    from lola.stream.settings import StreamSettings
+
+    a = StreamSettings(bootstrap_servers="h:1", group_id="ga")
+    b = StreamSettings(bootstrap_servers="h:1", group_id="gb")
+    assert a.state_topic == "lola.state.ga" != b.state_topic == "lola.state.gb"
+    assert a.inflight_topic == "lola.inflight.ga"
+    # Shared on purpose: another group's records push ours out of the 16-record tail.
+    s = stream_settings(partitions=1)
+    kf.ensure_topics(s)
+    stream = open_stream(300, 2, 2, seed=8, duplicate_rate=0.0, malformed_rate=0.0)
+    send(_producer(s), s.events_topic, stream.records)
+    tw = thread_worker(s)
+    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
+    tw.stop()
+    p = _producer(s)
+    for i in range(40):
+        p.produce(s.state_topic, ShardProcessor(0).to_checkpoint("other"), b"other-group:x:0", partition=0)
+        p.flush(10)
+    tw2 = thread_worker(s)
+    deadline = time.monotonic() + 30
+    while 0 not in tw2.worker.shards and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tw2.worker.shards[0].next_offset == len(stream.records)  # restored, not replayed from 0
+    tw2.stop()
