@@ -29,7 +29,6 @@ train packages, bandwidth chosen on tune): ``ctr = level(week) + mean + std * z`
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -38,12 +37,13 @@ import numpy as np
 
 from lola.data.upworthy import Package
 from lola.errors import DataError
+from lola.export.digest import file_sha256
 from lola.export.text import clean_text, model_text
 
 if TYPE_CHECKING:
     from lola.export.level import WeekLevel
 
-__all__ = ["clean_text", "model_text", "build_examples", "TargetScaling", "HeadlineExamples", "file_sha256"]
+__all__ = ["clean_text", "model_text", "build_examples", "TargetScaling", "HeadlineExamples"]
 
 
 def package_context(p: Package) -> str:
@@ -184,14 +184,6 @@ class TargetScaling:
         if self.level is not None:
             out["week_level"] = self.level.to_dict()
         return out
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def training_csv(data: dict, override: str | Path | None = None) -> Path:

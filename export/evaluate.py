@@ -23,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from lola.data.upworthy import headline_tests, load_packages, split_packages
-from lola.export.data import HeadlineExamples, build_examples, file_sha256
+from lola.export.data import HeadlineExamples, build_examples
+from lola.export.digest import file_sha256
 from lola.export.metrics import mae, pairwise_accuracy, r2, top1_accuracy
 
 log = logging.getLogger("lola.export.evaluate")

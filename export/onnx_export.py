@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.errors import ConfigError, ExportValidationError
-from lola.export.data import file_sha256
+from lola.export.digest import file_sha256
 from lola.export.serve import CARD_FILE, cuda_usable
 from lola.export.smoothquant import Int8Config, make_int8_config
 

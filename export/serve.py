@@ -15,7 +15,6 @@ It is the worker's ``PriorProvider``: ``predict(texts) -> float64 array in [0, 1
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
+from lola.export.digest import bytes_sha256, file_sha256
 from lola.export.level import WeekLevel, week_index
 from lola.export.text import model_text
 
@@ -31,14 +31,6 @@ log = logging.getLogger("lola.export.serve")
 
 CARD_FILE = "model_card.json"
 VARIANTS = ("fp32", "int8", "fp16")
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cuda_usable() -> bool:
@@ -71,7 +63,7 @@ def read_card(model_dir: str | Path) -> tuple[dict, str]:
         card = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ModelIntegrityError(f"{path}: not valid JSON ({exc})") from None
-    return card, hashlib.sha256(raw).hexdigest()
+    return card, bytes_sha256(raw)
 
 
 def verify_files(model_dir: str | Path, card: dict, names: Sequence[str] | None = None) -> None:
@@ -84,11 +76,33 @@ def verify_files(model_dir: str | Path, card: dict, names: Sequence[str] | None 
         path = Path(model_dir) / name
         if not path.is_file():
             raise ModelIntegrityError(f"{model_dir}: {name} is missing")
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected["sha256"]:
             raise ModelIntegrityError(
                 f"{path}: sha256 {actual[:12]}… differs from the model card's {expected['sha256'][:12]}…"
             )
+
+
+def read_verified(model_dir: str | Path, card: dict, name: str) -> bytes:
+    """The bytes of ``name``, read once and checked against the card's sha256.
+
+    The caller uses these very bytes (ONNX Runtime, the tokenizer, the readout), so a
+    file swapped after the check can never be the one that is served.
+    """
+    expected = (card.get("files") or {}).get(name)
+    if expected is None:
+        raise ModelIntegrityError(f"{model_dir}: model card lists no sha256 for {name}")
+    path = Path(model_dir) / name
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelIntegrityError(f"{model_dir}: {name} is missing") from None
+    except OSError as exc:
+        raise ModelIntegrityError(f"{model_dir}: cannot read {name} ({exc.strerror or exc})") from None
+    actual = bytes_sha256(data)
+    if actual != expected["sha256"]:
+        raise ModelIntegrityError(f"{path}: sha256 {actual[:12]}… differs from the model card's {expected['sha256'][:12]}…")
+    return data
 
 
 class OnnxPriorModel:
@@ -149,21 +163,35 @@ class OnnxPriorModel:
         tokenizer_name = self.card["tokenizer"]["file"]
         readout_entry = self.card.get("readout") if readout else None
         readout_file = [readout_entry["file"]] if readout_entry else []
-        verify_files(self.model_dir, self.card, [onnx_name, tokenizer_name, *readout_file,
-                                                 *self.card.get("external_data", {}).get(onnx_name, [])])
+        onnx_bytes = read_verified(self.model_dir, self.card, onnx_name)
+        tokenizer_bytes = read_verified(self.model_dir, self.card, tokenizer_name)
+        readout_bytes = read_verified(self.model_dir, self.card, readout_file[0]) if readout_file else None
+        external = self.card.get("external_data", {}).get(onnx_name, [])
+        # External weight files (only for models above protobuf's 2 GB) are still read by
+        # ONNX Runtime from the folder: checked here by path, so only they keep a
+        # time-of-check/time-of-use window (docs/operations/model-rollout.md).
+        verify_files(self.model_dir, self.card, external)
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: no wall of provider warnings
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if external:
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(self.model_dir))
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(str(self.model_dir / onnx_name), options, providers=providers)
+        # From the verified bytes, never by path: what was hashed is what runs.
+        self.session = ort.InferenceSession(onnx_bytes, options, providers=providers)
+        del onnx_bytes
         self.provider = self.session.get_providers()[0]
         if use_cuda and self.provider != "CUDAExecutionProvider":
             log.warning("CUDA looked usable but ONNX Runtime fell back to %s", self.provider)
         log.info("prior model %s (%s, %s) on %s", self.model_version, self.variant, onnx_name, self.provider)
 
-        self.tokenizer = Tokenizer.from_file(str(self.model_dir / tokenizer_name))
+        try:
+            self.tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+        except Exception as exc:  # UnicodeDecodeError, or the plain Exception tokenizers raises
+            raise ModelIntegrityError(f"{self.model_dir / tokenizer_name}: not a tokenizer ({exc})") from None
         tok = self.card["tokenizer"]
         self.pad_id = int(tok["pad_token_id"])
         self.max_length = int(tok["max_length"])
@@ -181,12 +209,12 @@ class OnnxPriorModel:
         self.readout_weights: np.ndarray | None = None
         self.readout_bias = 0.0
         if readout_entry:
-            self._load_readout(readout_entry)
+            self._load_readout(readout_entry, readout_bytes)
 
-    def _load_readout(self, entry: dict) -> None:
+    def _load_readout(self, entry: dict, raw: bytes) -> None:
         path = self.model_dir / entry["file"]
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(raw)
             weights = np.asarray(data["weights"], dtype=np.float64)
             bias = float(data["bias"])
         except (ValueError, KeyError, TypeError) as exc:

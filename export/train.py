@@ -30,7 +30,8 @@ from lola.data.upworthy import load_packages, split_packages
 from lola.errors import ConfigError, DataError
 from lola.export.base import BaseRef, load_classifier, load_tokenizer, resolve_base
 from lola.export.config import TrainConfig
-from lola.export.data import HeadlineExamples, TargetScaling, build_examples, file_sha256
+from lola.export.data import HeadlineExamples, TargetScaling, build_examples
+from lola.export.digest import file_sha256
 from lola.export.level import fit_package_level
 
 log = logging.getLogger("lola.export.train")

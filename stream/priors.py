@@ -11,14 +11,19 @@ result outside [0, 1], or a full queue.
 
 :class:`OnnxModelProvider` wraps ``lola.export.serve.OnnxPriorModel(model_dir)`` (the
 priors engineer's torch-free server, which checks the model card's sha256). It loads
-lazily on first use and reloads, on the service thread, when the model card file
-changes or on :meth:`OnnxModelProvider.request_reload` (SIGHUP in the worker). The old
-model keeps serving until the new one has loaded and passed its hash check, so a
-reload has no downtime; a failed reload keeps the old model.
+lazily on first use and reloads, on the service thread, when the model folder changes
+(the card by content, every file it lists by size, mtime and inode, so a swapped ONNX
+file is noticed even with the card untouched) or on
+:meth:`OnnxModelProvider.request_reload` (SIGHUP in the worker). The old model keeps
+serving until the new one has loaded and passed its hash check (of the very bytes
+ONNX Runtime loads), so a reload has no downtime; a failed reload keeps the old model
+and is retried only after a back-off (5 s doubling to 10 min; SIGHUP retries at once),
+so a bad model is not re-hashed every watch interval.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -30,7 +35,8 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 
-from lola.errors import ConfigError
+from lola.errors import ConfigError, ModelIntegrityError
+from lola.export.digest import bytes_sha256
 
 log = logging.getLogger("lola.stream.priors")
 
@@ -60,6 +66,9 @@ class OnnxModelProvider:
     """Lazy, hot-reloadable ``lola.export.serve.OnnxPriorModel`` (see module docstring)."""
 
     CARD = "model_card.json"
+    #: Back-off after a failed load: first retry after RETRY_MIN_S, doubling to RETRY_MAX_S.
+    RETRY_MIN_S = 5.0
+    RETRY_MAX_S = 600.0
 
     def __init__(self, model_dir: str | Path, loader: Callable[[Path], Any] | None = None) -> None:
         self.model_dir = Path(model_dir)
@@ -67,7 +76,9 @@ class OnnxModelProvider:
             raise ConfigError(f"model dir not found: {self.model_dir}")
         self._loader = loader
         self._model: Any = None
-        self._card_stamp: tuple[float, int] | None = None
+        self._card_stamp: tuple | None = None
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
         self._reload_requested = threading.Event()
         self.reloads = 0
         self.reload_failures = 0
@@ -80,40 +91,61 @@ class OnnxModelProvider:
         # One ORT thread: the prior thread must not take the allocation loop's core.
         return OnnxPriorModel(self.model_dir, intra_op_threads=1)
 
-    def _stamp(self) -> tuple[float, int] | None:
+    def _stamp(self) -> tuple | None:
+        """The card's sha256 and (size, mtime_ns, inode) of every file it lists: cheap (no
+        model bytes are hashed), and changed by any replacement of a file."""
         try:
-            st = os.stat(self.model_dir / self.CARD)
+            raw = (self.model_dir / self.CARD).read_bytes()
         except OSError:
             return None
-        return (st.st_mtime, st.st_size)
+        try:
+            names = sorted((json.loads(raw).get("files") or {}))
+        except (ValueError, AttributeError, TypeError):
+            names = []
+        files = []
+        for name in names:
+            try:
+                st = os.stat(self.model_dir / name)
+                files.append((name, st.st_size, st.st_mtime_ns, st.st_ino))
+            except OSError:
+                files.append((name, None, None, None))
+        return (bytes_sha256(raw), tuple(files))
 
     def request_reload(self) -> None:
         """Ask for a reload at the next prediction (safe from a signal handler)."""
         self._reload_requested.set()
 
     def maybe_reload(self) -> None:
-        """Reload if asked or the model card changed; keep the old model on failure."""
+        """Reload if asked or the model folder changed; keep the old model on failure."""
         stamp = self._stamp()
-        if self._model is not None and not self._reload_requested.is_set() and stamp == self._card_stamp:
+        requested = self._reload_requested.is_set()
+        if self._model is not None and not requested and stamp == self._card_stamp:
             return
+        if not requested and time.monotonic() < self._retry_at:
+            return  # backing off after a failed load
         self._reload_requested.clear()
         try:
             model = self._load()
         except Exception as exc:  # ModelIntegrityError, missing files, ORT errors
             self.reload_failures += 1
+            self._backoff_s = min(max(2 * self._backoff_s, self.RETRY_MIN_S), self.RETRY_MAX_S)
+            self._retry_at = time.monotonic() + self._backoff_s
             if self._model is None:
                 raise
-            log.error("prior model reload failed, keeping the loaded model", extra={"error": str(exc)})
-            self._card_stamp = stamp  # do not retry the same broken files in a loop
+            log.error("prior model reload failed, keeping the loaded model",
+                      extra={"error": str(exc), "retry_in_s": self._backoff_s})
             return
         first = self._model is None
         self._model, self._card_stamp = model, stamp
+        self._backoff_s = self._retry_at = 0.0
         if not first:
             self.reloads += 1
         log.info("prior model loaded", extra={"model_dir": str(self.model_dir), "reload": not first})
 
     def predict(self, texts: list[str]) -> np.ndarray:
         self.maybe_reload()
+        if self._model is None:
+            raise ModelIntegrityError(f"no prior model loaded from {self.model_dir} (retrying after a back-off)")
         return np.asarray(self._model.predict(texts), dtype=np.float64)
 
 

@@ -139,3 +139,31 @@ def test_cli_bad_arguments_are_one_line(argv, fragment):
     assert proc.returncode == 2, proc.stderr
     lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("lola: error:") and fragment in lines[0], proc.stderr
+
+
+def test_onnx_runtime_runs_the_bytes_that_were_hashed(tmp_path, exported_tiny, monkeypatch):
+    """Issue 15: the hash was checked, then ONNX Runtime reopened the file by path, so a
+    file swapped in between would be served. Now the verified bytes themselves are loaded."""
+    import hashlib
+
+    import onnxruntime as ort
+
+    from lola.export.serve import OnnxPriorModel
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported_tiny, copy)
+    card = json.loads((copy / "model_card.json").read_text())
+    real = ort.InferenceSession
+    seen = []
+
+    def session(model, *args, **kw):
+        seen.append(model)
+        # swap the file on disk right after the check: must not matter any more
+        (copy / "model.onnx").write_bytes(b"not the model that was checked")
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    model = OnnxPriorModel(copy)
+    assert isinstance(seen[0], bytes)
+    assert hashlib.sha256(seen[0]).hexdigest() == card["files"]["model.onnx"]["sha256"]
+    assert model.predict(["a headline"]).shape == (1,)

@@ -50,7 +50,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_base, tiny_c
 
 
 def test_card_lists_every_file_with_sha256(exported_tiny):
-    from lola.export.data import file_sha256
+    from lola.export.digest import file_sha256
 
     card = json.loads((exported_tiny / "model_card.json").read_text())
     on_disk = {p.name for p in exported_tiny.iterdir() if p.name != "model_card.json"}

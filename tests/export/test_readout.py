@@ -25,7 +25,7 @@ def with_readout(tmp_path_factory, exported_tiny, tiny_csv):
 
 
 def test_fit_writes_a_hashed_file_and_a_card_entry(with_readout):
-    from lola.export.data import file_sha256
+    from lola.export.digest import file_sha256
     from lola.export.readout import RIDGE_ALPHAS
 
     out, entry = with_readout

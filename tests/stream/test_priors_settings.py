@@ -180,3 +180,40 @@ def test_requests_queued_while_the_model_loads_still_get_priors(tmp_path):
     finally:
         service.stop()
     assert [r.prior for r in got] == [0.07] * 3 and service.fallbacks == {}
+
+
+def test_onnx_provider_sees_a_swapped_model_file_and_backs_off_after_a_failed_reload(tmp_path, monkeypatch):
+    """Issue 15: a swap that left model_card.json untouched went unnoticed, and a bad model
+    was re-hashed every watch interval."""
+    card = tmp_path / "model_card.json"
+    card.write_text(json.dumps({"files": {"model.onnx": {"sha256": "x"}}}))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"good")
+    loads = []
+    clock = {"t": 1000.0}
+    monkeypatch.setattr("lola.stream.priors.time.monotonic", lambda: clock["t"])
+
+    def loader(path):
+        loads.append(onnx.read_bytes())
+        if onnx.read_bytes() != b"good" and onnx.read_bytes() != b"fixed":
+            raise ModelIntegrityError("sha256 mismatch")
+        return FakeModel(0.1 if onnx.read_bytes() == b"good" else 0.3)
+
+    provider = OnnxModelProvider(tmp_path, loader=loader)
+    assert provider.predict(["a"]).tolist() == [0.1]
+    onnx.write_bytes(b"swapped!")  # same card, new file
+    assert provider.predict(["a"]).tolist() == [0.1]  # noticed, failed, old model serves
+    assert loads[-1] == b"swapped!" and provider.reload_failures == 1
+    for _ in range(4):  # watch intervals within the back-off: no reload, no re-hash
+        clock["t"] += 1.0
+        provider.maybe_reload()
+    assert len(loads) == 2
+    clock["t"] += 1.5  # 5.5 s after the failure: retried once, fails again, back-off doubles
+    provider.maybe_reload()
+    assert len(loads) == 3 and provider.reload_failures == 2
+    clock["t"] += 9.0
+    provider.maybe_reload()
+    assert len(loads) == 3
+    onnx.write_bytes(b"fixed")
+    provider.request_reload()  # SIGHUP skips the back-off
+    assert provider.predict(["a"]).tolist() == [0.3] and len(loads) == 4
