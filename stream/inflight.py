@@ -1,4 +1,5 @@
-"""Kafka side of the crash-loop breaker (:mod:`lola.stream.breaker` holds the logic).
+"""Kafka side of the crash-loop breaker (:mod:`lola.stream.breaker` holds the logic), and
+the worker's guarded apply loop (:class:`GuardedApplyMixin`).
 
 One compacted topic (``settings.inflight_topic``, default ``lola.inflight.<group>``)
 with one marker record per events partition, written to the same partition number
@@ -10,12 +11,15 @@ the worker's output producer is never flushed on the hot path.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
-from lola.errors import BrokerError
+from lola.errors import BrokerError, ConfigError
 from lola.stream import kafka as kf
+from lola.stream.processor import BatchOutput, DeadLetter, ShardProcessor
 
 log = logging.getLogger("lola.stream.inflight")
+wlog = logging.getLogger("lola.stream.worker")
 
 #: Records at the tail of an in-flight partition examined on restore (one writer per
 #: partition writes one record per request, so the latest marker is the last record).
@@ -90,3 +94,119 @@ class InflightMarkers:
 
     def close(self) -> None:
         self.producer.flush(5)
+
+
+class GuardedApplyMixin:
+    """The Worker's apply step: records behind in-flight markers, poison records
+    dead-lettered, offsets beyond a partition's end reset by policy. A mixin of
+    :class:`lola.stream.worker.Worker` (uses its shards, breakers, markers, consumer)."""
+
+    def _clear_markers(self, partitions: list[int]) -> None:
+        """Nothing in flight any more (clean revoke or shutdown); suspects are kept."""
+        markers = {p: self.breakers[p].marker(None, None, self.worker_id) for p in partitions if p in self.breakers}
+        if markers:
+            self.markers.write(markers)
+
+    def _apply(self, by_partition: dict[int, tuple[list, list]]) -> list[BatchOutput]:
+        """Apply consumed records behind durable in-flight markers (the crash-loop breaker).
+
+        One chunk is in flight at a time: its marker is written (and acknowledged)
+        together with the "nothing in flight" marker of the partition applied before,
+        so a death is charged to the chunk that was really being applied.
+        """
+        plans: dict[int, list] = {}
+        for p, (records, stamps) in by_partition.items():
+            shard = self.shards.get(p)
+            if shard is None:
+                continue  # revoked while the batch was in flight
+            if records[0][0] < shard.next_offset and not self._offset_reset(p, shard, records[0][0]):
+                continue
+            breaker = self.breakers[p]
+            chunks = [(c, s) for c, s in breaker.chunks(records, stamps) if c[-1][0] >= shard.next_offset]
+            if not chunks:
+                continue
+            plans[p] = chunks
+        outs = []
+        done: dict[int, bytes] = {}
+        for p, chunks in plans.items():
+            shard, breaker = self.shards[p], self.breakers[p]
+            for i, (chunk, stamps) in enumerate(chunks):
+                deaths = breaker.poison_deaths(chunk[0][0]) if len(chunk) == 1 else None
+                if deaths is not None:
+                    offset, key, value = chunk[0]
+                    shard.skip(offset)
+                    wlog.error("poison record dead-lettered by the crash-loop breaker",
+                              extra={"partition": p, "offset": offset, "deaths": deaths})
+                    out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
+                                                               f"process died {deaths} times with it in flight")])
+                else:
+                    if self.settings.crash_breaker:
+                        done[p] = breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)
+                        self.markers.write(done)
+                        done = {}
+                    if self._crash_token is not None and any(self._crash_token in (v or b"") for _, _, v in chunk):
+                        os._exit(70)  # TEST ONLY (see TEST_CRASH_ENV): dies like a segfault would
+                    rollbacks = shard.rollbacks
+                    out = shard.process(chunk, timestamps=stamps)
+                    if shard.rollbacks != rollbacks:
+                        self.metrics.rollbacks.inc()
+                breaker.passed(shard.next_offset)
+                self._emit(p, out)
+                outs.append(out)
+            if self.settings.crash_breaker:
+                done[p] = breaker.marker(None, None, self.worker_id)
+        if done:
+            self.markers.write(done, wait=False)  # delivered with the next marker at the latest
+        return outs
+
+    def _events_end(self, p: int, next_offset: int) -> tuple[int, int] | None:
+        """(low, end) of events partition ``p`` if ``next_offset`` lies beyond its end, else None.
+
+        Tansu lists the base offset of the last record batch + 1 as the high watermark,
+        which can be below the true end; so only a checkpoint above the listed value is
+        checked, by reading the last batch (Fetch reports the true end).
+        """
+        from confluent_kafka import Consumer, TopicPartition
+
+        conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
+        probe = Consumer(conf)
+        try:
+            low, high = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
+        except Exception as exc:  # KafkaException
+            raise BrokerError.from_kafka_error("cannot list events topic offsets", exc.args[0] if exc.args else exc)
+        finally:
+            probe.close()
+        if next_offset <= high:
+            return None
+        end = high
+        if high > low:
+            for msg in kf.read_partition_to_end(conf, self.topic, p, max(low, high - 1)):
+                end = max(end, msg.offset() + 1)
+        return (low, end) if next_offset > end else None
+
+    def _offset_reset(self, p: int, shard: ShardProcessor, offset: int, end: int | None = None) -> bool:
+        """The checkpoint lies beyond the partition's end (topic deleted and recreated, or
+        truncated): found at assignment (``offset`` = low watermark, ``end`` given) or when
+        records below the checkpoint arrive (the consumer was reset). Apply
+        ``offset_reset_policy``; True if records from ``offset`` are to be applied."""
+        from confluent_kafka import TopicPartition
+
+        policy = self.settings.offset_reset_policy
+        self.metrics.offset_resets.labels(policy).inc()
+        wlog.error("checkpoint offset is beyond the partition's end (topic recreated?)",
+                  extra={"partition": p, "checkpoint_offset": shard.next_offset, "first_offset": offset,
+                         "policy": policy})
+        if policy == "fail":
+            raise ConfigError(f"checkpoint of {self.topic}[{p}] is at offset {shard.next_offset}, beyond the "
+                              f"partition's end (records from {offset}); offset_reset_policy is 'fail'")
+        self.breakers[p].suspects = []  # offsets of the old log mean nothing now
+        if policy == "earliest":
+            shard.rewind(offset)  # keep the state (and its dedup window); count the new log
+            return True
+        if end is None:
+            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            shard.rewind(max(end, offset))
+            self.consumer.seek(TopicPartition(self.topic, p, shard.next_offset))
+        else:
+            shard.rewind(end)
+        return False

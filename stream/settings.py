@@ -105,6 +105,9 @@ class StreamSettings(BaseSettings):
                                      description="an event ts further ahead of its Kafka timestamp is a future_ts "
                                                  "dead letter; old ts stay legal (backfills)")
     # --- fault tolerance (docs/operations/fault-tolerance.md) ----------------------------
+    crash_breaker: bool = Field(True, validation_alias=AliasChoices("crash_breaker", "LOLA_CRASH_BREAKER"),
+                                description="write durable in-flight markers before applying records (one produce "
+                                            "round trip per batch); false turns the crash-loop breaker off")
     poison_after_deaths: int = Field(3, ge=1, le=100,
                                      validation_alias=AliasChoices("poison_after_deaths", "LOLA_POISON_AFTER_DEATHS"),
                                      description="a record in flight when the process died this many times is "

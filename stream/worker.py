@@ -40,22 +40,17 @@ import orjson
 from lola.errors import BrokerError, ConfigError, LolaError
 from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
-from lola.stream.inflight import InflightMarkers
+from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
+from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
-from lola.stream.processor import BatchOutput, DeadLetter, ProcessorConfig, ShardProcessor, warm_up
+from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
 
 log = logging.getLogger("lola.stream.worker")
 
 #: How many records at the tail of a state partition are examined on restore.
 RESTORE_TAIL = 16
-#: A periodic checkpoint not written within this is abandoned and retried with newer state.
-CHECKPOINT_TIMEOUT_S = 30.0
-#: Bytes kept free below max.message.bytes for the record's key, headers and batch framing.
-RECORD_OVERHEAD_BYTES = 4096
-#: After a refused checkpoint the shard is not serialised again for this long.
-REFUSED_RETRY_S = 60.0
 #: TEST ONLY: a worker started with this variable set to a token of at least 16
 #: characters exits at once (os._exit, like a segfault) before applying a record whose
 #: value contains the token. Unset (production), nothing is checked. It is read from the
@@ -63,21 +58,7 @@ REFUSED_RETRY_S = 60.0
 TEST_CRASH_ENV = "LOLA_TEST_CRASH_TOKEN"
 
 
-class _PendingCheckpoint:
-    """A periodic checkpoint between serialisation and acknowledgement."""
-
-    __slots__ = ("blobs", "started", "created", "produced", "sent", "results")
-
-    def __init__(self, blobs: dict[int, tuple[bytes, int]], started: float, created: float) -> None:
-        self.blobs = blobs          # partition -> (record, the next input offset it reflects)
-        self.started = started
-        self.created = created
-        self.produced = False
-        self.sent: set[int] = set()
-        self.results: dict[int, Any] = {}
-
-
-class Worker:
+class Worker(CheckpointMixin, GuardedApplyMixin):
     """One member of the worker consumer group.
 
     Parameters
@@ -134,7 +115,7 @@ class Worker:
         self.checkpointed_at: dict[int, float] = {}
         self.checkpointed_offset: dict[int, int] = {}
         self.dirty_experiments: dict[int, set[str]] = {}
-        self._pending: _PendingCheckpoint | None = None  # the periodic checkpoint in progress
+        self._pending: PendingCheckpoint | None = None  # the periodic checkpoint in progress
         self._refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
         self._first_assigned_at: float | None = None
         self._stop = threading.Event()
@@ -277,12 +258,6 @@ class Worker:
         self.metrics.partitions.set(len(self.shards))
         log.warning("partitions lost (not checkpointed)", extra={"partitions": [tp.partition for tp in partitions]})
 
-    def _clear_markers(self, partitions: list[int]) -> None:
-        """Nothing in flight any more (clean revoke or shutdown); suspects are kept."""
-        markers = {p: self.breakers[p].marker(None, None, self.worker_id) for p in partitions if p in self.breakers}
-        if markers:
-            self.markers.write(markers)
-
     def _drop(self, partition: int) -> None:
         self.shards.pop(partition, None)
         self.breakers.pop(partition, None)
@@ -294,195 +269,6 @@ class Worker:
         except KeyError:
             pass
 
-    # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self, partitions: list[int] | None = None, commit_sync: bool = False) -> int:
-        """Flush outputs, write one checkpoint record per changed shard, commit offsets.
-
-        Returns the number of checkpoint records written. Raises BrokerError if a
-        checkpoint could not be written (the shard is then checkpointed next time).
-        """
-        from confluent_kafka import TopicPartition
-
-        t0 = time.perf_counter()
-        parts = sorted(self.shards if partitions is None else partitions)
-        # Outputs first: a checkpoint must never claim offsets whose outputs could be lost.
-        remaining = self.producer.flush(30)
-        for _ in range(3):  # failed outputs are produced again; the checkpoint waits for them
-            if not self.deliveries.retry:
-                break
-            self.metrics.output_retries.inc(self.deliveries.retry_failed(self.producer))
-            remaining = self.producer.flush(30)
-        if remaining or self.deliveries.retry:
-            raise BrokerError(f"{remaining + len(self.deliveries.retry)} output records not delivered; "
-                              "checkpoint postponed")
-        # Everything produced is now acknowledged: let a periodic checkpoint in progress
-        # finish (or give way: the records written below reflect at least as much input).
-        self.advance_checkpoint()
-        if self._pending is not None:
-            self._pending = None
-            self.deliveries.release()
-        written = 0
-        commits = []
-        now = time.time()
-        results: dict[int, Any] = {}
-        pending: dict[int, int] = {}
-        for p in parts:
-            shard = self.shards.get(p)
-            if shard is None:
-                continue
-            if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
-                self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
-                continue
-
-            def delivered(err: Any, msg: Any, p: int = p) -> None:
-                results[p] = err
-
-            if self._produce_checkpoint(p, shard.mark(self.topic), delivered):
-                pending[p] = shard.next_offset
-        if pending:
-            self.producer.flush(30)
-        failed = []
-        for p, offset in pending.items():
-            if p not in results or results[p] is not None:
-                failed.append((p, results.get(p, "no delivery report")))
-                continue
-            self.checkpointed_offset[p] = offset
-            self.checkpointed_at[p] = now
-            commits.append(TopicPartition(self.topic, p, offset))
-            written += 1
-        if commits:
-            try:
-                self.consumer.commit(offsets=commits, asynchronous=not commit_sync)
-            except Exception as exc:  # commits are advisory (lag); the checkpoint is the truth
-                log.warning("offset commit failed", extra={"error": str(exc)})
-        self.metrics.checkpoints.inc(written)
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-        if failed:
-            p, err = failed[0]
-            raise BrokerError.from_kafka_error(f"checkpoint of partition(s) {[f[0] for f in failed]} not written", err)
-        return written
-
-    def _produce_checkpoint(self, p: int, blob: bytes, delivered: Any) -> bool:
-        """Produce one checkpoint record; False (counted, logged) if it is refused.
-
-        A record above the state topic's max.message.bytes would fail (librdkafka raises
-        MSG_SIZE_TOO_LARGE): it is refused here instead, the worker keeps serving from
-        memory, and a restart replays from the last checkpoint that was written. The
-        shard is not tried again for :data:`REFUSED_RETRY_S` (serialising costs).
-        """
-        if len(blob) > self.checkpoint_limit:
-            self.metrics.checkpoints_refused.labels("oversized").inc()
-            self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S
-            log.error("checkpoint refused: larger than the state topic's max.message.bytes; serving from memory "
-                      "(a restart replays from the last written checkpoint)",
-                      extra={"partition": p, "bytes": len(blob), "limit": self.checkpoint_limit})
-            return False
-        try:
-            # Each shard writes to its own state partition, so every partition's batch in
-            # the request holds one record (keeps Tansu's listed high watermark exact).
-            kf.produce(self.producer, self.settings.state_topic, blob, key=self._checkpoint_key(p), partition=p,
-                       on_delivery=delivered)
-        except Exception as exc:  # KafkaException: a local refusal must not kill the worker
-            self.metrics.checkpoints_refused.labels("produce_error").inc()
-            self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S
-            log.error("checkpoint refused by the producer; serving from memory",
-                      extra={"partition": p, "bytes": len(blob), "error": str(exc)[:200]})
-            return False
-        return True
-
-    def begin_checkpoint(self) -> bool:
-        """Start a periodic checkpoint without blocking the loop; False if one is in progress.
-
-        The records are serialised now (the state as of each shard's ``next_offset``),
-        but produced only once every output produced before this moment has been
-        acknowledged (:class:`~lola.stream.kafka.DeliveryTracker`), which is the same
-        guarantee as ``flush()`` before a checkpoint, without stopping decisions while
-        the broker answers. :meth:`advance_checkpoint` moves it on from the loop.
-        """
-        if self._pending is not None:
-            return False
-        now = time.time()
-        if self.deliveries.retry:  # produce failed outputs again first: this checkpoint waits for them
-            self.metrics.output_retries.inc(self.deliveries.retry_failed(self.producer))
-        blobs: dict[int, tuple[bytes, int]] = {}
-        mono = time.monotonic()
-        for p, shard in self.shards.items():
-            if shard.next_offset == self.checkpointed_offset.get(p) and p in self.checkpointed_at:
-                self.checkpointed_at[p] = now  # nothing new: the stored checkpoint is current
-                continue
-            if self._refused_until.get(p, 0.0) > mono:
-                continue
-            blobs[p] = (shard.mark(self.topic), shard.next_offset)
-        if not blobs:
-            return False
-        self.deliveries.barrier()
-        self._pending = _PendingCheckpoint(blobs, time.perf_counter(), now)
-        self.advance_checkpoint()
-        return True
-
-    def advance_checkpoint(self) -> None:
-        """Produce the pending checkpoint once its barrier clears; finish it once delivered."""
-        from confluent_kafka import TopicPartition
-
-        pc = self._pending
-        if pc is None:
-            return
-        if not pc.produced:
-            if not self.deliveries.cleared():
-                if time.perf_counter() - pc.started > CHECKPOINT_TIMEOUT_S:
-                    self._abandon_checkpoint(f"outputs still unacknowledged after {CHECKPOINT_TIMEOUT_S:.0f}s "
-                                             f"({self.deliveries.outstanding} in flight)")
-                return
-            if self.deliveries.barrier_failed:
-                self._abandon_checkpoint(f"{len(self.deliveries.retry)} output(s) failed delivery; "
-                                         "producing them again before the next checkpoint")
-                return
-            self.deliveries.release()
-            for p, (blob, _) in pc.blobs.items():
-                if p not in self.shards:
-                    continue  # revoked meanwhile: its revoke checkpoint superseded this one
-
-                def delivered(err: Any, msg: Any, p: int = p) -> None:
-                    pc.results[p] = err
-
-                if self._produce_checkpoint(p, blob, delivered):
-                    pc.sent.add(p)
-            pc.produced = True
-        if len(pc.results) < len(pc.sent):
-            if time.perf_counter() - pc.started > CHECKPOINT_TIMEOUT_S:
-                self._abandon_checkpoint(f"checkpoint records not acknowledged after {CHECKPOINT_TIMEOUT_S:.0f}s")
-            return
-        self._pending = None
-        commits, failed = [], []
-        for p in sorted(pc.sent):
-            err = pc.results[p]
-            if err is not None:
-                failed.append((p, err))
-                continue
-            offset = pc.blobs[p][1]
-            if p in self.shards and offset >= self.checkpointed_offset.get(p, -1):
-                self.checkpointed_offset[p] = offset
-                self.checkpointed_at[p] = pc.created
-                commits.append(TopicPartition(self.topic, p, offset))
-        if commits:
-            try:
-                self.consumer.commit(offsets=commits, asynchronous=True)
-            except Exception as exc:  # commits are advisory (lag); the checkpoint is the truth
-                log.warning("offset commit failed", extra={"error": str(exc)})
-        self.metrics.checkpoints.inc(len(commits))
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - pc.started)
-        if failed:
-            err = BrokerError.from_kafka_error(f"checkpoint of partition(s) {[p for p, _ in failed]} not written",
-                                               failed[0][1])
-            log.error("checkpoint failed; will retry", extra={"error": str(err)})
-
-    def _abandon_checkpoint(self, why: str) -> None:
-        # The next interval serialises a newer state and tries again; nothing is lost
-        # meanwhile, a crash just replays from the older checkpoint.
-        self._pending = None
-        self.deliveries.release()
-        self.metrics.produce_errors.inc()
-        log.error("checkpoint abandoned; will retry", extra={"error": why})
 
     def _publish_snapshots(self, partitions: list[int] | None = None) -> int:
         n = 0
@@ -527,108 +313,6 @@ class Worker:
             m.duplicates.inc(out.duplicates)
         if out.dirty:
             self.dirty_experiments.setdefault(partition, set()).update(out.dirty)
-
-    def _apply(self, by_partition: dict[int, tuple[list, list]]) -> list[BatchOutput]:
-        """Apply consumed records behind durable in-flight markers (the crash-loop breaker).
-
-        One chunk is in flight at a time: its marker is written (and acknowledged)
-        together with the "nothing in flight" marker of the partition applied before,
-        so a death is charged to the chunk that was really being applied.
-        """
-        plans: dict[int, list] = {}
-        for p, (records, stamps) in by_partition.items():
-            shard = self.shards.get(p)
-            if shard is None:
-                continue  # revoked while the batch was in flight
-            if records[0][0] < shard.next_offset and not self._offset_reset(p, shard, records[0][0]):
-                continue
-            breaker = self.breakers[p]
-            chunks = [(c, s) for c, s in breaker.chunks(records, stamps) if c[-1][0] >= shard.next_offset]
-            if not chunks:
-                continue
-            plans[p] = chunks
-        outs = []
-        done: dict[int, bytes] = {}
-        for p, chunks in plans.items():
-            shard, breaker = self.shards[p], self.breakers[p]
-            for i, (chunk, stamps) in enumerate(chunks):
-                deaths = breaker.poison_deaths(chunk[0][0]) if len(chunk) == 1 else None
-                if deaths is not None:
-                    offset, key, value = chunk[0]
-                    shard.skip(offset)
-                    log.error("poison record dead-lettered by the crash-loop breaker",
-                              extra={"partition": p, "offset": offset, "deaths": deaths})
-                    out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
-                                                               f"process died {deaths} times with it in flight")])
-                else:
-                    done[p] = breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)
-                    self.markers.write(done)
-                    done = {}
-                    if self._crash_token is not None and any(self._crash_token in (v or b"") for _, _, v in chunk):
-                        os._exit(70)  # TEST ONLY (see TEST_CRASH_ENV): dies like a segfault would
-                    rollbacks = shard.rollbacks
-                    out = shard.process(chunk, timestamps=stamps)
-                    if shard.rollbacks != rollbacks:
-                        self.metrics.rollbacks.inc()
-                breaker.passed(shard.next_offset)
-                self._emit(p, out)
-                outs.append(out)
-            done[p] = breaker.marker(None, None, self.worker_id)
-        if done:
-            self.markers.write(done, wait=False)  # delivered with the next marker at the latest
-        return outs
-
-    def _events_end(self, p: int, next_offset: int) -> tuple[int, int] | None:
-        """(low, end) of events partition ``p`` if ``next_offset`` lies beyond its end, else None.
-
-        Tansu lists the base offset of the last record batch + 1 as the high watermark,
-        which can be below the true end; so only a checkpoint above the listed value is
-        checked, by reading the last batch (Fetch reports the true end).
-        """
-        from confluent_kafka import Consumer, TopicPartition
-
-        conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
-        probe = Consumer(conf)
-        try:
-            low, high = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-        except Exception as exc:  # KafkaException
-            raise BrokerError.from_kafka_error("cannot list events topic offsets", exc.args[0] if exc.args else exc)
-        finally:
-            probe.close()
-        if next_offset <= high:
-            return None
-        end = high
-        if high > low:
-            for msg in kf.read_partition_to_end(conf, self.topic, p, max(low, high - 1)):
-                end = max(end, msg.offset() + 1)
-        return (low, end) if next_offset > end else None
-
-    def _offset_reset(self, p: int, shard: ShardProcessor, offset: int, end: int | None = None) -> bool:
-        """The checkpoint lies beyond the partition's end (topic deleted and recreated, or
-        truncated): found at assignment (``offset`` = low watermark, ``end`` given) or when
-        records below the checkpoint arrive (the consumer was reset). Apply
-        ``offset_reset_policy``; True if records from ``offset`` are to be applied."""
-        from confluent_kafka import TopicPartition
-
-        policy = self.settings.offset_reset_policy
-        self.metrics.offset_resets.labels(policy).inc()
-        log.error("checkpoint offset is beyond the partition's end (topic recreated?)",
-                  extra={"partition": p, "checkpoint_offset": shard.next_offset, "first_offset": offset,
-                         "policy": policy})
-        if policy == "fail":
-            raise ConfigError(f"checkpoint of {self.topic}[{p}] is at offset {shard.next_offset}, beyond the "
-                              f"partition's end (records from {offset}); offset_reset_policy is 'fail'")
-        self.breakers[p].suspects = []  # offsets of the old log mean nothing now
-        if policy == "earliest":
-            shard.rewind(offset)  # keep the state (and its dedup window); count the new log
-            return True
-        if end is None:
-            _, end = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
-            shard.rewind(max(end, offset))
-            self.consumer.seek(TopicPartition(self.topic, p, shard.next_offset))
-        else:
-            shard.rewind(end)
-        return False
 
     def _apply_priors(self) -> None:
         for res in self.priors.results():

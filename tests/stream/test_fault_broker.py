@@ -23,20 +23,22 @@ def _producer(s):
     return Producer(kf.producer_config(s))
 
 
-def _log_events(worker) -> list[dict]:
-    out = []
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
-
-
 def _counts(s) -> dict:
     from lola.stream.snapshot import counts_view, read_snapshots
 
     return counts_view(read_snapshots(s))
+
+
+def _one_partition_counted(stream_settings, thread_worker, helpers, events: int, seed: int):
+    """A one-partition stream, counted by a worker that then stops (its checkpoint written)."""
+    s = stream_settings(partitions=1)
+    kf.ensure_topics(s)
+    stream = open_stream(events, 2, 2, seed=seed, duplicate_rate=0.0, malformed_rate=0.0)
+    send(_producer(s), s.events_topic, stream.records)
+    tw = thread_worker(s)
+    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
+    tw.stop()
+    return s, stream
 
 
 def _ev(**event) -> tuple[bytes, bytes]:
@@ -143,13 +145,7 @@ def test_an_oversized_checkpoint_is_refused_and_the_worker_keeps_serving(stream_
 
 def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_settings, thread_worker, helpers):
     """Issue 15: records below the checkpoint offset were skipped silently (topic recreated)."""
-    s = stream_settings(partitions=1)
-    kf.ensure_topics(s)
-    stream = open_stream(600, 2, 2, seed=4, duplicate_rate=0.0, malformed_rate=0.0)
-    send(_producer(s), s.events_topic, stream.records)
-    tw = thread_worker(s)
-    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
-    tw.stop()
+    s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 600, seed=4)
     conf = kf.consumer_config(s, "test-state")
     last = [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)][-1]
     # As if the events topic had been recreated: the stored checkpoint is far beyond its end.
@@ -180,13 +176,7 @@ def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(str
     assert a.state_topic == "lola.state.ga" != b.state_topic == "lola.state.gb"
     assert a.inflight_topic == "lola.inflight.ga"
     # Shared on purpose: another group's records push ours out of the 16-record tail.
-    s = stream_settings(partitions=1)
-    kf.ensure_topics(s)
-    stream = open_stream(300, 2, 2, seed=8, duplicate_rate=0.0, malformed_rate=0.0)
-    send(_producer(s), s.events_topic, stream.records)
-    tw = thread_worker(s)
-    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
-    tw.stop()
+    s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 300, seed=8)
     p = _producer(s)
     for i in range(40):
         p.produce(s.state_topic, ShardProcessor(0).to_checkpoint("other"), b"other-group:x:0", partition=0)
