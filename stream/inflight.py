@@ -110,9 +110,11 @@ class GuardedApplyMixin:
     def _apply(self, by_partition: dict[int, tuple[list, list]]) -> list[BatchOutput]:
         """Apply consumed records behind durable in-flight markers (the crash-loop breaker).
 
-        One chunk is in flight at a time: its marker is written (and acknowledged)
-        together with the "nothing in flight" marker of the partition applied before,
-        so a death is charged to the chunk that was really being applied.
+        Normally every partition's batch is marked in one write (one round trip per
+        consumed batch); a death then makes each of those batches a suspect (one death
+        for each of their records). Records of a suspect range are applied alone, each
+        behind its own marker written together with the "nothing in flight" marker of
+        the partition applied before, so a later death is charged to that one record.
         """
         plans: dict[int, list] = {}
         for p, (records, stamps) in by_partition.items():
@@ -128,6 +130,14 @@ class GuardedApplyMixin:
             plans[p] = chunks
         outs = []
         done: dict[int, bytes] = {}
+        breaker_on = self.settings.crash_breaker
+        if breaker_on and all(len(chunks) == 1 and len(chunks[0][0]) > 1 for chunks in plans.values()):
+            # the common case, no suspects: one round trip marks every partition's batch
+            self.markers.write({p: self.breakers[p].marker(chunks[0][0][0][0], chunks[0][0][-1][0], self.worker_id)
+                                for p, chunks in plans.items()})
+            marked = True
+        else:
+            marked = False
         for p, chunks in plans.items():
             shard, breaker = self.shards[p], self.breakers[p]
             for i, (chunk, stamps) in enumerate(chunks):
@@ -140,7 +150,7 @@ class GuardedApplyMixin:
                     out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
                                                                f"process died {deaths} times with it in flight")])
                 else:
-                    if self.settings.crash_breaker:
+                    if breaker_on and not marked:
                         done[p] = breaker.marker(chunk[0][0], chunk[-1][0], self.worker_id)
                         self.markers.write(done)
                         done = {}
@@ -153,7 +163,7 @@ class GuardedApplyMixin:
                 breaker.passed(shard.next_offset)
                 self._emit(p, out)
                 outs.append(out)
-            if self.settings.crash_breaker:
+            if breaker_on:
                 done[p] = breaker.marker(None, None, self.worker_id)
         if done:
             self.markers.write(done, wait=False)  # delivered with the next marker at the latest

@@ -23,7 +23,7 @@ def _producer(s):
     return Producer(kf.producer_config(s))
 
 
-def _counts(s) -> dict:
+def counts_view_now(s) -> dict:
     from lola.stream.snapshot import counts_view, read_snapshots
 
     return counts_view(read_snapshots(s))
@@ -89,7 +89,7 @@ def test_hostile_set_with_a_process_killing_record_is_survived_within_n_restarts
             assert restarts <= 3, "the breaker did not stop the crash loop"
             w = worker_procs(s, f"pod{restarts}", env=crash_env)
             continue
-        view = _counts(s)
+        view = counts_view_now(s)
         if view == stream.truth:
             break
         time.sleep(0.5)
@@ -143,8 +143,11 @@ def test_an_oversized_checkpoint_is_refused_and_the_worker_keeps_serving(stream_
     assert not [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)]
 
 
-def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_settings, thread_worker, helpers):
+@pytest.mark.parametrize("policy", ["earliest", "latest", "fail"])
+def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_settings, thread_worker, helpers, policy):
     """Issue 15: records below the checkpoint offset were skipped silently (topic recreated)."""
+    from lola.errors import ConfigError
+
     s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 600, seed=4)
     conf = kf.consumer_config(s, "test-state")
     last = [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)][-1]
@@ -157,14 +160,27 @@ def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_sett
     extra = [_ev(type="impression", experiment_id="exp-0", variant_id="v0", event_id=f"new{i}", ts=1.7e9)
              for i in range(5)]
     send(p, s.events_topic, extra)
-    tw2 = thread_worker(s)
+    tw2 = thread_worker(s.model_copy(update={"offset_reset_policy": policy}))
+    if policy == "fail":
+        with pytest.raises(ConfigError, match="beyond the partition's end"):
+            deadline = time.monotonic() + 30
+            while tw2.thread.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            tw2.stop()
+        return
     truth = json.loads(json.dumps(stream.truth))
-    truth["exp-0"]["v0"]["impressions"] += 5
-    # Policy "earliest": state kept, the partition read again from its start; the old
-    # events are duplicates of the dedup window, the new ones count.
+    if policy == "earliest":
+        # state kept, the partition read again from its start: the old events are
+        # duplicates of the dedup window, the new ones count
+        truth["exp-0"]["v0"]["impressions"] += 5
     helpers.wait_for_counts(s, truth, timeout_s=60)
+    deadline = time.monotonic() + 30
+    while tw2.worker.shards.get(0) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
     tw2.stop()
-    assert tw2.worker.metrics.offset_resets.labels("earliest")._value.get() == 1
+    assert tw2.worker.metrics.offset_resets.labels(policy)._value.get() == 1
+    assert counts_view_now(s) == truth
 
 
 def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(stream_settings, thread_worker,
