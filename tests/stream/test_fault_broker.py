@@ -203,3 +203,25 @@ def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(str
         time.sleep(0.1)
     assert tw2.worker.shards[0].next_offset == len(stream.records)  # restored, not replayed from 0
     tw2.stop()
+
+
+@pytest.mark.slow
+def test_the_issue_70_mb_checkpoint_no_longer_kills_the_worker(stream_settings, thread_worker, helpers):
+    """The issue's reproduction: 7,000 variants with 10,000-character texts on one experiment
+    make a ~70 MB checkpoint, above the producer's 64 MiB message.max.bytes (librdkafka
+    raised MSG_SIZE_TOO_LARGE from produce and the worker died on every restart)."""
+    s = stream_settings(partitions=1)
+    kf.ensure_topics(s)
+    records = [_ev(type="variant", experiment_id="e", variant_id=f"v{i}", text=("%05d" % i) * 2000)
+               for i in range(7000)]
+    records.append(_ev(type="impression", experiment_id="e", variant_id="v0", event_id="i0", ts=1.0))
+    send(_producer(s), s.events_topic, records)
+    tw = thread_worker(s)
+    deadline = time.monotonic() + 120
+    while (tw.worker.metrics.checkpoints_refused.labels("oversized")._value.get() < 1
+           or tw.worker.shards[0].next_offset < len(records)):  # everything applied, serving from memory
+        assert time.monotonic() < deadline and tw.thread.is_alive(), "no refusal seen"
+        time.sleep(0.2)
+    result = tw.stop()
+    assert result["records"] == len(records)
+    assert tw.worker.metrics.checkpoints._value.get() == 0
