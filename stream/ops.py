@@ -83,6 +83,9 @@ class WorkerMetrics:
         self.inflight_marker_failures = Counter("lola_inflight_marker_failures_total",
                                                 "In-flight markers not acknowledged (batch applied unprotected by the "
                                                 "crash-loop breaker)", registry=r)
+        self.legacy_restores = Counter("lola_legacy_restores_total",
+                                       "Partitions restored from the legacy shared state topic (upgrade path)",
+                                       registry=r)
         self.batch_seconds = Histogram("lola_batch_seconds", "Processing time per consumed batch", registry=r,
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 

@@ -64,6 +64,11 @@ class StreamSettings(BaseSettings):
     inflight_topic: str | None = Field(None, validation_alias=AliasChoices("inflight_topic", "LOLA_INFLIGHT_TOPIC"),
                                        description="crash-loop breaker's in-flight markers (compacted); default "
                                                    "lola.inflight.<group_id>")
+    legacy_state_topic: str = Field("lola.state", validation_alias=AliasChoices("legacy_state_topic",
+                                                                               "LOLA_LEGACY_STATE_TOPIC"),
+                                    description="upgrade path: the shared state topic of builds before the "
+                                                "per-group default, read for this group's checkpoints when its "
+                                                "own topic has none for a partition; empty = never")
     deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
     partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
                             description="partitions of the events topic when the worker creates it")
@@ -145,6 +150,11 @@ class StreamSettings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"bootstrap server {part!r} is not HOST:PORT")
         return value
+
+    @field_validator("legacy_state_topic")
+    @classmethod
+    def _legacy_topic_name(cls, value: str) -> str:
+        return cls._topic_name(value) if value else value
 
     @field_validator("events_topic", "decisions_topic", "snapshots_topic", "state_topic", "deadletter_topic",
                      "inflight_topic")

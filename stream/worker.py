@@ -155,27 +155,33 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         # group and topic so a second group never restores another group's state.
         return f"{self.settings.group_id}:{self.topic}:{partition}".encode()
 
-    def _restore(self, partition: int) -> ShardProcessor:
-        """The shard as of its best checkpoint, or a fresh shard at offset 0."""
+    def _best_checkpoint(self, topic: str, partition: int, must_exist: bool = True) -> bytes | None:
+        """This group's newest checkpoint of ``partition`` in ``topic`` (None if it has none).
+
+        The tail first; if it holds none of this group's checkpoints (a state topic shared
+        on purpose with busier groups), the whole partition. With ``must_exist=False`` a
+        missing topic reads as empty instead of an error (the legacy topic, see _restore).
+        """
         from confluent_kafka import Consumer, TopicPartition
 
         conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
         probe = Consumer(conf)
         try:
-            low, high = probe.get_watermark_offsets(TopicPartition(self.settings.state_topic, partition),
-                                                    timeout=10, cached=False)
+            if not must_exist:
+                meta = probe.list_topics(topic, timeout=10).topics.get(topic)
+                if meta is None or meta.error is not None or partition not in meta.partitions:
+                    return None
+            low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
         except Exception as exc:  # KafkaException
-            raise BrokerError.from_kafka_error("cannot list state topic offsets", exc.args[0] if exc.args else exc)
+            raise BrokerError.from_kafka_error(f"cannot list {topic} offsets", exc.args[0] if exc.args else exc)
         finally:
             probe.close()
         want_key = self._checkpoint_key(partition)
         best: bytes | None = None
         best_offset = -1
         start = max(low, high - RESTORE_TAIL)
-        # The tail first; if it holds none of this group's checkpoints (a state topic shared
-        # on purpose with busier groups), the whole partition.
         for begin in ((start, low) if start > low else (start,)) if high > low else ():
-            for msg in kf.read_partition_to_end(conf, self.settings.state_topic, partition, begin):
+            for msg in kf.read_partition_to_end(conf, topic, partition, begin):
                 if msg.key() != want_key or not msg.value():
                     continue
                 try:
@@ -187,6 +193,28 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                     best, best_offset = msg.value(), offset
             if best is not None:
                 break
+        return best
+
+    def _restore(self, partition: int) -> ShardProcessor:
+        """The shard as of its best checkpoint, or a fresh shard at offset 0.
+
+        Upgrade path: builds before the per-group state topic wrote every group's
+        checkpoints to one shared topic (``legacy_state_topic``, default ``lola.state``).
+        When this group's own topic has no checkpoint of the partition yet, the legacy
+        topic is read for this group's key (group, events topic, partition), so a rolling
+        upgrade keeps exact counts; the next checkpoint goes to the new topic.
+        """
+        best = self._best_checkpoint(self.settings.state_topic, partition)
+        legacy = self.settings.legacy_state_topic
+        from_legacy = False
+        if best is None and legacy and legacy != self.settings.state_topic:
+            best = self._best_checkpoint(legacy, partition, must_exist=False)
+            from_legacy = best is not None
+            if from_legacy:
+                self.metrics.legacy_restores.inc()
+                log.warning("shard restored from the legacy state topic; later checkpoints go to the group's own",
+                            extra={"partition": partition, "legacy_topic": legacy,
+                                   "state_topic": self.settings.state_topic})
         if best is None:
             shard = ShardProcessor(partition, self.config)
         else:
@@ -198,8 +226,14 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
             log.error("previous owner died while applying records; applying them one at a time",
                       extra={"partition": partition, "in_flight": list(breaker.died_in_flight),
                              "suspects": [s.to_json()[:3] for s in breaker.suspects]})
-        self.checkpointed_offset[partition] = shard.next_offset
-        self.checkpointed_at[partition] = time.time()
+        if from_legacy:
+            # Not in the group's own topic yet: the next periodic checkpoint copies it
+            # there, so the legacy topic is needed once only and may then be deleted.
+            self.checkpointed_offset.pop(partition, None)
+            self.checkpointed_at.pop(partition, None)
+        else:
+            self.checkpointed_offset[partition] = shard.next_offset
+            self.checkpointed_at[partition] = time.time()
         for req in shard.missing_priors():
             self.priors.submit(req)
         log.info("shard restored", extra={"partition": partition, "next_offset": shard.next_offset,

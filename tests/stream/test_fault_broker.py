@@ -205,6 +205,27 @@ def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(str
     tw2.stop()
 
 
+def test_an_upgrade_restores_from_the_legacy_shared_state_topic(stream_settings, thread_worker, helpers):
+    """Builds before the per-group default wrote checkpoints to one shared topic. A worker
+    upgraded in place (its own lola.state.<group> still empty) restores from there with
+    exact counts instead of replaying from offset 0, and writes its next checkpoint to
+    its own topic."""
+    s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 300, seed=9)
+    upgraded = s.model_copy(update={"state_topic": f"{s.state_topic}.{s.group_id}",
+                                    "legacy_state_topic": s.state_topic})
+    kf.ensure_topics(upgraded)
+    tw2 = thread_worker(upgraded)
+    deadline = time.monotonic() + 30
+    while 0 not in tw2.worker.shards and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tw2.worker.shards[0].next_offset == len(stream.records)  # restored, not replayed from 0
+    assert tw2.worker.metrics.legacy_restores._value.get() == 1
+    assert counts_view_now(upgraded) == stream.truth
+    tw2.stop()
+    conf = kf.consumer_config(upgraded, "probe")
+    assert [m for m in kf.read_partition_to_end(conf, upgraded.state_topic, 0, 0)]  # its own topic now
+
+
 @pytest.mark.slow
 def test_the_issue_70_mb_checkpoint_no_longer_kills_the_worker(stream_settings, thread_worker, helpers):
     """The issue's reproduction: 7,000 variants with 10,000-character texts on one experiment
