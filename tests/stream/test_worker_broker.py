@@ -27,12 +27,30 @@ def _producer(s):
     return Producer(kf.producer_config(s))
 
 
-def _send_in_background(s, records, rate):
+def _send_in_background(s, records, rate, hold_tail=None, tail_rate=20):
+    """Send ``records`` at ``rate`` per second on a thread.
+
+    With ``hold_tail`` (a threading.Event) the last 10 % trickles at ``tail_rate`` per
+    second until the event is set, then goes at full rate: the producer is still
+    producing however long the test's kills take on a loaded machine.
+    """
     errors = []
 
     def run():
         try:
-            send(_producer(s), s.events_topic, records, rate)
+            producer = _producer(s)
+            if hold_tail is None:
+                send(producer, s.events_topic, records, rate)
+                return
+            cut = len(records) * 9 // 10
+            send(producer, s.events_topic, records[:cut], rate)
+            i = cut
+            while i < len(records) and not hold_tail.is_set():
+                kf.produce(producer, s.events_topic, records[i][1], key=records[i][0])
+                producer.poll(0)
+                time.sleep(1.0 / tail_rate)
+                i += 1
+            send(producer, s.events_topic, records[i:], rate)
         except BaseException as exc:  # surfaced by the test
             errors.append(exc)
 
@@ -81,7 +99,8 @@ def test_sigkill_at_random_points_loses_and_double_counts_nothing(stream_setting
     s = stream_settings(batch_size=300, checkpoint_interval_s=0.4, session_timeout_ms=2000)
     kf.ensure_topics(s)
     stream = open_stream(20_000, 12, 3, seed=11, duplicate_rate=0.05, malformed_rate=0.01)
-    sender, errors = _send_in_background(s, stream.records, rate=450)
+    kills_done = threading.Event()
+    sender, errors = _send_in_background(s, stream.records, rate=450, hold_tail=kills_done)
     rng = random.Random(2024)
     killed_while_working = killed_mid_stream = 0
     for i in range(6):
@@ -93,10 +112,11 @@ def test_sigkill_at_random_points_loses_and_double_counts_nothing(stream_setting
         killed_mid_stream += sender.is_alive()
         w.kill()
         killed_while_working += 1
+    kills_done.set()
     final = worker_procs(s, "final")
     sender.join(120)
     assert not errors
-    assert killed_mid_stream >= 3  # most kills hit a worker while events were still arriving
+    assert killed_mid_stream == 6  # every kill hit a worker while events were still arriving
     _wait_for_log(final, "partitions assigned")
     helpers.wait_for_counts(s, stream.truth, timeout_s=90)
     assert final.terminate() == 0, final.log()
