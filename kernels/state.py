@@ -391,6 +391,26 @@ class BanditState:
         k = int(self.n_arms[row])
         return [int(s) for s in np.flatnonzero(self.candidate[row, :k] & self.active[row, :k])]
 
+    def bai_recommendation(self, row: int) -> list[int]:
+        """What a BAI experiment returns if asked now, stopped or not.
+
+        The candidate(s) with the highest Algorithm 2 mean (prior pseudo-pulls included,
+        :func:`lola.kernels.core.bai_interval`); exact ties are all returned. Empty when
+        no candidate is left. Once ``bai_done_for(row)``, :meth:`good_arms` is the answer.
+        """
+        row = self._check_row(row)
+        if self._params[row].policy not in ("bai", "llm_bai"):
+            raise ConfigError(f"bai_recommendation needs a BAI experiment, row {row} is {self._params[row].policy!r}")
+        k = int(self.n_arms[row])
+        f = self.exp_f[row]
+        cands = [s for s in range(k) if self.candidate[row, s] and self.active[row, s]]
+        means = [core.bai_interval(f[core.F_N_AUX], self.impressions[row, s],
+                                   self.clicks[row, s] + f[core.F_LAMBDA] * self.conversions[row, s],
+                                   self.mu_aux[row, s], self.has_prior[row, s], k, f[core.F_BAI_DELTA],
+                                   f[core.F_BAI_BERNSTEIN] > 0.5)[0] for s in cands]
+        top = max(means, default=0.0)
+        return [s for s, m in zip(cands, means) if m == top]
+
     def experiment_summary(self, row: int, seed: int = 0) -> dict[str, Any]:
         """Snapshot of one experiment for policy snapshots and dashboards.
 

@@ -80,7 +80,7 @@ def worker(
     # Until the worker installs its own handlers nothing has been consumed: a SIGTERM
     # that early is a clean exit 0, not a -15.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from lola.stream.ops import configure_json_logging
+    from lola.stream.observability import configure_json_logging
     from lola.stream.worker import Worker
 
     s = _settings(settings_file, bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port,

@@ -39,7 +39,7 @@ import orjson
 
 from lola.errors import BrokerError, ConfigError, LolaError
 from lola.stream import kafka as kf
-from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
+from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
 from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from lola.ops import env_fields, env_names, render_reference
+from lola.config_reference import env_fields, env_names, render_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -332,7 +332,7 @@ def unknown_env_names(used: dict[str, str], known: set[str]) -> dict[str, str]:
 
 
 def test_env_name_check_flags_a_name_no_setting_reads():
-    from lola.ops import env_names
+    from lola.config_reference import env_names
 
     known = env_names()
     assert unknown_env_names({"LOLA_GROUP_ID": "x", "LOLA_SHARED_DATA": "y", "LOLA_NO_SUCH_SETTING": "z"}, known) == {
@@ -340,7 +340,7 @@ def test_env_name_check_flags_a_name_no_setting_reads():
 
 
 def test_every_env_name_in_deploy_files_is_a_setting():
-    from lola.ops import env_names
+    from lola.config_reference import env_names
 
     used = used_env_names()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "LOLA_MODEL_DIR", "KAFKA_SASL_PASSWORD", "LOLA_METRICS_PORT"} <= set(used)
@@ -350,7 +350,7 @@ def test_every_env_name_in_deploy_files_is_a_setting():
 
 def test_env_names_used_by_compose_commands_exist_in_settings():
     """Topic and group names in the KEDA trigger match the settings' defaults or the ConfigMap."""
-    from lola.ops import env_fields
+    from lola.config_reference import env_fields
 
     fields = {f.env: f for f in env_fields()}
     docs = load_manifests()

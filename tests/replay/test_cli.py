@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lola.bench import replay_protocol as P
-from lola.bench.replay_sim import simulate_batch
+from lola.replay import protocol as P
+from lola.replay.sim import simulate_batch
 from lola.cli import app
 
 COLUMNS = ("clickability_test_id", "eyecatcher_id", "headline", "impressions", "clicks")
@@ -85,7 +85,7 @@ def test_exact_prior_makes_pure_llm_optimal_in_every_world(files):
     arm with the highest true CTR clicks whenever any arm would. PureLLM with an exact
     prior always plays it, so it can never be beaten in any test or rep."""
     data, tune, priors, truth = files
-    from lola.bench.replay_priors import read_priors_csv
+    from lola.replay.priors import read_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -197,7 +197,7 @@ def test_bai_subcommand_json(files, radius):
 
 def test_synthetic_prior_is_exact_or_rank_reversed_per_test(files, tmp_path):
     data, _, _, truth = files
-    from lola.bench.replay_priors import read_priors_csv
+    from lola.replay.priors import read_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])

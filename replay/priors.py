@@ -17,9 +17,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from lola.bench.replay_premise import reversed_ranking
+from lola.replay.premise import reversed_ranking
 from lola.data.upworthy import HeadlineTest, Package
 from lola.errors import ConfigError, DataError
+from lola.export.data import training_split
+from lola.export.serve import OnnxPriorModel, read_card
 
 PRIOR_COLUMNS = ("headline", "prior_ctr")
 
@@ -87,10 +89,6 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     ``test_weeks`` (headline -> archive ``test_week``) lets a ``level_deviation`` model add
     the level of the headline's own week; an absolute-CTR model ignores it.
     """
-    try:
-        from lola.export.serve import OnnxPriorModel  # type: ignore[attr-defined]
-    except ImportError as exc:  # the priors area is not installed or not built yet
-        raise ConfigError(f"--model needs lola.export.serve.OnnxPriorModel ({exc})") from None
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"--model directory not found: {model_dir}")
@@ -98,7 +96,7 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     texts = list(dict.fromkeys(headlines))
     weeks = [test_weeks.get(t) for t in texts] if test_weeks is not None else None
     emb = None
-    if want_embeddings and getattr(model, "embedding_dim", None):
+    if want_embeddings and model.embedding_dim:
         preds, vecs = model.predict_and_embed(texts, None, weeks)
         emb = {t: np.asarray(vecs[i], dtype=np.float64) for i, t in enumerate(texts)}
     else:
@@ -117,9 +115,6 @@ def model_training_headlines(model_dir: str | Path) -> tuple[frozenset[str] | No
     ``(None, reason)`` when the file is not on this machine or has changed, so the caller
     can say the check was not possible instead of silently skipping it.
     """
-    from lola.export.data import training_split
-    from lola.export.serve import read_card
-
     card, _ = read_card(model_dir)
     try:
         path, train = training_split(card.get("data") or {})

@@ -133,15 +133,15 @@ def replay(
     _check_inputs(data, priors, model, tune_data, reps)
     if tune_reps < 1:
         raise ConfigError(f"--tune-reps must be >= 1, got {tune_reps}")
-    from lola.bench import replay_protocol as P
+    from lola.replay import protocol as P
 
     tau_list = P.parse_taus(taus)
     names = P.parse_policies(policies)
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
 
-    from lola.bench import replay_report as R
-    from lola.bench import replay_run as run
+    from lola.replay import report as R
+    from lola.replay import run as run
 
     nworkers = workers or run.default_workers()
     rd = run.load_replay_data(data, priors, model, tune_data, want_features="LLM-LinUCB" in names)
@@ -190,7 +190,7 @@ def baseline_prior(
 ) -> None:
     """Fit the development baseline prior (TF-IDF ridge on the train split) and score every headline."""
     _require_file(data, "--data")
-    from lola.bench.replay_priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
+    from lola.replay.priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages, split_packages
 
     packages, _ = load_packages(data)
@@ -225,7 +225,7 @@ def synthetic_prior(
     _require_file(data, "--data")
     if not (0.0 <= reversed_fraction <= 1.0):
         raise ConfigError(f"--reversed-fraction must be in [0, 1], got {reversed_fraction}")
-    from lola.bench.replay_priors import synthetic_priors, write_priors_csv
+    from lola.replay.priors import synthetic_priors, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -246,8 +246,8 @@ def ideal_observer(
     _require_file(data, "--data")
     if draws < 1:
         raise ConfigError(f"--draws must be >= 1, got {draws}")
-    from lola.bench.replay_premise import ideal_observer as observe
-    from lola.bench.replay_protocol import parse_taus
+    from lola.replay.premise import ideal_observer as observe
+    from lola.replay.protocol import parse_taus
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -273,8 +273,8 @@ def bai(
 
     if radius not in BAI_RADII:
         raise ConfigError(f"--radius must be one of {', '.join(BAI_RADII)}, got {radius!r}")
-    from lola.bench import replay_bai as B
-    from lola.bench import replay_run as run
+    from lola.replay import bai as B
+    from lola.replay import run as run
 
     rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
     doc = B.run_bai(rd, reps, seed, workers or run.default_workers(), radius)
