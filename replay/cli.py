@@ -13,29 +13,19 @@ Heavy imports (numba, scipy, sklearn, matplotlib) stay inside the command bodies
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from lola.errors import ConfigError
+from lola.replay.report import json_safe
 
 replay_app = typer.Typer(
     help="Reproduce LOLA's Table 8 / Figure 7 on Upworthy headline tests with the worker's own kernels.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _progress_factory(enabled: bool):
@@ -150,7 +140,7 @@ def replay(
         result = run.run_replay(rd, tau_list, names, reps, tune_reps, seed, nworkers, factory)
     finally:
         stop()
-    doc = _json_safe(result.as_json())
+    doc = json_safe(result.as_json())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
@@ -190,7 +180,7 @@ def baseline_prior(
 ) -> None:
     """Fit the development baseline prior (TF-IDF ridge on the train split) and score every headline."""
     _require_file(data, "--data")
-    from lola.replay.priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
+    from lola.replay.priors import PriorTable, fit_tfidf_ridge, prior_quality, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages, split_packages
 
     packages, _ = load_packages(data)
@@ -204,7 +194,7 @@ def baseline_prior(
     preds = predict(texts_sorted)
     write_priors_csv(out, texts_sorted, preds)
     table = PriorTable(dict(zip(texts_sorted, preds.tolist())), source=str(out))
-    tune_q = r2_on_tests(headline_tests(parts["tune"]), table)
+    tune_q = prior_quality(headline_tests(parts["tune"]), table)
     typer.echo(json.dumps({"out": str(out), "headlines": len(texts_sorted), "fitted_on": "train split", "tune_r2": tune_q["r2"], "tune_top1": tune_q["top1_accuracy"]}))
 
 
@@ -280,7 +270,7 @@ def bai(
     doc = B.run_bai(rd, reps, seed, workers or run.default_workers(), radius)
     if plot is not None:
         B.plot_bai(doc, plot)
-    doc = _json_safe(doc)
+    doc = json_safe(doc)
     if as_json:
         typer.echo(json.dumps(doc))
     else:

@@ -9,6 +9,7 @@ paired by test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -36,6 +37,17 @@ HEADLINE_PAIRS = (
     ("LOLA", "LLM-TS"),
     ("LLM-LinUCB", "UCB"),
 )
+
+
+def json_safe(obj):
+    """``obj`` with NaN and infinities as ``None`` and dict keys as strings (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def stars(p_value: float) -> str:

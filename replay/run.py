@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -20,9 +19,8 @@ import numpy as np
 from lola.replay import protocol as P
 from lola.replay.priors import (
     PriorTable,
-    fit_tfidf_ridge,
     model_training_headlines,
-    r2_on_tests,
+    prior_quality,
     read_priors_csv,
     score_with_model,
 )
@@ -226,7 +224,7 @@ def load_replay_data(
         "linucb_warm_start_packages": warm_used,
         "rows_skipped": len(report_load.skipped),
     }
-    quality = {"tune": r2_on_tests(tune_tests, prior), "report": r2_on_tests(report_tests, prior)}
+    quality = {"tune": prior_quality(tune_tests, prior), "report": prior_quality(report_tests, prior)}
     return ReplayData(tune_batch, report_batch, description, quality)
 
 

@@ -384,11 +384,9 @@ def test_dockerfile_copies_every_package_folder_and_uses_real_extras(name):
         assert f"!{folder}/**" in ignore, f"{folder} is excluded from the build context"
 
 
-def test_images_and_compose_run_the_real_cli_commands():
+def test_images_and_compose_run_the_real_cli_commands(lola_commands):
     """Commands given to the containers exist in the `lola` CLI."""
-    from lola.demo import lola_commands
-
-    commands = lola_commands()
+    commands = lola_commands
     compose = load_compose()
     for svc in our_compose_services(compose).values():
         words = [w for w in svc["command"] if not w.startswith("-")]
