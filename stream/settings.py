@@ -140,20 +140,37 @@ class StreamSettings(BaseSettings):
         try:
             return cls(_env_file=settings_file, **kwargs)  # type: ignore[call-arg]
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-            raise ConfigError(f"invalid setting {where}: {first.get('msg')}") from None
+            raise ConfigError.from_validation(exc, "invalid setting") from None
 
     @classmethod
     def env_var_names(cls) -> dict[str, str]:
-        """Map each field to its environment variable name."""
+        """Map each field to its environment variable name: the upper-case choice of its alias.
+
+        The one listing of the names; ``lola config reference`` documents exactly these.
+        """
         out = {}
         for name, field in cls.model_fields.items():
-            alias = field.validation_alias
-            choices = getattr(alias, "choices", ())
+            choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else ()
             env = [c for c in choices if isinstance(c, str) and c.isupper()]
+            if len(env) != 1:
+                raise ConfigError(f"setting {name} must have exactly one upper-case environment name, has {env}")
             out[name] = env[0]
         return out
+
+    def as_env(self, reveal_secrets: bool = False) -> dict[str, str]:
+        """These settings as environment variables (what a child ``lola worker`` reads back).
+
+        Unset (None) settings are left out, and so are secrets unless ``reveal_secrets``.
+        """
+        env = {}
+        for field, name in self.env_var_names().items():
+            value = getattr(self, field)
+            if value is None or (isinstance(value, SecretStr) and not reveal_secrets):
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
