@@ -102,6 +102,23 @@ def mix64(z):
     return z ^ (z >> _S31)
 
 
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def mix_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers, each folded in with SplitMix64's multipliers.
+
+    For seeds made of ids and counters (the worker's per-batch seed); Python's ``hash()``
+    is salted per process, so it cannot serve.
+    """
+    z = int(_GOLDEN)
+    for p in parts:
+        z = (z ^ (p & _MASK64)) * int(_M1) & _MASK64
+        z = (z ^ (z >> 27)) * int(_M2) & _MASK64
+        z ^= z >> 31
+    return z & 0x7FFFFFFFFFFFFFFF
+
+
 @numba.njit(**NJIT)
 def uniform(key, j):
     """The ``j``-th uniform in (0, 1) of the stream ``key``."""
@@ -400,6 +417,27 @@ def tied_argmax(n_arms, scores, u):
     return -1, 0, best
 
 
+@numba.njit(inline="always", **NJIT)
+def count_active(e, n_arms, active):
+    """Number of active arms of experiment ``e`` (inlined at IR level: no call per decision)."""
+    k_act = 0
+    for k in range(n_arms):
+        if active[e, k]:
+            k_act += 1
+    return k_act
+
+
+@numba.njit(inline="always", **NJIT)
+def traffic_floor(min_traffic, k_act):
+    """The min-traffic floor per active arm, ``f = min(min_traffic, 1/K_active)``, and its total mass
+    ``K_active f``: a decision plays a uniform active arm with probability ``K_active f``, so an arm's
+    propensity is ``f + (1 - K_active f) p_policy``. (0, 0) without a floor or without an active arm."""
+    if min_traffic <= 0.0 or k_act == 0:
+        return 0.0, 0.0
+    floor = min(min_traffic, 1.0 / k_act)
+    return floor, floor * k_act
+
+
 @numba.njit(**NJIT)
 def nth_active(e, n_arms, active, idx):
     """Slot of the ``idx``-th active arm of experiment ``e``."""
@@ -671,10 +709,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                     slot = -1
                     prop = 0.0
                     if exp_f[e, F_STEPS] < exp_f[e, F_BURN_IN]:
-                        k_act = 0
-                        for k in range(K):
-                            if active[e, k]:
-                                k_act += 1
+                        k_act = count_active(e, K, active)
                         if k_act > 0:
                             slot = nth_active(e, K, active, min(int(u1 * k_act), k_act - 1))
                             prop = 1.0 / k_act
@@ -706,12 +741,8 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                             floor = 0.0
                             mass = 0.0
                             if exp_f[e, F_MIN_TRAFFIC] > 0.0:
-                                k_act = 0
-                                for k in range(K):
-                                    if active[e, k]:
-                                        k_act += 1
-                                floor = min(exp_f[e, F_MIN_TRAFFIC], 1.0 / k_act)
-                                mass = floor * k_act
+                                k_act = count_active(e, K, active)
+                                floor, mass = traffic_floor(exp_f[e, F_MIN_TRAFFIC], k_act)
                                 u0 = uniforms[r, 0] if have_uniforms else uniform(key, 0)
                                 if u0 < mass:
                                     slot = nth_active(e, K, active, min(int(u0 / mass * k_act), k_act - 1))
@@ -800,18 +831,14 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
     row_f = exp_f[e]
     for k in range(K):
         out[k] = 0.0
-    k_act = 0
-    for k in range(K):
-        if active[e, k]:
-            k_act += 1
+    k_act = count_active(e, K, active)
     if k_act == 0:
         return
     if row_f[F_STEPS] < row_f[F_BURN_IN]:
         for k in range(K):
             out[k] = 1.0 / k_act if active[e, k] else 0.0
         return
-    floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
-    mass = floor * k_act
+    floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
     j, stochastic = policy_scores(e, key, 2, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active,
                                   cand, ucb, feats, z, bvec, bai_done, usable, scores)
     if stochastic:

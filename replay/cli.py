@@ -114,6 +114,9 @@ def replay(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Figure 7-style PNG here."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    worker_defaults: Optional[Path] = typer.Option(
+        None, "--worker-defaults",
+        help="Write LOLA's one setting for every horizon here, as lola/data/worker_defaults.json (the worker's defaults)."),
 ) -> None:
     """Tune every policy per tau on tune tests, report clicks per test per period on the test tests."""
     if ctx.invoked_subcommand is not None:
@@ -144,6 +147,15 @@ def replay(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
+    if worker_defaults is not None:
+        from lola.data import worker_defaults as wd
+
+        one = doc.get("one_setting_for_all_horizons")
+        if not one:
+            raise ConfigError("--worker-defaults needs LOLA among --policies (its one setting for every horizon)")
+        wd.write(worker_defaults, one, f"one_setting_for_all_horizons of `lola replay` on {data} "
+                                       f"(prior {result.settings['prior_source']}, seed {seed}, taus {taus}, "
+                                       f"tune-reps {tune_reps})")
     if plot is not None:
         src = result.settings.get("prior_source", "")
         R.plot_figure7(doc["results"], tau_list, names, plot, title=f"LOLA replay: {result.settings['report_tests']} tests, {reps} reps ({Path(str(src)).name})")

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
 
 POLICY_DEFAULT = "llm2ucb"
@@ -86,12 +87,10 @@ class StreamSettings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
     default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
-    # A worker does not know how long an experiment will run, so its default is the one LOLA setting that
-    # loses least across horizons tau = 50..1000 on the replay's tune split with the default model
-    # (`lola replay` JSON: one_setting_for_all_horizons; README "Paper replay"). Tune it again for another model.
-    default_alpha: float = Field(0.08, ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
+    # The replay's one LOLA setting for every horizon, from lola/data/worker_defaults.json (see lola.data.worker_defaults).
+    default_alpha: float = Field(WORKER_DEFAULTS["alpha"], ge=0, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
                                  description="UCB width of a new experiment (LOLA replay, one setting for all horizons)")
-    default_n_aux: float = Field(5600.0, ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
+    default_n_aux: float = Field(WORKER_DEFAULTS["n_aux"], ge=0, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
     seed: int = Field(0, ge=0, validation_alias=AliasChoices("seed", "LOLA_SEED"))
