@@ -55,7 +55,7 @@ N_EXP_F = 21
 # statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
 U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
 
-# Policy codes (same order as params.POLICIES).
+# Policy codes: params.POLICY_CODE (tests/kernels/test_kernels_state.py checks they agree).
 P_LLM2UCB, P_UCB, P_PURE_LLM, P_EC, P_TS, P_LLM_TS, P_LINUCB, P_LLM_LINUCB, P_BAI, P_LLM_BAI, P_LLM2UCB_EB = range(11)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

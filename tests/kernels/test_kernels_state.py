@@ -313,3 +313,10 @@ def test_bai_recommendation_is_the_best_mean_with_ties():
     other = state.add_experiment(ExperimentParams(policy="ucb"))
     with pytest.raises(ConfigError):
         state.bai_recommendation(other)
+
+
+def test_kernel_policy_codes_are_the_params_codes():
+    from lola.kernels import core
+    from lola.kernels.params import POLICY_CODE
+
+    assert {name: getattr(core, "P_" + name.upper()) for name in POLICIES} == POLICY_CODE

@@ -123,7 +123,7 @@ def test_split_mode_reports_only_the_test_split(files, tmp_path):
         (["--priors", "missing.csv"], "--priors file not found"),
     ],
 )
-def test_bad_arguments_are_one_line_errors(files, args, message):
+def test_bad_arguments_are_one_line_errors(files, args, message, capsys):
     data, _, priors, _ = files
     from lola.cli import main
 
@@ -131,6 +131,8 @@ def test_bad_arguments_are_one_line_errors(files, args, message):
     with pytest.raises(SystemExit) as exc:
         main(["replay", "--data", str(data), *args, "--no-progress"])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lola: error:") and message in err and err.count("\n") == 1, err
 
 
 def test_synthetic_prior_bad_fraction_is_a_one_line_error(files, tmp_path, capsys):
