@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lola.errors import CapacityError, ConfigError, KernelInputError
-from lola.kernels import core
+from lola.kernels import core, rng
 from lola.kernels.params import POLICIES, ExperimentParams
 
 FORMAT_VERSION = 2
@@ -422,7 +422,7 @@ class BanditState:
         row = self._check_row(row)
         p = self._params[row]
         k = int(self.n_arms[row])
-        key = int(core.decision_keys(np.uint64(seed), 1)[0])
+        key = int(rng.decision_keys(np.uint64(seed), 1)[0])
         scores = np.full(max(self.capacity_arms, 1), np.nan)
         share = np.zeros(max(self.capacity_arms, 1))
         if k:

@@ -40,7 +40,7 @@ import numpy as np
 import orjson
 
 from lola.errors import CapacityError, ConfigError, EventError, KernelInputError, LolaError
-from lola.kernels.core import mix_seed as _mix_seed
+from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 
 CHECKPOINT_MAGIC = b"LOLACKP1"

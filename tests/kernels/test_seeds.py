@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lola.kernels.core import mix_seed
+from lola.kernels.rng import mix_seed
 
 
 def _restated(*parts: int) -> int:
