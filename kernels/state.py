@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from lola.errors import CapacityError, ConfigError, KernelInputError
-from lola.kernels import core, rng
+from lola.kernels import core, policies, rng
 from lola.kernels.params import POLICIES, ExperimentParams
 
 FORMAT_VERSION = 2
@@ -395,7 +395,7 @@ class BanditState:
         """What a BAI experiment returns if asked now, stopped or not.
 
         The candidate(s) with the highest Algorithm 2 mean (prior pseudo-pulls included,
-        :func:`lola.kernels.core.bai_interval`); exact ties are all returned. Empty when
+        :func:`lola.kernels.policies.bai_interval`); exact ties are all returned. Empty when
         no candidate is left. Once ``bai_done_for(row)``, :meth:`good_arms` is the answer.
         """
         row = self._check_row(row)
@@ -404,7 +404,7 @@ class BanditState:
         k = int(self.n_arms[row])
         f = self.exp_f[row]
         cands = [s for s in range(k) if self.candidate[row, s] and self.active[row, s]]
-        means = [core.bai_interval(f[core.F_N_AUX], self.impressions[row, s],
+        means = [policies.bai_interval(f[core.F_N_AUX], self.impressions[row, s],
                                    self.clicks[row, s] + f[core.F_LAMBDA] * self.conversions[row, s],
                                    self.mu_aux[row, s], self.has_prior[row, s], k, f[core.F_BAI_DELTA],
                                    f[core.F_BAI_BERNSTEIN] > 0.5)[0] for s in cands]

@@ -144,7 +144,7 @@ def run_bai(rd, reps: int, seed: int, workers: int = 1, radius: str = "hoeffding
     """Tune LLM-BAI's n_aux on the tune tests (success at the largest budget), then report.
 
     ``radius`` is Algorithm 2's confidence radius for both BAI variants (the paper's Hoeffding,
-    or the empirical Bernstein of ``lola.kernels.core.bai_interval``).
+    or the empirical Bernstein of ``lola.kernels.policies.bai_interval``).
     """
     tune_scores = {}
     for m in N_AUX_GRID:

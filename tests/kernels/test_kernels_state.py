@@ -294,7 +294,7 @@ def test_n_aux_zero_index_equals_ucb_index(arms, alpha, t_extra):
 
 
 def test_bai_recommendation_is_the_best_mean_with_ties():
-    from lola.kernels import core
+    from lola.kernels import core, policies
 
     state = BanditState(capacity_experiments=2, capacity_arms=3)
     row = state.add_experiment(ExperimentParams(policy="llm_bai", n_aux=50.0))
@@ -303,7 +303,7 @@ def test_bai_recommendation_is_the_best_mean_with_ties():
     state.impressions[row, :3] = 100.0
     state.clicks[row, :3] = (3.0, 9.0, 3.0)
     f = state.exp_f[row]
-    means = [core.bai_interval(f[core.F_N_AUX], 100.0, c, p, True, 3, f[core.F_BAI_DELTA], False)[0]
+    means = [policies.bai_interval(f[core.F_N_AUX], 100.0, c, p, True, 3, f[core.F_BAI_DELTA], False)[0]
              for c, p in ((3.0, 0.02), (9.0, 0.01), (3.0, 0.02))]
     assert state.bai_recommendation(row) == [1] and means[1] == max(means)
     state.clicks[row, 1] = 2.0
