@@ -160,9 +160,9 @@ def tied_argmax(n_arms, scores, u):
     return -1, 0, best
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def count_active(e, n_arms, active):
-    """Number of active arms of experiment ``e`` (inlined at IR level: no call per decision)."""
+    """Number of active arms of experiment ``e``."""
     k_act = 0
     for k in range(n_arms):
         if active[e, k]:
@@ -170,7 +170,7 @@ def count_active(e, n_arms, active):
     return k_act
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def traffic_floor(min_traffic, k_act):
     """The min-traffic floor per active arm, ``f = min(min_traffic, 1/K_active)``, and its total mass
     ``K_active f``: a decision plays a uniform active arm with probability ``K_active f``, so an arm's

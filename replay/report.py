@@ -129,7 +129,7 @@ def find(improvements: Sequence[Improvement], tau: int, a: str, b: str) -> Impro
     return None
 
 
-def results_rows(scores: Mapping[tuple[int, str], np.ndarray], ctr_scores: Mapping[tuple[int, str], np.ndarray] | None = None) -> list[dict]:
+def results_rows(scores: Mapping[tuple[int, str], np.ndarray]) -> list[dict]:
     rows = []
     for (tau, policy), s in scores.items():
         s = np.asarray(s, dtype=np.float64)
@@ -140,8 +140,6 @@ def results_rows(scores: Mapping[tuple[int, str], np.ndarray], ctr_scores: Mappi
             "std_err": float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan"),
             "n_tests": int(len(s)),
         }
-        if ctr_scores is not None and (tau, policy) in ctr_scores:
-            row["ctr"] = float(np.mean(ctr_scores[(tau, policy)]))
         rows.append(row)
     return rows
 

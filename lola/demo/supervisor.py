@@ -102,15 +102,6 @@ class Supervisor:
         """Track a process started elsewhere (e.g. the broker launcher) so it is stopped too."""
         self.children[name] = Child(name, popen, log_path)
 
-    def run(self, name: str, argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> int:
-        """Run a child to completion (killing it at ``timeout_s``); returns its exit code."""
-        popen = self.spawn(name, argv, env)
-        try:
-            return popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop(name)
-            return 124
-
     # --- watching
     def note_descendants(self) -> None:
         """Remember every descendant pid now alive, so a SIGKILL can reach grandchildren later."""

@@ -172,8 +172,6 @@ def test_missing_headline_prior_is_a_clear_error(files, tmp_path, capsys):
 
 
 def test_protocol_arithmetic():
-    batch = P.ReplayBatch(("a", "b"), np.array([2, 3]), np.zeros((2, 3)), np.zeros((2, 3)))
-    assert P.horizons(batch, 100).tolist() == [200, 300]
     # Figure 7's caption: two headlines, tau = 100, 1 + 2 clicks -> 0.03.
     assert P.clicks_per_period(np.array([3.0]), 100)[0] == pytest.approx(0.03)
     assert P.parse_taus("50, 100,1000") == (50, 100, 1000)
