@@ -28,6 +28,7 @@ import numpy as np
 
 from lola.errors import CapacityError, ConfigError, KernelInputError
 from lola.kernels import core, policies, rng
+from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.params import POLICIES, ExperimentParams
 
 FORMAT_VERSION = 2
@@ -456,8 +457,6 @@ class BanditState:
             "arms": arms,
         }
         if p.policy == "llm2ucb_eb":
-            from lola.kernels.adaptive import adaptive_n_aux
-
             usable = self.active[row, :k] & self.has_prior[row, :k]
             out["n_aux_effective"] = num(adaptive_n_aux(
                 float(self.exp_f[row, core.F_N_AUX]), float(self.exp_f[row, core.F_EB_STRENGTH]),
