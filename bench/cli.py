@@ -1,4 +1,4 @@
-"""CLI commands of lola.bench: ``lola bench kernels|stream|priors`` and ``lola replay``.
+"""CLI commands of lola.bench: ``lola bench kernels|stream|priors``.
 
 Each benchmark module owns its command: it exposes ``register(bench_app)`` and keeps
 its heavy imports inside the command body.
@@ -15,10 +15,9 @@ bench_app = typer.Typer(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``lola bench ...`` and ``lola replay`` to the root app."""
-    from lola.bench import kernels_bench, priors_bench, replay_cli, stream_bench
+    """Add ``lola bench ...`` to the root app."""
+    from lola.bench import kernels_bench, priors_bench, stream_bench
 
     for module in (kernels_bench, stream_bench, priors_bench):
         module.register(bench_app)
     app.add_typer(bench_app, name="bench")
-    replay_cli.register(app)

@@ -207,11 +207,7 @@ def decision_latency(settings: Any, requests: int, rate: float, experiments: int
             kf.produce(producer, settings.events_topic, orjson.dumps(
                 {"type": "variant", "experiment_id": e, "variant_id": f"v{k}", "text": f"h{k}"}), key=e.encode())
     producer.flush(30)
-    env = dict(os.environ)
-    for field, name in type(settings).env_var_names().items():
-        value = getattr(settings, field)
-        if value is not None and not hasattr(value, "get_secret_value"):
-            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+    env = {**os.environ, **settings.as_env()}
     env.update({"LOLA_BATCH_SIZE": "2000", "LOLA_POLL_TIMEOUT_S": "0.001", "LOLA_LOG_LEVEL": "WARNING",
                 "LOLA_FETCH_WAIT_MAX_MS": "1"})
     worker = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"], env=env,

@@ -141,12 +141,5 @@ def make_config(profile: str = "full", **overrides) -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise config_error(exc, "invalid training setting") from None
+        raise ConfigError.from_validation(exc, "invalid training setting") from None
 
-
-def config_error(exc: ValidationError, what: str) -> ConfigError:
-    """One line for the first rule a frozen settings object broke: ``<what> <field>: <message>``."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or "config"
-    message = str(first.get("msg", exc)).removeprefix("Value error, ")
-    return ConfigError(f"{what} {where}: {message}")

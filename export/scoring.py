@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from lola.data.priors import write_priors_csv
 from lola.errors import DataError
 
 log = logging.getLogger("lola.export.scoring")
@@ -44,19 +45,9 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
     weeks = [None if k[2] < 0 else k[2] for k in unique] if uses_week else None
     preds = model.predict([k[0] for k in unique], [k[1] for k in unique], weeks) if unique else []
     by_key = dict(zip(unique, preds))
-    output_csv.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_csv.with_name(output_csv.name + ".tmp")
-    empty = 0
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["headline", "prior_ctr"])
-        for (headline, *_), key in zip(rows, keys):
-            if key in by_key:
-                writer.writerow([headline, repr(float(by_key[key]))])
-            else:
-                writer.writerow([headline, ""])
-                empty += 1
-    tmp.replace(output_csv)
+    preds_by_row = [float(by_key[key]) if key in by_key else None for key in keys]
+    write_priors_csv(output_csv, [headline for headline, *_ in rows], preds_by_row, fmt=repr)
+    empty = preds_by_row.count(None)
     if empty:
         log.warning("%d row(s) with an empty headline got an empty prior_ctr", empty)
     return {"rows": len(rows), "scored_unique": len(unique), "empty_headlines": empty,

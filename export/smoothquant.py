@@ -53,7 +53,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from lola.errors import ExportValidationError
+from lola.errors import ConfigError, ExportValidationError
 
 log = logging.getLogger("lola.export.smoothquant")
 
@@ -151,12 +151,10 @@ class Int8Config(BaseModel):
 
 def make_int8_config(**overrides) -> Int8Config:
     """An :class:`Int8Config`; a bad value raises ConfigError with one clear line."""
-    from lola.export.config import config_error
-
     try:
         return Int8Config(**overrides)
     except ValidationError as exc:
-        raise config_error(exc, "invalid int8 setting") from None
+        raise ConfigError.from_validation(exc, "invalid int8 setting") from None
 
 
 # -- calibration data ---------------------------------------------------------

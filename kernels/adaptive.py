@@ -7,13 +7,9 @@ the LLM prior is worth, from the gap between prior and observed CTRs
 experiments whose policy is ``llm2ucb_eb`` and uses the result in place of the
 fixed ``n_aux``; everything else about Algorithm 1 is unchanged.
 
-Owner: the replay engineer (issue 5) tunes the estimator; the signature is a
-contract with the kernels engineer and must not change.
-
-Note for anyone editing this file: Numba's on-disk cache of ``lola.kernels.core``
-does not notice changes here (it keys on core.py only); delete
-``kernels/__pycache__/core.*.nb[ic]`` after an edit, or run with
-``LOLA_NUMBA_CACHE=0``.
+The signature ``(n_aux0, strength, n, c, mu, usable) -> n_aux`` is what the engine
+calls; the replay tunes ``n_aux0`` and ``strength`` (``eb_strength``) around it.
+Editing this file: see the cache note in :mod:`lola.kernels.numba_config`.
 """
 
 from __future__ import annotations

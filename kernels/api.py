@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from lola.errors import KernelInputError
-from lola.kernels import core
+from lola.kernels import core, rng
 from lola.kernels.state import BanditState
 
 #: Largest impressions, clicks or conversion value one ``update`` row may carry
@@ -66,7 +66,7 @@ def _randomness(randomness: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
     if isinstance(randomness, (int, np.integer)) and not isinstance(randomness, bool):
         if not (0 <= int(randomness) < 2**64):
             raise KernelInputError(f"seed must be an integer in [0, 2**64), got {randomness}")
-        return core.decision_keys(np.uint64(int(randomness)), n), np.empty((0, 2)), False
+        return rng.decision_keys(np.uint64(int(randomness)), n), np.empty((0, 2)), False
     if isinstance(randomness, np.ndarray):
         if randomness.dtype == np.uint64 and randomness.shape == (n,):
             return np.ascontiguousarray(randomness), np.empty((0, 2)), False
@@ -77,7 +77,7 @@ def _randomness(randomness: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
             # Thompson draws need more than two numbers: their key stream is derived from the
             # bits of the two uniforms, so the batch stays a pure function of the input.
             bits = u.view(np.uint64)
-            keys = core.decision_keys(np.uint64(0), n) ^ bits[:, 0] ^ (bits[:, 1] << np.uint64(1))
+            keys = rng.decision_keys(np.uint64(0), n) ^ bits[:, 0] ^ (bits[:, 1] << np.uint64(1))
             return keys, u, True
     raise KernelInputError(
         f"randomness must be an int seed, uint64[{n}] per-decision keys or float64[{n}, 2] uniforms in (0, 1); "

@@ -8,10 +8,8 @@ runs through exactly the same :func:`engine` loop as ``select`` and ``update`` d
 
 Randomness
 ----------
-Each decision ``i`` gets a 64-bit key. Its uniforms are a counter-based SplitMix64
-stream, ``u_j = (mix(key + (j + 1) * G) >> 11 + 0.5) * 2**-53`` (never 0 or 1), so a
-batch is deterministic, independent of evaluation order, and the NumPy twins in the
-tests can replay it exactly. ``u_0`` decides floor exploration, ``u_1`` breaks ties,
+Each decision ``i`` gets a 64-bit key and reads counter-based uniforms from it
+(:mod:`lola.kernels.rng`): ``u_0`` decides floor exploration, ``u_1`` breaks ties,
 ``u_2...`` feed Thompson draws (Marsaglia-Tsang gamma variates over ziggurat normals).
 """
 
@@ -24,6 +22,18 @@ import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.numba_config import NJIT
+from lola.kernels.policies import (
+    bai_interval,
+    linear_discount,
+    linear_update,
+    linucb_scores,
+    ts_theta,
+    ts_thetas,
+    ucb2_scores,
+    ucb_cache_values,
+    ucb_index,
+)
+from lola.kernels.rng import GOLDEN, mix64, uniform
 
 
 # Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
@@ -55,18 +65,9 @@ N_EXP_F = 21
 # statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
 U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
 
-# Policy codes (same order as params.POLICIES).
+# Policy codes: params.POLICY_CODE (tests/kernels/test_kernels_state.py checks they agree).
 P_LLM2UCB, P_UCB, P_PURE_LLM, P_EC, P_TS, P_LLM_TS, P_LINUCB, P_LLM_LINUCB, P_BAI, P_LLM_BAI, P_LLM2UCB_EB = range(11)
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
-_S11 = np.uint64(11)
-_INV53 = 1.0 / 9007199254740992.0
-_TWO_PI = 2.0 * math.pi
 
 TABLE_N = 1 << 15
 
@@ -94,195 +95,7 @@ def sqrt_log(t, tab):
     return math.sqrt(math.log(t))
 
 
-@numba.njit(**NJIT)
-def mix64(z):
-    """SplitMix64 finaliser (uint64 -> uint64)."""
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@numba.njit(**NJIT)
-def uniform(key, j):
-    """The ``j``-th uniform in (0, 1) of the stream ``key``."""
-    z = mix64(key + np.uint64(j + 1) * _GOLDEN)
-    return (float(z >> _S11) + 0.5) * _INV53
-
-
-@numba.njit(**NJIT)
-def decision_keys(seed, n):
-    """Per-decision keys ``mix64(seed + (i + 1) * G)`` for a batch of ``n`` decisions."""
-    keys = np.empty(n, dtype=np.uint64)
-    s = np.uint64(seed)
-    for i in range(n):
-        keys[i] = mix64(s + np.uint64(i + 1) * _GOLDEN)
-    return keys
-
-
-def _ziggurat_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Marsaglia & Tsang (2000) 128-layer ziggurat tables for the standard normal."""
-    kn = np.zeros(128, dtype=np.int64)
-    wn = np.zeros(128)
-    fn = np.zeros(128)
-    m1 = 2147483648.0
-    dn = 3.442619855899
-    tn = dn
-    vn = 9.91256303526217e-3
-    q = vn / math.exp(-0.5 * dn * dn)
-    kn[0] = int((dn / q) * m1)
-    kn[1] = 0
-    wn[0] = q / m1
-    wn[127] = dn / m1
-    fn[0] = 1.0
-    fn[127] = math.exp(-0.5 * dn * dn)
-    for i in range(126, 0, -1):
-        dn = math.sqrt(-2.0 * math.log(vn / dn + math.exp(-0.5 * dn * dn)))
-        kn[i + 1] = int((dn / tn) * m1)
-        tn = dn
-        fn[i] = math.exp(-0.5 * dn * dn)
-        wn[i] = dn / m1
-    return kn, wn, fn
-
-
-ZIG_KN, ZIG_WN, ZIG_FN = _ziggurat_tables()
-_ZIG_R = 3.442620
-_MASK32 = np.uint64(0xFFFFFFFF)
-_S32 = np.uint64(32)
-_INV32 = 1.0 / 4294967296.0
-
-
-@numba.njit(**NJIT)
-def _signed32(key, j):
-    """The ``j``-th draw of the stream as a signed 32-bit integer (held in int64)."""
-    z = mix64(key + np.uint64(j + 1) * _GOLDEN) & _MASK32
-    hz = np.int64(z)
-    return hz - 4294967296 if hz >= 2147483648 else hz
-
-
-@numba.njit(**NJIT)
-def normal_from(hz, key, j):
-    """Standard normal by the ziggurat from a signed 32-bit draw ``hz``; the rare slow path
-    (~1.2%) reads more draws from ``key`` starting at counter ``j``. Returns (x, next j)."""
-    iz = hz & 127
-    if abs(hz) < ZIG_KN[iz]:
-        return hz * ZIG_WN[iz], j
-    while True:
-        x = hz * ZIG_WN[iz]
-        if iz == 0:  # the tail beyond r
-            while True:
-                x = -math.log(uniform(key, j)) / _ZIG_R
-                y = -math.log(uniform(key, j + 1))
-                j += 2
-                if y + y >= x * x:
-                    break
-            return (_ZIG_R + x if hz > 0 else -_ZIG_R - x), j
-        u = uniform(key, j)
-        j += 1
-        if ZIG_FN[iz] + u * (ZIG_FN[iz - 1] - ZIG_FN[iz]) < math.exp(-0.5 * x * x):
-            return x, j
-        hz = _signed32(key, j)
-        j += 1
-        iz = hz & 127
-        if abs(hz) < ZIG_KN[iz]:
-            return hz * ZIG_WN[iz], j
-
-
-@numba.njit(**NJIT)
-def normal_draw(key, j):
-    """Standard normal (ziggurat) from the stream; returns (x, next j)."""
-    return normal_from(_signed32(key, j), key, j + 1)
-
-
-@numba.njit(**NJIT)
-def gamma_draw(shape, key, j):
-    """Gamma(shape, 1) by Marsaglia-Tsang; returns (draw, next counter).
-
-    Each attempt takes one 64-bit draw: its low 32 bits feed the ziggurat normal, its
-    high 32 bits the acceptance uniform ``(hi + 0.5) / 2**32``.
-    """
-    boost = 1.0
-    if shape < 1.0:
-        boost = uniform(key, j) ** (1.0 / shape)
-        j += 1
-        shape += 1.0
-    d = shape - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    while True:
-        z = mix64(key + np.uint64(j + 1) * _GOLDEN)
-        j += 1
-        lo = np.int64(z & _MASK32)
-        x, j = normal_from(lo - 4294967296 if lo >= 2147483648 else lo, key, j)
-        v = 1.0 + c * x
-        if v <= 0.0:
-            continue
-        v = v * v * v
-        u = (float(np.int64(z >> _S32)) + 0.5) * _INV32
-        x2 = x * x
-        if u < 1.0 - 0.0331 * x2 * x2:
-            return d * v * boost, j
-        if math.log(u) < 0.5 * x2 + d * (1.0 - v + math.log(v)):
-            return d * v * boost, j
-
-
-@numba.njit(**NJIT)
-def beta_draw(a, b, key, j):
-    """Beta(a, b) as Ga / (Ga + Gb); returns (draw, next counter)."""
-    ga, j = gamma_draw(a, key, j)
-    gb, j = gamma_draw(b, key, j)
-    return ga / (ga + gb), j
-
-
 # --------------------------------------------------------------------------- scores
-
-
-@numba.njit(**NJIT)
-def ucb2_scores(e, n_arms, alpha_sqrt_log_t, n_aux, lam, imp, clk, conv, mu, has_prior, active, out):
-    """LLM-2UCBs index of Algorithm 1 for one experiment, into ``out[:n_arms]``.
-
-    ``n = 1 + impressions``, ``c = clicks + lam * conversions`` (n starts at 1, c at 0).
-    U1 = c/n + a/sqrt(n), U2 = (c + mu n_aux)/(n + n_aux) + a/sqrt(n + n_aux) with
-    ``a = alpha sqrt(log t)``; the index is min(U1, U2). Arms without a prior have
-    U2 = +inf (plain UCB). ``n_aux = inf`` is the pure-LLM limit: the index is ``mu``.
-    ``n_aux = 0`` gives U2 == U1 bit for bit. Inactive arms get -inf.
-    """
-    inf_aux = math.isinf(n_aux)
-    for k in range(n_arms):
-        n = 1.0 + imp[e, k]
-        c = clk[e, k] + lam * conv[e, k]
-        u1 = c / n + alpha_sqrt_log_t / math.sqrt(n)
-        if inf_aux:
-            u2 = mu[e, k]
-            s = u2 if has_prior[e, k] else u1
-        else:
-            n2 = n + n_aux
-            u2 = (c + mu[e, k] * n_aux) / n2 + alpha_sqrt_log_t / math.sqrt(n2)
-            s = min(u1, u2) if has_prior[e, k] else u1
-        out[k] = s if active[e, k] else -np.inf
-
-
-@numba.njit(**NJIT)
-def ucb_cache_values(n_obs, c, mu, has_prior, active, n_aux):
-    """One arm's LLM-2UCBs cache (m1, s1, m2, s2) from scalars (Algorithm 1, lines 5-6).
-
-    ``n = 1 + n_obs`` (n starts at 1, c at 0). m1 = c/n, s1 = 1/sqrt(n);
-    m2 = (c + mu n_aux)/(n + n_aux), s2 = 1/sqrt(n + n_aux), so that the index is
-    min(m1 + a s1, m2 + a s2) with a = alpha sqrt(log t). No prior: m2 = +inf (U2 = +inf,
-    plain UCB). n_aux = inf with a prior: m1 = +inf, m2 = mu, s2 = 0 (pure-LLM greedy, no
-    NaN). Inactive: -inf. ``n_aux = 0`` gives m2 == m1 and s2 == s1 bit for bit.
-    Scalar arguments only, so LLVM inlines it into the engine loop.
-    """
-    if not active:
-        return -np.inf, 0.0, -np.inf, 0.0
-    n = 1.0 + n_obs
-    inv_n = 1.0 / n
-    m1 = c * inv_n
-    s1 = math.sqrt(inv_n)
-    if not has_prior:
-        return m1, s1, np.inf, 0.0
-    if math.isinf(n_aux):
-        return np.inf, 0.0, mu, 0.0
-    inv_n2 = 1.0 / (n + n_aux)
-    return m1, s1, (c + mu * n_aux) * inv_n2, math.sqrt(inv_n2)
 
 
 @numba.njit(**NJIT)
@@ -312,63 +125,10 @@ def refresh_all_range(start, end, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
 
 
 @numba.njit(**NJIT)
-def ucb_index(m1, s1, m2, s2, a):
-    """Branch-free LLM-2UCBs index from the cache: min(U1, U2) = min(m1 + a s1, m2 + a s2)."""
-    return min(m1 + a * s1, m2 + a * s2)
-
-
-@numba.njit(**NJIT)
 def ucb2_cached_scores(e, n_arms, a, ucb, out):
     """:func:`ucb_index` of every arm of experiment ``e`` into ``out``."""
     for k in range(n_arms):
         out[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k], ucb[e, U_S2, k], a)
-
-
-@numba.njit(**NJIT)
-def linucb_scores(e, n_arms, lin_alpha, feats, z, bvec, active, out):
-    """LinUCB index (Algorithm 4, line 8): theta.x_k + alpha sqrt(x_k' A^-1 x_k).
-
-    ``z[k] = A^-1 x_k`` is kept current by the Sherman-Morrison update, so the score is
-    ``z_k . b + alpha sqrt(x_k . z_k)``: O(K d) per decision, no matrix product.
-    """
-    d = bvec.shape[1]
-    for k in range(n_arms):
-        mean = 0.0
-        var = 0.0
-        for j in range(d):
-            zj = z[e, k, j]
-            mean += zj * bvec[e, j]
-            var += feats[e, k, j] * zj
-        s = mean + lin_alpha * math.sqrt(max(var, 0.0))
-        out[k] = s if active[e, k] else -np.inf
-
-
-@numba.njit(**NJIT)
-def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta, bernstein):
-    """(mean, radius) of Algorithm 2 for one arm: T = n_aux + n prior-and-real pulls.
-
-    Hoeffding (the paper's): C(T) = sqrt(L / (2 T)) with L = log(4 K T^2 / delta), an
-    anytime bound with a union over arms and rounds. With ``bernstein`` the same L goes
-    into the empirical-Bernstein radius of Maurer and Pontil (2009),
-    C(T) = sqrt(2 V L / T) + 7 L / (3 (T - 1)), V = T m (1 - m) / (T - 1) the sample
-    variance of T Bernoulli draws with mean m. At CTRs near 1 % V is ~0.01 instead of
-    Hoeffding's worst case 1/4, so certifying a gap takes roughly 10x fewer pulls.
-    Infinite for T = 0 (and T <= 1 with ``bernstein``), zero for n_aux = inf.
-    """
-    if has_prior and math.isinf(n_aux):
-        return mu, 0.0
-    prior = n_aux if has_prior else 0.0
-    tk = prior + n
-    if tk <= 0.0:
-        return 0.0, np.inf
-    mean = (mu * prior + c) / tk
-    log_term = math.log(4.0 * n_arms * tk * tk / delta)
-    if not bernstein:
-        return mean, math.sqrt(log_term / (2.0 * tk))
-    if tk <= 1.0:
-        return mean, np.inf
-    var = max(mean * (1.0 - mean), 0.0) * tk / (tk - 1.0)
-    return mean, math.sqrt(2.0 * var * log_term / tk) + 7.0 * log_term / (3.0 * (tk - 1.0))
 
 
 @numba.njit(**NJIT)
@@ -401,6 +161,27 @@ def tied_argmax(n_arms, scores, u):
 
 
 @numba.njit(**NJIT)
+def count_active(e, n_arms, active):
+    """Number of active arms of experiment ``e``."""
+    k_act = 0
+    for k in range(n_arms):
+        if active[e, k]:
+            k_act += 1
+    return k_act
+
+
+@numba.njit(**NJIT)
+def traffic_floor(min_traffic, k_act):
+    """The min-traffic floor per active arm, ``f = min(min_traffic, 1/K_active)``, and its total mass
+    ``K_active f``: a decision plays a uniform active arm with probability ``K_active f``, so an arm's
+    propensity is ``f + (1 - K_active f) p_policy``. (0, 0) without a floor or without an active arm."""
+    if min_traffic <= 0.0 or k_act == 0:
+        return 0.0, 0.0
+    floor = min(min_traffic, 1.0 / k_act)
+    return floor, floor * k_act
+
+
+@numba.njit(**NJIT)
 def nth_active(e, n_arms, active, idx):
     """Slot of the ``idx``-th active arm of experiment ``e``."""
     for k in range(n_arms):
@@ -409,36 +190,6 @@ def nth_active(e, n_arms, active, idx):
                 return k
             idx -= 1
     return -1
-
-
-@numba.njit(**NJIT)
-def ts_theta(n, c, mu, has_prior, active, prior_n, a0, b0, key, j):
-    """One arm's posterior draw (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
-
-    ``prior_n = 0`` is plain Beta-Bernoulli TS. With ``n_aux = inf`` an arm with a prior
-    draws exactly ``mu`` (the greedy limit). ``n - c`` is floored at 0 (conversion rewards
-    can exceed one per impression). Inactive arms get -inf. Scalar arguments only (LLVM
-    inlines it). Returns (draw, next counter).
-    """
-    if not active:
-        return -np.inf, j
-    if has_prior and math.isinf(prior_n):
-        return mu, j
-    pa = a0 + c
-    pb = b0 + max(n - c, 0.0)
-    if has_prior:
-        pa += prior_n * mu
-        pb += prior_n * (1.0 - mu)
-    return beta_draw(pa, pb, key, j)
-
-
-@numba.njit(**NJIT)
-def ts_thetas(e, n_arms, prior_n, a0, b0, lam, imp, clk, conv, mu, has_prior, active, key, j, out):
-    """:func:`ts_theta` for every arm of experiment ``e`` into ``out``; returns the next counter."""
-    for k in range(n_arms):
-        out[k], j = ts_theta(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], active[e, k],
-                             prior_n, a0, b0, key, j)
-    return j
 
 
 @numba.njit(**NJIT)
@@ -556,84 +307,6 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
         cand[e, k] = active[e, k] and (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0) == best
 
 
-#: Below this discount factor the data part of A is forgotten outright (A = ridge I):
-#: scaling A^-1 by 1/f would otherwise overflow (gamma ** w underflows to 0).
-LINEAR_FORGET_BELOW = 1e-12
-
-
-@numba.njit(**NJIT)
-def linear_discount(e, K, f, ridge, feats, z, ainv, bvec, ubuf):
-    """Discount the data, keep the ridge: A <- f A + (1 - f) ridge I, b <- f b.
-
-    A^-1 and the cache z first scale by 1/f, then d Sherman-Morrison steps add
-    (1 - f) ridge e_j e_j' back, so a feature direction that gets no data keeps
-    A = ridge (A^-1 never grows without bound). For f below
-    :data:`LINEAR_FORGET_BELOW` the data is dropped: A = ridge I, b = 0.
-    """
-    d = bvec.shape[1]
-    if f < LINEAR_FORGET_BELOW:
-        inv_r = 1.0 / ridge
-        for p in range(d):
-            bvec[e, p] = 0.0
-            for q in range(d):
-                ainv[e, p, q] = inv_r if p == q else 0.0
-        for k in range(K):
-            for p in range(d):
-                z[e, k, p] = feats[e, k, p] * inv_r
-        return
-    inv_f = 1.0 / f
-    for p in range(d):
-        bvec[e, p] *= f
-        for q in range(d):
-            ainv[e, p, q] *= inv_f
-    for k in range(K):
-        for p in range(d):
-            z[e, k, p] *= inv_f
-    wj = (1.0 - f) * ridge
-    for j in range(d):
-        for p in range(d):
-            ubuf[p] = ainv[e, p, j]  # A^-1 e_j (A^-1 is symmetric)
-        coef = wj / (1.0 + wj * ubuf[j])
-        for p in range(d):
-            cp = coef * ubuf[p]
-            for q in range(d):
-                ainv[e, p, q] -= cp * ubuf[q]
-        for k in range(K):
-            g = coef * z[e, k, j]  # (A^-1 e_j) . x_k = e_j . A^-1 x_k
-            for p in range(d):
-                z[e, k, p] -= g * ubuf[p]
-
-
-@numba.njit(**NJIT)
-def linear_update(e, a, K, w, r, feats, z, ainv, bvec, ubuf):
-    """Algorithm 4 lines 12-13 with ``w`` impressions and reward ``r``, by Sherman-Morrison.
-
-    u = A^-1 x_a; A^-1 <- A^-1 - w u u' / (1 + w x_a' u); z_k <- z_k - coef (u . x_k) u;
-    b <- b + r x_a. O(d^2 + K d); A is never re-inverted.
-    """
-    d = bvec.shape[1]
-    for p in range(d):
-        bvec[e, p] += r * feats[e, a, p]
-    if w <= 0.0:
-        return
-    s = 0.0
-    for p in range(d):
-        ubuf[p] = z[e, a, p]
-        s += feats[e, a, p] * ubuf[p]
-    coef = w / (1.0 + w * s)
-    for p in range(d):
-        cp = coef * ubuf[p]
-        for q in range(d):
-            ainv[e, p, q] -= cp * ubuf[q]
-    for k in range(K):
-        ux = 0.0
-        for p in range(d):
-            ux += ubuf[p] * feats[e, k, p]
-        g = coef * ux
-        for p in range(d):
-            z[e, k, p] -= g * ubuf[p]
-
-
 # --------------------------------------------------------------------------- batch kernels
 
 
@@ -705,15 +378,12 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                     if mode == MODE_SELECT:
                         key = keys[r]
                     else:
-                        key = mix64(base + np.uint64(r * reps + rep + 1) * _GOLDEN)
+                        key = mix64(base + np.uint64(r * reps + rep + 1) * GOLDEN)
                     u1 = uniforms[r, 1] if have_uniforms else uniform(key, 1)
                     slot = -1
                     prop = 0.0
                     if exp_f[e, F_STEPS] < exp_f[e, F_BURN_IN]:
-                        k_act = 0
-                        for k in range(K):
-                            if active[e, k]:
-                                k_act += 1
+                        k_act = count_active(e, K, active)
                         if k_act > 0:
                             slot = nth_active(e, K, active, min(int(u1 * k_act), k_act - 1))
                             prop = 1.0 / k_act
@@ -745,12 +415,8 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                             floor = 0.0
                             mass = 0.0
                             if exp_f[e, F_MIN_TRAFFIC] > 0.0:
-                                k_act = 0
-                                for k in range(K):
-                                    if active[e, k]:
-                                        k_act += 1
-                                floor = min(exp_f[e, F_MIN_TRAFFIC], 1.0 / k_act)
-                                mass = floor * k_act
+                                k_act = count_active(e, K, active)
+                                floor, mass = traffic_floor(exp_f[e, F_MIN_TRAFFIC], k_act)
                                 u0 = uniforms[r, 0] if have_uniforms else uniform(key, 0)
                                 if u0 < mass:
                                     slot = nth_active(e, K, active, min(int(u0 / mass * k_act), k_act - 1))
@@ -839,18 +505,14 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
     row_f = exp_f[e]
     for k in range(K):
         out[k] = 0.0
-    k_act = 0
-    for k in range(K):
-        if active[e, k]:
-            k_act += 1
+    k_act = count_active(e, K, active)
     if k_act == 0:
         return
     if row_f[F_STEPS] < row_f[F_BURN_IN]:
         for k in range(K):
             out[k] = 1.0 / k_act if active[e, k] else 0.0
         return
-    floor = min(row_f[F_MIN_TRAFFIC], 1.0 / k_act)
-    mass = floor * k_act
+    floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
     j, stochastic = policy_scores(e, key, 2, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active,
                                   cand, ucb, feats, z, bvec, bai_done, usable, scores)
     if stochastic:

@@ -5,6 +5,11 @@ restart does not pay the JIT again. ``fastmath`` is limited to flags that keep
 NaN/inf semantics, because ``n_aux = inf`` (pure-LLM greedy) and empty arms
 (``n = 0``) are legitimate inputs. ``nogil`` lets the stream worker's prior
 thread run while a kernel holds the CPU.
+
+Cache caveat: Numba keys a cached function on its own source file only, so the cached
+engine in ``core.py`` does not notice an edit to a module it calls (``policies.py``,
+``rng.py``, ``adaptive.py``). After editing one of those, delete
+``kernels/__pycache__/*.nb[ic]`` or run with ``LOLA_NUMBA_CACHE=0``.
 """
 
 from __future__ import annotations

@@ -34,8 +34,6 @@ POLICIES: tuple[str, ...] = (
 POLICY_CODE: dict[str, int] = {name: code for code, name in enumerate(POLICIES)}
 BAI_RADII: tuple[str, ...] = ("hoeffding", "bernstein")
 
-# Integer codes used by the @njit kernels (kept equal to POLICY_CODE).
-LLM2UCB, UCB, PURE_LLM, EC, TS, LLM_TS, LINUCB, LLM_LINUCB, BAI, LLM_BAI, LLM2UCB_EB = range(11)
 
 #: Explicit bounds of the numeric parameters (docs/operations/limits.md). Far beyond any
 #: sensible experiment, and small enough that no kernel sum, product or log can overflow

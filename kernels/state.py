@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from lola.errors import CapacityError, ConfigError, KernelInputError
-from lola.kernels import core
+from lola.kernels import core, policies, rng
+from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.params import POLICIES, ExperimentParams
 
 FORMAT_VERSION = 2
@@ -391,6 +392,26 @@ class BanditState:
         k = int(self.n_arms[row])
         return [int(s) for s in np.flatnonzero(self.candidate[row, :k] & self.active[row, :k])]
 
+    def bai_recommendation(self, row: int) -> list[int]:
+        """What a BAI experiment returns if asked now, stopped or not.
+
+        The candidate(s) with the highest Algorithm 2 mean (prior pseudo-pulls included,
+        :func:`lola.kernels.policies.bai_interval`); exact ties are all returned. Empty when
+        no candidate is left. Once ``bai_done_for(row)``, :meth:`good_arms` is the answer.
+        """
+        row = self._check_row(row)
+        if self._params[row].policy not in ("bai", "llm_bai"):
+            raise ConfigError(f"bai_recommendation needs a BAI experiment, row {row} is {self._params[row].policy!r}")
+        k = int(self.n_arms[row])
+        f = self.exp_f[row]
+        cands = [s for s in range(k) if self.candidate[row, s] and self.active[row, s]]
+        means = [policies.bai_interval(f[core.F_N_AUX], self.impressions[row, s],
+                                   self.clicks[row, s] + f[core.F_LAMBDA] * self.conversions[row, s],
+                                   self.mu_aux[row, s], self.has_prior[row, s], k, f[core.F_BAI_DELTA],
+                                   f[core.F_BAI_BERNSTEIN] > 0.5)[0] for s in cands]
+        top = max(means, default=0.0)
+        return [s for s, m in zip(cands, means) if m == top]
+
     def experiment_summary(self, row: int, seed: int = 0) -> dict[str, Any]:
         """Snapshot of one experiment for policy snapshots and dashboards.
 
@@ -402,7 +423,7 @@ class BanditState:
         row = self._check_row(row)
         p = self._params[row]
         k = int(self.n_arms[row])
-        key = int(core.decision_keys(np.uint64(seed), 1)[0])
+        key = int(rng.decision_keys(np.uint64(seed), 1)[0])
         scores = np.full(max(self.capacity_arms, 1), np.nan)
         share = np.zeros(max(self.capacity_arms, 1))
         if k:
@@ -436,8 +457,6 @@ class BanditState:
             "arms": arms,
         }
         if p.policy == "llm2ucb_eb":
-            from lola.kernels.adaptive import adaptive_n_aux
-
             usable = self.active[row, :k] & self.has_prior[row, :k]
             out["n_aux_effective"] = num(adaptive_n_aux(
                 float(self.exp_f[row, core.F_N_AUX]), float(self.exp_f[row, core.F_EB_STRENGTH]),

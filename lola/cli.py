@@ -1,8 +1,9 @@
 """The ``lola`` command line.
 
-Each area registers its own commands, and keeps heavy imports (numba, torch,
-onnxruntime, confluent-kafka) inside the command bodies so ``lola --help`` and
-bad-argument errors stay fast. Any :class:`~lola.errors.LolaError` becomes a
+The top of the layering (see ``tests/test_layering.py``): nothing imports this
+module. Each area registers its own commands and keeps heavy imports (numba,
+torch, onnxruntime, confluent-kafka) inside the command bodies so ``lola --help``
+and bad-argument errors stay fast. Any :class:`~lola.errors.LolaError` becomes a
 one-line message and exit code 2, never a traceback.
 """
 
@@ -12,7 +13,12 @@ import sys
 
 import typer
 
+from lola import __version__, config_reference, demo
+from lola.bench import cli as bench_cli
 from lola.errors import LolaError
+from lola.export import cli as export_cli
+from lola.replay import cli as replay_cli
+from lola.stream import cli as stream_cli
 
 app = typer.Typer(
     name="lola",
@@ -26,24 +32,12 @@ app = typer.Typer(
 @app.command()
 def version() -> None:
     """Print the installed lola-stream version."""
-    from lola import __version__
-
     typer.echo(__version__)
 
 
-def _register() -> None:
-    # Imported here, not at module top, so a broken area cannot hide the others' help.
-    from lola.bench import cli as bench_cli
-    from lola.export import cli as export_cli
-    from lola.stream import cli as stream_cli
-    from lola import demo as demo_cli
-    from lola import ops as ops_cli
-
-    for module in (stream_cli, export_cli, bench_cli, demo_cli, ops_cli):
-        module.register(app)
-
-
-_register()
+# Order of `lola --help`: the worker's commands first, then the tools.
+for _area in (stream_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
+    _area.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

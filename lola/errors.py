@@ -16,6 +16,18 @@ class LolaError(Exception):
 class ConfigError(LolaError, ValueError):
     """A parameter, setting or CLI argument breaks one of its rules."""
 
+    @classmethod
+    def from_validation(cls, exc: Exception, what: str) -> "ConfigError":
+        """One line for the first rule a pydantic model broke: ``<what> <field>: <message>``.
+
+        ``exc`` is a ``pydantic.ValidationError`` (read through its ``errors()``, so this
+        bottom layer does not import pydantic).
+        """
+        first = exc.errors()[0]  # type: ignore[attr-defined]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return cls(f"{what} {where}: {message}")
+
 
 class KernelInputError(LolaError, ValueError):
     """Arrays handed to a kernel wrapper have the wrong dtype, shape or range."""

@@ -80,7 +80,7 @@ def worker(
     # Until the worker installs its own handlers nothing has been consumed: a SIGTERM
     # that early is a clean exit 0, not a -15.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    from lola.stream.ops import configure_json_logging
+    from lola.stream.observability import configure_json_logging
     from lola.stream.worker import Worker
 
     s = _settings(settings_file, bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port,
@@ -167,6 +167,8 @@ def loadgen_closed(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON summary here"),
     timeout: float = typer.Option(600.0, "--timeout", help="give up after this many seconds"),
     topic_prefix: Optional[str] = typer.Option(None, "--topic-prefix"),
+    run_id: Optional[str] = typer.Option(None, "--run-id",
+                                         help="experiment ids are <run id>-<test id>-<eyecatcher id> (default: from seed and time)"),
     settings_file: Optional[Path] = typer.Option(None, "--settings", help=SETTINGS_HELP),
 ) -> None:
     """Ad-server simulator replaying Upworthy headline tests against a running worker."""
@@ -198,7 +200,7 @@ def loadgen_closed(
     chosen = [all_tests[i] for i in sorted(order)]
     budgets = [tau if tau is not None else (impressions_per_arm or 200) * t.n_arms for t in chosen]
     summary = run_closed(s, chosen, budgets, seed, rate=rate, inflight=inflight, policy=policy, n_aux=n_aux,
-                         alpha=alpha, timeout_s=timeout)
+                         alpha=alpha, timeout_s=timeout, run_id=run_id)
     _write_json(summary, out)
 
 

@@ -145,15 +145,26 @@ def send(producer: Any, topic: str, records: Iterator[tuple[bytes, bytes]] | lis
 
 # --------------------------------------------------------------------------- closed mode
 
-def _arm_stats(alloc: np.ndarray, clicks: np.ndarray, ctrs: np.ndarray) -> dict[str, Any]:
-    best = int(np.argmax(ctrs))
+def experiment_id(run_id: str, test: Any) -> str:
+    """The experiment id the closed loop gives a headline test: ``<run id>-<test id>-<eyecatcher id>``."""
+    return f"{run_id}-{test.test_id}-{test.eyecatcher_id}"[:200]
+
+
+def variant_id(index: int) -> str:
+    """The variant id of a test's ``index``-th headline (archive order)."""
+    return f"h{index}"
+
+
+def _arm_stats(alloc: np.ndarray, clicks: np.ndarray, test: Any) -> dict[str, Any]:
+    ctrs = test.ctrs
+    best = test.best
     total = int(alloc.sum())
     return {"impressions": alloc.astype(int).tolist(), "clicks": clicks.astype(int).tolist(),
             "true_ctr": [round(float(c), 6) for c in ctrs], "best_arm": best,
             "best_arm_share": (float(alloc[best]) / total) if total else 0.0,
             "clicks_earned": int(clicks.sum()),
-            "expected_clicks_uniform": float(total * ctrs.mean()),
-            "expected_clicks_oracle": float(total * ctrs.max())}
+            "expected_clicks_uniform": float(total * test.uniform_ctr),
+            "expected_clicks_oracle": float(total * test.oracle_ctr)}
 
 
 def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed: int, rate: float = 0.0,
@@ -173,14 +184,14 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
     consumer = Consumer(kf.consumer_config(settings, f"lola-loadgen-{run_id}", **{"fetch.wait.max.ms": 5}))
     md = consumer.list_topics(settings.decisions_topic, timeout=10).topics[settings.decisions_topic]
     consumer.assign([TopicPartition(settings.decisions_topic, p, -2) for p in md.partitions])  # -2: beginning
-    exp_ids = [f"{run_id}-{t.test_id}-{t.eyecatcher_id}"[:200] for t in tests]
+    exp_ids = [experiment_id(run_id, t) for t in tests]
     budget = np.asarray(impressions_per_test, dtype=np.int64)
     alloc = [np.zeros(t.n_arms) for t in tests]
     clicks = [np.zeros(t.n_arms) for t in tests]
     settings_obj = {k: v for k, v in (("policy", policy), ("n_aux", n_aux), ("alpha", alpha)) if v is not None}
     for i, t in enumerate(tests):
         for k, text in enumerate(t.headlines):
-            ev: dict[str, Any] = {"v": 1, "type": "variant", "experiment_id": exp_ids[i], "variant_id": f"h{k}",
+            ev: dict[str, Any] = {"v": 1, "type": "variant", "experiment_id": exp_ids[i], "variant_id": variant_id(k),
                                   "text": text}
             if k == 0 and settings_obj:
                 ev["settings"] = settings_obj
@@ -248,7 +259,7 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
     elapsed = time.perf_counter() - t_start
     per_test = {}
     for i, t in enumerate(tests):
-        per_test[exp_ids[i]] = {"test_id": t.test_id, "headlines": list(t.headlines), **_arm_stats(alloc[i], clicks[i], t.ctrs)}
+        per_test[exp_ids[i]] = {"test_id": t.test_id, "headlines": list(t.headlines), **_arm_stats(alloc[i], clicks[i], t)}
     earned = int(sum(c.sum() for c in clicks))
     lat = np.asarray(latencies) if latencies else np.zeros(1)
     return {"mode": "closed", "run_id": run_id, "seed": seed, "tests": len(tests), "impressions": total,

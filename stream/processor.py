@@ -40,6 +40,7 @@ import numpy as np
 import orjson
 
 from lola.errors import CapacityError, ConfigError, EventError, KernelInputError, LolaError
+from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
@@ -184,16 +185,6 @@ class _Window:
         w.map = dict(zip(keys, values))
         w.order = deque(keys)
         return w
-
-
-def _mix_seed(*parts: int) -> int:
-    """Stable 63-bit seed from integers (splitmix64 finaliser); Python's hash() is salted."""
-    z = 0x9E3779B97F4A7C15
-    for p in parts:
-        z = (z ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        z ^= z >> 31
-    return z & 0x7FFFFFFFFFFFFFFF
 
 
 class ShardProcessor:

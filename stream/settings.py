@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
 
 POLICY_DEFAULT = "llm2ucb"
@@ -96,12 +97,12 @@ class StreamSettings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
     default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
-    # A worker does not know how long an experiment will run, so its default is the one LOLA setting that
-    # loses least across horizons tau = 50..1000 on the replay's tune split with the default model
-    # (`lola replay` JSON: one_setting_for_all_horizons; README "Paper replay"). Tune it again for another model.
-    default_alpha: float = Field(0.08, ge=0, le=1e6, validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
+    # The replay's one LOLA setting for every horizon, from lola/data/worker_defaults.json (see lola.data.worker_defaults).
+    default_alpha: float = Field(WORKER_DEFAULTS["alpha"], ge=0, le=1e6,
+                                 validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),
                                  description="UCB width of a new experiment (LOLA replay, one setting for all horizons)")
-    default_n_aux: float = Field(5600.0, ge=0, le=1e12, validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
+    default_n_aux: float = Field(WORKER_DEFAULTS["n_aux"], ge=0, le=1e12,
+                                 validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
     seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
@@ -179,18 +180,20 @@ class StreamSettings(BaseSettings):
         try:
             return cls(_env_file=settings_file, **kwargs)  # type: ignore[call-arg]
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-            raise ConfigError(f"invalid setting {where}: {first.get('msg')}") from None
+            raise ConfigError.from_validation(exc, "invalid setting") from None
 
     @classmethod
     def env_var_names(cls) -> dict[str, str]:
-        """Map each field to its environment variable name."""
+        """Map each field to its environment variable name: the upper-case choice of its alias.
+
+        The one listing of the names; ``lola config reference`` documents exactly these.
+        """
         out = {}
         for name, field in cls.model_fields.items():
-            alias = field.validation_alias
-            choices = getattr(alias, "choices", ())
+            choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else ()
             env = [c for c in choices if isinstance(c, str) and c.isupper()]
+            if len(env) != 1:
+                raise ConfigError(f"setting {name} must have exactly one upper-case environment name, has {env}")
             out[name] = env[0]
         return out
 
@@ -207,6 +210,21 @@ class StreamSettings(BaseSettings):
                     raise ValueError(f"group_id {self.group_id!r} does not make a valid topic name ({topic!r}); "
                                      f"set {name} (LOLA_{name.upper()})") from None
         return self
+
+    def as_env(self, reveal_secrets: bool = False) -> dict[str, str]:
+        """These settings as environment variables (what a child ``lola worker`` reads back).
+
+        Unset (None) settings are left out, and so are secrets unless ``reveal_secrets``.
+        """
+        env = {}
+        for field, name in self.env_var_names().items():
+            value = getattr(self, field)
+            if value is None or (isinstance(value, SecretStr) and not reveal_secrets):
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:

@@ -7,9 +7,12 @@ two compare with ``==``.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
+
+from lola.errors import BrokerError
 
 COUNT_FIELDS = ("impressions", "clicks", "conversions")
 
@@ -18,23 +21,69 @@ def _num(x: Any) -> Any:
     return int(x) if isinstance(x, float) and x.is_integer() else x
 
 
+def _decode(key: bytes | None, value: bytes | None) -> tuple[str, dict[str, Any]] | None:
+    """(experiment id, snapshot) of one snapshot record; None for a tombstone or unreadable JSON."""
+    if not value:
+        return None  # tombstone: experiment deleted
+    try:
+        snap = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return snap.get("experiment_id", (key or b"").decode("utf-8", "replace")), snap
+
+
 def read_snapshots(settings: Any, timeout_s: float = 30.0) -> dict[str, dict[str, Any]]:
-    """Latest snapshot record per experiment: ``{experiment_id: snapshot}``."""
+    """Latest snapshot record per experiment: ``{experiment_id: snapshot}`` (one whole read of the topic)."""
     from lola.stream import kafka as kf
 
     conf = kf.consumer_config(settings, "lola-snapshot-reader")
     latest = kf.read_topic_latest(conf, settings.snapshots_topic, timeout_s)
     out: dict[str, dict[str, Any]] = {}
     for key, msg in latest.items():
-        value = msg.value()
-        if not value:
-            continue  # tombstone: experiment deleted
-        try:
-            snap = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            continue
-        out[snap.get("experiment_id", (key or b"").decode("utf-8", "replace"))] = snap
+        decoded = _decode(key, msg.value())
+        if decoded is not None:
+            out[decoded[0]] = decoded[1]
     return dict(sorted(out.items()))
+
+
+class SnapshotFollower:
+    """Follows the compacted snapshot topic incrementally: the latest record per experiment.
+
+    For a view polled every few seconds (``lola demo``): re-reading the whole topic each
+    time, as :func:`read_snapshots` does for a one-off read, would cost more and more as
+    a run goes on. Raises :class:`~lola.errors.BrokerError` while the topic does not exist.
+    """
+
+    def __init__(self, settings: Any, group: str = "lola-snapshot-follower") -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from lola.stream import kafka as kf
+
+        topic = settings.snapshots_topic
+        self.consumer = Consumer(kf.consumer_config(settings, group, **{"queued.max.messages.kbytes": 65_536}))
+        meta = self.consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            self.consumer.close()
+            raise BrokerError(f"snapshot topic {topic} is not available yet")
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(meta.partitions)])
+        self.latest: dict[str, dict[str, Any]] = {}
+
+    def poll(self, budget_s: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Apply what arrived since the last call (for at most ``budget_s``); returns ``{experiment_id: snapshot}``."""
+        end = time.monotonic() + budget_s
+        while time.monotonic() < end:
+            msgs = self.consumer.consume(10_000, 0.05)
+            if not msgs:
+                break
+            for msg in msgs:
+                if msg.error() is None:
+                    decoded = _decode(msg.key(), msg.value())
+                    if decoded is not None:
+                        self.latest[decoded[0]] = decoded[1]
+        return self.latest
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def counts_view(snapshots: dict[str, dict[str, Any]], full: bool = False) -> dict[str, dict[str, dict[str, Any]]]:

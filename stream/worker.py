@@ -42,7 +42,7 @@ from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
-from lola.stream.ops import HealthServer, RateMeter, WorkerMetrics
+from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
 from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings

@@ -26,6 +26,25 @@ def upworthy_csv():
     return path
 
 
+@pytest.fixture(scope="session")
+def lola_commands() -> set[str]:
+    """Command paths the ``lola`` CLI offers, e.g. ``{"worker", "loadgen closed"}``."""
+    import typer
+
+    from lola.cli import app
+
+    found: set[str] = set()
+
+    def walk(cmd, prefix: str) -> None:
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            path = f"{prefix} {name}".strip()
+            found.add(path)
+            walk(sub, path)
+
+    walk(typer.main.get_command(app), "")
+    return found
+
+
 WORDS = ("you won't believe what this dog did next the one where a priest picks fight and loses "
          "science says people love headlines about cats climate money health family music why how").split()
 

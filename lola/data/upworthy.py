@@ -74,6 +74,21 @@ class HeadlineTest:
     def n_arms(self) -> int:
         return len(self.headlines)
 
+    @property
+    def best(self) -> int:
+        """Index of the headline with the highest archive CTR (the first, on a tie)."""
+        return int(np.argmax(self.ctrs))
+
+    @property
+    def uniform_ctr(self) -> float:
+        """Expected CTR of an even split over the headlines (an A/B test's allocation)."""
+        return float(self.ctrs.mean())
+
+    @property
+    def oracle_ctr(self) -> float:
+        """Expected CTR of always showing the best headline."""
+        return float(self.ctrs.max())
+
 
 @dataclass(frozen=True)
 class LoadReport:

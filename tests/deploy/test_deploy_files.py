@@ -332,7 +332,7 @@ def unknown_env_names(used: dict[str, str], known: set[str]) -> dict[str, str]:
 
 
 def test_env_name_check_flags_a_name_no_setting_reads():
-    from lola.ops import env_names
+    from lola.config_reference import env_names
 
     known = env_names()
     assert unknown_env_names({"LOLA_GROUP_ID": "x", "LOLA_SHARED_DATA": "y", "LOLA_NO_SUCH_SETTING": "z"}, known) == {
@@ -340,7 +340,7 @@ def test_env_name_check_flags_a_name_no_setting_reads():
 
 
 def test_every_env_name_in_deploy_files_is_a_setting():
-    from lola.ops import env_names
+    from lola.config_reference import env_names
 
     used = used_env_names()
     assert {"KAFKA_BOOTSTRAP_SERVERS", "LOLA_MODEL_DIR", "KAFKA_SASL_PASSWORD", "LOLA_METRICS_PORT"} <= set(used)
@@ -350,7 +350,7 @@ def test_every_env_name_in_deploy_files_is_a_setting():
 
 def test_env_names_used_by_compose_commands_exist_in_settings():
     """Topic and group names in the KEDA trigger match the settings' defaults or the ConfigMap."""
-    from lola.ops import env_fields
+    from lola.config_reference import env_fields
 
     fields = {f.env: f for f in env_fields()}
     docs = load_manifests()
@@ -384,11 +384,9 @@ def test_dockerfile_copies_every_package_folder_and_uses_real_extras(name):
         assert f"!{folder}/**" in ignore, f"{folder} is excluded from the build context"
 
 
-def test_images_and_compose_run_the_real_cli_commands():
+def test_images_and_compose_run_the_real_cli_commands(lola_commands):
     """Commands given to the containers exist in the `lola` CLI."""
-    from lola.demo import lola_commands
-
-    commands = lola_commands()
+    commands = lola_commands
     compose = load_compose()
     for svc in our_compose_services(compose).values():
         words = [w for w in svc["command"] if not w.startswith("-")]

@@ -291,3 +291,32 @@ def test_n_aux_zero_index_equals_ucb_index(arms, alpha, t_extra):
                    np.zeros(1))
         scores.append([a["score"] for a in state.experiment_summary(0)["arms"]])
     assert scores[0] == scores[1]
+
+
+def test_bai_recommendation_is_the_best_mean_with_ties():
+    from lola.kernels import core, policies
+
+    state = BanditState(capacity_experiments=2, capacity_arms=3)
+    row = state.add_experiment(ExperimentParams(policy="llm_bai", n_aux=50.0))
+    for prior in (0.02, 0.01, 0.02):
+        state.add_arm(row, prior_ctr=prior)
+    state.impressions[row, :3] = 100.0
+    state.clicks[row, :3] = (3.0, 9.0, 3.0)
+    f = state.exp_f[row]
+    means = [policies.bai_interval(f[core.F_N_AUX], 100.0, c, p, True, 3, f[core.F_BAI_DELTA], False)[0]
+             for c, p in ((3.0, 0.02), (9.0, 0.01), (3.0, 0.02))]
+    assert state.bai_recommendation(row) == [1] and means[1] == max(means)
+    state.clicks[row, 1] = 2.0
+    assert state.bai_recommendation(row) == [0, 2]  # exact tie: both returned
+    state.candidate[row, 0] = False
+    assert state.bai_recommendation(row) == [2]
+    other = state.add_experiment(ExperimentParams(policy="ucb"))
+    with pytest.raises(ConfigError):
+        state.bai_recommendation(other)
+
+
+def test_kernel_policy_codes_are_the_params_codes():
+    from lola.kernels import core
+    from lola.kernels.params import POLICY_CODE
+
+    assert {name: getattr(core, "P_" + name.upper()) for name in POLICIES} == POLICY_CODE

@@ -293,17 +293,17 @@ def test_batch_sees_state_of_call_start():
 def test_random_streams_match_twin_and_have_the_right_moments():
     import kernels_twin as tw
 
-    from lola.kernels import core
+    from lola.kernels import rng
 
-    keys = core.decision_keys(np.uint64(123), 4000)
+    keys = rng.decision_keys(np.uint64(123), 4000)
     assert [int(k) for k in keys[:50]] == tw.decision_keys(123, 50)
     normals, betas = [], []
     for i, key in enumerate(keys):
-        x, j = core.normal_draw(key, 0)
+        x, j = rng.normal_draw(key, 0)
         tx, tj = tw.normal_draw(int(key), 0)
         assert j == tj and x == pytest.approx(tx, rel=1e-12, abs=1e-15)
         normals.append(x)
-        b, _ = core.beta_draw(3.0, 7.0, key, 5)
+        b, _ = rng.beta_draw(3.0, 7.0, key, 5)
         betas.append(b)
     normals, betas = np.array(normals), np.array(betas)
     # fixed seed: these are deterministic checks of the samplers, not flaky statistics

@@ -70,17 +70,8 @@ def stream_settings(broker):
 
 def settings_env(settings) -> dict[str, str]:
     """Environment that makes a `lola worker` subprocess use these settings."""
-    env = dict(os.environ)
-    names = type(settings).env_var_names()
-    for field, env_name in names.items():
-        value = getattr(settings, field)
-        if value is None:
-            env.pop(env_name, None)
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[env_name] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    env = {k: v for k, v in os.environ.items() if k not in type(settings).env_var_names().values()}
+    return {**env, **settings.as_env(reveal_secrets=True)}
 
 
 class WorkerProcess:

@@ -16,23 +16,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lola.demo import (
-    REPORT_SECTIONS,
-    RUN_MARKER_ENV,
-    AllocationStats,
-    DemoOptions,
-    DemoTest,
-    RunRecord,
-    Supervisor,
-    allocation_stats,
-    match_experiments,
-    reference_clicks,
-    select_tests,
-    surviving_processes,
-    write_report,
-    write_tests_csv,
-)
+import numpy as np
+
+from lola.data.upworthy import HeadlineTest
+from lola.demo import metrics
+from lola.demo.options import RUN_MARKER_ENV, DemoOptions
+from lola.demo.report import REPORT_SECTIONS, RunRecord, short_id, write_report
+from lola.demo.selection import select_tests, write_tests_csv
+from lola.demo.stats import AllocationStats, allocation_stats, match_experiments, reference_clicks
+from lola.demo.supervisor import Supervisor, surviving_processes
 from lola.errors import ConfigError
+from lola.stream.loadgen import experiment_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +85,7 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
         f"""
         import os, sys, time
         from pathlib import Path
-        from lola.demo import Supervisor
+        from lola.demo.supervisor import Supervisor
         os.environ[{RUN_MARKER_ENV!r}] = {run_id!r}
         log_dir = Path({str(tmp_path)!r})
         with Supervisor(log_dir, grace_s=1.0) as sup:
@@ -119,20 +113,34 @@ def test_ctrl_c_leaves_no_process_behind(tmp_path):
     assert surviving_processes(run_id) == []
 
 
+RUN = "demo-x"
+
+
+def _test(test_id, eyecatcher_id, headlines, ctrs):
+    impressions = np.full(len(ctrs), 100_000.0)
+    return HeadlineTest(test_id, eyecatcher_id, headlines, impressions, np.asarray(ctrs) * impressions)
+
+
 def _tests():
     return [
-        DemoTest("t1", "e1", ("a", "b"), (0.01, 0.03)),
-        DemoTest("t2", "e2", ("c", "d", "e"), (0.02, 0.01, 0.015)),
+        _test("t1", "e1", ("a", "b"), (0.01, 0.03)),
+        _test("t2", "e2", ("c", "d", "e"), (0.02, 0.01, 0.015)),
     ]
 
 
+def _id(test):
+    return experiment_id(RUN, test)
+
+
 def test_allocation_stats_against_truth():
+    t1, t2 = _tests()
     snap = {
-        "t1:e1": {"v0": {"impressions": 100, "clicks": 1}, "v1": {"impressions": 300, "clicks": 9}},
-        "t2": {"c": {"impressions": 50, "clicks": 1}, "d": {"impressions": 25, "clicks": 0}, "e": {"impressions": 25, "clicks": 1}},
-        "unknown": {"v0": {"impressions": 999, "clicks": 99}},
+        _id(t1): {"h0": {"impressions": 100, "clicks": 1}, "h1": {"impressions": 300, "clicks": 9}},
+        _id(t2): {"h0": {"impressions": 50, "clicks": 1}, "h1": {"impressions": 25, "clicks": 0},
+                  "h2": {"impressions": 25, "clicks": 1}},
+        "unknown": {"h0": {"impressions": 999, "clicks": 99}},
     }
-    stats = allocation_stats(snap, _tests())
+    stats = allocation_stats(snap, _tests(), RUN)
     assert stats.experiments == 2 and stats.impressions == 500 and stats.clicks == 12
     assert stats.best_share == pytest.approx((300 + 50) / 500)
     # Clicks per period = K x clicks per impression (= clicks / tau at the full horizon tau*K).
@@ -142,10 +150,14 @@ def test_allocation_stats_against_truth():
     assert stats.realised_clicks_per_period == pytest.approx((2 * 10 / 400 + 3 * 2 / 100) / 2)
 
 
-def test_variants_match_by_text_field_or_index():
-    snap = {"t1": {"x": {"text": "b", "impressions": 1}, "arm-0": {"impressions": 1}, "zz": {"impressions": 1}}}
-    (_, index), = match_experiments(snap, _tests()).values()
-    assert index == {"x": 1, "arm-0": 0}
+def test_only_this_runs_experiment_ids_and_variant_ids_match():
+    t1, _ = _tests()
+    snap = {_id(t1): {"h1": {"impressions": 1}, "x": {"impressions": 1}},
+            experiment_id("another-run", t1): {"h0": {"impressions": 5}}, "t1-e1": {"h0": {"impressions": 5}}}
+    matched = match_experiments(snap, _tests(), RUN)
+    assert list(matched) == [_id(t1)]
+    assert matched[_id(t1)][1] == {"h1": 1}
+    assert short_id(_id(t1)) == "…t1"
 
 
 def test_reference_clicks_uniform_and_oracle():
@@ -154,12 +166,21 @@ def test_reference_clicks_uniform_and_oracle():
     assert ref["oracle (best headline always)"] == pytest.approx((2 * 0.03 + 3 * 0.02) / 2)
 
 
+def test_live_metric_names_are_the_workers():
+    from lola.stream.observability import WorkerMetrics
+
+    names = set()
+    for family in WorkerMetrics().registry.collect():
+        names.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert set(metrics.LIVE_METRICS) <= names, set(metrics.LIVE_METRICS) - names
+
+
 def test_select_tests_is_seeded_and_from_the_asked_split(upworthy_csv, tmp_path):
     from lola.data.upworthy import load_packages, split_of_tests
 
     a = select_tests(upworthy_csv, 5, seed=3, split="test")
     b = select_tests(upworthy_csv, 5, seed=3, split="test")
-    assert a == b and len(a) == 5
+    assert [(t.test_id, t.eyecatcher_id) for t in a] == [(t.test_id, t.eyecatcher_id) for t in b] and len(a) == 5
     packages, _ = load_packages(upworthy_csv)
     split = split_of_tests(packages)
     assert {split[t.test_id] for t in a} == {"test"}
@@ -194,12 +215,13 @@ def test_bad_cli_argument_is_one_line():
 
 def test_report_has_every_section_and_plots(tmp_path, upworthy_csv):
     opts = DemoOptions(model=None, data=upworthy_csv, tests=2, tau=10, duration_s=10, reps=1, out_dir=tmp_path)
-    rec = RunRecord("demo-x", tmp_path / "demo-x", opts)
+    rec = RunRecord(RUN, tmp_path / "demo-x", opts)
     rec.run_dir.mkdir()
     rec.tests = _tests()
     rec.priors = {"a": 0.012, "b": 0.025, "c": 0.02, "d": 0.012, "e": 0.014}
-    rec.final_snapshot = {"t1": {"v0": {"impressions": 300, "clicks": 3}, "v1": {"impressions": 900, "clicks": 27}}}
-    rec.final_stats = allocation_stats(rec.final_snapshot, rec.tests)
+    rec.final_snapshot = {_id(rec.tests[0]): {"h0": {"impressions": 300, "clicks": 3},
+                                              "h1": {"impressions": 900, "clicks": 27}}}
+    rec.final_stats = allocation_stats(rec.final_snapshot, rec.tests, RUN)
     rec.history = [{"t": 1.0, "best_share": 0.5, "events_per_s": 100.0, "lag": 3.0},
                    {"t": 2.0, "best_share": 0.7, "events_per_s": 120.0, "lag": 0.0}]
     rec.replay = {"results": [{"tau": 10, "policy": "UCB", "clicks_per_period": 0.02},

@@ -1,14 +1,13 @@
-"""Operations commands: ``lola config reference`` (and the helpers behind it).
+"""``lola config reference``: the settings reference, generated from the settings object.
 
-The settings reference is generated from the worker's one settings object
-(:mod:`lola.stream.settings`), never written by hand, so the documentation and
+The reference is generated from the worker's one settings object
+(:class:`lola.stream.settings.StreamSettings`), never written by hand, so the documentation and
 the deploy files cannot drift from the code: ``tests/deploy`` checks every
 ``LOLA_*``/``KAFKA_*`` name used in ``deploy/`` against :func:`env_fields`.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,8 @@ from typing import Any
 import typer
 
 from lola.errors import ConfigError
+from lola.stream.settings import StreamSettings
 
-SETTINGS_MODULE = "lola.stream.settings"
-# Preferred class names, in order; otherwise the module's only BaseSettings subclass.
-SETTINGS_CLASS_NAMES = ("WorkerSettings", "Settings", "StreamSettings", "LolaSettings")
 # Substrings that mark a setting as secret: its default is never printed.
 SECRET_MARKERS = ("PASSWORD", "SECRET", "TOKEN", "KEY_PASSWORD", "SASL_PASSWORD")
 
@@ -41,29 +38,6 @@ class EnvField:
         return any(marker in self.env.upper() for marker in SECRET_MARKERS)
 
 
-def settings_class(module_name: str = SETTINGS_MODULE) -> type:
-    """Return the worker's settings class (a pydantic-settings ``BaseSettings``)."""
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"settings module {module_name} cannot be imported: {exc}") from exc
-    from pydantic_settings import BaseSettings
-
-    for name in SETTINGS_CLASS_NAMES:
-        cls = getattr(module, name, None)
-        if inspect.isclass(cls) and issubclass(cls, BaseSettings):
-            return cls
-    found = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, BaseSettings) and obj is not BaseSettings
-        and obj.__module__ == module.__name__
-    ]
-    if len(found) != 1:
-        raise ConfigError(f"{module_name} must define exactly one BaseSettings class, found {len(found)}")
-    return found[0]
-
-
 def _type_name(annotation: Any) -> str:
     import types
     from typing import Literal, Union, get_args, get_origin
@@ -77,26 +51,6 @@ def _type_name(annotation: Any) -> str:
     if inspect.isclass(annotation) and origin is None:
         return annotation.__name__
     return str(annotation).replace("typing.", "").replace("pathlib.", "")
-
-
-def _alias_names(field: Any) -> list[str]:
-    """Environment names given explicitly by ``validation_alias`` or ``alias``."""
-    from pydantic import AliasChoices, AliasPath
-
-    alias = field.validation_alias if field.validation_alias is not None else field.alias
-    if alias is None:
-        return []
-    if isinstance(alias, str):
-        return [alias]
-    if isinstance(alias, AliasChoices):
-        names = [c for c in alias.choices if isinstance(c, str)]
-        # A lower-case choice equal to the field name is the keyword (CLI flag) spelling;
-        # the upper-case choices are the documented environment names.
-        upper = [c for c in names if c.isupper()]
-        return upper or names
-    if isinstance(alias, AliasPath):
-        return [alias.path[0]] if alias.path and isinstance(alias.path[0], str) else []
-    return []
 
 
 def _default_text(field: Any) -> tuple[str, bool]:
@@ -118,51 +72,22 @@ def _default_text(field: Any) -> tuple[str, bool]:
     return repr(value) if not isinstance(value, str) else (value if value else '""'), False
 
 
-def env_fields(cls: type | None = None) -> list[EnvField]:
+def env_fields(cls: type[StreamSettings] = StreamSettings) -> list[EnvField]:
     """Every environment variable the settings class reads, sorted by name.
 
-    Follows pydantic-settings' rules: an explicit alias is used as is (no
-    prefix); otherwise ``env_prefix + field_name``; nested models are expanded
-    with ``env_nested_delimiter`` when one is configured. Names are upper-cased
-    unless the class is case-sensitive.
+    The names are :meth:`StreamSettings.env_var_names` (the one listing); this adds each
+    field's type, default and description.
     """
-    from pydantic import BaseModel
-
-    cls = cls or settings_class()
-    config = cls.model_config
-    prefix = config.get("env_prefix", "") or ""
-    delimiter = config.get("env_nested_delimiter") or ""
-    case_sensitive = bool(config.get("case_sensitive", False))
-    rows: list[EnvField] = []
-
-    def visit(model: type, env_prefix: str, path: str, top: bool) -> None:
-        for name, field in model.model_fields.items():
-            annotation = field.annotation
-            aliases = _alias_names(field) if top else []
-            names = aliases or [f"{env_prefix}{name}"]
-            nested = inspect.isclass(annotation) and issubclass(annotation, BaseModel)
-            if nested and delimiter:
-                for base in names:
-                    visit(annotation, f"{base}{delimiter}", f"{path}{name}.", top=False)
-                continue
-            default, required = _default_text(field)
-            for env in names:
-                rows.append(
-                    EnvField(
-                        env=env if case_sensitive else env.upper(),
-                        field_path=f"{path}{name}",
-                        type_name=_type_name(annotation),
-                        default=default,
-                        required=required,
-                        description=(field.description or "").strip(),
-                    )
-                )
-
-    visit(cls, prefix, "", top=True)
+    rows = []
+    for name, env in cls.env_var_names().items():
+        field = cls.model_fields[name]
+        default, required = _default_text(field)
+        rows.append(EnvField(env=env, field_path=name, type_name=_type_name(field.annotation), default=default,
+                             required=required, description=(field.description or "").strip()))
     return sorted(rows, key=lambda r: r.env)
 
 
-def env_names(cls: type | None = None) -> set[str]:
+def env_names(cls: type[StreamSettings] = StreamSettings) -> set[str]:
     """The set of environment variable names the settings class reads."""
     return {row.env for row in env_fields(cls)}
 
@@ -171,9 +96,8 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_reference(cls: type | None = None) -> str:
+def render_reference(cls: type[StreamSettings] = StreamSettings) -> str:
     """The settings reference as Markdown (what ``docs/configuration.md`` holds)."""
-    cls = cls or settings_class()
     rows = env_fields(cls)
     config = cls.model_config
     env_file = config.get("env_file")

@@ -24,21 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lola.bench.replay_protocol import PolicySpec, ReplayBatch
+from lola.errors import ConfigError
+from lola.kernels import BanditState, ExperimentParams, simulate
+from lola.replay.protocol import PolicySpec, ReplayBatch
 
 BLOCK = 48
-
-
-def _kernels():
-    import lola.kernels as K
-
-    if hasattr(K, "simulate") and hasattr(K, "BanditState"):
-        return K.BanditState, K.ExperimentParams, K.simulate
-    from lola.kernels.api import simulate
-    from lola.kernels.params import ExperimentParams
-    from lola.kernels.state import BanditState
-
-    return BanditState, ExperimentParams, simulate
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,6 @@ def block_seed(seed: int, tau: int, k: int, index: int) -> int:
 
 def kernel_params(spec: PolicySpec, horizon: int):
     """ExperimentParams of a replay policy (E&C needs its horizon)."""
-    _, ExperimentParams, _ = _kernels()
     params = dict(spec.params)
     return ExperimentParams(policy=spec.kernel_policy, horizon=int(horizon), **params)
 
@@ -87,15 +76,12 @@ def _compressed_warm_start(A0: np.ndarray, b0: np.ndarray, ridge: float):
 
 def run_block(batch: ReplayBatch, spec: PolicySpec, tau: int, reps: int, seed: int, blk: Block) -> np.ndarray:
     """Total clicks float64[len(blk.tests), reps] for one block."""
-    BanditState, _, simulate = _kernels()
     k = blk.k
     steps = int(tau) * k
     params = kernel_params(spec, steps)
     linear = spec.kernel_policy in ("linucb", "llm_linucb")
     d = batch.features.shape[2] if (linear and batch.features is not None) else 0
     if linear and d == 0:
-        from lola.errors import ConfigError
-
         raise ConfigError(f"{spec.name} needs arm features")
     n_rows = len(blk.tests) * reps
     state = BanditState(capacity_experiments=n_rows, capacity_arms=k, feature_dim=d)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from lola.bench import replay_protocol as P
-from lola.bench.replay_sim import simulate_batch
+from lola.replay import protocol as P
+from lola.replay.sim import simulate_batch
 from lola.cli import app
 
 COLUMNS = ("clickability_test_id", "eyecatcher_id", "headline", "impressions", "clicks")
@@ -85,7 +85,7 @@ def test_exact_prior_makes_pure_llm_optimal_in_every_world(files):
     arm with the highest true CTR clicks whenever any arm would. PureLLM with an exact
     prior always plays it, so it can never be beaten in any test or rep."""
     data, tune, priors, truth = files
-    from lola.bench.replay_priors import read_priors_csv
+    from lola.replay.priors import read_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -123,7 +123,7 @@ def test_split_mode_reports_only_the_test_split(files, tmp_path):
         (["--priors", "missing.csv"], "--priors file not found"),
     ],
 )
-def test_bad_arguments_are_one_line_errors(files, args, message):
+def test_bad_arguments_are_one_line_errors(files, args, message, capsys):
     data, _, priors, _ = files
     from lola.cli import main
 
@@ -131,6 +131,8 @@ def test_bad_arguments_are_one_line_errors(files, args, message):
     with pytest.raises(SystemExit) as exc:
         main(["replay", "--data", str(data), *args, "--no-progress"])
     assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lola: error:") and message in err and err.count("\n") == 1, err
 
 
 def test_synthetic_prior_bad_fraction_is_a_one_line_error(files, tmp_path, capsys):
@@ -170,8 +172,6 @@ def test_missing_headline_prior_is_a_clear_error(files, tmp_path, capsys):
 
 
 def test_protocol_arithmetic():
-    batch = P.ReplayBatch(("a", "b"), np.array([2, 3]), np.zeros((2, 3)), np.zeros((2, 3)))
-    assert P.horizons(batch, 100).tolist() == [200, 300]
     # Figure 7's caption: two headlines, tau = 100, 1 + 2 clicks -> 0.03.
     assert P.clicks_per_period(np.array([3.0]), 100)[0] == pytest.approx(0.03)
     assert P.parse_taus("50, 100,1000") == (50, 100, 1000)
@@ -197,7 +197,7 @@ def test_bai_subcommand_json(files, radius):
 
 def test_synthetic_prior_is_exact_or_rank_reversed_per_test(files, tmp_path):
     data, _, _, truth = files
-    from lola.bench.replay_priors import read_priors_csv
+    from lola.replay.priors import read_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])

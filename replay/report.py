@@ -9,6 +9,7 @@ paired by test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -36,6 +37,17 @@ HEADLINE_PAIRS = (
     ("LOLA", "LLM-TS"),
     ("LLM-LinUCB", "UCB"),
 )
+
+
+def json_safe(obj):
+    """``obj`` with NaN and infinities as ``None`` and dict keys as strings (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def stars(p_value: float) -> str:
@@ -117,7 +129,7 @@ def find(improvements: Sequence[Improvement], tau: int, a: str, b: str) -> Impro
     return None
 
 
-def results_rows(scores: Mapping[tuple[int, str], np.ndarray], ctr_scores: Mapping[tuple[int, str], np.ndarray] | None = None) -> list[dict]:
+def results_rows(scores: Mapping[tuple[int, str], np.ndarray]) -> list[dict]:
     rows = []
     for (tau, policy), s in scores.items():
         s = np.asarray(s, dtype=np.float64)
@@ -128,8 +140,6 @@ def results_rows(scores: Mapping[tuple[int, str], np.ndarray], ctr_scores: Mappi
             "std_err": float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan"),
             "n_tests": int(len(s)),
         }
-        if ctr_scores is not None and (tau, policy) in ctr_scores:
-            row["ctr"] = float(np.mean(ctr_scores[(tau, policy)]))
         rows.append(row)
     return rows
 

@@ -15,16 +15,13 @@
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from lola.data.upworthy import HeadlineTest
 from lola.errors import ConfigError
-
-PAPER_TAUS = (50, 100, 200, 400, 600, 800, 1000)
 
 # Display name -> lola.kernels policy name. Display names are the issue's, exactly.
 POLICY_KERNELS = {
@@ -38,7 +35,6 @@ POLICY_KERNELS = {
     "LOLA-EB": "llm2ucb_eb",
 }
 POLICY_NAMES = tuple(POLICY_KERNELS)
-PAPER_POLICIES = ("E&C", "UCB", "PureLLM", "LOLA", "TS", "LLM-TS", "LLM-LinUCB")
 
 # The paper's grids (section 4.3, appendix G.2), widened downwards for n_aux as the issue asks,
 # and upwards: LOLA tends to PureLLM as n_aux grows, so with a prior that beats the early data
@@ -72,16 +68,6 @@ class ReplayBatch:
     def __len__(self) -> int:
         return len(self.test_ids)
 
-    def subset(self, idx: np.ndarray) -> "ReplayBatch":
-        return ReplayBatch(
-            tuple(self.test_ids[i] for i in idx),
-            self.n_arms[idx],
-            self.ctr[idx],
-            self.prior[idx],
-            None if self.features is None else self.features[idx],
-            self.linucb_A0,
-            self.linucb_b0,
-        )
 
 
 def build_batch(
@@ -109,26 +95,9 @@ def build_batch(
     return ReplayBatch(tuple(f"{t.test_id}/{t.eyecatcher_id}" for t in tests), n_arms, ctr, prior, feats)
 
 
-def horizons(batch: ReplayBatch, tau: int) -> np.ndarray:
-    """T = tau * K per test (section 4.3)."""
-    if tau <= 0:
-        raise ConfigError(f"tau must be positive, got {tau}")
-    return batch.n_arms * int(tau)
-
-
 def clicks_per_period(total_clicks: np.ndarray, tau: int) -> np.ndarray:
     """Figure 7's score of one test: its total clicks over the horizon divided by tau."""
     return np.asarray(total_clicks, dtype=np.float64) / float(tau)
-
-
-def test_seeds(test_ids: Sequence[str], seed: int, tau: int, rep: int) -> np.ndarray:
-    """One 63-bit seed per (test, tau, rep), independent of the policy (common random numbers)
-    and of the test's position in the file (so a subset replays the same worlds)."""
-    out = np.empty(len(test_ids), dtype=np.int64)
-    for i, tid in enumerate(test_ids):
-        ss = np.random.SeedSequence([seed & 0xFFFFFFFF, int(tau), int(rep), zlib.crc32(tid.encode())])
-        out[i] = int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
-    return out
 
 
 @dataclass(frozen=True)
@@ -192,9 +161,3 @@ def parse_policies(text: str | None) -> tuple[str, ...]:
     if bad:
         raise ConfigError(f"unknown policy {bad[0]!r}; known: {', '.join(POLICY_NAMES)}")
     return names
-
-
-def iter_chunks(n: int, parts: int) -> Iterable[np.ndarray]:
-    for idx in np.array_split(np.arange(n), max(1, min(parts, n))):
-        if len(idx):
-            yield idx

@@ -9,19 +9,24 @@ its R² is reported beside every table that uses it.
 
 from __future__ import annotations
 
-import csv
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from lola.bench.replay_premise import reversed_ranking
+from lola.data import priors as priors_csv
+from lola.data.priors import write_priors_csv
 from lola.data.upworthy import HeadlineTest, Package
 from lola.errors import ConfigError, DataError
+from lola.export import metrics
+from lola.export.data import training_split
+from lola.export.serve import OnnxPriorModel, read_card
+from lola.replay.premise import reversed_ranking
 
-PRIOR_COLUMNS = ("headline", "prior_ctr")
+__all__ = ["PriorTable", "read_priors_csv", "write_priors_csv", "score_with_model", "model_training_headlines",
+           "fit_tfidf_ridge", "synthetic_priors", "prior_quality"]
 
 
 @dataclass(frozen=True)
@@ -43,41 +48,8 @@ class PriorTable:
 
 
 def read_priors_csv(path: str | Path) -> PriorTable:
-    """Read ``headline,prior_ctr`` (extra columns are ignored). Bad rows are an error, never skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--priors file not found: {path}")
-    out: dict[str, float] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or ())
-        if not set(PRIOR_COLUMNS) <= cols:
-            raise DataError(f"{path}: priors CSV needs columns {','.join(PRIOR_COLUMNS)}; found {sorted(cols)}")
-        for row_number, row in enumerate(reader, start=2):
-            text = (row["headline"] or "").strip()
-            try:
-                value = float(row["prior_ctr"])
-            except (TypeError, ValueError):
-                raise DataError(f"{path}: row {row_number}: prior_ctr={row['prior_ctr']!r} is not a number") from None
-            if not text:
-                raise DataError(f"{path}: row {row_number}: empty headline")
-            if not np.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise DataError(f"{path}: row {row_number}: prior_ctr={value} outside [0, 1]")
-            out[text] = value
-    if not out:
-        raise DataError(f"{path}: no priors")
-    return PriorTable(out, source=str(path))
-
-
-def write_priors_csv(path: str | Path, headlines: Iterable[str], priors: Iterable[float]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(PRIOR_COLUMNS)
-        for h, p in zip(headlines, priors):
-            w.writerow([h, f"{float(p):.8g}"])
-    return path
+    """A :class:`PriorTable` from a ``headline,prior_ctr`` CSV (:func:`lola.data.priors.read_priors_csv`)."""
+    return PriorTable(priors_csv.read_priors_csv(path), source=str(path))
 
 
 def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embeddings: bool,
@@ -87,10 +59,6 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     ``test_weeks`` (headline -> archive ``test_week``) lets a ``level_deviation`` model add
     the level of the headline's own week; an absolute-CTR model ignores it.
     """
-    try:
-        from lola.export.serve import OnnxPriorModel  # type: ignore[attr-defined]
-    except ImportError as exc:  # the priors area is not installed or not built yet
-        raise ConfigError(f"--model needs lola.export.serve.OnnxPriorModel ({exc})") from None
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ConfigError(f"--model directory not found: {model_dir}")
@@ -98,7 +66,7 @@ def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embed
     texts = list(dict.fromkeys(headlines))
     weeks = [test_weeks.get(t) for t in texts] if test_weeks is not None else None
     emb = None
-    if want_embeddings and getattr(model, "embedding_dim", None):
+    if want_embeddings and model.embedding_dim:
         preds, vecs = model.predict_and_embed(texts, None, weeks)
         emb = {t: np.asarray(vecs[i], dtype=np.float64) for i, t in enumerate(texts)}
     else:
@@ -117,9 +85,6 @@ def model_training_headlines(model_dir: str | Path) -> tuple[frozenset[str] | No
     ``(None, reason)`` when the file is not on this machine or has changed, so the caller
     can say the check was not possible instead of silently skipping it.
     """
-    from lola.export.data import training_split
-    from lola.export.serve import read_card
-
     card, _ = read_card(model_dir)
     try:
         path, train = training_split(card.get("data") or {})
@@ -178,19 +143,13 @@ def synthetic_priors(tests: Sequence[HeadlineTest], reversed_fraction: float, se
     return out
 
 
-def r2_on_tests(tests: Sequence[HeadlineTest], priors: PriorTable) -> dict[str, float]:
-    """Quality of a prior on headline tests: R² of CTR, and top-1 accuracy (the paper's 'accuracy')."""
-    y, p, hits = [], [], []
-    for t in tests:
-        pr = priors.lookup(t.headlines)
-        y.extend(t.ctrs)
-        p.extend(pr)
-        hits.append(int(np.argmax(pr) == np.argmax(t.ctrs)))
-    y_arr, p_arr = np.asarray(y), np.asarray(p)
-    ss_res = float(np.sum((y_arr - p_arr) ** 2))
-    ss_tot = float(np.sum((y_arr - y_arr.mean()) ** 2))
+def prior_quality(tests: Sequence[HeadlineTest], priors: PriorTable) -> dict[str, float]:
+    """Quality of a prior on headline tests: R² of CTR and top-1 accuracy (the paper's 'accuracy'),
+    as :mod:`lola.export.metrics` defines them (ties split fairly)."""
+    y = np.concatenate([t.ctrs for t in tests]) if tests else np.zeros(0)
+    p = np.concatenate([priors.lookup(t.headlines) for t in tests]) if tests else np.zeros(0)
     return {
-        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-        "top1_accuracy": float(np.mean(hits)) if hits else float("nan"),
-        "headlines": int(len(y_arr)),
+        "r2": metrics.r2(y, p) if len(y) else float("nan"),
+        "top1_accuracy": metrics.top1_accuracy(tests, lambda t: priors.lookup(t.headlines)),
+        "headlines": int(len(y)),
     }

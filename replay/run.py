@@ -10,23 +10,22 @@ from __future__ import annotations
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lola.bench import replay_protocol as P
-from lola.bench.replay_priors import (
+from lola.replay import protocol as P
+from lola.replay.priors import (
     PriorTable,
-    fit_tfidf_ridge,
     model_training_headlines,
-    r2_on_tests,
+    prior_quality,
     read_priors_csv,
     score_with_model,
 )
-from lola.bench.replay_report import Improvement, improvement_table, results_rows
+from lola.replay.report import Improvement, improvement_table, results_rows
+from lola.replay.sim import simulate_batch
 from lola.data.upworthy import HeadlineTest, headline_tests, load_packages, split_packages
 from lola.errors import ConfigError
 
@@ -51,10 +50,8 @@ def simulate_clicks(
     """Total clicks of every test in every rep: float64[n_tests, reps], via lola.kernels.
 
     Every policy and grid point sees the same click worlds (common random numbers;
-    see :mod:`lola.bench.replay_sim`).
+    see :mod:`lola.replay.sim`).
     """
-    from lola.bench.replay_sim import simulate_batch
-
     return simulate_batch(batch, spec, tau, reps, seed, workers)
 
 
@@ -227,7 +224,7 @@ def load_replay_data(
         "linucb_warm_start_packages": warm_used,
         "rows_skipped": len(report_load.skipped),
     }
-    quality = {"tune": r2_on_tests(tune_tests, prior), "report": r2_on_tests(report_tests, prior)}
+    quality = {"tune": prior_quality(tune_tests, prior), "report": prior_quality(report_tests, prior)}
     return ReplayData(tune_batch, report_batch, description, quality)
 
 

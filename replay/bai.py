@@ -7,7 +7,7 @@ Success of a test = every arm the method returns has true CTR >= best CTR - 0.5%
   :data:`CHECK_EVERY` pulls per headline. A test that has stopped returns its good
   set at the first checkpoint after stopping, and its pulls are counted up to that
   checkpoint. A test still running at a pull budget returns its recommendation:
-  the candidate(s) with the highest Algorithm 2 mean (``lola.kernels.core.bai_interval``,
+  ``BanditState.bai_recommendation`` (the candidate(s) with the highest Algorithm 2 mean,
   prior pseudo-pulls included; exact ties all returned), and its pulls are the budget.
 * A/B test: the kernels' E&C with ``explore_fraction = 1``: an equal number of
   pulls per headline, then the best empirical CTR (exact ties all returned).
@@ -22,20 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lola.bench.replay_protocol import ReplayBatch
-from lola.bench.replay_report import save_figure
-from lola.bench.replay_sim import block_seed, plan_blocks
+from lola.kernels import BanditState, ExperimentParams, simulate
+from lola.replay.protocol import ReplayBatch
+from lola.replay.report import save_figure
+from lola.replay.sim import block_seed, plan_blocks
 
 GOOD_WITHIN = 0.005
 BUDGETS = (200, 300, 400, 500, 600)  # pulls per headline, as G.1's A/B test
 CHECK_EVERY = 25
 N_AUX_GRID = (20.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 700.0, 1000.0)
-
-
-def _kernels():
-    from lola.bench.replay_sim import _kernels as k
-
-    return k()
 
 
 def _success(ctr_row: np.ndarray, chosen: list[int]) -> bool:
@@ -44,7 +39,6 @@ def _success(ctr_row: np.ndarray, chosen: list[int]) -> bool:
 
 def _block_state(batch: ReplayBatch, blk, params, reps: int, with_prior: bool):
     """One experiment row per (test, rep) of a block, and the true CTRs of its rows."""
-    BanditState, _, _ = _kernels()
     k = blk.k
     n_rows = len(blk.tests) * reps
     state = BanditState(capacity_experiments=n_rows, capacity_arms=k)
@@ -61,9 +55,6 @@ def _block_state(batch: ReplayBatch, blk, params, reps: int, with_prior: bool):
 def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, seed: int, budgets,
                radius: str = "hoeffding") -> dict:
     """success[budget] and pulls[budget] arrays for one block (rows = tests x reps)."""
-    from lola.kernels import core
-
-    _, ExperimentParams, simulate = _kernels()
     k = blk.k
     params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2,
                               bai_radius=radius)
@@ -97,14 +88,8 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
                     ok[r] = _success(ctr[r], done_set[int(r)])
                     pulls[r] = done_at[r] * k
                 else:
-                    cands = [s for s in range(k) if state.candidate[r, s]]
-                    f = state.exp_f[r]
-                    means = [core.bai_interval(f[core.F_N_AUX], state.impressions[r, s], state.clicks[r, s],
-                                               state.mu_aux[r, s], state.has_prior[r, s], k, f[core.F_BAI_DELTA],
-                                               f[core.F_BAI_BERNSTEIN] > 0.5)[0] for s in cands]
                     # Exact ties are all returned, as the A/B test's E&C commit does.
-                    top = max(means) if cands else 0.0
-                    ok[r] = _success(ctr[r], [s for s, m in zip(cands, means) if m == top]) if cands else False
+                    ok[r] = _success(ctr[r], state.bai_recommendation(int(r)))
                     pulls[r] = b * k
     # Tests that stopped before the smallest budget still need their later budgets filled.
     for b in budgets:
@@ -117,7 +102,6 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
 
 
 def _ab_block(batch: ReplayBatch, blk, pulls_per_arm: int, reps: int, seed: int):
-    _, ExperimentParams, simulate = _kernels()
     k = blk.k
     horizon = pulls_per_arm * k
     params = ExperimentParams(policy="ec", horizon=horizon, explore_fraction=1.0)
@@ -160,7 +144,7 @@ def run_bai(rd, reps: int, seed: int, workers: int = 1, radius: str = "hoeffding
     """Tune LLM-BAI's n_aux on the tune tests (success at the largest budget), then report.
 
     ``radius`` is Algorithm 2's confidence radius for both BAI variants (the paper's Hoeffding,
-    or the empirical Bernstein of ``lola.kernels.core.bai_interval``).
+    or the empirical Bernstein of ``lola.kernels.policies.bai_interval``).
     """
     tune_scores = {}
     for m in N_AUX_GRID:

@@ -20,7 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lola.demo import REPORT_SECTIONS, RUN_MARKER_ENV
+from lola.demo.options import RUN_MARKER_ENV
+from lola.demo.report import REPORT_SECTIONS
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lola.bench.replay_premise import ideal_observer, ideal_observer_accuracy, reversed_ranking
+from lola.replay.premise import ideal_observer, ideal_observer_accuracy, reversed_ranking
 from lola.errors import ConfigError
 
 

@@ -99,3 +99,4 @@ def test_stronger_hyperprior_stays_closer_to_n_aux0():
     vals = [adaptive_n_aux(800.0, s, n, c, mu, u) for s in (0.0, 0.5, 2.0, 32.0)]
     gaps = [abs(math.log(v / 800.0)) for v in vals]
     assert gaps == sorted(gaps, reverse=True)
+

@@ -13,29 +13,19 @@ Heavy imports (numba, scipy, sklearn, matplotlib) stay inside the command bodies
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from lola.errors import ConfigError
+from lola.replay.report import json_safe
 
 replay_app = typer.Typer(
     help="Reproduce LOLA's Table 8 / Figure 7 on Upworthy headline tests with the worker's own kernels.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _progress_factory(enabled: bool):
@@ -124,6 +114,9 @@ def replay(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write the Figure 7-style PNG here."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    worker_defaults: Optional[Path] = typer.Option(
+        None, "--worker-defaults",
+        help="Write LOLA's one setting for every horizon here, as lola/data/worker_defaults.json (the worker's defaults)."),
 ) -> None:
     """Tune every policy per tau on tune tests, report clicks per test per period on the test tests."""
     if ctx.invoked_subcommand is not None:
@@ -133,15 +126,15 @@ def replay(
     _check_inputs(data, priors, model, tune_data, reps)
     if tune_reps < 1:
         raise ConfigError(f"--tune-reps must be >= 1, got {tune_reps}")
-    from lola.bench import replay_protocol as P
+    from lola.replay import protocol as P
 
     tau_list = P.parse_taus(taus)
     names = P.parse_policies(policies)
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}")
 
-    from lola.bench import replay_report as R
-    from lola.bench import replay_run as run
+    from lola.replay import report as R
+    from lola.replay import run as run
 
     nworkers = workers or run.default_workers()
     rd = run.load_replay_data(data, priors, model, tune_data, want_features="LLM-LinUCB" in names)
@@ -150,10 +143,19 @@ def replay(
         result = run.run_replay(rd, tau_list, names, reps, tune_reps, seed, nworkers, factory)
     finally:
         stop()
-    doc = _json_safe(result.as_json())
+    doc = json_safe(result.as_json())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(doc, indent=1))
+    if worker_defaults is not None:
+        from lola.data import worker_defaults as wd
+
+        one = doc.get("one_setting_for_all_horizons")
+        if not one:
+            raise ConfigError("--worker-defaults needs LOLA among --policies (its one setting for every horizon)")
+        wd.write(worker_defaults, one, f"one_setting_for_all_horizons of `lola replay` on {data} "
+                                       f"(prior {result.settings['prior_source']}, seed {seed}, taus {taus}, "
+                                       f"tune-reps {tune_reps})")
     if plot is not None:
         src = result.settings.get("prior_source", "")
         R.plot_figure7(doc["results"], tau_list, names, plot, title=f"LOLA replay: {result.settings['report_tests']} tests, {reps} reps ({Path(str(src)).name})")
@@ -190,7 +192,7 @@ def baseline_prior(
 ) -> None:
     """Fit the development baseline prior (TF-IDF ridge on the train split) and score every headline."""
     _require_file(data, "--data")
-    from lola.bench.replay_priors import PriorTable, fit_tfidf_ridge, r2_on_tests, write_priors_csv
+    from lola.replay.priors import PriorTable, fit_tfidf_ridge, prior_quality, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages, split_packages
 
     packages, _ = load_packages(data)
@@ -204,7 +206,7 @@ def baseline_prior(
     preds = predict(texts_sorted)
     write_priors_csv(out, texts_sorted, preds)
     table = PriorTable(dict(zip(texts_sorted, preds.tolist())), source=str(out))
-    tune_q = r2_on_tests(headline_tests(parts["tune"]), table)
+    tune_q = prior_quality(headline_tests(parts["tune"]), table)
     typer.echo(json.dumps({"out": str(out), "headlines": len(texts_sorted), "fitted_on": "train split", "tune_r2": tune_q["r2"], "tune_top1": tune_q["top1_accuracy"]}))
 
 
@@ -225,7 +227,7 @@ def synthetic_prior(
     _require_file(data, "--data")
     if not (0.0 <= reversed_fraction <= 1.0):
         raise ConfigError(f"--reversed-fraction must be in [0, 1], got {reversed_fraction}")
-    from lola.bench.replay_priors import synthetic_priors, write_priors_csv
+    from lola.replay.priors import synthetic_priors, write_priors_csv
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -246,8 +248,8 @@ def ideal_observer(
     _require_file(data, "--data")
     if draws < 1:
         raise ConfigError(f"--draws must be >= 1, got {draws}")
-    from lola.bench.replay_premise import ideal_observer as observe
-    from lola.bench.replay_protocol import parse_taus
+    from lola.replay.premise import ideal_observer as observe
+    from lola.replay.protocol import parse_taus
     from lola.data.upworthy import headline_tests, load_packages
 
     tests = headline_tests(load_packages(data)[0])
@@ -273,14 +275,14 @@ def bai(
 
     if radius not in BAI_RADII:
         raise ConfigError(f"--radius must be one of {', '.join(BAI_RADII)}, got {radius!r}")
-    from lola.bench import replay_bai as B
-    from lola.bench import replay_run as run
+    from lola.replay import bai as B
+    from lola.replay import run as run
 
     rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
     doc = B.run_bai(rd, reps, seed, workers or run.default_workers(), radius)
     if plot is not None:
         B.plot_bai(doc, plot)
-    doc = _json_safe(doc)
+    doc = json_safe(doc)
     if as_json:
         typer.echo(json.dumps(doc))
     else:

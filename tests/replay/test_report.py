@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lola.bench.replay_report import (
+from lola.replay.report import (
     find,
     improvement_table,
     markdown_improvements,
@@ -84,7 +84,7 @@ def test_results_rows_and_plot(tmp_path):
 
 
 def test_one_setting_for_all_horizons_minimises_the_mean_shortfall():
-    from lola.bench.replay_run import one_setting_for_all_horizons
+    from lola.replay.run import one_setting_for_all_horizons
 
     a, b = {"alpha": 0.1, "n_aux": 100.0}, {"alpha": 0.1, "n_aux": 5600.0}
     # a is best at tau 50 only; b gives up 10 % there and is best at tau 1000, where a gives up 50 %.

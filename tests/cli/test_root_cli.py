@@ -1,0 +1,42 @@
+"""The root CLI: its help lists every command, and errors are one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "demo", "loadgen", "dlq", "priors", "bench", "replay", "config"]
+
+
+def _lola(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lola.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_every_command_in_order():
+    out = _lola("--help")
+    assert out.returncode == 0, out.stderr
+    listed = [line.split()[1] for line in out.stdout.splitlines()
+              if line.startswith("│ ") and len(line.split()) > 2 and line.split()[1].isalpha()
+              and line.split()[1] == line.split()[1].lower() and not line.startswith("│ --")]
+    assert [c for c in listed if c in ROOT_COMMANDS] == ROOT_COMMANDS
+
+
+def test_every_command_path(lola_commands):
+    assert {"replay bai", "replay baseline-prior", "replay synthetic-prior", "replay ideal-observer",
+            "bench kernels", "bench stream", "bench priors", "loadgen open", "loadgen closed", "dlq replay",
+            "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors build-default",
+            "config reference", *ROOT_COMMANDS} == lola_commands
+
+
+def test_version_prints_the_package_version():
+    from lola import __version__
+
+    assert _lola("version").stdout == f"{__version__}\n"
+
+
+def test_unknown_command_is_one_line_not_traceback():
+    out = _lola("no-such-command")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "No such command 'no-such-command'" in out.stderr
