@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.exceptions import TyperException
 
 from lola import __version__, config_reference, demo
 from lola.bench import cli as bench_cli
@@ -42,14 +43,26 @@ for _area in (stream_cli, demo, export_cli, bench_cli, replay_cli, config_refere
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    # standalone_mode=False: usage errors are raised instead of printed as Typer's boxed,
+    # multi-line panel, so a bad argument gets the same one-line message as a LolaError.
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False, prog_name="lola")
+    except TyperException as exc:  # usage errors: no such command/option, bad value
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "lola"
+        typer.echo(f"lola: error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("lola: interrupted", err=True)
+        sys.exit(130)
     except LolaError as exc:
         typer.echo(f"lola: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("lola: interrupted", err=True)
         sys.exit(130)
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

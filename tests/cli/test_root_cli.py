@@ -38,5 +38,14 @@ def test_version_prints_the_package_version():
 def test_unknown_command_is_one_line_not_traceback():
     out = _lola("no-such-command")
     assert out.returncode == 2
-    assert "Traceback" not in out.stderr
-    assert "No such command 'no-such-command'" in out.stderr
+    assert out.stderr.splitlines() == ["lola: error: No such command 'no-such-command'. (see 'lola --help')"]
+
+
+def test_unknown_option_and_bad_value_are_one_line_naming_the_command():
+    out = _lola("worker", "--no-such-option")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == ["lola: error: No such option: --no-such-option (see 'lola worker --help')"]
+    out = _lola("demo", "--tests", "many")
+    assert out.returncode == 2
+    [line] = out.stderr.splitlines()
+    assert line.startswith("lola: error: Invalid value for '--tests'") and line.endswith("(see 'lola demo --help')")
