@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 from lola.errors import BrokerError, ConfigError
 from lola.stream.processor import DeadLetter
@@ -217,17 +217,10 @@ class DeliveryTracker:
         return self.produced - self.delivered
 
 
-class DeadLetterPolicy(Protocol):
-    """What happens to a bad message: the one injected policy."""
-
-    def handle(self, source_topic: str, partition: int, letter: DeadLetter) -> None: ...
-
-
 class KafkaDeadLetterPolicy:
     """Publish the original bytes to the dead-letter topic with reason/source headers."""
 
-    def __init__(self, producer: Any, topic: str, on_error: Any = None,
-                 tracker: DeliveryTracker | None = None) -> None:
+    def __init__(self, producer: Any, topic: str, tracker: DeliveryTracker, on_error: Any = None) -> None:
         self.producer = producer
         self.topic = topic
         self._on_error = on_error
@@ -243,22 +236,8 @@ class KafkaDeadLetterPolicy:
         headers = [(H_REASON, letter.reason.encode()), (H_DETAIL, letter.detail.encode("utf-8", "replace")[:500]),
                    (H_TOPIC, source_topic.encode()), (H_PARTITION, str(partition).encode()),
                    (H_OFFSET, str(letter.offset).encode())]
-        if self._tracker is not None:
-            self._tracker.produce(self.producer, self.topic, letter.value, key=letter.key,
-                                  callback=self._delivered, headers=headers)
-        else:
-            produce(self.producer, self.topic, letter.value, key=letter.key, headers=headers,
-                    on_delivery=self._delivered)
-
-
-class ListDeadLetterPolicy:
-    """Keep dead letters in a list (for embedding and pure tests)."""
-
-    def __init__(self) -> None:
-        self.letters: list[tuple[str, int, DeadLetter]] = []
-
-    def handle(self, source_topic: str, partition: int, letter: DeadLetter) -> None:
-        self.letters.append((source_topic, partition, letter))
+        self._tracker.produce(self.producer, self.topic, letter.value, key=letter.key,
+                              callback=self._delivered, headers=headers)
 
 
 def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None = None, **kw: Any) -> None:

@@ -67,14 +67,12 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         The typed settings object.
     prior_provider:
         Overrides the provider chosen from settings (ONNX model dir / constant / none).
-    dead_letter_policy:
-        Overrides the default :class:`~lola.stream.kafka.KafkaDeadLetterPolicy`.
     serve_http:
         Start the /metrics, /healthz, /readyz server (``settings.metrics_port``).
     """
 
     def __init__(self, settings: StreamSettings, prior_provider: PriorProvider | None = None,
-                 dead_letter_policy: kf.DeadLetterPolicy | None = None, serve_http: bool = True) -> None:
+                 serve_http: bool = True) -> None:
         from confluent_kafka import Consumer, Producer
 
         self.settings = settings
@@ -104,9 +102,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                          "session.timeout.ms": settings.session_timeout_ms,
                          "heartbeat.interval.ms": 1000, "max.poll.interval.ms": 300_000}))
         self.deliveries = kf.DeliveryTracker()
-        self.dead_letters = dead_letter_policy or kf.KafkaDeadLetterPolicy(
-            self.producer, settings.deadletter_topic, on_error=lambda err: self.metrics.produce_errors.inc(),
-            tracker=self.deliveries)
+        self.dead_letters = kf.KafkaDeadLetterPolicy(
+            self.producer, settings.deadletter_topic, self.deliveries,
+            on_error=lambda err: self.metrics.produce_errors.inc())
         provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.priors = PriorService(provider, settings.prior_timeout_s, settings.prior_batch_size,
                                    on_fallback=lambda reason: self.metrics.prior_fallbacks.labels(reason).inc(),
