@@ -31,6 +31,16 @@ class TextModeOpt(str, Enum):
     headline_context = "headline_context"
 
 
+class LossOpt(str, Enum):
+    mse = "mse"
+    listnet = "listnet"
+    ranknet = "ranknet"
+
+
+LOSS_HELP = ("mse (default), or a within-test ranking loss: listnet (softmax over each test's headlines, "
+             "impression-weighted) or ranknet (significant pairs); batches are then whole tests.")
+
+
 class TargetOpt(str, Enum):
     ctr = "ctr"
     level_deviation = "level_deviation"
@@ -80,6 +90,8 @@ def train_cmd(
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Seeded subset of training headlines."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    loss: Optional[LossOpt] = typer.Option(None, "--loss", help=LOSS_HELP),
+    loss_mix: Optional[float] = typer.Option(None, "--loss-mix", help="Weight of MSE mixed into a ranking loss."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the newest matching checkpoint."),
 ) -> None:
     """LoRA fine-tune a Llama CTR regressor on the train split."""
@@ -88,7 +100,8 @@ def train_cmd(
     config = _train_config(quick, text_mode=text_mode.value if text_mode else None,
                            target=target.value if target else None, max_steps=max_steps,
                            epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                           max_length=max_length, train_limit=train_limit, seed=seed)
+                           max_length=max_length, train_limit=train_limit, seed=seed,
+                           loss=loss.value if loss else None, loss_mix=loss_mix)
     _logging()
     from lola.export.train import train
 
@@ -240,12 +253,15 @@ def build_default_cmd(
     full: bool = typer.Option(False, "--full", help="Use the full profile instead of --quick."),
     text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode"),
     target: Optional[TargetOpt] = typer.Option(None, "--target", help=TARGET_HELP),
+    loss: Optional[LossOpt] = typer.Option(None, "--loss", help=LOSS_HELP),
+    loss_mix: Optional[float] = typer.Option(None, "--loss-mix", help="Weight of MSE mixed into a ranking loss."),
 ) -> None:
     """Quick-train on the train split, merge, export (fp32 + int8), validate, refit the readout, score tune into the card."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
     config = _train_config(not full, text_mode=text_mode.value if text_mode else None,
-                           target=target.value if target else None)
+                           target=target.value if target else None, loss=loss.value if loss else None,
+                           loss_mix=loss_mix)
     _logging()
     from lola.export.pipeline import build_default
 

@@ -221,3 +221,45 @@ def test_readout_study_pairs_every_option_with_the_default(tiny_copy, tiny_csv, 
     assert report["options"][report["chosen_on_tune"]]["servable"]
     assert not report["options"]["default + TF-IDF stack"]["servable"]
     assert "chosen on tune" in format_study(report)
+
+
+# -- the LoRA stage with a ranking loss -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss, mix", [("listnet", 0.0), ("ranknet", 0.5)])
+def test_lora_trains_on_whole_tests_with_a_ranking_loss(tmp_path, tiny_base, loss, mix):
+    import csv
+
+    from lola.export.config import make_config
+    from lola.export.train import group_batch, prepare_data, train
+
+    path = tmp_path / "packages.csv"
+    rng = np.random.default_rng(1)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["clickability_test_id", "eyecatcher_id", "headline", "impressions", "clicks", "test_week"])
+        for t in range(40):
+            for h in range(3):
+                imps = 20_000
+                w.writerow([f"t{t:03d}", "e", f"{'dog' if h == 0 else 'cat'} story {t} {h}", imps,
+                            int(rng.binomial(imps, 0.03 if h == 0 else 0.01)), 201401 + t % 3])
+    config = make_config("quick", max_steps=3, min_impressions=0, train_limit=30, lora_last_layers=None,
+                         learning_rate=1e-2, target="level_deviation", loss=loss, loss_mix=mix, batch_size=6)
+    data = prepare_data(path, config)
+    # the subset limit keeps whole tests: every kept headline is in a kept test of >= 2 headlines
+    assert len(data.train) <= 30 and data.groups.mask.sum() == len(data.train)
+    assert len(data.groups.pairs) > 0
+    picked = group_batch(0, data.groups, config)
+    assert len(picked) == 2  # 6 headlines per batch / 3 per test
+    state = train(path, tmp_path / "run", config, base=str(tiny_base), progress=False)
+    assert state["steps_done"] == 3 and np.isfinite(state["final_loss_mean_last_20"])
+    assert state["config"]["loss"] == loss
+
+
+def test_ranking_loss_needs_the_deviation_target():
+    from lola.export.config import make_config
+
+    with pytest.raises(ConfigError, match="needs target=level_deviation"):
+        make_config("quick", loss="listnet", target="ctr")
+    with pytest.raises(ConfigError, match="loss_mix"):
+        make_config("quick", loss="listnet", loss_mix=2.0)
