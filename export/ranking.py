@@ -154,12 +154,13 @@ class ReadoutFit:
 
 def fit_linear(x: np.ndarray, objective: str, groups: TestGroups | None = None, y: np.ndarray | None = None,
                w: np.ndarray | None = None, mix: float = 0.0, l2: float = 1e-3, temperature: float = 1.0,
-               target_std: float = 1.0, max_iter: int = 500) -> ReadoutFit:
+               target_std: float = 1.0, max_iter: int = 500, init: np.ndarray | None = None) -> ReadoutFit:
     """Minimise ``(1 - mix) * objective + mix * mse + l2 * |coef|^2`` over a linear score of ``x``.
 
     ``x`` is standardised (rows: headlines). ``groups`` index its rows for the ranking term;
     ``y``/``w`` (standardised target, impression weights) are needed for ``mse`` or ``mix > 0``.
-    For ``objective="mse"`` the ``mix`` is ignored (the loss is all MSE).
+    For ``objective="mse"`` the ``mix`` is ignored (the loss is all MSE). ``init`` (``coef`` then
+    ``intercept``) warm-starts the optimiser, e.g. from the fit at a neighbouring penalty.
     """
     from scipy.optimize import minimize
 
@@ -191,7 +192,8 @@ def fit_linear(x: np.ndarray, objective: str, groups: TestGroups | None = None, 
         grad = np.concatenate([x.T @ grad_s + 2.0 * l2 * coef, [grad_s.sum()]])
         return total, grad
 
-    result = minimize(loss_and_grad, np.zeros(d + 1), jac=True, method="L-BFGS-B",
+    start = np.zeros(d + 1) if init is None else np.asarray(init, dtype=np.float64)
+    result = minimize(loss_and_grad, start, jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iter, "gtol": 1e-7})
     return ReadoutFit(result.x[:d].copy(), float(result.x[d]), objective, mix if rank_weight > 0 else 1.0, l2,
                       temperature, bool(result.success), int(result.nit))

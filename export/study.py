@@ -32,7 +32,7 @@ log = logging.getLogger("lola.export.study")
 
 #: (name, options) of the servable readouts the study fits besides the ridge.
 RANKING_OPTIONS = (
-    ("ridge+slope", ReadoutOptions("mse", 0.0, "slope")),
+    ("mse (penalty by tune pairwise)+slope", ReadoutOptions("mse", 0.0, "slope")),
     ("listnet+slope", ReadoutOptions("listnet", 0.0, "slope")),
     ("listnet(T=0.5)+slope", ReadoutOptions("listnet", 0.0, "slope", 0.5)),
     ("listnet+mse(0.5)", ReadoutOptions("listnet", 0.5, "none")),
@@ -52,6 +52,14 @@ def _served(prior, weights: np.ndarray, bias: float, x: np.ndarray, weeks) -> np
 def _tune_key(tests, pred: dict, base: dict) -> tuple[float, float]:
     m = paired_metrics(tests, pred, base, n_boot=1)
     return m["pairwise_accuracy_significant"]["a"], m["top1_accuracy"]["a"]
+
+
+def default_calibration(data, served) -> dict:
+    """How far the default ridge's within-test gaps are from the realised ones on tune (see ranking.calibration_scale)."""
+    from lola.export.ranking import calibration_scale
+
+    deviation = (data.x_tune * data.scale + data.center) @ served.readout_weights
+    return {rule: calibration_scale(deviation, data.tune_groups, rule) for rule in ("slope", "spread")}
 
 
 def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: str | Path | None = None,
@@ -98,7 +106,7 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
         log.info("study: %s fitted in %.0f s", name, time.monotonic() - t)
 
     # blend of the default ridge with the best ranking readout on tune (one linear readout)
-    best_rank = max((n for n, _ in RANKING_OPTIONS if n != "ridge+slope"),
+    best_rank = max((n for n, o in RANKING_OPTIONS if o.objective != "mse"),
                     key=lambda n: _tune_key(raw["tune"][2], options[n]["pred"]["tune"], base["tune"]))
     blends = []
     for lam in BLEND_WEIGHTS:
@@ -122,7 +130,8 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     key, lam, pred = max(stacks, key=lambda item: item[0])
     options["default + TF-IDF stack"] = {"pred": pred, "servable": False, "weight": lam}
 
-    report = {"model": str(model_dir), "variant": variant, "options": {}}
+    report = {"model": str(model_dir), "variant": variant, "options": {},
+              "calibration_of_default": default_calibration(data, served)}
     for name, opt in options.items():
         row = {k: v for k, v in opt.items() if k != "pred"}
         for split, (_, _, tests) in raw.items():
