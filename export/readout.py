@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
-from lola.export.ranking import CALIBRATIONS, OBJECTIVES
+from lola.export.ranking import CALIBRATIONS, OBJECTIVES, calibration_scale, fit_linear
 
 log = logging.getLogger("lola.export.readout")
 
@@ -72,9 +72,10 @@ def _split_examples(data_csv: Path, card: dict):
 @dataclass(frozen=True)
 class ReadoutOptions:
     """How the readout is fitted (``lola priors readout``): the objective, its mix with MSE and the
-    calibration. The default is the ridge of the module docstring (MSE, penalty chosen on tune MSE).
-    Every other setting goes through :func:`lola.export.ranking.fit_linear`, with its L2 penalty
-    chosen on tune pairwise accuracy over significant pairs (never on test), then calibrated."""
+    calibration. ``mse`` is the ridge of the module docstring (penalty chosen on tune MSE);
+    ``listnet``/``ranknet`` go through :func:`lola.export.ranking.fit_linear`, with the L2 penalty
+    chosen on tune pairwise accuracy over significant pairs (never on test). ``calibrate`` then
+    rescales the readout's within-test gaps by a factor fitted on tune (any objective)."""
 
     objective: str = "mse"
     mix: float = 0.0
@@ -95,7 +96,7 @@ class ReadoutOptions:
 
     @property
     def is_ridge(self) -> bool:
-        return self.objective == "mse" and self.calibrate == "none"
+        return self.objective == "mse"
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,14 @@ def tune_ranking(data: ReadoutData, deviation: np.ndarray) -> dict:
     return {"top1_accuracy": top1_accuracy(data.tune_tests, predict), "pairwise_accuracy_significant": pairwise}
 
 
+def centred_bias(data: ReadoutData, coef: np.ndarray) -> float:
+    """The bias that keeps the weighted mean prediction on train at the target's weighted mean."""
+    return float(np.average(data.y_train, weights=data.train.weights)
+                 - np.average(data.x_train @ coef, weights=data.train.weights))
+
+
 def fit_ranking_readout(data: ReadoutData, options: ReadoutOptions, l2_grid=L2_GRID) -> tuple[np.ndarray, float, dict]:
-    """(weights on standardised features, bias, card entry) of a non-ridge readout; penalty chosen on tune."""
-    from lola.export.ranking import calibration_scale, fit_linear
+    """(weights on standardised features, bias, card entry) of a listnet/ranknet readout; penalty chosen on tune."""
 
     y = (data.y_train - np.average(data.y_train, weights=data.train.weights)) / data.target_std
     grid, best, start = [], None, None
@@ -177,9 +183,7 @@ def fit_ranking_readout(data: ReadoutData, options: ReadoutOptions, l2_grid=L2_G
     gamma = (calibration_scale(scores_tune, data.tune_groups, options.calibrate) if options.calibrate != "none"
              else data.target_std)
     coef = gamma * fit.coef
-    # the bias keeps the weighted mean prediction on train at the target's weighted mean
-    bias = float(np.average(data.y_train, weights=data.train.weights)
-                 - np.average(data.x_train @ coef, weights=data.train.weights))
+    bias = centred_bias(data, coef)
     entry = {"objective": options.objective, "mix": fit.mix, "temperature": options.temperature,
              "calibrate": options.calibrate, "gamma": float(gamma), "l2": fit.l2,
              "chosen_by": "max tune pairwise accuracy on significant pairs (then top-1); calibration on tune",
@@ -231,7 +235,11 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
         best = min(grid, key=lambda g: g["tune_weighted_mse"])
         ridge = Ridge(alpha=best["alpha"]).fit(data.x_train, data.y_train, sample_weight=data.train.weights)
         coef, intercept = ridge.coef_, float(ridge.intercept_)
-        extra.update(alpha=best["alpha"], grid=grid)
+        gamma = calibration_scale(data.x_tune @ coef, data.tune_groups, options.calibrate)
+        if options.calibrate != "none":
+            coef = gamma * coef
+            intercept = centred_bias(data, coef)
+        extra.update(alpha=best["alpha"], grid=grid, calibrate=options.calibrate, gamma=gamma)
     else:
         coef, intercept, ranking = fit_ranking_readout(data, options)
         extra = {"kind": f"{options.objective}_on_embedding", **ranking, "alpha": None}

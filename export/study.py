@@ -26,13 +26,12 @@ from lola.data.upworthy import headline_tests, load_packages, split_packages
 from lola.export.data import build_examples, training_csv
 from lola.export.embcache import cached_outputs
 from lola.export.evaluate import paired_metrics, tfidf_ridge
-from lola.export.readout import ReadoutOptions, fit_ranking_readout, readout_data
+from lola.export.readout import ReadoutOptions, centred_bias, fit_ranking_readout, readout_data
 
 log = logging.getLogger("lola.export.study")
 
 #: (name, options) of the servable readouts the study fits besides the ridge.
 RANKING_OPTIONS = (
-    ("mse (penalty by tune pairwise)+slope", ReadoutOptions("mse", 0.0, "slope")),
     ("listnet+slope", ReadoutOptions("listnet", 0.0, "slope")),
     ("listnet(T=0.5)+slope", ReadoutOptions("listnet", 0.0, "slope", 0.5)),
     ("listnet+mse(0.5)", ReadoutOptions("listnet", 0.5, "none")),
@@ -54,7 +53,7 @@ def _tune_key(tests, pred: dict, base: dict) -> tuple[float, float]:
     return m["pairwise_accuracy_significant"]["a"], m["top1_accuracy"]["a"]
 
 
-def default_calibration(data, served) -> dict:
+def options_calibration(data, served) -> dict:
     """How far the default ridge's within-test gaps are from the realised ones on tune (see ranking.calibration_scale)."""
     from lola.export.ranking import calibration_scale
 
@@ -95,6 +94,12 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     options: dict[str, dict] = {"default (served ridge)": {"pred": base, "servable": True}}
     linear: dict[str, tuple[np.ndarray, float]] = {"default (served ridge)": (served.readout_weights,
                                                                               served.readout_bias)}
+    # the default ridge with its within-test gaps calibrated on tune: same ranking, other spread
+    for rule, gamma in options_calibration(data, served).items():
+        w, b = served.readout_weights * gamma, 0.0
+        b = float(centred_bias(data, w * data.scale) - data.center @ w)
+        linear[f"ridge+{rule}"] = (w, b)
+        options[f"ridge+{rule}"] = {"pred": predictions(w, b), "servable": True, "gamma": gamma}
     for name, opts in RANKING_OPTIONS:
         t = time.monotonic()
         coef, bias, entry = fit_ranking_readout(data, opts)
@@ -106,7 +111,7 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
         log.info("study: %s fitted in %.0f s", name, time.monotonic() - t)
 
     # blend of the default ridge with the best ranking readout on tune (one linear readout)
-    best_rank = max((n for n, o in RANKING_OPTIONS if o.objective != "mse"),
+    best_rank = max((n for n, _ in RANKING_OPTIONS),
                     key=lambda n: _tune_key(raw["tune"][2], options[n]["pred"]["tune"], base["tune"]))
     blends = []
     for lam in BLEND_WEIGHTS:
@@ -131,7 +136,7 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     options["default + TF-IDF stack"] = {"pred": pred, "servable": False, "weight": lam}
 
     report = {"model": str(model_dir), "variant": variant, "options": {},
-              "calibration_of_default": default_calibration(data, served)}
+              "calibration_of_default": options_calibration(data, served)}
     for name, opt in options.items():
         row = {k: v for k, v in opt.items() if k != "pred"}
         for split, (_, _, tests) in raw.items():

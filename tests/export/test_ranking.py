@@ -144,7 +144,8 @@ def test_readout_options_are_validated():
         ReadoutOptions("pointwise")
     with pytest.raises(ConfigError, match="--mix"):
         ReadoutOptions("ranknet", 2.0, "slope")
-    assert ReadoutOptions().is_ridge and not ReadoutOptions("mse", 0.0, "slope").is_ridge
+    assert ReadoutOptions().is_ridge and ReadoutOptions("mse", 0.0, "slope").is_ridge
+    assert not ReadoutOptions("listnet", 0.0, "slope").is_ridge
 
 
 @pytest.mark.parametrize("objective, mix, calibrate", [("listnet", 0.0, "slope"), ("ranknet", 0.5, "none"),
@@ -155,8 +156,12 @@ def test_ranking_readout_is_fitted_served_and_recorded(tiny_copy, tiny_csv, tmp_
 
     cache = tmp_path / "emb.npz"
     entry = fit_readout(tiny_copy, tiny_csv, options=ReadoutOptions(objective, mix, calibrate), cache=cache)
-    assert entry["kind"] == f"{objective}_on_embedding" and entry["calibrate"] == calibrate
-    assert entry["l2"] in L2_GRID and len(entry["grid"]) == len(L2_GRID) and entry["gamma"] > 0
+    assert entry["calibrate"] == calibrate and entry["gamma"] > 0
+    if objective == "mse":  # the ridge, penalty on tune MSE, then its gaps rescaled
+        assert entry["kind"] == "ridge_on_embedding" and entry["alpha"] is not None
+    else:
+        assert entry["kind"] == f"{objective}_on_embedding"
+        assert entry["l2"] in L2_GRID and len(entry["grid"]) == len(L2_GRID)
     assert set(entry["tune_ranking"]) == {"top1_accuracy", "pairwise_accuracy_significant"}
     assert (tmp_path / "emb.fp32.npz").is_file()
     card = json.loads((tiny_copy / "model_card.json").read_text())
@@ -218,6 +223,8 @@ def test_readout_study_pairs_every_option_with_the_default(tiny_copy, tiny_csv, 
     default = report["options"]["default (served ridge)"]
     for split in ("tune", "test"):
         assert default[split]["top1_accuracy"]["diff"] == 0.0
+        # calibration rescales the gaps: the ranking, hence top-1, is the default's
+        assert report["options"]["ridge+slope"][split]["top1_accuracy"]["diff"] == 0.0
     assert report["options"][report["chosen_on_tune"]]["servable"]
     assert not report["options"]["default + TF-IDF stack"]["servable"]
     assert "chosen on tune" in format_study(report)
