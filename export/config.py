@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lola.errors import ConfigError
 
@@ -64,7 +64,7 @@ class TrainConfig(BaseModel):
     max_length: int = 64
     #: the LoRA stage's loss; ``loss_mix`` is the weight of an MSE term mixed into listnet/ranknet
     loss: Loss = "mse"
-    loss_mix: float = 0.0
+    loss_mix: float = Field(0.0, ge=0.0, le=1.0)
     min_impressions: int = 500
     weight_by_impressions: bool = True
     train_limit: int | None = None  # use a seeded subset of this many training headlines
@@ -87,13 +87,6 @@ class TrainConfig(BaseModel):
     def _dropout(cls, value: float) -> float:
         if not 0.0 <= value < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {value}")
-        return value
-
-    @field_validator("loss_mix")
-    @classmethod
-    def _mix(cls, value: float) -> float:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"loss_mix must be in [0, 1], got {value}")
         return value
 
     @field_validator("learning_rate")
