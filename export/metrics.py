@@ -8,7 +8,10 @@
   scores exactly the random-guess rate;
 * ``pairwise_accuracy``: over headline pairs of one test whose CTRs differ
   significantly (two-sided two-proportion z-test, p < alpha), the share ordered
-  correctly; a predicted tie counts one half.
+  correctly; a predicted tie counts one half;
+* ``per_test_spread``: each test's standard deviation of predicted CTRs;
+* ``paired_bootstrap``: a paired difference of two predictors' per-test values with a
+  bootstrap interval over tests (``lola priors eval --baseline``, ``readout-study``).
 """
 
 from __future__ import annotations
