@@ -31,6 +31,16 @@ class TextModeOpt(str, Enum):
     headline_context = "headline_context"
 
 
+class LossOpt(str, Enum):
+    mse = "mse"
+    listnet = "listnet"
+    ranknet = "ranknet"
+
+
+LOSS_HELP = ("mse (default), or a within-test ranking loss: listnet (softmax over each test's headlines, "
+             "impression-weighted) or ranknet (significant pairs); batches are then whole tests.")
+
+
 class TargetOpt(str, Enum):
     ctr = "ctr"
     level_deviation = "level_deviation"
@@ -80,6 +90,8 @@ def train_cmd(
     max_length: Optional[int] = typer.Option(None, "--max-length"),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Seeded subset of training headlines."),
     seed: Optional[int] = typer.Option(None, "--seed"),
+    loss: Optional[LossOpt] = typer.Option(None, "--loss", help=LOSS_HELP),
+    loss_mix: Optional[float] = typer.Option(None, "--loss-mix", help="Weight of MSE mixed into a ranking loss."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume from the newest matching checkpoint."),
 ) -> None:
     """LoRA fine-tune a Llama CTR regressor on the train split."""
@@ -88,7 +100,8 @@ def train_cmd(
     config = _train_config(quick, text_mode=text_mode.value if text_mode else None,
                            target=target.value if target else None, max_steps=max_steps,
                            epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                           max_length=max_length, train_limit=train_limit, seed=seed)
+                           max_length=max_length, train_limit=train_limit, seed=seed,
+                           loss=loss.value if loss else None, loss_mix=loss_mix)
     _logging()
     from lola.export.train import train
 
@@ -114,21 +127,70 @@ def export_cmd(
                            "validation": {k: v["max_abs_diff_logits"] for k, v in card["validation"].items()}}))
 
 
+class ObjectiveOpt(str, Enum):
+    mse = "mse"
+    listnet = "listnet"
+    ranknet = "ranknet"
+
+
+class CalibrateOpt(str, Enum):
+    none = "none"
+    slope = "slope"
+    spread = "spread"
+
+
 @priors_app.command("readout")
 def readout_cmd(
     model: Path = typer.Option(..., "--model", help="Exported model folder (from `lola priors export`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="The training CSV (default: the one the card names)."),
+    objective: ObjectiveOpt = typer.Option(ObjectiveOpt.mse, "--objective",
+                                           help="mse (ridge, the default), listnet (softmax over each test's "
+                                                "headlines) or ranknet (significant pairs)."),
+    mix: float = typer.Option(0.0, "--mix", help="Weight of an MSE term mixed into listnet/ranknet, in [0, 1]."),
+    calibrate: CalibrateOpt = typer.Option(CalibrateOpt.none, "--calibrate",
+                                           help="Rescale within-test gaps on tune: none, slope or spread."),
+    temperature: float = typer.Option(1.0, "--temperature", help="listnet: temperature of the target softmax."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (.npz), e.g. runs/emb.npz."),
 ) -> None:
-    """Refit the linear readout (ridge on the model's embeddings) on every training headline; penalty chosen on tune."""
+    """Refit the linear readout on the model's embeddings of every training headline; penalty chosen on tune."""
     _need_file(model / "model_card.json", "--model model_card.json")
     if data is not None:
         _need_file(data, "--data CSV")
+    from lola.export.readout import ReadoutOptions
+
+    options = ReadoutOptions(objective.value, mix, calibrate.value, temperature)
     _logging()
     from lola.export.readout import fit_readout
 
-    entry = fit_readout(model, data)
-    typer.echo(json.dumps({k: entry[k] for k in ("alpha", "chosen_by", "train_headlines", "tune_headlines",
-                                                 "network_head_tune_weighted_mse", "fit_seconds")}))
+    entry = fit_readout(model, data, options=options, cache=cache)
+    typer.echo(json.dumps({k: entry.get(k) for k in ("kind", "alpha", "l2", "gamma", "chosen_by", "tune_ranking",
+                                                     "train_headlines", "tune_headlines",
+                                                     "network_head_tune_weighted_mse", "fit_seconds")}))
+
+
+@priors_app.command("readout-study")
+def readout_study_cmd(
+    model: Path = typer.Option(..., "--model", help="Exported model folder with its (default) readout."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The training CSV (default: the one the card names)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (.npz) of this network."),
+    variant: str = typer.Option("fp32", "--variant", help="Score with fp32 or int8 (readouts are fitted on fp32)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+) -> None:
+    """Every readout option (objectives, calibrations, blends, TF-IDF stack): tune and test, paired vs the default."""
+    _need_file(model / "model_card.json", "--model model_card.json")
+    if data is not None:
+        _need_file(data, "--data CSV")
+    if variant not in ("fp32", "int8"):
+        raise ConfigError(f"--variant must be fp32 or int8, got {variant!r}")
+    _logging()
+    from lola.export.study import format_study, run_study
+
+    report = run_study(model, data, cache, variant)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+    typer.echo(json.dumps(report, indent=2) if as_json else format_study(report))
 
 
 @priors_app.command("score")
@@ -158,19 +220,28 @@ def eval_cmd(
     embed_train_limit: int = typer.Option(3000, "--embed-train-limit",
                                           help="Training headlines embedded for the embedding baseline (CPU cost)."),
     skip_embedding: bool = typer.Option(False, "--skip-embedding-baseline"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline",
+                                            help="Another exported model (today's default): report paired differences "
+                                                 "in top-1, pairwise and within-test spread with bootstrap intervals."),
+    baseline_variant: str = typer.Option("fp32", "--baseline-variant"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache (.npz) of --model's network."),
+    baseline_cache: Optional[Path] = typer.Option(None, "--baseline-cache", help="Embedding cache of --baseline's."),
 ) -> None:
     """Fine-tuned model vs embedding ridge vs TF-IDF ridge vs constant prior, on a held-out split."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
     if split not in ("test", "tune"):
         raise ConfigError(f"--split must be test or tune, got {split!r}")
+    if baseline is not None:
+        _need_file(baseline / "model_card.json", "--baseline model_card.json")
     if embed_train_limit < 10:
         raise ConfigError(f"--embed-train-limit must be >= 10, got {embed_train_limit}")
     _logging()
     from lola.export.evaluate import evaluate, format_table
 
     report = evaluate(model, data, split=split, variant=variant, embed_train_limit=embed_train_limit,
-                      embedding_baseline=not skip_embedding)
+                      embedding_baseline=not skip_embedding, baseline=baseline, baseline_variant=baseline_variant,
+                      cache=cache, baseline_cache=baseline_cache)
     typer.echo(json.dumps(report, indent=2) if as_json else format_table(report))
 
 
@@ -182,12 +253,15 @@ def build_default_cmd(
     full: bool = typer.Option(False, "--full", help="Use the full profile instead of --quick."),
     text_mode: Optional[TextModeOpt] = typer.Option(None, "--text-mode"),
     target: Optional[TargetOpt] = typer.Option(None, "--target", help=TARGET_HELP),
+    loss: Optional[LossOpt] = typer.Option(None, "--loss", help=LOSS_HELP),
+    loss_mix: Optional[float] = typer.Option(None, "--loss-mix", help="Weight of MSE mixed into a ranking loss."),
 ) -> None:
     """Quick-train on the train split, merge, export (fp32 + int8), validate, refit the readout, score tune into the card."""
     data = _default_data(data)
     _need_file(data, "--data CSV")
     config = _train_config(not full, text_mode=text_mode.value if text_mode else None,
-                           target=target.value if target else None)
+                           target=target.value if target else None, loss=loss.value if loss else None,
+                           loss_mix=loss_mix)
     _logging()
     from lola.export.pipeline import build_default
 

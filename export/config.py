@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lola.errors import ConfigError
 
@@ -27,6 +27,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: ``ctr``: the paper's absolute CTR; ``level_deviation``: CTR minus its test's mean, the
 #: week's level added back at serving (see :mod:`lola.export.data` and :mod:`lola.export.level`).
 Target = Literal["ctr", "level_deviation"]
+#: ``mse``: the paper's per-headline regression; ``listnet``/``ranknet``: the within-test ranking
+#: losses of :mod:`lola.export.ranking`, batches made of whole tests (see :func:`lola.export.train.batch_indices`).
+Loss = Literal["mse", "listnet", "ranknet"]
 
 
 class TrainConfig(BaseModel):
@@ -59,6 +62,9 @@ class TrainConfig(BaseModel):
     #: 59.8% vs 57.8%, top-1 30.3% vs 30.6%, quick profile) or the paper's absolute ctr.
     target: Target = "level_deviation"
     max_length: int = 64
+    #: the LoRA stage's loss; ``loss_mix`` is the weight of an MSE term mixed into listnet/ranknet
+    loss: Loss = "mse"
+    loss_mix: float = Field(0.0, ge=0.0, le=1.0)
     min_impressions: int = 500
     weight_by_impressions: bool = True
     train_limit: int | None = None  # use a seeded subset of this many training headlines
@@ -122,6 +128,8 @@ class TrainConfig(BaseModel):
     def _warmup_fits(self) -> "TrainConfig":
         if self.max_steps is not None and self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below max_steps ({self.max_steps})")
+        if self.loss != "mse" and self.target != "level_deviation":
+            raise ValueError(f"loss={self.loss} ranks headlines inside a test; it needs target=level_deviation")
         return self
 
 

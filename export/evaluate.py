@@ -25,7 +25,8 @@ import numpy as np
 from lola.data.upworthy import headline_tests, load_packages, split_packages
 from lola.export.data import HeadlineExamples, build_examples
 from lola.export.digest import file_sha256
-from lola.export.metrics import mae, pairwise_accuracy, r2, top1_accuracy
+from lola.export.metrics import (mae, paired_bootstrap, pairwise_accuracy, per_test_pairs, per_test_spread,
+                                 per_test_top1, r2, significant_pairs, top1_accuracy)
 
 log = logging.getLogger("lola.export.evaluate")
 
@@ -127,17 +128,40 @@ def embedding_ridge(base_ref, max_length, train, select, target, limit: int, see
     return model.predict(x[n_tr + n_se :]), {"alpha": alpha, "train_headlines_embedded": n_tr}
 
 
-def finetuned_predictions(prior, examples: HeadlineExamples) -> dict[str, np.ndarray]:
+def finetuned_predictions(prior, examples: HeadlineExamples, cache: Path | None = None) -> dict[str, np.ndarray]:
     """The served CTRs of ``examples`` (``finetuned``) from one pass of the network; with a readout,
-    also the network's own head on that same pass (``finetuned_network_head``): what the readout adds."""
+    also the network's own head on that same pass (``finetuned_network_head``): what the readout adds.
+    ``cache``: an embedding cache file (:mod:`lola.export.embcache`)."""
+    from lola.export.embcache import cached_outputs
+
     texts, contexts, weeks = list(examples.headlines), list(examples.contexts), list(examples.test_weeks)
     if prior.embedding_dim is None:  # an export without the embedding output: the network's head only
         return {"finetuned": prior.predict(texts, contexts, weeks)}
-    z, embedding = prior.network_outputs(texts, contexts)
+    z, embedding = cached_outputs(prior, texts, contexts, cache)
     out = {"finetuned": prior.to_ctr(z, weeks, embedding)}
     if prior.readout_weights is not None:
         out["finetuned_network_head"] = prior.to_ctr(z, weeks)
     return out
+
+
+def paired_metrics(tests, pred: dict[str, float], base: dict[str, float], alpha: float = 0.05,
+                   n_boot: int = 2000, seed: int = 0) -> dict:
+    """Top-1, pairwise accuracy on significant pairs and within-test spread of ``pred`` minus ``base``
+    (headline -> CTR), paired over the same tests, each with a bootstrap 95 % interval over tests."""
+    pairs = [significant_pairs(t, alpha) for t in tests]
+    a_fn = lambda t: np.array([pred[h.strip()] for h in t.headlines])  # noqa: E731
+    b_fn = lambda t: np.array([base[h.strip()] for h in t.headlines])  # noqa: E731
+    ca, total = per_test_pairs(tests, a_fn, alpha, pairs)
+    cb, _ = per_test_pairs(tests, b_fn, alpha, pairs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pa, pb = ca / total, cb / total
+    return {
+        "top1_accuracy": paired_bootstrap(per_test_top1(tests, a_fn), per_test_top1(tests, b_fn), None, n_boot, seed),
+        "pairwise_accuracy_significant": paired_bootstrap(pa, pb, total, n_boot, seed),
+        "within_test_spread": paired_bootstrap(per_test_spread(tests, a_fn), per_test_spread(tests, b_fn), None,
+                                               n_boot, seed),
+        "bootstrap": {"resamples": n_boot, "seed": seed, "over": "tests", "interval": "percentile 95 %"},
+    }
 
 
 def evaluate(
@@ -148,6 +172,10 @@ def evaluate(
     embed_train_limit: int = 3000,
     embedding_baseline: bool = True,
     alpha: float = 0.05,
+    baseline: str | Path | None = None,
+    baseline_variant: str = "fp32",
+    cache: str | Path | None = None,
+    baseline_cache: str | Path | None = None,
 ) -> dict:
     from lola.export.serve import OnnxPriorModel
 
@@ -168,9 +196,19 @@ def evaluate(
     results, details = {}, {}
 
     t = time.monotonic()
-    preds = finetuned_predictions(prior, everything)
+    preds = finetuned_predictions(prior, everything, Path(cache) if cache else None)
     for name, pred in preds.items():
         results[name] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
+    paired = None
+    if baseline is not None:
+        # The same tests scored by the baseline (today's default): differences are paired per test.
+        base_prior = OnnxPriorModel(baseline, variant=baseline_variant)
+        base_pred = finetuned_predictions(base_prior, everything, Path(baseline_cache) if baseline_cache else None)
+        base_by = dict(zip(everything.headlines, base_pred["finetuned"]))
+        paired = {"baseline": str(baseline), "baseline_variant": base_prior.variant,
+                  "baseline_model_version": base_prior.model_version,
+                  "finetuned_minus_baseline": paired_metrics(tests, dict(zip(everything.headlines, preds["finetuned"])),
+                                                             base_by, alpha)}
     details["finetuned"] = {"variant": prior.variant, "provider": prior.provider, "model_version": prior.model_version,
                             "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1),
                             "readout": (card["readout"]["kind"] if prior.readout_weights is not None
@@ -210,6 +248,7 @@ def evaluate(
         "min_impressions_for_r2": min_imp,
         "significance_alpha": alpha,
         "predictors": results,
+        "paired_vs_baseline": paired,
         "details": details,
         "paper_reference": PAPER_REFERENCE,
     }
@@ -221,4 +260,11 @@ def format_table(report: dict) -> str:
     for name, m in report["predictors"].items():
         lines.append(f"{name:<24}{m['r2']:>8.3f}{m['mae']:>10.5f}{m['top1_accuracy']:>8.3f}"
                      f"{m['pairwise_accuracy_significant']:>10.3f}")
+    paired = report.get("paired_vs_baseline")
+    if paired:
+        lines.append(f"finetuned minus baseline {paired['baseline']} ({paired['baseline_variant']}), "
+                     "paired over tests, bootstrap 95 % interval:")
+        for name, d in paired["finetuned_minus_baseline"].items():
+            if name != "bootstrap":
+                lines.append(f"  {name:<30}{d['diff']:+.4f}  [{d['lo']:+.4f}, {d['hi']:+.4f}]")
     return "\n".join(lines)

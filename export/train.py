@@ -26,13 +26,14 @@ from typing import Sequence
 
 import numpy as np
 
-from lola.data.upworthy import load_packages, split_packages
+from lola.data.upworthy import headline_tests, load_packages, split_packages
 from lola.errors import ConfigError, DataError
 from lola.export.base import BaseRef, load_classifier, load_tokenizer, resolve_base
 from lola.export.config import TrainConfig
 from lola.export.data import HeadlineExamples, TargetScaling, build_examples
 from lola.export.digest import file_sha256
 from lola.export.level import fit_package_level
+from lola.export.ranking import TestGroups, build_groups
 
 log = logging.getLogger("lola.export.train")
 
@@ -51,6 +52,8 @@ class PreparedData:
     data_sha256: str
     load_summary: str
     level_report: dict | None = None
+    #: the training tests over ``train``'s rows (ranking losses only)
+    groups: TestGroups | None = None
 
 
 def prepare_data(data_csv: str | Path, config: TrainConfig) -> PreparedData:
@@ -69,14 +72,26 @@ def prepare_data(data_csv: str | Path, config: TrainConfig) -> PreparedData:
         # Alone in its test, a headline's deviation is 0 by construction: nothing to learn.
         train = train.subset(np.flatnonzero(train.test_sizes >= 2))
         level, level_report = fit_package_level(splits["train"], splits["tune"])
-    if config.train_limit is not None and config.train_limit < len(train):
+    groups = None
+    if config.loss != "mse":
+        # A ranking loss needs whole tests: the subset limit keeps tests, not loose headlines.
+        tests = headline_tests(splits["train"])
+        groups = build_groups(tests, {h: i for i, h in enumerate(train.headlines)})
+        if config.train_limit is not None and config.train_limit < len(train):
+            order = np.random.default_rng(config.seed).permutation(len(groups))
+            sizes = groups.mask.sum(axis=1)[order]
+            keep = order[: int(np.searchsorted(np.cumsum(sizes), config.train_limit, side="right")) or 1]
+            rows = np.unique(groups.index[keep][groups.mask[keep]])
+            train = train.subset(rows)
+            groups = build_groups(tests, {h: i for i, h in enumerate(train.headlines)})
+    elif config.train_limit is not None and config.train_limit < len(train):
         rng = np.random.default_rng(config.seed)
         train = train.subset(np.sort(rng.choice(len(train), size=config.train_limit, replace=False)))
     if len(train) < 2:
         raise DataError(f"{data_csv}: only {len(train)} training headline(s) after filtering; need at least 2")
     scaling = TargetScaling.fit_examples(train, config.target, level)
     return PreparedData(train, tune, scaling, str(Path(data_csv).resolve()), file_sha256(data_csv), report.summary(),
-                        level_report)
+                        level_report, groups)
 
 
 def total_steps(n_examples: int, config: TrainConfig) -> int:
@@ -91,6 +106,43 @@ def batch_indices(step: int, n_examples: int, config: TrainConfig) -> np.ndarray
     epoch, position = divmod(step, per_epoch)
     order = np.random.default_rng([config.seed, epoch]).permutation(n_examples)
     return order[position * config.batch_size : (position + 1) * config.batch_size]
+
+
+def tests_per_batch(groups: TestGroups, config: TrainConfig) -> int:
+    """Whole tests per batch for a ranking loss: about ``batch_size`` headlines."""
+    return max(1, round(config.batch_size / float(groups.mask.sum(axis=1).mean())))
+
+
+def group_batch(step: int, groups: TestGroups, config: TrainConfig) -> np.ndarray:
+    """Test (group) indices in batch ``step``: a seeded permutation of the tests per epoch."""
+    per_batch = tests_per_batch(groups, config)
+    per_epoch = max(1, len(groups) // per_batch)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(groups))
+    return order[position * per_batch : (position + 1) * per_batch]
+
+
+def ranking_batch_loss(pred, rows: np.ndarray, groups: TestGroups, picked: np.ndarray, config: TrainConfig,
+                       target_std: float):
+    """The listnet or ranknet loss (torch) of scores ``pred`` for ``rows``, over the tests ``picked``."""
+    import torch
+
+    local = {int(r): k for k, r in enumerate(rows)}
+    mask = torch.as_tensor(groups.mask[picked])
+    index = torch.as_tensor(np.vectorize(lambda r: local.get(int(r), 0))(groups.index[picked]))
+    if config.loss == "listnet":
+        target = torch.as_tensor(groups.ctr[picked] / target_std, dtype=torch.float32).masked_fill(~mask, -torch.inf)
+        p = torch.softmax(target, dim=1)
+        log_q = torch.log_softmax(pred[index].masked_fill(~mask, -torch.inf), dim=1).masked_fill(~mask, 0.0)
+        w = torch.as_tensor(groups.weight[picked], dtype=torch.float32)
+        return -(w * (p * log_q).sum(dim=1)).sum() / w.sum()
+    in_batch = np.isin(groups.pairs, rows).all(axis=1)
+    pairs = groups.pairs[in_batch]
+    if len(pairs) == 0:
+        return pred.sum() * 0.0  # no significant pair among these tests: no ranking signal this step
+    win = torch.as_tensor([local[int(r)] for r in pairs[:, 0]])
+    lose = torch.as_tensor([local[int(r)] for r in pairs[:, 1]])
+    return torch.nn.functional.softplus(-(pred[win] - pred[lose])).mean()
 
 
 def pick_device_and_precision(config: TrainConfig):
@@ -114,6 +166,9 @@ def _config_fingerprint(config: TrainConfig, data_sha256: str, base: BaseRef) ->
 
     # Run-control settings (how often to checkpoint, the time budget) may change on resume.
     settings = config.model_dump(mode="json", exclude={"checkpoint_every", "max_train_seconds", "eval_batch_size"})
+    if settings["loss"] == "mse" and settings["loss_mix"] == 0.0:
+        # settings added after checkpoints were written: at their defaults they keep old fingerprints
+        del settings["loss"], settings["loss_mix"]
     payload = json.dumps([settings, data_sha256, base.to_dict()], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -244,6 +299,8 @@ def train(
     targets = torch.tensor(data.scaling.target(data.train), dtype=torch.float32)
     weights = torch.tensor(data.train.weights, dtype=torch.float32)
     steps = total_steps(len(data.train), config)
+    if data.groups is not None and config.max_steps is None:
+        steps = max(1, math.ceil(config.epochs * len(data.groups) / tests_per_batch(data.groups, config)))
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -263,13 +320,20 @@ def train(
     bar = tqdm(total=steps, initial=start_step, desc="lora", unit="step", disable=not progress, dynamic_ncols=True)
     step = start_step
     while step < steps:
-        index = batch_indices(step, len(data.train), config)
+        if data.groups is None:
+            index = batch_indices(step, len(data.train), config)
+        else:
+            picked = group_batch(step, data.groups, config)
+            index = np.unique(data.groups.index[picked][data.groups.mask[picked]])
         ids, mask = collate([token_ids[i] for i in index], tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         y, w = targets[index].to(device), weights[index].to(device)
         with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
             pred = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
         loss = (w * (pred.float() - y) ** 2).sum() / w.sum()
+        if data.groups is not None:
+            rank = ranking_batch_loss(pred.float().cpu(), index, data.groups, picked, config, data.scaling.std)
+            loss = config.loss_mix * loss + (1.0 - config.loss_mix) * rank.to(loss.device)
         if not torch.isfinite(loss):
             raise DataError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
