@@ -16,6 +16,7 @@ as ``**********`` and :meth:`StreamSettings.safe_dict` never reveals them.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,42 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lola.errors import ConfigError
 
 POLICY_DEFAULT = "llm2ucb"
+#: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
+KAFKA_ENV_PREFIX = "LOLA_KAFKA_"
+PROPERTY_RE = re.compile(r"[a-z][a-z0-9]*(\.[a-z0-9]+)*")
+
+
+def _file_values(settings_file: str | Path | None) -> dict[str, str]:
+    if settings_file is None:
+        return {}
+    from dotenv import dotenv_values  # pydantic-settings' own env-file reader
+
+    return {k: v for k, v in dotenv_values(settings_file).items() if v is not None}
+
+
+def _json_properties(settings_file: str | Path | None) -> dict[str, Any]:
+    """LOLA_KAFKA_PROPERTIES (JSON) from the environment or file, so per-variable ones merge into it."""
+    import json
+
+    raw = os.environ.get("LOLA_KAFKA_PROPERTIES", _file_values(settings_file).get("LOLA_KAFKA_PROPERTIES", ""))
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise ConfigError("invalid setting LOLA_KAFKA_PROPERTIES: must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise ConfigError("invalid setting LOLA_KAFKA_PROPERTIES: must be a JSON object")
+    return value
+
+
+def kafka_env_properties(settings_file: str | Path | None = None) -> dict[str, str]:
+    """librdkafka properties from ``LOLA_KAFKA_*`` variables (settings file first, environment wins)."""
+    out: dict[str, str] = {}
+    for source in (_file_values(settings_file), os.environ):
+        for name, value in source.items():
+            if name.startswith(KAFKA_ENV_PREFIX) and name != "LOLA_KAFKA_PROPERTIES":
+                out[name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+    return out
+
 
 
 
@@ -53,6 +90,30 @@ class StreamSettings(BaseSettings):
     ssl_key_location: str | None = Field(None, validation_alias=AliasChoices("ssl_key_location", "KAFKA_SSL_KEY_LOCATION"))
     ssl_key_password: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ssl_key_password", "KAFKA_SSL_KEY_PASSWORD"))
+    # OAUTHBEARER with librdkafka's built-in OIDC client-credentials flow (docs/kafka.md).
+    sasl_oauthbearer_method: Literal["default", "oidc"] | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_method", "KAFKA_SASL_OAUTHBEARER_METHOD"),
+        description="oidc = fetch tokens from the token endpoint (client credentials)")
+    sasl_oauthbearer_client_id: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_client_id", "KAFKA_SASL_OAUTHBEARER_CLIENT_ID"))
+    sasl_oauthbearer_client_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_client_secret", "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"))
+    sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_token_endpoint_url",
+                                            "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"))
+    sasl_oauthbearer_scope: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_scope", "KAFKA_SASL_OAUTHBEARER_SCOPE"))
+    sasl_oauthbearer_extensions: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_extensions", "KAFKA_SASL_OAUTHBEARER_EXTENSIONS"),
+        description="comma-separated key=value pairs (e.g. logicalCluster=lkc-123,identityPoolId=pool-1)")
+    kafka_properties: dict[str, str] = Field(
+        default_factory=dict, validation_alias=AliasChoices("kafka_properties", "LOLA_KAFKA_PROPERTIES"),
+        description="extra librdkafka properties for every client, as a JSON object; also set one per "
+                    "variable: LOLA_KAFKA_SOCKET_KEEPALIVE_ENABLE=true -> socket.keepalive.enable (docs/kafka.md)")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "gzip", validation_alias=AliasChoices("compression", "LOLA_COMPRESSION"),
+        description="compression.type of everything the worker produces; gzip is read by every Kafka client "
+                    "(kafkajs cannot read lz4, snappy or zstd without a plug-in; docs/clients.md)")
 
     # --- topics ------------------------------------------------------------------------
     events_topic: str = Field("lola.events", validation_alias=AliasChoices("events_topic", "LOLA_EVENTS_TOPIC"))
@@ -136,6 +197,25 @@ class StreamSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("log_level", "LOLA_LOG_LEVEL"))
 
+    @field_validator("kafka_properties", mode="before")
+    @classmethod
+    def _properties_shape(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("must be a JSON object of librdkafka properties") from None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of librdkafka properties")
+        out = {}
+        for key, v in value.items():
+            if not PROPERTY_RE.fullmatch(str(key)):
+                raise ValueError(f"{key!r} is not a librdkafka property name (lower case, dot separated)")
+            out[str(key)] = str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap_shape(cls, value: str) -> str:
@@ -150,8 +230,6 @@ class StreamSettings(BaseSettings):
                      "inflight_topic")
     @classmethod
     def _topic_name(cls, value: str | None) -> str | None:
-        import re
-
         if value is None:
             return None  # state_topic: derived from group_id below
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
@@ -166,6 +244,11 @@ class StreamSettings(BaseSettings):
         if settings_file is not None and not Path(settings_file).is_file():
             raise ConfigError(f"settings file not found: {settings_file}")
         kwargs = {k: v for k, v in overrides.items() if v is not None}
+        passthrough = kafka_env_properties(settings_file)
+        if passthrough:
+            kwargs.setdefault("kafka_properties", {})
+            kwargs["kafka_properties"] = {**_json_properties(settings_file), **passthrough,
+                                          **kwargs["kafka_properties"]}
         try:
             return cls(_env_file=settings_file, **kwargs)  # type: ignore[call-arg]
         except ValidationError as exc:
@@ -220,6 +303,18 @@ class StreamSettings(BaseSettings):
                 conf[key] = value
         if self.ssl_key_password is not None:
             conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        for key, value in (("sasl.oauthbearer.method", self.sasl_oauthbearer_method),
+                           ("sasl.oauthbearer.client.id", self.sasl_oauthbearer_client_id),
+                           ("sasl.oauthbearer.token.endpoint.url", self.sasl_oauthbearer_token_endpoint_url),
+                           ("sasl.oauthbearer.scope", self.sasl_oauthbearer_scope),
+                           ("sasl.oauthbearer.extensions", self.sasl_oauthbearer_extensions)):
+            if value:
+                conf[key] = value
+        if self.sasl_oauthbearer_client_secret is not None:
+            conf["sasl.oauthbearer.client.secret"] = self.sasl_oauthbearer_client_secret.get_secret_value()
+        # Pass-through properties last among connection settings: a user may override any of
+        # the above; the worker's own client settings (kafka.py) are applied on top of these.
+        conf.update(self.kafka_properties)
         return conf
 
     def safe_dict(self) -> dict[str, Any]:
@@ -227,5 +322,8 @@ class StreamSettings(BaseSettings):
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if name == "kafka_properties":  # pass-through values may be secrets: show the keys only
+                value = {k: ("**********" if any(w in k for w in ("password", "secret", "key")) else v)
+                         for k, v in value.items()}
             out[name] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
         return out
