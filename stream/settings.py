@@ -128,7 +128,10 @@ class StreamSettings(BaseSettings):
     deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
     partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
                             description="partitions of the events topic when the worker creates it")
-    replication_factor: int = Field(1, ge=1, le=16, validation_alias=AliasChoices("replication_factor", "LOLA_REPLICATION_FACTOR"))
+    replication_factor: int = Field(-1, ge=-1, le=16,
+                                    validation_alias=AliasChoices("replication_factor", "LOLA_REPLICATION_FACTOR"),
+                                    description="replicas of the topics the worker creates; -1 = the cluster's "
+                                                "default.replication.factor (Kafka >= 2.4)")
     create_topics: bool = Field(True, validation_alias=AliasChoices("create_topics", "LOLA_CREATE_TOPICS"))
 
     # --- worker ------------------------------------------------------------------------
@@ -186,7 +189,27 @@ class StreamSettings(BaseSettings):
     model_dir: Path | None = Field(None, validation_alias=AliasChoices("model_dir", "LOLA_MODEL_DIR"),
                                    description="ONNX prior model folder (model_card.json); none = constant prior")
     constant_prior: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("constant_prior", "LOLA_CONSTANT_PRIOR"),
-                                         description="prior CTR given to every new variant when no model dir is set")
+                                         description="prior CTR given to every new variant; when set it wins over "
+                                                     "LOLA_MODEL_DIR (the image sets that one by default)")
+    prior_provider: str | None = Field(
+        None, validation_alias=AliasChoices("prior_provider", "LOLA_PRIOR_PROVIDER"),
+        description="onnx | constant | http | none | package.module:factory (a plug-in, docs/priors-providers.md); "
+                    "unset = constant if LOLA_CONSTANT_PRIOR, else onnx if LOLA_MODEL_DIR, else none")
+    prior_http_url: str | None = Field(None, validation_alias=AliasChoices("prior_http_url", "LOLA_PRIOR_HTTP_URL"),
+                                       description="http prior provider: POST JSON here (docs/priors-providers.md)")
+    prior_http_timeout_s: float = Field(2.0, gt=0, le=60,
+                                        validation_alias=AliasChoices("prior_http_timeout_s", "LOLA_PRIOR_HTTP_TIMEOUT_S"),
+                                        description="connect + read timeout of one http prior call")
+    prior_http_max_response_bytes: int = Field(
+        1_048_576, ge=64, le=67_108_864,
+        validation_alias=AliasChoices("prior_http_max_response_bytes", "LOLA_PRIOR_HTTP_MAX_RESPONSE_BYTES"),
+        description="a larger http prior response is an error (no priors for that batch)")
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("model_variant", "LOLA_MODEL_VARIANT"),
+        description="exported ONNX variant to serve; auto = fp16 on CUDA when exported, else fp32")
+    model_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", validation_alias=AliasChoices("model_device", "LOLA_MODEL_DEVICE"),
+        description="auto = CUDA only when a device is really usable; cuda = fail without one")
     prior_timeout_s: float = Field(10.0, gt=0, le=600, validation_alias=AliasChoices("prior_timeout_s", "LOLA_PRIOR_TIMEOUT_S"))
     prior_batch_size: int = Field(8, ge=1, le=4096, validation_alias=AliasChoices("prior_batch_size", "LOLA_PRIOR_BATCH_SIZE"))
     model_watch_interval_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("model_watch_interval_s", "LOLA_MODEL_WATCH_INTERVAL_S"))
@@ -215,6 +238,24 @@ class StreamSettings(BaseSettings):
                 raise ValueError(f"{key!r} is not a librdkafka property name (lower case, dot separated)")
             out[str(key)] = str(v).lower() if isinstance(v, bool) else str(v)
         return out
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the cluster's default) or 1..16")
+        return value
+
+    @field_validator("prior_provider")
+    @classmethod
+    def _provider_name(cls, value: str | None) -> str | None:
+        if value is None or value in ("onnx", "constant", "http", "none"):
+            return value
+        module, sep, attr = value.partition(":")
+        ident = r"[A-Za-z_][A-Za-z0-9_]*"
+        if not (sep and re.fullmatch(rf"{ident}(\.{ident})*", module) and re.fullmatch(ident, attr)):
+            raise ValueError("must be onnx, constant, http, none or package.module:factory")
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod
