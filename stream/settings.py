@@ -28,7 +28,7 @@ from lola.errors import ConfigError
 POLICY_DEFAULT = "llm2ucb"
 #: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
 KAFKA_ENV_PREFIX = "LOLA_KAFKA_"
-PROPERTY_RE = re.compile(r"[a-z][a-z0-9]*(\.[a-z0-9]+)*")
+PROPERTY_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
 
 
 def _file_values(settings_file: str | Path | None) -> dict[str, str]:

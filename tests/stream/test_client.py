@@ -73,7 +73,8 @@ def test_producer_and_snapshot_reader_round_trip_through_a_worker(stream_setting
 
 @pytest.mark.broker
 def test_close_raises_when_events_stay_undelivered():
-    producer = EventProducer(bootstrap="127.0.0.1:1", close_timeout_s=0.5)
+    # log.level via the pass-through: no "connection refused" lines from librdkafka
+    producer = EventProducer(bootstrap="127.0.0.1:1", close_timeout_s=0.5, kafka_properties={"log_level": "2"})
     producer.send(variant("exp-1", "a", "headline"))
     with pytest.raises(BrokerError, match="1 event.s. undelivered"):
         producer.close()
