@@ -96,7 +96,10 @@ def load_plugin(path: str, settings: Any) -> PriorProvider | RequestPriorProvide
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"prior provider {path!r} cannot be imported: {exc}") from None
-    provider = factory(settings)
+    try:
+        provider = factory(settings)
+    except Exception as exc:  # a plug-in's own failure: one line at start, not a traceback
+        raise ConfigError(f"prior provider {path!r} failed to start: {type(exc).__name__}: {exc}") from None
     if not isinstance(provider, (PriorProvider, RequestPriorProvider)):
         raise ConfigError(f"prior provider {path!r} returned {type(provider).__name__}, which has neither "
                           "predict(texts) nor predict_requests(requests)")

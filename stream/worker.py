@@ -79,6 +79,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         from confluent_kafka import Consumer, Producer
 
         self.settings = settings
+        # First: a bad prior provider setting stops the worker before it touches the broker.
+        provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = WorkerMetrics()
         self.config = ProcessorConfig.from_settings(settings)
@@ -109,7 +111,6 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.dead_letters = dead_letter_policy or kf.KafkaDeadLetterPolicy(
             self.producer, settings.deadletter_topic, on_error=lambda err: self.metrics.produce_errors.inc(),
             tracker=self.deliveries)
-        provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.priors = PriorService(provider, settings.prior_timeout_s, settings.prior_batch_size,
                                    on_fallback=lambda reason: self.metrics.prior_fallbacks.labels(reason).inc(),
                                    on_latency=self.metrics.prior_seconds.observe,

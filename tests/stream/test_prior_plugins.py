@@ -167,6 +167,10 @@ def not_a_provider(settings):
     return object()
 
 
+def failing_factory(settings):
+    raise RuntimeError("no credentials for the prior service")
+
+
 @pytest.fixture
 def plugin_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "lola_test_priors", sys.modules[__name__])
@@ -191,6 +195,8 @@ def test_bad_plugins_are_config_errors(plugin_module):
         load_plugin(f"{plugin_module}:missing", settings())
     with pytest.raises(ConfigError, match="neither"):
         load_plugin(f"{plugin_module}:not_a_provider", settings())
+    with pytest.raises(ConfigError, match="failed to start: RuntimeError: no credentials"):
+        load_plugin(f"{plugin_module}:failing_factory", settings())
     with pytest.raises(ConfigError, match="package.module:factory"):
         StreamSettings.load(bootstrap_servers="localhost:9092", prior_provider="not a path")
 
@@ -220,3 +226,21 @@ def test_model_variant_setting_chooses_the_int8_export(exported_tiny):
     p = provider_from_settings(settings(model_dir=exported_tiny, model_variant="int8", model_device="cpu"))
     out = p.predict(["a dog", "a cat"])
     assert out.shape == (2,) and p._model.variant == "int8" and p.model_version is not None
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LOLA_PRIOR_PROVIDER": "not a path"}, "lola: error: invalid setting prior_provider"),
+    ({"LOLA_PRIOR_PROVIDER": "no_such_module_xyz:make"}, "lola: error: prior provider 'no_such_module_xyz:make' cannot"),
+    ({"LOLA_PRIOR_PROVIDER": "http"}, "lola: error: LOLA_PRIOR_PROVIDER=http needs LOLA_PRIOR_HTTP_URL"),
+])
+def test_a_bad_provider_setting_is_one_line_at_worker_start(env, message):
+    import os
+    import subprocess
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LOLA_", "KAFKA_"))}
+    # a closed port: the settings (and the provider) are checked before any broker is contacted
+    proc = subprocess.run([sys.executable, "-m", "lola.cli", "worker", "--bootstrap", "127.0.0.1:1"],
+                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[0]]
+    assert proc.stderr.startswith(message), proc.stderr
