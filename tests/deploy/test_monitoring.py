@@ -60,7 +60,7 @@ def test_dashboard_is_grafana_json_with_prometheus_targets():
 
 
 def test_every_expression_uses_metrics_the_worker_registers():
-    from lola.stream.ops import WorkerMetrics
+    from lola.stream.worker import WorkerMetrics  # (defined in the observability module; its name moves)
 
     registered = exported_names(WorkerMetrics().registry.collect())
     missing = referenced_metrics() - registered

@@ -79,17 +79,20 @@ def test_constant_prior_flag_wins_over_the_images_model_dir_and_new_metrics_are_
     assert {vid: arm.get("prior") for vid, arm in snaps["exp-0"]["arms"].items()} == {"a": 0.03, "b": 0.03}
 
     fams: dict = {}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # gauges refresh every second, checkpoints every 0.5 s
-        fams = scrape(port)
-        if fams.get("lola_state_bytes") and fams["lola_state_bytes"].samples and fams.get("lola_prior_model_info") \
-                and fams["lola_prior_model_info"].samples:
-            break
-        time.sleep(0.3)
 
     def value(name: str, sample: str, **labels) -> float:
         return sum(x.value for x in fams[name].samples
-                   if x.name == sample and all(x.labels.get(k) == v for k, v in labels.items()))
+                   if x.name == sample and all(x.labels.get(k) == v for k, v in labels.items())) if name in fams else 0.0
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # gauges refresh every second, checkpoints every 0.5 s
+        fams = scrape(port)
+        if value("lola_experiments", "lola_experiments") == 4 and fams.get("lola_state_bytes") \
+                and value("lola_decision_seconds", "lola_decision_seconds_count") == 20 \
+                and fams["lola_state_bytes"].samples and fams.get("lola_prior_model_info") \
+                and fams["lola_prior_model_info"].samples:
+            break
+        time.sleep(0.3)
 
     assert value("lola_decision_seconds", "lola_decision_seconds_count") == 20
     assert value("lola_prior_seconds", "lola_prior_seconds_count") >= 1
