@@ -39,18 +39,26 @@ def _file_values(settings_file: str | Path | None) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(settings_file).items() if v is not None}
 
 
-def _json_properties(settings_file: str | Path | None) -> dict[str, Any]:
-    """LOLA_KAFKA_PROPERTIES (JSON) from the environment or file, so per-variable ones merge into it."""
+def _properties_object(raw: str) -> dict[str, Any]:
+    """LOLA_KAFKA_PROPERTIES text -> dict; ValueError unless it is a JSON object."""
     import json
 
-    raw = os.environ.get("LOLA_KAFKA_PROPERTIES", _file_values(settings_file).get("LOLA_KAFKA_PROPERTIES", ""))
     try:
         value = json.loads(raw) if raw.strip() else {}
     except ValueError:
-        raise ConfigError("invalid setting LOLA_KAFKA_PROPERTIES: must be a JSON object") from None
+        value = None
     if not isinstance(value, dict):
-        raise ConfigError("invalid setting LOLA_KAFKA_PROPERTIES: must be a JSON object")
+        raise ValueError("must be a JSON object of librdkafka properties")
     return value
+
+
+def _json_properties(settings_file: str | Path | None) -> dict[str, Any]:
+    """LOLA_KAFKA_PROPERTIES (JSON) from the environment or file, so per-variable ones merge into it."""
+    raw = os.environ.get("LOLA_KAFKA_PROPERTIES", _file_values(settings_file).get("LOLA_KAFKA_PROPERTIES", ""))
+    try:
+        return _properties_object(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting LOLA_KAFKA_PROPERTIES: {exc}") from None
 
 
 def kafka_env_properties(settings_file: str | Path | None = None) -> dict[str, str]:
@@ -224,12 +232,7 @@ class StreamSettings(BaseSettings):
     @classmethod
     def _properties_shape(cls, value: Any) -> Any:
         if isinstance(value, str):
-            import json
-
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise ValueError("must be a JSON object of librdkafka properties") from None
+            value = _properties_object(value)
         if not isinstance(value, dict):
             raise ValueError("must be an object of librdkafka properties")
         out = {}
@@ -331,28 +334,22 @@ class StreamSettings(BaseSettings):
         """librdkafka connection settings (bootstrap + security); secrets revealed only here."""
         conf: dict[str, Any] = {"bootstrap.servers": self.require_bootstrap(),
                                 "security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        for key, value in (("ssl.ca.location", self.ssl_ca_location),
-                           ("ssl.certificate.location", self.ssl_certificate_location),
-                           ("ssl.key.location", self.ssl_key_location)):
-            if value:
+        # librdkafka property -> field; secrets revealed only here, unset fields left out.
+        fields = {"sasl.mechanism": "sasl_mechanism", "sasl.username": "sasl_username",
+                  "sasl.password": "sasl_password", "ssl.ca.location": "ssl_ca_location",
+                  "ssl.certificate.location": "ssl_certificate_location", "ssl.key.location": "ssl_key_location",
+                  "ssl.key.password": "ssl_key_password", "sasl.oauthbearer.method": "sasl_oauthbearer_method",
+                  "sasl.oauthbearer.client.id": "sasl_oauthbearer_client_id",
+                  "sasl.oauthbearer.client.secret": "sasl_oauthbearer_client_secret",
+                  "sasl.oauthbearer.token.endpoint.url": "sasl_oauthbearer_token_endpoint_url",
+                  "sasl.oauthbearer.scope": "sasl_oauthbearer_scope",
+                  "sasl.oauthbearer.extensions": "sasl_oauthbearer_extensions"}
+        for key, name in fields.items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                conf[key] = value.get_secret_value()
+            elif value:
                 conf[key] = value
-        if self.ssl_key_password is not None:
-            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
-        for key, value in (("sasl.oauthbearer.method", self.sasl_oauthbearer_method),
-                           ("sasl.oauthbearer.client.id", self.sasl_oauthbearer_client_id),
-                           ("sasl.oauthbearer.token.endpoint.url", self.sasl_oauthbearer_token_endpoint_url),
-                           ("sasl.oauthbearer.scope", self.sasl_oauthbearer_scope),
-                           ("sasl.oauthbearer.extensions", self.sasl_oauthbearer_extensions)):
-            if value:
-                conf[key] = value
-        if self.sasl_oauthbearer_client_secret is not None:
-            conf["sasl.oauthbearer.client.secret"] = self.sasl_oauthbearer_client_secret.get_secret_value()
         # Pass-through properties last among connection settings: a user may override any of
         # the above; the worker's own client settings (kafka.py) are applied on top of these.
         conf.update(self.kafka_properties)

@@ -115,6 +115,18 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def events(self) -> list[dict]:
+        """The JSON lines of the worker's log so far."""
+        import json
+
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
 
 @pytest.fixture
 def worker_procs(tmp_path):

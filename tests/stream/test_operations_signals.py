@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import time
 import urllib.request
@@ -35,11 +34,7 @@ def deploy_monitoring():
 def worker_port(w, timeout_s: float = 60.0) -> int:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for line in w.log_path.read_text(errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
+        for event in w.events():
             if event.get("msg") == "worker started":
                 return int(event["metrics_port"])
         assert w.proc.poll() is None, w.log()
