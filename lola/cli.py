@@ -30,6 +30,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from lola import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the installed lola-stream version and exit.")) -> None:
+    """LLM-assisted bandits (LOLA) for content experiments on Kafka streams."""
+
+
 @app.command()
 def version() -> None:
     """Print the installed lola-stream version."""

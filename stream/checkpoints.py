@@ -119,6 +119,7 @@ class CheckpointMixin:
         memory, and a restart replays from the last checkpoint that was written. The
         shard is not tried again for :data:`REFUSED_RETRY_S` (serialising costs).
         """
+        self.metrics.state_bytes.labels(str(p)).set(len(blob))
         if len(blob) > self.checkpoint_limit:
             self.metrics.checkpoints_refused.labels("oversized").inc()
             self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S

@@ -83,8 +83,11 @@ def worker(
     from lola.stream.observability import configure_json_logging
     from lola.stream.worker import Worker
 
+    # A prior flag is more specific than the environment: --constant-prior wins over the image's
+    # LOLA_MODEL_DIR, --model over a LOLA_CONSTANT_PRIOR (both flags: the model, as before).
+    provider = "onnx" if model_dir is not None else "constant" if constant_prior is not None else None
     s = _settings(settings_file, bootstrap_servers=bootstrap, group_id=group, metrics_port=metrics_port,
-                  model_dir=model_dir, constant_prior=constant_prior, partitions=partitions,
+                  model_dir=model_dir, constant_prior=constant_prior, prior_provider=provider, partitions=partitions,
                   checkpoint_interval_s=checkpoint_interval, **_topics(topic_prefix, events_topic))
     s.require_bootstrap()
     configure_json_logging(s.log_level)

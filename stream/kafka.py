@@ -41,8 +41,9 @@ H_OFFSET = "lola.source.offset"
 
 
 def producer_config(settings: Any, **extra: Any) -> dict[str, Any]:
-    # lz4: checkpoints carry the dedup window (mostly ids) and shrink several-fold.
-    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2, "compression.type": "lz4",
+    # compression: LOLA_COMPRESSION (default gzip, which every Kafka client reads; docs/clients.md).
+    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2,
+            "compression.type": settings.compression,
             "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000,
             "message.max.bytes": 64 * 1024 * 1024}
     conf.update(extra)
@@ -68,6 +69,17 @@ def raise_on(err: Any, what: str) -> None:
         raise BrokerError.from_kafka_error(what, err)
 
 
+def admin_client(settings: Any) -> Any:
+    """An AdminClient; a bad pass-through property (LOLA_KAFKA_*) is a ConfigError, not a traceback."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        return AdminClient(settings.kafka_config())
+    except (KafkaException, ValueError, TypeError) as exc:
+        raise ConfigError(f"Kafka client settings rejected by librdkafka: {exc}") from None
+
+
 def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     """Create the worker's topics if missing; check the co-partitioning rule.
 
@@ -75,9 +87,9 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
     count (state/snapshots compacted). Returns ``{topic: partitions}``.
     """
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
-    admin = AdminClient(settings.kafka_config())
+    admin = admin_client(settings)
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:

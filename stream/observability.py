@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -50,6 +50,7 @@ class WorkerMetrics:
         r = self.registry = CollectorRegistry()
         self.events = Counter("lola_events_total", "Input records applied, by event type", ["type"], registry=r)
         self.records = Counter("lola_records_total", "Input records consumed (any outcome)", registry=r)
+        # Kept for the demo's dashboard; in Prometheus prefer rate(lola_records_total[1m]).
         self.events_per_s = Gauge("lola_events_per_second", "Input records consumed per second (last interval)", registry=r)
         self.decisions = Counter("lola_decisions_total", "Decisions produced", registry=r)
         self.dead_letters = Counter("lola_dead_letters_total", "Dead letters produced, by reason", ["reason"], registry=r)
@@ -86,6 +87,18 @@ class WorkerMetrics:
         self.legacy_restores = Counter("lola_legacy_restores_total",
                                        "Partitions restored from the legacy shared state topic (upgrade path)",
                                        registry=r)
+        self.decision_seconds = Histogram(
+            "lola_decision_seconds", "Per decision: from its batch leaving the consumer to the decision queued for "
+            "produce (the worker's share of decision latency; the broker hops come on top)", registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.prior_seconds = Histogram("lola_prior_seconds", "Duration of one prior provider call (a batch of variants)",
+                                       registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.state_bytes = Gauge("lola_state_bytes", "Size of the partition's last serialised checkpoint (state + "
+                                 "dedup window)", ["partition"], registry=r)
+        self.checkpoint_limit_bytes = Gauge("lola_checkpoint_limit_bytes", "Largest checkpoint the state topic "
+                                            "takes (max.message.bytes less overhead)", registry=r)
+        self.experiments = Gauge("lola_experiments", "Experiments held by this worker's partitions", registry=r)
+        self.prior_model = Info("lola_prior_model", "The prior provider in use and its model version", registry=r)
         self.batch_seconds = Histogram("lola_batch_seconds", "Processing time per consumed batch", registry=r,
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 

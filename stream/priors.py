@@ -70,8 +70,10 @@ class OnnxModelProvider:
     RETRY_MIN_S = 5.0
     RETRY_MAX_S = 600.0
 
-    def __init__(self, model_dir: str | Path, loader: Callable[[Path], Any] | None = None) -> None:
+    def __init__(self, model_dir: str | Path, loader: Callable[[Path], Any] | None = None,
+                 variant: str = "auto", device: str = "auto") -> None:
         self.model_dir = Path(model_dir)
+        self.variant, self.device = variant, device  # LOLA_MODEL_VARIANT, LOLA_MODEL_DEVICE
         if not self.model_dir.is_dir():
             raise ConfigError(f"model dir not found: {self.model_dir}")
         self._loader = loader
@@ -89,7 +91,7 @@ class OnnxModelProvider:
         from lola.export.serve import OnnxPriorModel  # imports onnxruntime/tokenizers only
 
         # One ORT thread: the prior thread must not take the allocation loop's core.
-        return OnnxPriorModel(self.model_dir, intra_op_threads=1)
+        return OnnxPriorModel(self.model_dir, intra_op_threads=1, provider=self.device, variant=self.variant)
 
     def _stamp(self) -> tuple | None:
         """The card's sha256 and (size, mtime_ns, inode) of every file it lists: cheap (no
@@ -142,6 +144,11 @@ class OnnxModelProvider:
             self.reloads += 1
         log.info("prior model loaded", extra={"model_dir": str(self.model_dir), "reload": not first})
 
+    @property
+    def model_version(self) -> str | None:
+        """The loaded model's version (model card), None before the first load."""
+        return getattr(self._model, "model_version", None) if self._model is not None else None
+
     def predict(self, texts: list[str]) -> np.ndarray:
         self.maybe_reload()
         if self._model is None:
@@ -161,12 +168,13 @@ class PriorService:
     """Runs a provider on its own thread; see the module docstring.
 
     ``on_fallback(reason)`` is called (from either thread) for every request that
-    ends without a prior: ``timeout``, ``error``, ``out_of_range``, ``queue_full``.
+    ends without a prior: ``timeout``, ``error``, ``out_of_range``, ``declined`` (NaN from
+    the provider), ``queue_full``. ``on_latency(seconds)`` gets the duration of every provider call.
     """
 
     def __init__(self, provider: PriorProvider | None, timeout_s: float = 2.0, batch_size: int = 32,
                  max_pending: int = 100_000, on_fallback: Callable[[str], None] | None = None,
-                 watch_interval_s: float = 5.0) -> None:
+                 watch_interval_s: float = 5.0, on_latency: Callable[[float], None] | None = None) -> None:
         self.provider = provider
         self.timeout_s = timeout_s
         self.batch_size = batch_size
@@ -174,6 +182,7 @@ class PriorService:
         self._in: queue.Queue = queue.Queue(maxsize=max_pending)
         self._out: queue.Queue = queue.Queue()
         self._on_fallback = on_fallback or (lambda reason: None)
+        self._on_latency = on_latency or (lambda seconds: None)  # one provider call, seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready_at = 0.0
@@ -250,29 +259,30 @@ class PriorService:
                 self._fallback("timeout", len(batch) - len(live))
             if not live:
                 continue
+            t_call = time.monotonic()
             try:
-                preds = np.asarray(self.provider.predict([r.text for _, r in live]), dtype=np.float64)
+                requests = [r for _, r in live]
+                # predict_requests: providers that also want ids and sibling texts (prior_plugins.py)
+                predict_requests = getattr(self.provider, "predict_requests", None)
+                raw = predict_requests(requests) if predict_requests is not None else \
+                    self.provider.predict([r.text for r in requests])
+                preds = np.asarray(raw, dtype=np.float64)
                 if preds.shape != (len(live),):
                     raise ValueError(f"provider returned shape {preds.shape}, expected ({len(live)},)")
             except Exception as exc:  # a failing model must never take the worker down
+                self._on_latency(time.monotonic() - t_call)
                 log.error("prior provider failed", extra={"error": str(exc)[:300]})
                 self._fallback("error", len(live))
                 continue
             done = time.monotonic()
+            self._on_latency(done - t_call)
             for (deadline, req), p in zip(live, preds.tolist()):
                 if done > deadline:
                     self._fallback("timeout")
+                elif p != p:  # NaN: the provider declined this one
+                    self._fallback("declined")
                 elif not (0.0 <= p <= 1.0):
                     self._fallback("out_of_range")
                 else:
                     self.delivered += 1
                     self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p))
-
-
-def provider_from_settings(settings: Any) -> PriorProvider | None:
-    """ONNX model when ``model_dir`` is set, else a constant prior when set, else none."""
-    if settings.model_dir is not None:
-        return OnnxModelProvider(settings.model_dir)
-    if settings.constant_prior is not None:
-        return ConstantPriorProvider(settings.constant_prior)
-    return None

@@ -130,6 +130,9 @@ class PriorRequest:
     experiment_id: str
     variant_id: str
     text: str
+    #: Texts of the experiment's other variants when the prior was asked for (variants added
+    #: later are not included), for providers that judge a variant against its siblings.
+    siblings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -453,7 +456,8 @@ class ShardProcessor:
         exp.texts.append(event.text)
         exp.version += 1
         out.dirty.add(exp.experiment_id)
-        out.prior_requests.append(PriorRequest(self.partition, exp.experiment_id, event.variant_id, event.text))
+        out.prior_requests.append(PriorRequest(self.partition, exp.experiment_id, event.variant_id, event.text,
+                                               tuple(exp.texts[:-1])))
 
     def _decide(self, requests: list, out: BatchOutput, now: float, first_offset: int) -> None:
         from lola.kernels import select
@@ -506,7 +510,8 @@ class ShardProcessor:
         for exp in self.experiments.values():
             for slot, vid in enumerate(exp.variant_ids):
                 if self.state.active[exp.row, slot] and not self.state.has_prior[exp.row, slot]:
-                    out.append(PriorRequest(self.partition, exp.experiment_id, vid, exp.texts[slot]))
+                    out.append(PriorRequest(self.partition, exp.experiment_id, vid, exp.texts[slot],
+                                            tuple(t for i, t in enumerate(exp.texts) if i != slot)))
         return out
 
     # ------------------------------------------------------------------ snapshots

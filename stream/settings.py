@@ -15,7 +15,9 @@ as ``**********`` and :meth:`StreamSettings.safe_dict` never reveals them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,50 @@ from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
 
 POLICY_DEFAULT = "llm2ucb"
+#: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
+KAFKA_ENV_PREFIX = "LOLA_KAFKA_"
+PROPERTY_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)*")
+
+
+def _file_values(settings_file: str | Path | None) -> dict[str, str]:
+    if settings_file is None:
+        return {}
+    from dotenv import dotenv_values  # pydantic-settings' own env-file reader
+
+    return {k: v for k, v in dotenv_values(settings_file).items() if v is not None}
+
+
+def _properties_object(raw: str) -> dict[str, Any]:
+    """LOLA_KAFKA_PROPERTIES text -> dict; ValueError unless it is a JSON object."""
+    import json
+
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object of librdkafka properties")
+    return value
+
+
+def _json_properties(settings_file: str | Path | None) -> dict[str, Any]:
+    """LOLA_KAFKA_PROPERTIES (JSON) from the environment or file, so per-variable ones merge into it."""
+    raw = os.environ.get("LOLA_KAFKA_PROPERTIES", _file_values(settings_file).get("LOLA_KAFKA_PROPERTIES", ""))
+    try:
+        return _properties_object(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting LOLA_KAFKA_PROPERTIES: {exc}") from None
+
+
+def kafka_env_properties(settings_file: str | Path | None = None) -> dict[str, str]:
+    """librdkafka properties from ``LOLA_KAFKA_*`` variables (settings file first, environment wins)."""
+    out: dict[str, str] = {}
+    for source in (_file_values(settings_file), os.environ):
+        for name, value in source.items():
+            if name.startswith(KAFKA_ENV_PREFIX) and name != "LOLA_KAFKA_PROPERTIES":
+                out[name[len(KAFKA_ENV_PREFIX):].lower().replace("_", ".")] = value
+    return out
+
 
 
 
@@ -54,6 +100,30 @@ class StreamSettings(BaseSettings):
     ssl_key_location: str | None = Field(None, validation_alias=AliasChoices("ssl_key_location", "KAFKA_SSL_KEY_LOCATION"))
     ssl_key_password: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ssl_key_password", "KAFKA_SSL_KEY_PASSWORD"))
+    # OAUTHBEARER with librdkafka's built-in OIDC client-credentials flow (docs/kafka.md).
+    sasl_oauthbearer_method: Literal["default", "oidc"] | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_method", "KAFKA_SASL_OAUTHBEARER_METHOD"),
+        description="oidc = fetch tokens from the token endpoint (client credentials)")
+    sasl_oauthbearer_client_id: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_client_id", "KAFKA_SASL_OAUTHBEARER_CLIENT_ID"))
+    sasl_oauthbearer_client_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_client_secret", "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"))
+    sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_token_endpoint_url",
+                                            "KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"))
+    sasl_oauthbearer_scope: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_scope", "KAFKA_SASL_OAUTHBEARER_SCOPE"))
+    sasl_oauthbearer_extensions: str | None = Field(
+        None, validation_alias=AliasChoices("sasl_oauthbearer_extensions", "KAFKA_SASL_OAUTHBEARER_EXTENSIONS"),
+        description="comma-separated key=value pairs (e.g. logicalCluster=lkc-123,identityPoolId=pool-1)")
+    kafka_properties: dict[str, str] = Field(
+        default_factory=dict, validation_alias=AliasChoices("kafka_properties", "LOLA_KAFKA_PROPERTIES"),
+        description="extra librdkafka properties for every client, as a JSON object; also set one per "
+                    "variable: LOLA_KAFKA_SOCKET_KEEPALIVE_ENABLE=true -> socket.keepalive.enable (docs/kafka.md)")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "gzip", validation_alias=AliasChoices("compression", "LOLA_COMPRESSION"),
+        description="compression.type of everything the worker produces; gzip is read by every Kafka client "
+                    "(kafkajs cannot read lz4, snappy or zstd without a plug-in; docs/clients.md)")
 
     # --- topics ------------------------------------------------------------------------
     events_topic: str = Field("lola.events", validation_alias=AliasChoices("events_topic", "LOLA_EVENTS_TOPIC"))
@@ -73,7 +143,10 @@ class StreamSettings(BaseSettings):
     deadletter_topic: str = Field("lola.deadletter", validation_alias=AliasChoices("deadletter_topic", "LOLA_DEADLETTER_TOPIC"))
     partitions: int = Field(4, ge=1, le=1024, validation_alias=AliasChoices("partitions", "LOLA_PARTITIONS"),
                             description="partitions of the events topic when the worker creates it")
-    replication_factor: int = Field(1, ge=1, le=16, validation_alias=AliasChoices("replication_factor", "LOLA_REPLICATION_FACTOR"))
+    replication_factor: int = Field(-1, ge=-1, le=16,
+                                    validation_alias=AliasChoices("replication_factor", "LOLA_REPLICATION_FACTOR"),
+                                    description="replicas of the topics the worker creates; -1 = the cluster's "
+                                                "default.replication.factor (Kafka >= 2.4)")
     create_topics: bool = Field(True, validation_alias=AliasChoices("create_topics", "LOLA_CREATE_TOPICS"))
 
     # --- worker ------------------------------------------------------------------------
@@ -131,7 +204,27 @@ class StreamSettings(BaseSettings):
     model_dir: Path | None = Field(None, validation_alias=AliasChoices("model_dir", "LOLA_MODEL_DIR"),
                                    description="ONNX prior model folder (model_card.json); none = constant prior")
     constant_prior: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("constant_prior", "LOLA_CONSTANT_PRIOR"),
-                                         description="prior CTR given to every new variant when no model dir is set")
+                                         description="prior CTR given to every new variant; when set it wins over "
+                                                     "LOLA_MODEL_DIR (the image sets that one by default)")
+    prior_provider: str | None = Field(
+        None, validation_alias=AliasChoices("prior_provider", "LOLA_PRIOR_PROVIDER"),
+        description="onnx | constant | http | none | package.module:factory (a plug-in, docs/priors-providers.md); "
+                    "unset = constant if LOLA_CONSTANT_PRIOR, else onnx if LOLA_MODEL_DIR, else none")
+    prior_http_url: str | None = Field(None, validation_alias=AliasChoices("prior_http_url", "LOLA_PRIOR_HTTP_URL"),
+                                       description="http prior provider: POST JSON here (docs/priors-providers.md)")
+    prior_http_timeout_s: float = Field(2.0, gt=0, le=60,
+                                        validation_alias=AliasChoices("prior_http_timeout_s", "LOLA_PRIOR_HTTP_TIMEOUT_S"),
+                                        description="connect + read timeout of one http prior call")
+    prior_http_max_response_bytes: int = Field(
+        1_048_576, ge=64, le=67_108_864,
+        validation_alias=AliasChoices("prior_http_max_response_bytes", "LOLA_PRIOR_HTTP_MAX_RESPONSE_BYTES"),
+        description="a larger http prior response is an error (no priors for that batch)")
+    model_variant: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", validation_alias=AliasChoices("model_variant", "LOLA_MODEL_VARIANT"),
+        description="exported ONNX variant to serve; auto = fp16 on CUDA when exported, else fp32")
+    model_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", validation_alias=AliasChoices("model_device", "LOLA_MODEL_DEVICE"),
+        description="auto = CUDA only when a device is really usable; cuda = fail without one")
     prior_timeout_s: float = Field(10.0, gt=0, le=600, validation_alias=AliasChoices("prior_timeout_s", "LOLA_PRIOR_TIMEOUT_S"))
     prior_batch_size: int = Field(8, ge=1, le=4096, validation_alias=AliasChoices("prior_batch_size", "LOLA_PRIOR_BATCH_SIZE"))
     model_watch_interval_s: float = Field(5.0, gt=0, validation_alias=AliasChoices("model_watch_interval_s", "LOLA_MODEL_WATCH_INTERVAL_S"))
@@ -141,6 +234,38 @@ class StreamSettings(BaseSettings):
                               description="0 = pick a free port (printed in the startup log)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", validation_alias=AliasChoices("log_level", "LOLA_LOG_LEVEL"))
+
+    @field_validator("kafka_properties", mode="before")
+    @classmethod
+    def _properties_shape(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _properties_object(value)
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of librdkafka properties")
+        out = {}
+        for key, v in value.items():
+            if not PROPERTY_RE.fullmatch(str(key)):
+                raise ValueError(f"{key!r} is not a librdkafka property name (lower case, dot separated)")
+            out[str(key)] = str(v).lower() if isinstance(v, bool) else str(v)
+        return out
+
+    @field_validator("replication_factor")
+    @classmethod
+    def _replicas(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (the cluster's default) or 1..16")
+        return value
+
+    @field_validator("prior_provider")
+    @classmethod
+    def _provider_name(cls, value: str | None) -> str | None:
+        if value is None or value in ("onnx", "constant", "http", "none"):
+            return value
+        module, sep, attr = value.partition(":")
+        ident = r"[A-Za-z_][A-Za-z0-9_]*"
+        if not (sep and re.fullmatch(rf"{ident}(\.{ident})*", module) and re.fullmatch(ident, attr)):
+            raise ValueError("must be onnx, constant, http, none or package.module:factory")
+        return value
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -161,8 +286,6 @@ class StreamSettings(BaseSettings):
                      "inflight_topic")
     @classmethod
     def _topic_name(cls, value: str | None) -> str | None:
-        import re
-
         if value is None:
             return None  # state_topic: derived from group_id below
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", value) or value in (".", ".."):
@@ -177,6 +300,11 @@ class StreamSettings(BaseSettings):
         if settings_file is not None and not Path(settings_file).is_file():
             raise ConfigError(f"settings file not found: {settings_file}")
         kwargs = {k: v for k, v in overrides.items() if v is not None}
+        passthrough = kafka_env_properties(settings_file)
+        if passthrough:
+            kwargs.setdefault("kafka_properties", {})
+            kwargs["kafka_properties"] = {**_json_properties(settings_file), **passthrough,
+                                          **kwargs["kafka_properties"]}
         try:
             return cls(_env_file=settings_file, **kwargs)  # type: ignore[call-arg]
         except ValidationError as exc:
@@ -223,7 +351,10 @@ class StreamSettings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[name] = str(value).lower() if isinstance(value, bool) else str(value)
+            if isinstance(value, dict):  # e.g. kafka_properties, read back as JSON
+                env[name] = json.dumps(value)
+            else:
+                env[name] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
     def require_bootstrap(self) -> str:
@@ -235,19 +366,25 @@ class StreamSettings(BaseSettings):
         """librdkafka connection settings (bootstrap + security); secrets revealed only here."""
         conf: dict[str, Any] = {"bootstrap.servers": self.require_bootstrap(),
                                 "security.protocol": self.security_protocol}
-        if self.sasl_mechanism:
-            conf["sasl.mechanism"] = self.sasl_mechanism
-        if self.sasl_username:
-            conf["sasl.username"] = self.sasl_username
-        if self.sasl_password is not None:
-            conf["sasl.password"] = self.sasl_password.get_secret_value()
-        for key, value in (("ssl.ca.location", self.ssl_ca_location),
-                           ("ssl.certificate.location", self.ssl_certificate_location),
-                           ("ssl.key.location", self.ssl_key_location)):
-            if value:
+        # librdkafka property -> field; secrets revealed only here, unset fields left out.
+        fields = {"sasl.mechanism": "sasl_mechanism", "sasl.username": "sasl_username",
+                  "sasl.password": "sasl_password", "ssl.ca.location": "ssl_ca_location",
+                  "ssl.certificate.location": "ssl_certificate_location", "ssl.key.location": "ssl_key_location",
+                  "ssl.key.password": "ssl_key_password", "sasl.oauthbearer.method": "sasl_oauthbearer_method",
+                  "sasl.oauthbearer.client.id": "sasl_oauthbearer_client_id",
+                  "sasl.oauthbearer.client.secret": "sasl_oauthbearer_client_secret",
+                  "sasl.oauthbearer.token.endpoint.url": "sasl_oauthbearer_token_endpoint_url",
+                  "sasl.oauthbearer.scope": "sasl_oauthbearer_scope",
+                  "sasl.oauthbearer.extensions": "sasl_oauthbearer_extensions"}
+        for key, name in fields.items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                conf[key] = value.get_secret_value()
+            elif value:
                 conf[key] = value
-        if self.ssl_key_password is not None:
-            conf["ssl.key.password"] = self.ssl_key_password.get_secret_value()
+        # Pass-through properties last among connection settings: a user may override any of
+        # the above; the worker's own client settings (kafka.py) are applied on top of these.
+        conf.update(self.kafka_properties)
         return conf
 
     def safe_dict(self) -> dict[str, Any]:
@@ -255,5 +392,8 @@ class StreamSettings(BaseSettings):
         out = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
+            if name == "kafka_properties":  # pass-through values may be secrets: show the keys only
+                value = {k: ("**********" if any(w in k for w in ("password", "secret", "key")) else v)
+                         for k, v in value.items()}
             out[name] = "**********" if isinstance(value, SecretStr) else (str(value) if isinstance(value, Path) else value)
         return out

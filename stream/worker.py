@@ -43,7 +43,8 @@ from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics
-from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService, provider_from_settings
+from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settings
+from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
 from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
 
@@ -71,11 +72,13 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         Start the /metrics, /healthz, /readyz server (``settings.metrics_port``).
     """
 
-    def __init__(self, settings: StreamSettings, prior_provider: PriorProvider | None = None,
+    def __init__(self, settings: StreamSettings, prior_provider: PriorProvider | RequestPriorProvider | None = None,
                  serve_http: bool = True) -> None:
         from confluent_kafka import Consumer, Producer
 
         self.settings = settings
+        # First: a bad prior provider setting stops the worker before it touches the broker.
+        provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = WorkerMetrics()
         self.config = ProcessorConfig.from_settings(settings)
@@ -88,6 +91,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         broker_limit = kf.topic_max_message_bytes(settings, settings.state_topic)
         self.checkpoint_limit = min(broker_limit or settings.state_max_message_bytes,
                                     kf.producer_config(settings)["message.max.bytes"]) - RECORD_OVERHEAD_BYTES
+        self.metrics.checkpoint_limit_bytes.set(self.checkpoint_limit)
         self.markers = InflightMarkers(settings, self.worker_id,
                                        on_failure=lambda: self.metrics.inflight_marker_failures.inc())
         self.breakers: dict[int, PartitionBreaker] = {}
@@ -105,9 +109,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.dead_letters = kf.KafkaDeadLetterPolicy(
             self.producer, settings.deadletter_topic, self.deliveries,
             on_error=lambda err: self.metrics.produce_errors.inc())
-        provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.priors = PriorService(provider, settings.prior_timeout_s, settings.prior_batch_size,
                                    on_fallback=lambda reason: self.metrics.prior_fallbacks.labels(reason).inc(),
+                                   on_latency=self.metrics.prior_seconds.observe,
                                    watch_interval_s=settings.model_watch_interval_s)
         self.shards: dict[int, ShardProcessor] = {}
         self.checkpointed_at: dict[int, float] = {}
@@ -296,10 +300,11 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.dirty_experiments.pop(partition, None)
         self.checkpointed_at.pop(partition, None)
         self.checkpointed_offset.pop(partition, None)
-        try:
-            self.metrics.lag.remove(str(partition))
-        except KeyError:
-            pass
+        for gauge in (self.metrics.lag, self.metrics.state_bytes):
+            try:
+                gauge.remove(str(partition))
+            except KeyError:
+                pass
 
 
     def _publish_snapshots(self, partitions: list[int] | None = None) -> int:
@@ -357,6 +362,11 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         from confluent_kafka import TopicPartition
 
         self.metrics.events_per_s.set(self._rate.rate())
+        self.metrics.experiments.set(sum(len(shard.experiments) for shard in self.shards.values()))
+        provider = self.priors.provider
+        version = getattr(provider, "model_version", None)
+        self.metrics.prior_model.info({"provider": type(provider).__name__ if provider is not None else "none",
+                                       "model_version": str(version) if version is not None else "none"})
         now = time.time()
         if self.checkpointed_at:
             self.metrics.checkpoint_age.set(now - min(self.checkpointed_at.values()))
@@ -418,9 +428,15 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                         recs.append((msg.offset(), msg.key(), msg.value()))
                         kind, ms = msg.timestamp()
                         stamps.append(ms / 1000.0 if kind else wall)  # kind 0: no timestamp
+                    batch_decisions = 0
                     for out in self._apply(by_partition):
-                        decisions += len(out.decisions)
+                        batch_decisions += len(out.decisions)
                         dead += len(out.dead_letters)
+                    decisions += batch_decisions
+                    if batch_decisions:
+                        dt = time.perf_counter() - t0
+                        for _ in range(batch_decisions):
+                            self.metrics.decision_seconds.observe(dt)
                     for p, (records, _) in by_partition.items():
                         n = len(records)
                         consumed += n

@@ -4,7 +4,8 @@ Every import of a ``lola`` module is read from the source (module level and insi
 functions alike) and checked against the layering of the README's architecture picture:
 
     lola.cli -> lola.demo -> {lola.replay, lola.bench, lola.config_reference}
-      -> {lola.stream (and later: client, serve, evaluate, report, generation)}
+      -> {lola.client (and later: serve, evaluate, report, generation)}
+      -> lola.stream
       -> lola.export -> lola.kernels -> {lola.data, lola.paths} -> lola.errors
 
 A module may import its own area and any area of a lower layer, nothing else; nothing
@@ -25,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("lola.cli",),
     ("lola.demo",),
     ("lola.replay", "lola.bench", "lola.config_reference"),
-    ("lola.stream", "lola.client", "lola.serve", "lola.evaluate", "lola.report", "lola.generation"),
+    ("lola.client", "lola.serve", "lola.evaluate", "lola.report", "lola.generation"),
+    ("lola.stream",),
     ("lola.export",),
     ("lola.kernels",),
     ("lola.data", "lola.paths"),

@@ -77,10 +77,11 @@ def settings_env(settings) -> dict[str, str]:
 class WorkerProcess:
     """A `lola worker` subprocess with its log file."""
 
-    def __init__(self, settings, log_dir: Path, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings, log_dir: Path, name: str, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker", *args],
                                      env={**settings_env(settings), **(env or {})},
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
@@ -100,14 +101,27 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
+    def events(self) -> list[dict]:
+        """The JSON lines of the worker's log so far."""
+        import json
+
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
 
 @pytest.fixture
 def worker_procs(tmp_path):
     """Start `lola worker` subprocesses; every one still alive at teardown is killed."""
     started: list[WorkerProcess] = []
 
-    def start(settings, name: str | None = None, env: dict[str, str] | None = None) -> WorkerProcess:
-        w = WorkerProcess(settings, tmp_path, name or f"worker{len(started)}", env)
+    def start(settings, name: str | None = None, env: dict[str, str] | None = None,
+              args: tuple[str, ...] = ()) -> WorkerProcess:
+        w = WorkerProcess(settings, tmp_path, name or f"worker{len(started)}", env, args)
         started.append(w)
         return w
 

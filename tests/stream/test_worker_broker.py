@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -60,13 +59,7 @@ def _send_in_background(s, records, rate, hold_tail=None, tail_rate=20):
 
 
 def _log_events(worker) -> list[dict]:
-    out = []
-    for line in worker.log_path.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    return worker.events()
 
 
 def _wait_for_log(worker, msg: str, timeout_s: float = 60.0) -> dict:
