@@ -7,9 +7,8 @@ Pure module: no confluent_kafka, no I/O. Every input arrives on ONE topic
 type                      fields (``?`` = optional)
 ========================  ===========================================================
 ``variant``               experiment_id, variant_id, text, action? (add|retire),
-                          settings? {policy, alpha, n_aux, conversion_weight, gamma,
-                          attribution_window_s, eb_strength, bai_radius,
-                          bai_epsilon, bai_gamma, bai_delta}
+                          settings? {policy, attribution_window_s, and the
+                          settings of lola.kernels.policy_table (docs/policies.md)}
 ``decision_request``      request_id, experiment_id, user_id?, context? (object), ts?
 ``impression``            event_id, experiment_id, variant_id, ts, request_id?
 ``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
@@ -34,6 +33,7 @@ from typing import Any
 import orjson
 
 from lola.errors import EventError
+from lola.kernels.policy_table import ALL_SETTINGS, SETTINGS
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
@@ -47,9 +47,10 @@ MAX_TS = 253_402_300_799.0
 #: Bounds of the numeric variant settings that are not ExperimentParams fields.
 MAX_ATTRIBUTION_WINDOW_S = 1e9
 EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
-VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s",
-                    "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta")
-_STRING_SETTINGS = ("policy", "bai_radius")
+#: A variant's settings: the stream's own attribution window, then every kernel setting
+#: of the one policy table (lola.kernels.policy_table, docs/policies.md).
+_KERNEL_SETTINGS = frozenset(ALL_SETTINGS)
+_STRING_SETTINGS = frozenset(["policy"] + [n for n, s in SETTINGS.items() if s.kind == "string"])
 
 #: Dead-letter reasons, with what each means.
 REASONS = {
@@ -239,13 +240,15 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
         if settings is not None:
             if not isinstance(settings, dict):
                 raise EventError("wrong_type", "settings must be an object")
-            unknown = sorted(set(settings) - set(VARIANT_SETTINGS))
+            unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s"})
             if unknown:
                 raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
             for name, value in settings.items():
                 if name in _STRING_SETTINGS:
                     if not isinstance(value, str):
                         raise EventError("wrong_type", f"settings.{name} must be a string")
+                elif value is None and name == "horizon":
+                    continue  # horizon null: unknown (the default)
                 elif isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise EventError("wrong_type", f"settings.{name} must be a number")
                 elif math.isnan(value) or value < 0:
