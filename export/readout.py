@@ -49,14 +49,14 @@ def _targets(examples, target: str) -> np.ndarray:
     return examples.deviation if target == "level_deviation" else examples.ctr
 
 
-def _split_examples(data_csv: Path, card: dict):
+def _split_examples(data_csv: Path, card: ModelCard):
     """Train and tune headlines exactly as the training run built them, but without its subset limit."""
     from lola.export.config import TrainConfig
     from lola.export.train import prepare_data
 
-    prepared = prepare_data(data_csv, TrainConfig(**{**card["hyperparameters"], "train_limit": None}))
+    prepared = prepare_data(data_csv, TrainConfig(**{**card.hyperparameters, "train_limit": None}))
     tune = prepared.tune
-    if card.get("target", "ctr") == "level_deviation":
+    if card.target == "level_deviation":
         # Alone in its test a headline's deviation is 0 by construction: as in training, not scored.
         tune = tune.subset(np.flatnonzero(tune.test_sizes >= 2))
     if len(tune) < 1:
@@ -85,10 +85,10 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
     if prior.embedding_dim is None:
         raise ModelIntegrityError(f"{model_dir}: this export has no embedding output to fit a readout on")
     try:
-        data_csv = training_csv(card.get("data") or {}, data_csv)
+        data_csv = training_csv(card.data, data_csv)
     except DataError as exc:
         raise DataError(f"readout: {exc}") from None
-    target = card.get("target", "ctr")
+    target = card.target
     train, tune = _split_examples(data_csv, card)
 
     log.info("readout: embedding %d train and %d tune headlines", len(train), len(tune))
