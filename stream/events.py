@@ -41,10 +41,10 @@ _STRING_SETTINGS = frozenset(["policy"] + [n for n, s in SETTINGS.items() if s.k
 #: Dead-letter reasons, with what each means.
 REASONS = {
     "oversized": "message larger than max_message_bytes",
-    "invalid_json": "not UTF-8 JSON",
+    "invalid_json": "not UTF-8 JSON (after stripping a Schema Registry header, if any)",
     "not_an_object": "JSON value is not an object",
     "unsupported_version": "field v is not a supported schema version",
-    "unknown_type": "field type is missing or not one of EVENT_TYPES",
+    "unknown_type": "field type is missing or not an input event type",
     "missing_field": "a required field is absent",
     "wrong_type": "a field has the wrong JSON type",
     "invalid_value": "a field is out of range (negative, non-finite, above its bound, empty, too long)",
@@ -52,7 +52,7 @@ REASONS = {
     "key_mismatch": "the Kafka key differs from experiment_id (breaks partition ownership)",
     "unknown_experiment": "event for an experiment no variant event created",
     "unknown_variant": "event for a variant the experiment does not have",
-    "invalid_settings": "experiment settings rejected by ExperimentParams",
+    "invalid_settings": "unknown setting, one the policy does not read, or out of its bounds (docs/policies.md)",
     "late_click": "click outside the attribution window",
     "late_conversion": "conversion outside the attribution window",
     "no_active_variant": "decision request for an experiment whose variants are all retired",

@@ -83,3 +83,9 @@ def test_docs_table_is_current():
     text = (ROOT / "docs" / "policies.md").read_text()
     block = re.search(r"<!-- policy-table:start -->\n(.*)<!-- policy-table:end -->", text, re.S)
     assert block and block.group(1) == markdown_table(), "regenerate docs/policies.md from markdown_table()"
+
+
+def test_the_replay_names_table_policies():
+    from lola.replay.protocol import POLICY_KERNELS
+
+    assert set(POLICY_KERNELS.values()) <= set(POLICY_TABLE)
