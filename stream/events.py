@@ -98,24 +98,25 @@ class DecisionRequest(_Event, tag="decision_request"):
     v: Version = SCHEMA_VERSION
 
 
-class Impression(_Event, tag="impression"):
-    """A variant was shown."""
+class _Feedback(_Event):
+    """Fields every impression and click carries (in this order: positional construction)."""
 
     event_id: Id
     experiment_id: Id
     variant_id: Id
     ts: Ts
+
+
+class Impression(_Feedback, tag="impression"):
+    """A variant was shown."""
+
     request_id: Id | None = None
     v: Version = SCHEMA_VERSION
 
 
-class Click(_Event, tag="click"):
+class Click(_Feedback, tag="click"):
     """A shown variant was clicked (attributed by impression_id, request_id, or the window)."""
 
-    event_id: Id
-    experiment_id: Id
-    variant_id: Id
-    ts: Ts
     impression_id: Id | None = None
     request_id: Id | None = None
     v: Version = SCHEMA_VERSION
