@@ -78,18 +78,18 @@ def run_bench(model_dir: Path, train_dir: Optional[Path], data: Path, n: int, ba
     engines: dict[str, Callable] = {}
     card_train_dir = None
     fp32 = OnnxPriorModel(model_dir, provider="cpu", variant="fp32", batch_size=batch_size)
-    card_train_dir = fp32.card.get("source_training_dir")
+    card_train_dir = fp32.card.source_training_dir
     train_dir = train_dir or (Path(card_train_dir) if card_train_dir else None)
     if train_dir is None or not (train_dir / "train_state.json").is_file():
         raise ConfigError(f"torch eager needs the training folder; pass --train-dir (card says {card_train_dir})")
     readout = (fp32.readout_weights, fp32.readout_bias) if fp32.readout_weights is not None else None
     engines["torch_eager"] = _torch_predictor(train_dir, batch_size, readout)
     engines["ort_fp32"] = fp32.predict
-    if "int8" in fp32.card.get("variants", {}):
+    if "int8" in fp32.card.variants:
         engines["ort_int8"] = OnnxPriorModel(model_dir, provider="cpu", variant="int8", batch_size=batch_size).predict
     cuda_note = "not measured: no usable CUDA device on this machine"
     if cuda_usable():  # pragma: no cover - needs a GPU
-        variant = "fp16" if "fp16" in fp32.card.get("variants", {}) else "fp32"
+        variant = "fp16" if "fp16" in fp32.card.variants else "fp32"
         engines["ort_cuda"] = OnnxPriorModel(model_dir, provider="cuda", variant=variant,
                                              batch_size=max(batch_size, 256)).predict
         cuda_note = f"measured ({variant})"
@@ -114,7 +114,7 @@ def run_bench(model_dir: Path, train_dir: Optional[Path], data: Path, n: int, ba
     # Ranking agreement too: a fast int8 model that reorders headlines is not a win.
     agreement.update({f"{name}_pearson_ctr_vs_torch": float(np.corrcoef(outputs[name], outputs["torch_eager"])[0, 1])
                       for name in engines if name != "torch_eager"})
-    int8_card = (fp32.card.get("validation") or {}).get("int8") or {}
+    int8_card = fp32.card.validation.get("int8") or {}
     int8_build = {"method": int8_card.get("method", "MatMulNBits 8-bit (older export)" if "int8" in results else None),
                   "alpha": (int8_card.get("quantization") or {}).get("alpha"),
                   "rejected": int8_card.get("rejected")}

@@ -1,6 +1,6 @@
 """Typed event builders: the worker's own event classes, encoded and checked by its decoder.
 
-Each builder returns a frozen dataclass of :mod:`lola.stream.events`; :func:`encode`
+Each builder returns a frozen event model (msgspec Struct) of :mod:`lola.stream.events`; :func:`encode`
 turns one into the ``(key, value)`` Kafka record the worker expects and runs the
 worker's :func:`~lola.stream.events.decode` on it, so an event the worker would
 dead-letter raises :class:`~lola.errors.EventError` here instead (one definition of
@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict
 from typing import Any
 
-import orjson
-
 from lola.stream import events as ev
-
-_TYPE = {ev.Variant: "variant", ev.DecisionRequest: "decision_request", ev.Impression: "impression",
-         ev.Click: "click", ev.Conversion: "conversion"}
 
 
 def _now(ts: float | None) -> float:
@@ -60,11 +54,9 @@ def conversion(experiment_id: str, variant_id: str, value: float = 1.0, event_id
 
 def encode(event: ev.Event, max_bytes: int = 65_536) -> tuple[bytes, bytes]:
     """``(key, value)`` of one event; raises EventError where the worker would dead-letter it."""
-    kind = _TYPE.get(type(event))
-    if kind is None:
-        raise TypeError(f"not a lola event: {type(event).__name__}")
-    obj = {"v": ev.SCHEMA_VERSION, "type": kind, **{k: v for k, v in asdict(event).items() if v is not None}}
+    if not isinstance(event, ev.INPUTS):
+        raise TypeError(f"not a lola input event: {type(event).__name__}")
     key = event.experiment_id.encode()
-    value = orjson.dumps(obj)
+    value = ev.encode_event(event)  # the models' own encoder: type tag and schema version included
     ev.decode(value, key, max_bytes)
     return key, value

@@ -123,8 +123,9 @@ def export_cmd(
     from lola.export.onnx_export import export_model
 
     card = export_model(model, out, tuple(q.value for q in quantize or ()))
-    typer.echo(json.dumps({"out": str(out), "variants": card["variants"],
-                           "validation": {k: v["max_abs_diff_logits"] for k, v in card["validation"].items()}}))
+    typer.echo(json.dumps({"out": str(out), "variants": card.variants,
+                           "validation": {k: v["max_abs_diff_logits"] for k, v in card.validation.items()
+                                          if "max_abs_diff_logits" in v}}))
 
 
 class ObjectiveOpt(str, Enum):
@@ -266,7 +267,7 @@ def build_default_cmd(
     from lola.export.pipeline import build_default
 
     card = build_default(data, out, config, base=base)
-    typer.echo(json.dumps({"out": str(out), "training": card["training"], "metrics": card["metrics"]}, indent=2))
+    typer.echo(json.dumps({"out": str(out), "training": card.training, "metrics": card.metrics}, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -21,8 +21,8 @@ log = logging.getLogger("lola.export.embcache")
 
 
 def _key(prior) -> str:
-    name = prior.card["variants"][prior.variant]
-    return f"{prior.card['files'][name]['sha256']}:{prior.text_mode}"
+    name = prior.card.variants[prior.variant]
+    return f"{prior.card.files[name].sha256}:{prior.text_mode}"
 
 
 def cached_outputs(prior, headlines: Sequence[str], contexts: Sequence[str] | None,

@@ -181,7 +181,7 @@ def evaluate(
 
     prior = OnnxPriorModel(model_dir, variant=variant)
     card = prior.card
-    hp = card["hyperparameters"]
+    hp = card.hyperparameters
     text_mode, min_imp = hp["text_mode"], hp["min_impressions"]
 
     packages, report = load_packages(data_csv)
@@ -192,7 +192,7 @@ def evaluate(
     scored = build_examples(splits[split], text_mode, min_imp, False)  # R2/MAE: well-measured headlines
     tests = headline_tests(splits[split])
 
-    same_data = file_sha256(data_csv) == card.get("data", {}).get("sha256")
+    same_data = file_sha256(data_csv) == card.data.get("sha256")
     results, details = {}, {}
 
     t = time.monotonic()
@@ -210,8 +210,8 @@ def evaluate(
                   "finetuned_minus_baseline": paired_metrics(tests, dict(zip(everything.headlines, preds["finetuned"])),
                                                              base_by, alpha)}
     details["finetuned"] = {"variant": prior.variant, "provider": prior.provider, "model_version": prior.model_version,
-                            "target": card.get("target", "ctr"), "seconds": round(time.monotonic() - t, 1),
-                            "readout": (card["readout"]["kind"] if prior.readout_weights is not None
+                            "target": card.target, "seconds": round(time.monotonic() - t, 1),
+                            "readout": (card.readout.kind if prior.readout_weights is not None
                                         else "network head")}
     if "finetuned_network_head" in preds:
         details["finetuned_network_head"] = {"readout": "network head (no readout.json)"}
@@ -226,7 +226,7 @@ def evaluate(
 
     if embedding_baseline:
         t = time.monotonic()
-        pred, info = embedding_ridge(card["base_ref"], hp["max_length"], train, select, everything, embed_train_limit)
+        pred, info = embedding_ridge(card.base_ref, hp["max_length"], train, select, everything, embed_train_limit)
         results["embedding_ridge"] = score_predictions(dict(zip(everything.headlines, pred)), scored, tests, alpha)
         details["embedding_ridge"] = {**info, "seconds": round(time.monotonic() - t, 1)}
 

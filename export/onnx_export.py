@@ -37,7 +37,8 @@ import numpy as np
 
 from lola.errors import ConfigError, ExportValidationError
 from lola.export.digest import file_sha256
-from lola.export.serve import CARD_FILE, cuda_usable
+from lola.export.card import CARD_FILE, CARD_FORMAT, ModelCard
+from lola.export.serve import cuda_usable
 from lola.export.smoothquant import Int8Config, make_int8_config
 
 log = logging.getLogger("lola.export.onnx")
@@ -49,7 +50,6 @@ INT8_MAX_ATOL = 1.0
 FP16_ATOL = 5e-2
 #: (batch, sequence length) pairs; rows get different real lengths so padding is exercised.
 VALIDATION_SHAPES = ((1, 7), (4, 19), (8, 32))
-CARD_FORMAT = 1
 
 
 def _embedding_model_class(base_cls):
@@ -232,15 +232,16 @@ def build_int8(merged, tokenizer, state: dict, staging: Path, pad_id: int, confi
     return report
 
 
-def write_card(out_dir: Path, card: dict) -> dict:
-    """Add the sha256 of every file in ``out_dir`` and write model_card.json."""
+def write_card(out_dir: Path, card: dict) -> ModelCard:
+    """Add the sha256 of every file in ``out_dir``, validate as a ModelCard and write model_card.json."""
     files = {}
     for path in sorted(out_dir.rglob("*")):
         if path.is_file() and path.name != CARD_FILE:
             files[str(path.relative_to(out_dir))] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     card = {**card, "files": files}
+    typed = ModelCard.parse(card, str(out_dir / CARD_FILE))  # never write a card the readers would refuse
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=False))
-    return card
+    return typed
 
 
 def export_model(
@@ -374,10 +375,11 @@ def _versions() -> dict:
     return out
 
 
-def update_metrics(out_dir: str | Path, metrics: dict) -> dict:
+def update_metrics(out_dir: str | Path, metrics: dict) -> ModelCard:
     """Rewrite the card with ``metrics`` (the file hashes are unchanged, the card hash changes)."""
     out_dir = Path(out_dir)
     card = json.loads((out_dir / CARD_FILE).read_text())
     card["metrics"] = metrics
+    typed = ModelCard.parse(card, str(out_dir / CARD_FILE))
     (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2))
-    return card
+    return typed

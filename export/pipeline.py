@@ -28,7 +28,7 @@ def tune_metrics(model_dir: Path, data_csv: Path) -> dict:
     from lola.export.serve import OnnxPriorModel
 
     prior = OnnxPriorModel(model_dir, variant="fp32")
-    hp = prior.card["hyperparameters"]
+    hp = prior.card.hyperparameters
     packages, _ = load_packages(data_csv)
     tune = split_packages(packages)["tune"]
     everything = build_examples(tune, hp["text_mode"], 0, False)

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
+from lola.export.card import ModelCard
 from lola.export.ranking import CALIBRATIONS, OBJECTIVES, calibration_scale, fit_linear
 
 log = logging.getLogger("lola.export.readout")
@@ -58,14 +59,14 @@ def _targets(examples, target: str) -> np.ndarray:
     return examples.deviation if target == "level_deviation" else examples.ctr
 
 
-def _split_examples(data_csv: Path, card: dict):
+def _split_examples(data_csv: Path, card: ModelCard):
     """Train and tune headlines exactly as the training run built them, but without its subset limit."""
     from lola.export.config import TrainConfig
     from lola.export.train import prepare_data
 
-    prepared = prepare_data(data_csv, TrainConfig(**{**card["hyperparameters"], "train_limit": None}))
+    prepared = prepare_data(data_csv, TrainConfig(**{**card.hyperparameters, "train_limit": None}))
     tune = prepared.tune
-    if card.get("target", "ctr") == "level_deviation":
+    if card.target == "level_deviation":
         # Alone in its test a headline's deviation is 0 by construction: as in training, not scored.
         tune = tune.subset(np.flatnonzero(tune.test_sizes >= 2))
     if len(tune) < 1:
@@ -122,17 +123,17 @@ class ReadoutData:
     z_tune: np.ndarray
 
 
-def readout_data(prior, data_csv: Path, card: dict, cache: Path | None = None) -> ReadoutData:
+def readout_data(prior, data_csv: Path, card: ModelCard, cache: Path | None = None) -> ReadoutData:
     """Embed (or read from ``cache``) every train headline and every headline of a tune test."""
     from lola.data.upworthy import headline_tests, load_packages, split_packages
     from lola.export.data import build_examples
     from lola.export.embcache import cached_outputs
     from lola.export.ranking import build_groups
 
-    target = card.get("target", "ctr")
+    target = card.target
     train, tune_scored = _split_examples(data_csv, card)
     splits = split_packages(load_packages(data_csv)[0])
-    tune_all = build_examples(splits["tune"], card["hyperparameters"]["text_mode"], 0, False)
+    tune_all = build_examples(splits["tune"], card.hyperparameters["text_mode"], 0, False)
     log.info("readout: embedding %d train and %d tune headlines", len(train), len(tune_all))
     _, x_train = cached_outputs(prior, list(train.headlines), list(train.contexts), cache)
     z_tune, x_tune = cached_outputs(prior, list(tune_all.headlines), list(tune_all.contexts), cache)
@@ -219,10 +220,10 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
     if prior.embedding_dim is None:
         raise ModelIntegrityError(f"{model_dir}: this export has no embedding output to fit a readout on")
     try:
-        data_csv = training_csv(card.get("data") or {}, data_csv)
+        data_csv = training_csv(card.data, data_csv)
     except DataError as exc:
         raise DataError(f"readout: {exc}") from None
-    target = card.get("target", "ctr")
+    target = card.target
     data = readout_data(prior, data_csv, card, Path(cache) if cache else None)
     scored_rows = np.array([data.tune_headlines.index(h) for h in data.tune_scored.headlines], dtype=np.int64)
     s_tune, y_tune = data.x_tune[scored_rows], _targets(data.tune_scored, target)

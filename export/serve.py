@@ -23,13 +23,13 @@ from typing import Sequence
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
+from lola.export.card import CARD_FILE, ModelCard, ReadoutEntry  # noqa: F401 (CARD_FILE: re-exported)
 from lola.export.digest import bytes_sha256, file_sha256
 from lola.export.level import WeekLevel, week_index
 from lola.export.text import model_text
 
 log = logging.getLogger("lola.export.serve")
 
-CARD_FILE = "model_card.json"
 VARIANTS = ("fp32", "int8", "fp16")
 
 
@@ -53,22 +53,14 @@ def cuda_usable() -> bool:
         return False
 
 
-def read_card(model_dir: str | Path) -> tuple[dict, str]:
-    """The model card and its sha256 (the model version)."""
-    path = Path(model_dir) / CARD_FILE
-    if not path.is_file():
-        raise ModelIntegrityError(f"{model_dir}: no {CARD_FILE}; build the model with `lola priors export`")
-    raw = path.read_bytes()
-    try:
-        card = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelIntegrityError(f"{path}: not valid JSON ({exc})") from None
-    return card, bytes_sha256(raw)
+def read_card(model_dir: str | Path) -> tuple[ModelCard, str]:
+    """The validated model card and its sha256 (the model version)."""
+    return ModelCard.load(model_dir)
 
 
-def verify_files(model_dir: str | Path, card: dict, names: Sequence[str] | None = None) -> None:
+def verify_files(model_dir: str | Path, card: ModelCard, names: Sequence[str] | None = None) -> None:
     """Check the sha256 of each named file (default: all) against the card, or raise ModelIntegrityError."""
-    files = card.get("files") or {}
+    files = card.files
     for name in names if names is not None else sorted(files):
         expected = files.get(name)
         if expected is None:
@@ -77,19 +69,19 @@ def verify_files(model_dir: str | Path, card: dict, names: Sequence[str] | None 
         if not path.is_file():
             raise ModelIntegrityError(f"{model_dir}: {name} is missing")
         actual = file_sha256(path)
-        if actual != expected["sha256"]:
+        if actual != expected.sha256:
             raise ModelIntegrityError(
-                f"{path}: sha256 {actual[:12]}… differs from the model card's {expected['sha256'][:12]}…"
+                f"{path}: sha256 {actual[:12]}… differs from the model card's {expected.sha256[:12]}…"
             )
 
 
-def read_verified(model_dir: str | Path, card: dict, name: str) -> bytes:
+def read_verified(model_dir: str | Path, card: ModelCard, name: str) -> bytes:
     """The bytes of ``name``, read once and checked against the card's sha256.
 
     The caller uses these very bytes (ONNX Runtime, the tokenizer, the readout), so a
     file swapped after the check can never be the one that is served.
     """
-    expected = (card.get("files") or {}).get(name)
+    expected = card.files.get(name)
     if expected is None:
         raise ModelIntegrityError(f"{model_dir}: model card lists no sha256 for {name}")
     path = Path(model_dir) / name
@@ -100,8 +92,8 @@ def read_verified(model_dir: str | Path, card: dict, name: str) -> bytes:
     except OSError as exc:
         raise ModelIntegrityError(f"{model_dir}: cannot read {name} ({exc.strerror or exc})") from None
     actual = bytes_sha256(data)
-    if actual != expected["sha256"]:
-        raise ModelIntegrityError(f"{path}: sha256 {actual[:12]}… differs from the model card's {expected['sha256'][:12]}…")
+    if actual != expected.sha256:
+        raise ModelIntegrityError(f"{path}: sha256 {actual[:12]}… differs from the model card's {expected.sha256[:12]}…")
     return data
 
 
@@ -153,20 +145,20 @@ class OnnxPriorModel:
         use_cuda = provider == "cuda" or (provider == "auto" and cuda_usable())
         if provider == "cuda" and not cuda_usable():
             raise ConfigError("provider='cuda' asked for, but no usable CUDA device was found")
-        variants = self.card.get("variants") or {}
+        variants = self.card.variants
         if variant == "auto":
             variant = "fp16" if use_cuda and "fp16" in variants else "fp32"
         if variant not in variants:
             raise ModelIntegrityError(f"{model_dir}: no {variant} model exported (have {sorted(variants)})")
         self.variant = variant
         onnx_name = variants[variant]
-        tokenizer_name = self.card["tokenizer"]["file"]
-        readout_entry = self.card.get("readout") if readout else None
-        readout_file = [readout_entry["file"]] if readout_entry else []
+        tokenizer_name = self.card.tokenizer.file
+        readout_entry = self.card.readout if readout else None
+        readout_file = [readout_entry.file] if readout_entry else []
         onnx_bytes = read_verified(self.model_dir, self.card, onnx_name)
         tokenizer_bytes = read_verified(self.model_dir, self.card, tokenizer_name)
         readout_bytes = read_verified(self.model_dir, self.card, readout_file[0]) if readout_file else None
-        external = self.card.get("external_data", {}).get(onnx_name, [])
+        external = self.card.external_data.get(onnx_name, [])
         # External weight files (only for models above protobuf's 2 GB) are still read by
         # ONNX Runtime from the folder: checked here by path, so only they keep a
         # time-of-check/time-of-use window (docs/operations/model-rollout.md).
@@ -192,16 +184,16 @@ class OnnxPriorModel:
             self.tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
         except Exception as exc:  # UnicodeDecodeError, or the plain Exception tokenizers raises
             raise ModelIntegrityError(f"{self.model_dir / tokenizer_name}: not a tokenizer ({exc})") from None
-        tok = self.card["tokenizer"]
-        self.pad_id = int(tok["pad_token_id"])
-        self.max_length = int(tok["max_length"])
+        tok = self.card.tokenizer
+        self.pad_id = tok.pad_token_id
+        self.max_length = tok.max_length
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
-        self.text_mode = self.card.get("text_mode", "headline")
-        scaling = self.card["target_scaling"]
-        self.mean, self.std = float(scaling["mean"]), float(scaling["std"])
+        self.text_mode = self.card.text_mode
+        scaling = self.card.target_scaling
+        self.mean, self.std = scaling.mean, scaling.std
         # level_deviation models predict a within-test deviation; the week's level is added back.
-        self.week_level = WeekLevel.from_dict(scaling["week_level"]) if scaling.get("week_level") else None
+        self.week_level = WeekLevel.from_dict(scaling.week_level) if scaling.week_level else None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.embedding_dim = (self.session.get_outputs()[self.output_names.index("embedding")].shape[-1]
@@ -211,8 +203,8 @@ class OnnxPriorModel:
         if readout_entry:
             self._load_readout(readout_entry, readout_bytes)
 
-    def _load_readout(self, entry: dict, raw: bytes) -> None:
-        path = self.model_dir / entry["file"]
+    def _load_readout(self, entry: ReadoutEntry, raw: bytes) -> None:
+        path = self.model_dir / entry.file
         try:
             data = json.loads(raw)
             weights = np.asarray(data["weights"], dtype=np.float64)

@@ -73,11 +73,11 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     prior = OnnxPriorModel(model_dir, provider="cpu", variant=variant, readout=False)
     fit_prior = OnnxPriorModel(model_dir, provider="cpu", variant="fp32", readout=False)
     card = prior.card
-    data_csv = training_csv(card.get("data") or {}, data_csv)
+    data_csv = training_csv(card.data, data_csv)
     cache = Path(cache) if cache else None
     data = readout_data(fit_prior, data_csv, card, cache)
     splits = split_packages(load_packages(data_csv)[0])
-    hp = card["hyperparameters"]
+    hp = card.hyperparameters
     test_all = build_examples(splits["test"], hp["text_mode"], 0, False)
     _, x_test = cached_outputs(prior, list(test_all.headlines), list(test_all.contexts), cache)
     tune_all = build_examples(splits["tune"], hp["text_mode"], 0, False)

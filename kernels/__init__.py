@@ -18,13 +18,15 @@ Quick use
 
 API
 ---
-``POLICIES``
-    ``("llm2ucb", "ucb", "pure_llm", "ec", "ts", "llm_ts", "linucb", "llm_linucb",
-    "bai", "llm_bai", "llm2ucb_eb")``.
+``POLICIES``, ``POLICY_TABLE``
+    Policy names in kernel-code order, and the one policy table
+    (:mod:`lola.kernels.policy_table`, docs/policies.md): code, family, uses prior,
+    needs features/horizon, accepted settings with their bounds.
 ``ExperimentParams(policy, alpha, n_aux, gamma, conversion_weight, horizon,
 explore_fraction, min_traffic, burn_in, ts_alpha0, ts_beta0, eb_strength,
 linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_draws)``
-    Frozen; each broken rule raises ``ConfigError`` with one message.
+    Frozen; each broken rule raises ``ConfigError`` with one message; a setting the
+    policy does not read (a BAI setting on ``llm2ucb``) is one too.
 ``BanditState(capacity_experiments=1024, capacity_arms=4, feature_dim=0)``
     ``add_experiment(params) -> row``; ``add_experiments(params, prior_ctr[n, K],
     features=None) -> rows`` (bulk); ``add_arm(row, prior_ctr=None, features=None)
@@ -52,6 +54,7 @@ posterior draws of the decision's own random stream. A min-traffic floor ``f``
 
 from lola.kernels.api import select, simulate, update
 from lola.kernels.params import POLICIES, ExperimentParams
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.state import BanditState
 
-__all__ = ["POLICIES", "ExperimentParams", "BanditState", "select", "update", "simulate"]
+__all__ = ["POLICIES", "POLICY_TABLE", "ExperimentParams", "BanditState", "select", "update", "simulate"]

@@ -33,6 +33,7 @@ from lola.kernels.policies import (
     ucb_cache_values,
     ucb_index,
 )
+from lola.kernels.policy_table import POLICY_CODE
 from lola.kernels.rng import GOLDEN, mix64, uniform
 
 
@@ -65,8 +66,18 @@ N_EXP_F = 21
 # statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
 U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
 
-# Policy codes: params.POLICY_CODE (tests/kernels/test_kernels_state.py checks they agree).
-P_LLM2UCB, P_UCB, P_PURE_LLM, P_EC, P_TS, P_LLM_TS, P_LINUCB, P_LLM_LINUCB, P_BAI, P_LLM_BAI, P_LLM2UCB_EB = range(11)
+# Policy codes, from the one policy table (Numba freezes these module globals as constants).
+P_LLM2UCB = POLICY_CODE["llm2ucb"]
+P_UCB = POLICY_CODE["ucb"]
+P_PURE_LLM = POLICY_CODE["pure_llm"]
+P_EC = POLICY_CODE["ec"]
+P_TS = POLICY_CODE["ts"]
+P_LLM_TS = POLICY_CODE["llm_ts"]
+P_LINUCB = POLICY_CODE["linucb"]
+P_LLM_LINUCB = POLICY_CODE["llm_linucb"]
+P_BAI = POLICY_CODE["bai"]
+P_LLM_BAI = POLICY_CODE["llm_bai"]
+P_LLM2UCB_EB = POLICY_CODE["llm2ucb_eb"]
 
 
 TABLE_N = 1 << 15

@@ -10,64 +10,17 @@ kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from numbers import Integral, Real
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lola.errors import ConfigError
 
-POLICIES: tuple[str, ...] = (
-    "llm2ucb",
-    "ucb",
-    "pure_llm",
-    "ec",
-    "ts",
-    "llm_ts",
-    "linucb",
-    "llm_linucb",
-    "bai",
-    "llm_bai",
-    "llm2ucb_eb",
-)
-"""Policy names, in the order of their integer codes inside the kernels."""
-
-POLICY_CODE: dict[str, int] = {name: code for code, name in enumerate(POLICIES)}
-BAI_RADII: tuple[str, ...] = ("hoeffding", "bernstein")
-
-
-#: Explicit bounds of the numeric parameters (docs/operations/limits.md). Far beyond any
-#: sensible experiment, and small enough that no kernel sum, product or log can overflow
-#: to inf (or inf - inf to NaN) from finite statistics: every value a kernel multiplies
-#: stays below 1e12, so products stay below ~1e40 even after 2**53 events.
-MAX_ALPHA = 1e6
-MAX_N_AUX = 1e12          # finite values; math.inf (the pure-LLM limit) is allowed too
-MIN_GAMMA = 1e-6
-MAX_CONVERSION_WEIGHT = 1e6
-MAX_HORIZON = 10**15
-MAX_BURN_IN = 10**15
-MAX_TS_PRIOR = 1e12       # ts_alpha0, ts_beta0
-MAX_EB_STRENGTH = 1e6
-MAX_LINUCB_ALPHA = 1e6
-MAX_RIDGE = 1e12
-MIN_RIDGE = 1e-12
-MAX_BAI_GAP = 1e6         # bai_epsilon, bai_gamma
-MIN_BAI_DELTA = 1e-12
-MAX_PROPENSITY_DRAWS = 100_000
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise ConfigError(f"{name} must not be NaN")
-    return value
-
-
-def _integer(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    return int(value)
+# The policy table holds the names, codes and every setting's bounds (one definition);
+# re-exported here for the callers that import them from params.
+from lola.kernels.policy_table import (  # noqa: E402,F401
+    BAI_RADII, MAX_ALPHA, MAX_BAI_GAP, MAX_BURN_IN, MAX_CONVERSION_WEIGHT, MAX_EB_STRENGTH, MAX_HORIZON,
+    MAX_LINUCB_ALPHA, MAX_N_AUX, MAX_PROPENSITY_DRAWS, MAX_RIDGE, MAX_TS_PRIOR, MIN_BAI_DELTA, MIN_GAMMA,
+    MIN_RIDGE, POLICIES, POLICY_CODE, SETTINGS, TABLE)
 
 
 @dataclass(frozen=True)
@@ -115,81 +68,38 @@ class ExperimentParams:
     """
 
     policy: str = "llm2ucb"
-    alpha: float = 0.08
-    n_aux: float = 1000.0
-    gamma: float = 1.0
-    conversion_weight: float = 0.0
-    horizon: int | None = None
-    explore_fraction: float = 0.2
-    min_traffic: float = 0.0
-    burn_in: int = 0
-    ts_alpha0: float = 1.0
-    ts_beta0: float = 1.0
-    eb_strength: float = 4.0
-    linucb_alpha: float = 1.0
-    ridge: float = 1.0
-    bai_epsilon: float = 0.0
-    bai_gamma: float = 0.005
-    bai_delta: float = 0.2
-    bai_radius: str = "hoeffding"
-    propensity_draws: int = 64
+    alpha: float = field(default=SETTINGS["alpha"].default)
+    n_aux: float = field(default=SETTINGS["n_aux"].default)
+    gamma: float = field(default=SETTINGS["gamma"].default)
+    conversion_weight: float = field(default=SETTINGS["conversion_weight"].default)
+    horizon: int | None = field(default=SETTINGS["horizon"].default)
+    explore_fraction: float = field(default=SETTINGS["explore_fraction"].default)
+    min_traffic: float = field(default=SETTINGS["min_traffic"].default)
+    burn_in: int = field(default=SETTINGS["burn_in"].default)
+    ts_alpha0: float = field(default=SETTINGS["ts_alpha0"].default)
+    ts_beta0: float = field(default=SETTINGS["ts_beta0"].default)
+    eb_strength: float = field(default=SETTINGS["eb_strength"].default)
+    linucb_alpha: float = field(default=SETTINGS["linucb_alpha"].default)
+    ridge: float = field(default=SETTINGS["ridge"].default)
+    bai_epsilon: float = field(default=SETTINGS["bai_epsilon"].default)
+    bai_gamma: float = field(default=SETTINGS["bai_gamma"].default)
+    bai_delta: float = field(default=SETTINGS["bai_delta"].default)
+    bai_radius: str = field(default=SETTINGS["bai_radius"].default)
+    propensity_draws: int = field(default=SETTINGS["propensity_draws"].default)
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or self.policy not in POLICY_CODE:
             raise ConfigError(f"policy must be one of {', '.join(POLICIES)}; got {self.policy!r}")
-        alpha = _number("alpha", self.alpha)
-        if not (0.0 <= alpha <= MAX_ALPHA):
-            raise ConfigError(f"alpha must be in [0, {MAX_ALPHA:g}], got {self.alpha!r}")
-        n_aux = _number("n_aux", self.n_aux)
-        if not (0.0 <= n_aux <= MAX_N_AUX or n_aux == math.inf):
-            raise ConfigError(f"n_aux must be in [0, {MAX_N_AUX:g}] (or math.inf), got {self.n_aux!r}")
-        gamma = _number("gamma", self.gamma)
-        if not (MIN_GAMMA <= gamma <= 1.0):
-            raise ConfigError(f"gamma must be in [{MIN_GAMMA:g}, 1], got {self.gamma!r}")
-        lam = _number("conversion_weight", self.conversion_weight)
-        if not (0.0 <= lam <= MAX_CONVERSION_WEIGHT):
-            raise ConfigError(f"conversion_weight must be in [0, {MAX_CONVERSION_WEIGHT:g}], "
-                              f"got {self.conversion_weight!r}")
-        if self.horizon is not None and not (1 <= _integer("horizon", self.horizon) <= MAX_HORIZON):
-            raise ConfigError(f"horizon must be an integer in [1, {MAX_HORIZON:g}] or None, got {self.horizon!r}")
-        if self.policy == "ec" and self.horizon is None:
-            raise ConfigError("policy 'ec' needs a horizon (impressions) to size its exploration phase")
-        frac = _number("explore_fraction", self.explore_fraction)
-        if not (0.0 < frac <= 1.0):
-            raise ConfigError(f"explore_fraction must be in (0, 1], got {self.explore_fraction!r}")
-        floor = _number("min_traffic", self.min_traffic)
-        if not (0.0 <= floor < 1.0):
-            raise ConfigError(f"min_traffic must be in [0, 1), got {self.min_traffic!r}")
-        if not (0 <= _integer("burn_in", self.burn_in) <= MAX_BURN_IN):
-            raise ConfigError(f"burn_in must be an integer in [0, {MAX_BURN_IN:g}], got {self.burn_in!r}")
-        for name in ("ts_alpha0", "ts_beta0"):
-            v = _number(name, getattr(self, name))
-            if not (0.0 < v <= MAX_TS_PRIOR):
-                raise ConfigError(f"{name} must be in (0, {MAX_TS_PRIOR:g}], got {getattr(self, name)!r}")
-        eb = _number("eb_strength", self.eb_strength)
-        if not (0.0 <= eb <= MAX_EB_STRENGTH):
-            raise ConfigError(f"eb_strength must be in [0, {MAX_EB_STRENGTH:g}], got {self.eb_strength!r}")
-        la = _number("linucb_alpha", self.linucb_alpha)
-        if not (0.0 <= la <= MAX_LINUCB_ALPHA):
-            raise ConfigError(f"linucb_alpha must be in [0, {MAX_LINUCB_ALPHA:g}], got {self.linucb_alpha!r}")
-        ridge = _number("ridge", self.ridge)
-        if not (MIN_RIDGE <= ridge <= MAX_RIDGE):
-            raise ConfigError(f"ridge must be in [{MIN_RIDGE:g}, {MAX_RIDGE:g}], got {self.ridge!r}")
-        for name in ("bai_epsilon", "bai_gamma"):
-            v = _number(name, getattr(self, name))
-            if not (0.0 <= v <= MAX_BAI_GAP):
-                raise ConfigError(f"{name} must be in [0, {MAX_BAI_GAP:g}], got {getattr(self, name)!r}")
-        delta = _number("bai_delta", self.bai_delta)
-        if not (MIN_BAI_DELTA <= delta < 1.0):
-            raise ConfigError(f"bai_delta must be in [{MIN_BAI_DELTA:g}, 1), got {self.bai_delta!r}")
-        if self.bai_radius not in BAI_RADII:
-            raise ConfigError(f"bai_radius must be one of {', '.join(BAI_RADII)}; got {self.bai_radius!r}")
-        if self.bai_radius == "bernstein" and lam != 0.0:
+        for name, setting in SETTINGS.items():
+            problem = setting.check(getattr(self, name))
+            if problem:
+                raise ConfigError(f"{name} {problem}")
+        row = TABLE[self.policy]
+        if row.needs_horizon and self.horizon is None:
+            raise ConfigError(f"policy {self.policy!r} needs a horizon (impressions) to size its exploration phase")
+        if self.bai_radius == "bernstein" and self.conversion_weight != 0.0:
             # The kernel keeps no sum of squares, so the sample variance is only known for 0/1 rewards.
             raise ConfigError(f"bai_radius 'bernstein' needs conversion_weight 0 (0/1 rewards), got {self.conversion_weight!r}")
-        if not (1 <= _integer("propensity_draws", self.propensity_draws) <= MAX_PROPENSITY_DRAWS):
-            raise ConfigError(f"propensity_draws must be an integer in [1, {MAX_PROPENSITY_DRAWS}], "
-                              f"got {self.propensity_draws!r}")
 
     @property
     def code(self) -> int:
@@ -199,7 +109,7 @@ class ExperimentParams:
     @property
     def effective_n_aux(self) -> float:
         """The prior strength the kernels use (0 for prior-free policies, inf for pure_llm)."""
-        if self.policy in ("ucb", "ts", "bai", "ec", "linucb"):
+        if not TABLE[self.policy].uses_prior:
             return 0.0
         if self.policy == "pure_llm":
             return math.inf
@@ -211,9 +121,21 @@ class ExperimentParams:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentParams":
-        """Build from a mapping; unknown keys are a :class:`ConfigError`."""
+        """Build from settings a user sent (the stream's variant event, the replay's grid).
+
+        Unknown keys are a :class:`ConfigError`, and so is a setting the policy does not
+        read (a BAI setting on ``llm2ucb``: docs/policies.md), so no setting is silently
+        ignored. The constructor itself stays lenient about unread fields, which keep
+        their defaults in the kernels' parameter row.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown experiment parameter(s): {', '.join(unknown)}")
-        return cls(**data)
+        params = cls(**data)
+        row = TABLE[params.policy]
+        unread = [name for name in data if name != "policy" and name not in row.accepts]
+        if unread:
+            raise ConfigError(f"policy {params.policy!r} does not use {', '.join(unread)}; "
+                              f"it reads {', '.join(row.accepts)}")
+        return params

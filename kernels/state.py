@@ -30,6 +30,7 @@ from lola.errors import CapacityError, ConfigError, KernelInputError
 from lola.kernels import core, policies, rng
 from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.params import POLICIES, ExperimentParams
+from lola.kernels.policy_table import TABLE, family
 
 FORMAT_VERSION = 2
 # Width of ``exp_f`` in each readable format: version 1 predates F_BAI_BERNSTEIN, the one
@@ -137,7 +138,7 @@ class BanditState:
         """Register an experiment; returns its row. Capacity doubles when full."""
         if not isinstance(params, ExperimentParams):
             raise ConfigError(f"params must be an ExperimentParams, got {type(params).__name__}")
-        if params.policy in ("linucb", "llm_linucb") and self.feature_dim == 0:
+        if TABLE[params.policy].needs_features and self.feature_dim == 0:
             raise ConfigError(f"policy {params.policy!r} needs a BanditState with feature_dim > 0")
         row = self._n
         if row >= self.capacity_experiments:
@@ -191,7 +192,7 @@ class BanditState:
         if not ok.all():
             raise KernelInputError("prior_ctr values must be in [0, 1] or NaN")
         n, K = prior.shape
-        linear = params.policy in ("linucb", "llm_linucb")
+        linear = TABLE[params.policy].needs_features
         d = self.feature_dim
         if linear and features is None:
             raise KernelInputError(f"policy {params.policy!r} needs features float64[{n}, {K}, {d}]")
@@ -224,7 +225,7 @@ class BanditState:
         self.active[start:end] = False
         self.active[start:end, :K] = True
         self.candidate[start:end] = False
-        self.candidate[start:end, :K] = params.policy in ("bai", "llm_bai")
+        self.candidate[start:end, :K] = family(params.policy) == "bai"
         if d:
             self.ainv[start:end] = np.eye(d) / params.ridge
             self.bvec[start:end] = 0.0
@@ -266,7 +267,7 @@ class BanditState:
         pol = self._params[row].policy
         slot = int(self.n_arms[row])
         x = None
-        if pol in ("linucb", "llm_linucb"):
+        if TABLE[pol].needs_features:
             if features is None:
                 raise KernelInputError(f"policy {pol!r} needs features (float64[{self.feature_dim}]) for every arm")
         if features is not None:
@@ -283,8 +284,8 @@ class BanditState:
         self.has_prior[row, slot] = mu is not None
         self.mu_aux[row, slot] = 0.0 if mu is None else mu
         self.active[row, slot] = True
-        self.candidate[row, slot] = pol in ("bai", "llm_bai")
-        if pol in ("bai", "llm_bai"):
+        self.candidate[row, slot] = family(pol) == "bai"
+        if family(pol) == "bai":
             self.bai_done[row] = False
         if x is not None and self.feature_dim:
             self.features[row, slot] = x
@@ -305,7 +306,7 @@ class BanditState:
         row = self._check_row(row)
         slot = self._check_slot(row, slot)
         self.active[row, slot] = False
-        if self._params[row].policy in ("bai", "llm_bai"):
+        if family(self._params[row].policy) == "bai":
             self.candidate[row, slot] = False
         self._refresh(row)
 
@@ -317,7 +318,7 @@ class BanditState:
         """
         row = self._check_row(row)
         p = self._params[row]
-        if p.policy not in ("linucb", "llm_linucb"):
+        if not TABLE[p.policy].needs_features:
             raise ConfigError(f"warm_start_linear needs a LinUCB experiment, row {row} is {p.policy!r}")
         X = np.asarray(X)
         r = np.asarray(r)
@@ -387,7 +388,7 @@ class BanditState:
     def good_arms(self, row: int) -> list[int]:
         """Algorithm 2's return value: the current candidate (good) set of a BAI experiment."""
         row = self._check_row(row)
-        if self._params[row].policy not in ("bai", "llm_bai"):
+        if family(self._params[row].policy) != "bai":
             raise ConfigError(f"good_arms needs a BAI experiment, row {row} is {self._params[row].policy!r}")
         k = int(self.n_arms[row])
         return [int(s) for s in np.flatnonzero(self.candidate[row, :k] & self.active[row, :k])]
@@ -400,7 +401,7 @@ class BanditState:
         no candidate is left. Once ``bai_done_for(row)``, :meth:`good_arms` is the answer.
         """
         row = self._check_row(row)
-        if self._params[row].policy not in ("bai", "llm_bai"):
+        if family(self._params[row].policy) != "bai":
             raise ConfigError(f"bai_recommendation needs a BAI experiment, row {row} is {self._params[row].policy!r}")
         k = int(self.n_arms[row])
         f = self.exp_f[row]
@@ -462,7 +463,7 @@ class BanditState:
                 float(self.exp_f[row, core.F_N_AUX]), float(self.exp_f[row, core.F_EB_STRENGTH]),
                 self.impressions[row, :k].copy(), self.clicks[row, :k].copy(), self.mu_aux[row, :k].copy(),
                 usable.copy()))
-        if p.policy in ("bai", "llm_bai"):
+        if family(p.policy) == "bai":
             out["bai_done"] = bool(self.bai_done[row])
             out["good_arms"] = self.good_arms(row)
         return out

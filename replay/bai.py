@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.kernels import BanditState, ExperimentParams, simulate
+from lola.kernels.policy_table import TABLE
 from lola.replay.protocol import ReplayBatch
 from lola.replay.report import save_figure
 from lola.replay.sim import block_seed, plan_blocks
@@ -58,7 +59,7 @@ def _bai_block(batch: ReplayBatch, blk, policy: str, n_aux: float, reps: int, se
     k = blk.k
     params = ExperimentParams(policy=policy, n_aux=n_aux, bai_epsilon=0.0, bai_gamma=GOOD_WITHIN, bai_delta=0.2,
                               bai_radius=radius)
-    state, ctr = _block_state(batch, blk, params, reps, with_prior=policy == "llm_bai")
+    state, ctr = _block_state(batch, blk, params, reps, with_prior=TABLE[policy].uses_prior)
     n_rows = ctr.shape[0]
     done_at = np.full(n_rows, -1)
     done_set: dict[int, list[int]] = {}

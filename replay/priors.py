@@ -87,7 +87,7 @@ def model_training_headlines(model_dir: str | Path) -> tuple[frozenset[str] | No
     """
     card, _ = read_card(model_dir)
     try:
-        path, train = training_split(card.get("data") or {})
+        path, train = training_split(card.data)
     except DataError as exc:
         return None, f"not checked: {exc}"
     return frozenset(p.headline.strip() for p in train), f"train split of {path} (sha256 checked)"

@@ -26,6 +26,7 @@ import numpy as np
 
 from lola.errors import ConfigError
 from lola.kernels import BanditState, ExperimentParams, simulate
+from lola.kernels.policy_table import TABLE
 from lola.replay.protocol import PolicySpec, ReplayBatch
 
 BLOCK = 48
@@ -61,7 +62,7 @@ def block_seed(seed: int, tau: int, k: int, index: int) -> int:
 def kernel_params(spec: PolicySpec, horizon: int):
     """ExperimentParams of a replay policy (E&C needs its horizon)."""
     params = dict(spec.params)
-    return ExperimentParams(policy=spec.kernel_policy, horizon=int(horizon), **params)
+    return ExperimentParams.from_dict({"policy": spec.kernel_policy, "horizon": int(horizon), **params})
 
 
 def _compressed_warm_start(A0: np.ndarray, b0: np.ndarray, ridge: float):
@@ -79,7 +80,7 @@ def run_block(batch: ReplayBatch, spec: PolicySpec, tau: int, reps: int, seed: i
     k = blk.k
     steps = int(tau) * k
     params = kernel_params(spec, steps)
-    linear = spec.kernel_policy in ("linucb", "llm_linucb")
+    linear = TABLE[spec.kernel_policy].needs_features
     d = batch.features.shape[2] if (linear and batch.features is not None) else 0
     if linear and d == 0:
         raise ConfigError(f"{spec.name} needs arm features")
@@ -89,7 +90,7 @@ def run_block(batch: ReplayBatch, spec: PolicySpec, tau: int, reps: int, seed: i
     warm = None
     if linear and batch.linucb_A0 is not None:
         warm = _compressed_warm_start(batch.linucb_A0, batch.linucb_b0, params.ridge)
-    use_prior = spec.kernel_policy not in ("ucb", "ts", "ec", "linucb", "bai")
+    use_prior = TABLE[spec.kernel_policy].uses_prior
     for t_i, test in enumerate(blk.tests):
         for r in range(reps):
             row = state.add_experiment(params)

@@ -259,10 +259,36 @@ def dlq_replay(
     typer.echo(json.dumps(replay_dead_letters(s, set(reason or ()), dry_run=dry_run), sort_keys=True))
 
 
+def schema(
+    event_type: Optional[str] = typer.Argument(None, help="one event type (default: all, as one JSON object)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write <type>.json files into this folder instead"),
+) -> None:
+    """Print the JSON Schema (draft 2020-12) of the events, generated from the event models."""
+    from lola.stream.events import json_schemas
+
+    schemas = json_schemas()
+    if event_type is not None:
+        if event_type not in schemas:
+            raise ConfigError(f"unknown event type {event_type!r}; known: {', '.join(schemas)}")
+        schemas = {event_type: schemas[event_type]}
+    if out is None:
+        body = next(iter(schemas.values())) if event_type is not None else schemas
+        typer.echo(json.dumps(body, indent=2, sort_keys=True))
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, body in schemas.items():
+            (out / f"{name}.json").write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write schemas to {out}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {len(schemas)} schema(s) to {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root ``lola`` app."""
     app.command("broker")(broker)
     app.command("worker")(worker)
     app.command("snapshot")(snapshot)
+    app.command("schema")(schema)
     app.add_typer(loadgen_app, name="loadgen")
     app.add_typer(dlq_app, name="dlq")

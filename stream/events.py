@@ -1,39 +1,26 @@
-"""Event schemas (version 1): decode and validate with orjson, encode outputs.
+"""Event models (schema version 1): the one definition of every message the worker reads and writes.
 
 Pure module: no confluent_kafka, no I/O. Every input arrives on ONE topic
-(``lola.events``), keyed by ``experiment_id``, and carries a ``type``:
-
-========================  ===========================================================
-type                      fields (``?`` = optional)
-========================  ===========================================================
-``variant``               experiment_id, variant_id, text, action? (add|retire),
-                          settings? {policy, alpha, n_aux, conversion_weight, gamma,
-                          attribution_window_s, eb_strength, bai_radius,
-                          bai_epsilon, bai_gamma, bai_delta}
-``decision_request``      request_id, experiment_id, user_id?, context? (object), ts?
-``impression``            event_id, experiment_id, variant_id, ts, request_id?
-``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
-                          request_id?
-``conversion``            event_id, experiment_id, variant_id, value (0..1e9), ts
-========================  ===========================================================
-
-Every event may carry ``"v": 1`` (the schema version; absent means 1). ``ts`` is
-seconds since the Unix epoch (float), at most :data:`MAX_TS`; the worker also rejects
-one too far in the future (``future_ts``). Ids are non-empty strings of at most
-:data:`MAX_ID_CHARS` characters. A bad message raises :class:`~lola.errors.EventError`
-with a short machine-readable ``reason`` (see :data:`REASONS`), which the worker puts
-in the dead letter's ``lola.reason`` header.
+(``lola.events``), keyed by ``experiment_id``, and carries a ``type``. The msgspec
+Structs below are the schema: :func:`decode` validates with them, :func:`encode_decision`
+writes with them, :func:`json_schemas` turns them into the JSON Schema files shipped in
+``stream/schemas/`` (``lola schema``), and :func:`markdown_tables` into the tables of
+docs/events.md. A bad message raises :class:`~lola.errors.EventError` with a short
+machine-readable ``reason`` (see :data:`REASONS`), which the worker puts in the dead
+letter's ``lola.reason`` header.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
+from msgspec import Meta, Struct
 
 from lola.errors import EventError
+from lola.kernels.policy_table import ALL_SETTINGS, POLICIES, SETTINGS
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
@@ -46,18 +33,18 @@ MAX_CONVERSION_VALUE = 1e9
 MAX_TS = 253_402_300_799.0
 #: Bounds of the numeric variant settings that are not ExperimentParams fields.
 MAX_ATTRIBUTION_WINDOW_S = 1e9
-EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
-VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s",
-                    "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta")
-_STRING_SETTINGS = ("policy", "bai_radius")
+#: A variant's settings: the stream's own attribution window, then every kernel setting
+#: of the one policy table (lola.kernels.policy_table, docs/policies.md).
+_KERNEL_SETTINGS = frozenset(ALL_SETTINGS)
+_STRING_SETTINGS = frozenset(["policy"] + [n for n, s in SETTINGS.items() if s.kind == "string"])
 
 #: Dead-letter reasons, with what each means.
 REASONS = {
     "oversized": "message larger than max_message_bytes",
-    "invalid_json": "not UTF-8 JSON",
+    "invalid_json": "not UTF-8 JSON (after stripping a Schema Registry header, if any)",
     "not_an_object": "JSON value is not an object",
     "unsupported_version": "field v is not a supported schema version",
-    "unknown_type": "field type is missing or not one of EVENT_TYPES",
+    "unknown_type": "field type is missing or not an input event type",
     "missing_field": "a required field is absent",
     "wrong_type": "a field has the wrong JSON type",
     "invalid_value": "a field is out of range (negative, non-finite, above its bound, empty, too long)",
@@ -65,7 +52,7 @@ REASONS = {
     "key_mismatch": "the Kafka key differs from experiment_id (breaks partition ownership)",
     "unknown_experiment": "event for an experiment no variant event created",
     "unknown_variant": "event for a variant the experiment does not have",
-    "invalid_settings": "experiment settings rejected by ExperimentParams",
+    "invalid_settings": "unknown setting, one the policy does not read, or out of its bounds (docs/policies.md)",
     "late_click": "click outside the attribution window",
     "late_conversion": "conversion outside the attribution window",
     "no_active_variant": "decision request for an experiment whose variants are all retired",
@@ -75,190 +62,220 @@ REASONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Variant:
-    experiment_id: str
-    variant_id: str
-    text: str
-    action: str
-    settings: dict[str, Any] | None
+# --- the event models: the one definition ---------------------------------------------
+# msgspec Structs, chosen by measured decode speed (docs/events.md): one typed decode per
+# message validates types, lengths and bounds in C. JSON Schema files come from the same
+# classes (:func:`json_schemas`), so the schema and the decoder cannot drift apart.
+
+Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+Ts = Annotated[float, Meta(ge=0.0, le=MAX_TS, description="seconds since the Unix epoch")]
+Version = Literal[1]
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRequest:
-    request_id: str
-    experiment_id: str
-    user_id: str | None
-    context: dict[str, Any] | None
-    ts: float | None
+class _Event(Struct, frozen=True, gc=False, tag_field="type"):
+    pass
 
 
-@dataclass(frozen=True, slots=True)
-class Impression:
-    event_id: str
-    experiment_id: str
-    variant_id: str
-    ts: float
-    request_id: str | None
+class Variant(_Event, tag="variant"):
+    """Adds (or retires) a variant; the first add creates the experiment with its settings."""
+
+    experiment_id: Id
+    variant_id: Id
+    text: Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
+    action: Literal["add", "retire"] = "add"
+    settings: dict[str, Any] | None = None
+    v: Version = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class Click:
-    event_id: str
-    experiment_id: str
-    variant_id: str
-    ts: float
-    impression_id: str | None
-    request_id: str | None
+class DecisionRequest(_Event, tag="decision_request"):
+    """Asks for a variant; answered on the decisions topic."""
+
+    request_id: Id
+    experiment_id: Id
+    user_id: Id | None = None
+    context: dict[str, Any] | None = None
+    ts: Ts | None = None
+    v: Version = SCHEMA_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class Conversion:
-    event_id: str
-    experiment_id: str
-    variant_id: str
-    value: float
-    ts: float
+class _Feedback(_Event):
+    """Fields every impression and click carries (in this order: positional construction)."""
+
+    event_id: Id
+    experiment_id: Id
+    variant_id: Id
+    ts: Ts
+
+
+class Impression(_Feedback, tag="impression"):
+    """A variant was shown."""
+
+    request_id: Id | None = None
+    v: Version = SCHEMA_VERSION
+
+
+class Click(_Feedback, tag="click"):
+    """A shown variant was clicked (attributed by impression_id, request_id, or the window)."""
+
+    impression_id: Id | None = None
+    request_id: Id | None = None
+    v: Version = SCHEMA_VERSION
+
+
+class Conversion(_Event, tag="conversion"):
+    """A conversion worth ``value`` after a variant was shown."""
+
+    event_id: Id
+    experiment_id: Id
+    variant_id: Id
+    value: Annotated[float, Meta(ge=0.0, le=MAX_CONVERSION_VALUE)]
+    ts: Ts
+    v: Version = SCHEMA_VERSION
+
+
+class Decision(_Event, tag="decision"):
+    """Output: the worker's answer to a decision_request (key: experiment_id)."""
+
+    request_id: Id
+    experiment_id: Id
+    variant_id: Id
+    propensity: Annotated[float, Meta(ge=0.0, le=1.0)]
+    policy: str
+    policy_version: Annotated[int, Meta(ge=0)]
+    ts: Ts
+    v: Version = SCHEMA_VERSION
 
 
 Event = Variant | DecisionRequest | Impression | Click | Conversion
+INPUTS: tuple[type, ...] = (Variant, DecisionRequest, Impression, Click, Conversion)
+EVENT_TYPES = tuple(cls.__struct_config__.tag for cls in INPUTS)
+_DECODER = msgspec.json.Decoder(Event)
+_ENCODER = msgspec.json.Encoder()
+#: Confluent Schema Registry wire format: magic byte 0, a 4-byte schema id, then the JSON.
+#: JSON text never starts with a NUL byte, so the header is unambiguous.
+_REGISTRY_MAGIC = 0
+_REGISTRY_HEADER = 5
 
 
-def _id(obj: dict[str, Any], name: str, required: bool = True) -> str | None:
-    value = obj.get(name)
-    if value is None:
-        if required:
-            raise EventError("missing_field", name)
-        return None
-    if not isinstance(value, str):
-        raise EventError("wrong_type", f"{name} must be a string")
-    if not value or len(value) > MAX_ID_CHARS:
-        raise EventError("invalid_value", f"{name} must have 1..{MAX_ID_CHARS} characters")
-    return value
+def _reason(exc: msgspec.ValidationError) -> EventError:
+    """The dead-letter reason of a msgspec validation error (its messages name the path)."""
+    msg = str(exc)
+    path = msg.rpartition(" - at `")[2].rstrip("`") if " - at `" in msg else "$"
+    if path == "$.v":
+        return EventError("unsupported_version", msg[:120])
+    if path == "$.type" or msg.startswith("Object missing required field `type`"):
+        return EventError("unknown_type", msg[:120])
+    if path == "$":
+        if msg.startswith("Object missing required field"):
+            return EventError("missing_field", msg[:120])
+        return EventError("not_an_object", msg[:120])
+    if "got `null`" in msg:
+        return EventError("missing_field", msg[:120])  # a required field sent as null counts as absent
+    if msg.startswith("Expected `") and ", got `" in msg:
+        return EventError("wrong_type", msg[:120])
+    return EventError("invalid_value", msg[:120])  # length, bound, enum (action)
 
 
-def _number(obj: dict[str, Any], name: str, required: bool = True, limit: float = MAX_TS) -> float | None:
-    value = obj.get(name)
-    if value is None:
-        if required:
-            raise EventError("missing_field", name)
-        return None
-    # bool is an int subclass in Python; JSON true is not a number.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise EventError("wrong_type", f"{name} must be a number")
-    value = float(value)
-    if not 0.0 <= value <= limit:  # False for NaN and inf too
-        raise EventError("invalid_value", f"{name} must be in [0, {limit:g}]")
-    return value
+def _check_settings(settings: dict[str, Any]) -> None:
+    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s"})
+    if unknown:
+        raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
+    for name, value in settings.items():
+        if name in _STRING_SETTINGS:
+            if not isinstance(value, str):
+                raise EventError("wrong_type", f"settings.{name} must be a string")
+        elif value is None and name == "horizon":
+            continue  # horizon null: unknown (the default)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EventError("wrong_type", f"settings.{name} must be a number")
+        elif math.isnan(value) or value < 0:
+            raise EventError("invalid_value", f"settings.{name} must be >= 0")
+        elif name == "attribution_window_s" and not 0 < value <= MAX_ATTRIBUTION_WINDOW_S:
+            raise EventError("invalid_value", f"settings.{name} must be in (0, {MAX_ATTRIBUTION_WINDOW_S:g}]")
+        # every other numeric bound is ExperimentParams' (lola.kernels.policy_table): invalid_settings
 
 
 def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536) -> Event:
     """Decode and validate one message value; raise EventError(reason) if it is bad.
 
     When ``key`` is given it must equal the UTF-8 experiment_id: a worker owns the
-    experiments of its partitions only if producers key by experiment_id.
+    experiments of its partitions only if producers key by experiment_id. A value in
+    Schema Registry framing (byte 0, 4-byte schema id, JSON) is decoded without its header.
     """
     if raw is None:
         raise EventError("invalid_json", "empty message (tombstone)")
     if len(raw) > max_bytes:
         raise EventError("oversized", f"{len(raw)} bytes > {max_bytes}")
+    if raw[:1] == b"\x00" and len(raw) > _REGISTRY_HEADER:
+        raw = memoryview(raw)[_REGISTRY_HEADER:]
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        event = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        # Error path only: msgspec reads an out-of-range number (1e999) as inf, orjson
+        # (like the JSON RFC's interoperable range) rejects it; such a value stays invalid_json.
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError as bad:
+            raise EventError("invalid_json", str(bad)[:120]) from None
+        raise _reason(exc) from None
+    except msgspec.DecodeError as exc:
         raise EventError("invalid_json", str(exc)[:120]) from None
-    if type(obj) is not dict:
-        raise EventError("not_an_object", type(obj).__name__)
-    # Fast path for the hot event types when every field is well formed; anything
-    # unusual falls through to the full validation below, which names the reason.
-    kind = obj.get("type")
-    if kind == "impression" or kind == "click":
-        eid = obj.get("event_id")
-        exp = obj.get("experiment_id")
-        vid = obj.get("variant_id")
-        ts = obj.get("ts")
-        if (type(eid) is str and type(exp) is str and type(vid) is str and (type(ts) is float or type(ts) is int)
-                and 0.0 <= ts <= MAX_TS and 0 < len(eid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
-                and 0 < len(vid) <= MAX_ID_CHARS and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
-                and (key is None or key == exp.encode())):
-            rid = obj.get("request_id")
-            if rid is None or (type(rid) is str and 0 < len(rid) <= MAX_ID_CHARS):
-                if kind == "impression":
-                    return Impression(eid, exp, vid, float(ts), rid)
-                imp = obj.get("impression_id")
-                if imp is None or (type(imp) is str and 0 < len(imp) <= MAX_ID_CHARS):
-                    return Click(eid, exp, vid, float(ts), imp, rid)
-    elif kind == "decision_request":
-        rid = obj.get("request_id")
-        exp = obj.get("experiment_id")
-        uid = obj.get("user_id")
-        ts = obj.get("ts")
-        context = obj.get("context")
-        if (type(rid) is str and type(exp) is str and 0 < len(rid) <= MAX_ID_CHARS and 0 < len(exp) <= MAX_ID_CHARS
-                and (uid is None or (type(uid) is str and 0 < len(uid) <= MAX_ID_CHARS))
-                and (ts is None or ((type(ts) is float or type(ts) is int) and 0.0 <= ts <= MAX_TS))
-                and (context is None or type(context) is dict)
-                and obj.get("v", 1) == 1 and type(obj.get("v", 1)) is int
-                and (key is None or key == exp.encode())):
-            return DecisionRequest(rid, exp, uid, context, None if ts is None else float(ts))
-    return _decode_checked(obj, key)
-
-
-def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
-    version = obj.get("v", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise EventError("unsupported_version", repr(version)[:40])
-    kind = obj.get("type")
-    experiment_id = _id(obj, "experiment_id") if kind in EVENT_TYPES else None
-    if kind == "impression":
-        event: Event = Impression(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"),
-                                  _number(obj, "ts"), _id(obj, "request_id", False))
-    elif kind == "click":
-        event = Click(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "ts"),
-                      _id(obj, "impression_id", False), _id(obj, "request_id", False))
-    elif kind == "decision_request":
-        context = obj.get("context")
-        if context is not None and not isinstance(context, dict):
-            raise EventError("wrong_type", "context must be an object")
-        event = DecisionRequest(_id(obj, "request_id"), experiment_id, _id(obj, "user_id", False), context,
-                                _number(obj, "ts", False))
-    elif kind == "conversion":
-        event = Conversion(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "value", limit=MAX_CONVERSION_VALUE),
-                           _number(obj, "ts"))
-    elif kind == "variant":
-        text = obj.get("text")
-        if text is None:
-            raise EventError("missing_field", "text")
-        if not isinstance(text, str):
-            raise EventError("wrong_type", "text must be a string")
-        if len(text) > MAX_TEXT_CHARS:
-            raise EventError("invalid_value", f"text longer than {MAX_TEXT_CHARS} characters")
-        action = obj.get("action", "add")
-        if action not in ("add", "retire"):
-            raise EventError("invalid_value", "action must be add or retire")
-        settings = obj.get("settings")
-        if settings is not None:
-            if not isinstance(settings, dict):
-                raise EventError("wrong_type", "settings must be an object")
-            unknown = sorted(set(settings) - set(VARIANT_SETTINGS))
-            if unknown:
-                raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
-            for name, value in settings.items():
-                if name in _STRING_SETTINGS:
-                    if not isinstance(value, str):
-                        raise EventError("wrong_type", f"settings.{name} must be a string")
-                elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise EventError("wrong_type", f"settings.{name} must be a number")
-                elif math.isnan(value) or value < 0:
-                    raise EventError("invalid_value", f"settings.{name} must be >= 0")
-                elif name == "attribution_window_s" and not 0 < value <= MAX_ATTRIBUTION_WINDOW_S:
-                    raise EventError("invalid_value", f"settings.{name} must be in (0, {MAX_ATTRIBUTION_WINDOW_S:g}]")
-                # every other numeric bound is ExperimentParams' (lola.kernels.params): invalid_settings
-        event = Variant(experiment_id, _id(obj, "variant_id"), text, action, settings)
-    else:
-        raise EventError("unknown_type", repr(kind)[:40])
-    if key is not None and key != experiment_id.encode():
+    if type(event) is Variant and event.settings is not None:
+        _check_settings(event.settings)
+    if key is not None and key != event.experiment_id.encode():
         raise EventError("key_mismatch", "message key must be the experiment_id")
     return event
+
+
+def settings_schema() -> dict[str, Any]:
+    """JSON Schema of a variant's ``settings``, from the one policy table."""
+    props: dict[str, Any] = {"policy": {"enum": list(POLICIES)},
+                             "attribution_window_s": {"type": "number", "exclusiveMinimum": 0,
+                                                      "maximum": MAX_ATTRIBUTION_WINDOW_S}}
+    for name, s in SETTINGS.items():
+        if s.choices:
+            props[name] = {"enum": list(s.choices)}
+            continue
+        rule: dict[str, Any] = {"type": "integer" if s.kind == "integer" else "number"}
+        rule["exclusiveMinimum" if s.lo_open else "minimum"] = s.lo
+        rule["exclusiveMaximum" if s.hi_open else "maximum"] = s.hi
+        if s.nullable:
+            rule = {"anyOf": [rule, {"type": "null"}]}
+        props[name] = {**rule, "description": s.doc}
+    return {"type": "object", "properties": props, "additionalProperties": False,
+            "description": "policy settings (docs/policies.md); n_aux may also be inf, which JSON cannot carry"}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON Schema (draft 2020-12) per event type, generated from the models above."""
+    out = {}
+    for cls in INPUTS + (Decision,):
+        schema = msgspec.json.schema(cls)
+        name = cls.__struct_config__.tag
+        body = schema["$defs"][cls.__name__]
+        if cls is Variant:
+            body["properties"]["settings"] = {"anyOf": [settings_schema(), {"type": "null"}]}
+        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                     "$id": f"https://lola-stream.invalid/schemas/v{SCHEMA_VERSION}/{name}.json",
+                     "title": name, **body}
+    return out
+
+
+def markdown_tables() -> str:
+    """The field and reason tables of docs/events.md (tests/stream/test_event_schema.py keeps it current)."""
+    lines = ["| `type` | required | optional (default) |", "|---|---|---|"]
+    for cls in INPUTS + (Decision,):
+        info = msgspec.structs.fields(cls)
+        req = ", ".join(f.name for f in info if f.required)
+        opt = ", ".join(f"{f.name} ({'null' if f.default is None else f.default})" for f in info
+                        if not f.required and f.name != "v")
+        lines.append(f"| `{cls.__struct_config__.tag}` | {req} | {opt} |")
+    lines += ["", f"Bounds: ids are strings of 1..{MAX_ID_CHARS} characters; `ts` is a number in [0, {MAX_TS:.0f}] "
+              f"(seconds since the Unix epoch); `value` in [0, {MAX_CONVERSION_VALUE:g}]; `text` at most "
+              f"{MAX_TEXT_CHARS} characters; `propensity` in [0, 1]; `v` is {SCHEMA_VERSION} (absent = {SCHEMA_VERSION}).",
+              "", "| dead-letter reason | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {text.replace('|', '/')} |" for name, text in REASONS.items()]
+    return "\n".join(lines) + "\n"
 
 
 # --- outputs -----------------------------------------------------------------------------
@@ -266,12 +283,9 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
 def encode_decision(request_id: str, experiment_id: str, variant_id: str, propensity: float,
                     policy: str, policy_version: int, ts: float) -> bytes:
     """A ``decision`` record (key: experiment_id)."""
-    return orjson.dumps({"v": SCHEMA_VERSION, "type": "decision", "request_id": request_id,
-                         "experiment_id": experiment_id, "variant_id": variant_id,
-                         "propensity": propensity, "policy": policy,
-                         "policy_version": policy_version, "ts": ts})
+    return _ENCODER.encode(Decision(request_id, experiment_id, variant_id, propensity, policy, policy_version, ts))
 
 
-def encode_event(obj: dict[str, Any]) -> bytes:
-    """Encode an input event (used by the load generator and tests)."""
-    return orjson.dumps(obj)
+def encode_event(obj: dict[str, Any] | Struct) -> bytes:
+    """Encode an input event, a dict or one of the models (load generator, tests)."""
+    return _ENCODER.encode(obj) if isinstance(obj, Struct) else orjson.dumps(obj)

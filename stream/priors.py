@@ -23,7 +23,6 @@ so a bad model is not re-hashed every watch interval.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -36,6 +35,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import numpy as np
 
 from lola.errors import ConfigError, ModelIntegrityError
+from lola.export.card import ModelCard
 from lola.export.digest import bytes_sha256
 
 log = logging.getLogger("lola.stream.priors")
@@ -100,10 +100,7 @@ class OnnxModelProvider:
             raw = (self.model_dir / self.CARD).read_bytes()
         except OSError:
             return None
-        try:
-            names = sorted((json.loads(raw).get("files") or {}))
-        except (ValueError, AttributeError, TypeError):
-            names = []
+        names = ModelCard.file_names(raw)
         files = []
         for name in names:
             try:

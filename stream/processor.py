@@ -40,6 +40,8 @@ import numpy as np
 import orjson
 
 from lola.errors import CapacityError, ConfigError, EventError, KernelInputError, LolaError
+from lola.kernels.params import ExperimentParams
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 
@@ -416,8 +418,6 @@ class ShardProcessor:
             raise EventError(reason, f"{exp.max_ts - event.ts:.0f}s older than the newest event > window {window:g}s")
 
     def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
-        from lola.kernels import ExperimentParams
-
         if event.action == "retire":
             if exp is None:
                 raise EventError("unknown_experiment", event.experiment_id[:80])
@@ -434,10 +434,15 @@ class ShardProcessor:
             window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
             if not window > 0:
                 raise EventError("invalid_settings", "attribution_window_s must be > 0")
-            params = {"policy": self.config.default_policy, "alpha": self.config.default_alpha,
-                      "n_aux": self.config.default_n_aux, **settings}
+            policy = settings.get("policy", self.config.default_policy)
+            # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
+            # a setting it does not read, sent by the producer, is invalid_settings.
+            reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
+            defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
+                                                         ("n_aux", self.config.default_n_aux)) if name in reads}
+            params = {"policy": policy, **defaults, **settings}
             try:
-                row = self.state.add_experiment(ExperimentParams(**params))
+                row = self.state.add_experiment(ExperimentParams.from_dict(params))
             except CapacityError as exc:
                 raise EventError("capacity", str(exc)[:120]) from None
             except (ConfigError, TypeError, ValueError) as exc:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
-ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "demo", "loadgen", "dlq", "priors", "bench", "replay", "config"]
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "loadgen", "dlq", "priors", "bench", "replay", "config"]
 
 
 def _lola(*args: str) -> subprocess.CompletedProcess:
@@ -50,3 +50,15 @@ def test_unknown_option_and_bad_value_are_one_line_naming_the_command():
     assert out.returncode == 2
     [line] = out.stderr.splitlines()
     assert line.startswith("lola: error: Invalid value for '--tests'") and line.endswith("(see 'lola demo --help')")
+
+
+def test_schema_prints_one_type_writes_files_and_rejects_unknown(tmp_path):
+    import json
+
+    out = _lola("schema", "impression")
+    assert out.returncode == 0 and json.loads(out.stdout)["$schema"].endswith("2020-12/schema")
+    assert _lola("schema", "--out", str(tmp_path)).returncode == 0
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(
+        ["variant", "decision_request", "impression", "click", "conversion", "decision"])
+    bad = _lola("schema", "purchase")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown event type" in bad.stderr

@@ -57,7 +57,7 @@ def test_build_default_trains_exports_and_records_tune_metrics(tmp_path, tiny_ba
     card = build_default(tiny_csv, out, config, base=str(tiny_base))
     assert training_dir_for(out).joinpath("train_state.json").is_file()
     on_disk = json.loads((out / "model_card.json").read_text())
-    assert on_disk["metrics"]["tune"]["n_headlines"] > 0 and card["metrics"] == on_disk["metrics"]
+    assert on_disk["metrics"]["tune"]["n_headlines"] > 0 and card.metrics == on_disk["metrics"]
     assert set(on_disk["variants"]) <= {"fp32", "int8"} and "fp32" in on_disk["variants"]
     # the readout is refitted on every training headline and both heads are scored on tune
     assert on_disk["readout"]["file"] in on_disk["files"]

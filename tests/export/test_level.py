@@ -145,7 +145,7 @@ def test_served_prior_adds_the_level_of_the_week(exported_deviation, drifting_cs
 
     model = OnnxPriorModel(exported_deviation)
     card = model.card
-    assert card["target"] == "level_deviation" and model.week_level is not None
+    assert card.target == "level_deviation" and model.week_level is not None
     texts = ["dog story", "cat story"]
     z = model.raw_scores(texts)
     lo = model.predict(texts, test_weeks=[201401, 201401])

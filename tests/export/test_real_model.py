@@ -26,8 +26,8 @@ def test_smollm2_train_merge_export_score(tmp_path, upworthy_csv):
     assert state["steps_done"] == 3 and state["base"]["gguf_file"] == ref.gguf_file
 
     card = export_model(tmp_path / "train", tmp_path / "onnx", ())
-    assert card["validation"]["fp32"]["max_abs_diff_logits"] <= 1e-3
-    assert card["outputs"]["embedding"] == ["batch_size", 576]
+    assert card.validation["fp32"]["max_abs_diff_logits"] <= 1e-3
+    assert card.outputs["embedding"] == ["batch_size", 576]
 
     model = OnnxPriorModel(tmp_path / "onnx")
     headlines = ["Creationism Has Nothing To Do With Christianity According To Christian Dude",

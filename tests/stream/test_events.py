@@ -123,21 +123,9 @@ def test_decode_never_fails_other_than_event_error(raw):
         assert type(event) in (ev.Variant, ev.DecisionRequest, ev.Impression, ev.Click, ev.Conversion)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(hostile)
-def test_fast_path_agrees_with_full_validation(raw):
-    """decode() has a fast path for impressions/clicks; it must agree with the full checks."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return
-    if not isinstance(obj, dict):
-        return
-    try:
-        slow = ev._decode_checked(obj, None)
-    except EventError as exc:
-        with pytest.raises(EventError) as info:
-            ev.decode(raw, None)
-        assert info.value.reason == exc.reason
-    else:
-        assert ev.decode(raw, None) == slow
+def test_schema_registry_framing_is_stripped():
+    framed = b"\x00" + (42).to_bytes(4, "big") + orjson.dumps(GOOD_IMPRESSION)
+    assert ev.decode(framed, b"e1") == ev.decode(orjson.dumps(GOOD_IMPRESSION), b"e1")
+    with pytest.raises(EventError) as info:
+        ev.decode(b"\x00\x00\x00\x00\x01[1]", b"e1")
+    assert info.value.reason == "not_an_object"

@@ -139,14 +139,14 @@ def test_isolation_survives_an_exception_while_registering_a_variant(monkeypatch
 
     proc = ShardProcessor(0)
     o = setup(proc)
-    real = K.ExperimentParams
+    real = K.ExperimentParams.from_dict
 
-    def exploding(**kw):
-        if kw.get("alpha") == 0.0123:
+    def exploding(data):
+        if data.get("alpha") == 0.0123:
             raise RuntimeError("boom")
-        return real(**kw)
+        return real(data)
 
-    monkeypatch.setattr(K, "ExperimentParams", exploding)
+    monkeypatch.setattr(K.ExperimentParams, "from_dict", exploding)
     out = proc.process([rec(o, type="impression", experiment_id="e", variant_id="a", event_id="i1", ts=1),
                         rec(o + 1, type="variant", experiment_id="f", variant_id="a", text="x",
                             settings={"alpha": 0.0123}),

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lola.errors import LolaError
+from lola.kernels import ExperimentParams
 from lola.stream.loadgen import open_stream
 from lola.stream.processor import ProcessorConfig, ShardProcessor
 from lola.stream.snapshot import counts_view
@@ -189,3 +190,16 @@ def test_hostile_messages_never_disturb_valid_counts(hostile, seed):
     assert {d.offset for d in out.dead_letters} == hostile_at
     for d in out.dead_letters:
         assert d.value == mixed[d.offset][1] and d.reason
+
+
+def test_settings_the_policy_does_not_read_are_invalid_and_kernel_settings_pass():
+    proc = ShardProcessor(0)
+    out = proc.process([variant(0, settings={"policy": "llm2ucb", "bai_delta": 0.1}),
+                        variant(1, exp="f", settings={"policy": "ts", "horizon": 500, "ts_alpha0": 1.38,
+                                                      "min_traffic": 0.1, "burn_in": 20})])
+    assert [d.reason for d in out.dead_letters] == ["invalid_settings"] and "e" not in proc.experiments
+    assert "does not use bai_delta" in out.dead_letters[0].detail
+    params = proc.state.params(proc.experiments["f"].row)
+    assert (params.policy, params.horizon, params.ts_alpha0, params.min_traffic, params.burn_in) == \
+        ("ts", 500, 1.38, 0.1, 20)
+    assert params.alpha == ExperimentParams().alpha  # the worker's default alpha is not forced onto TS
