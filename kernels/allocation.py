@@ -10,7 +10,9 @@ adapted to the posteriors, with the CDFs integrated on the same panels):
 * each active arm's interval ``[m - W s, m + W s]`` clipped to [0, 1] (m, s its mean and
   standard deviation; ``W = 10 + 24 / sqrt(min(a, b))`` widens the window for the
   skewed, exponential-tailed posteriors of small counts) is cut into
-  :data:`PANELS_PER_ARM` equal panels; the union of every arm's break points makes the panels;
+  :data:`PANELS_PER_ARM` equal panels; the union of every arm's break points, thinned
+  where arms overlap (:data:`MERGE`), makes the panels, plus geometrically graded panels
+  toward 0 (1) when a clipped density has a non-integer ``a < 6`` (``b``);
 * on each panel every density is evaluated at :data:`GL_NODES` Gauss-Legendre nodes
   (up to a constant, centred at its mean with ``log1p`` so huge counts lose no digits); the CDF at the
   nodes is the CDF at the panel start plus the spectral integration matrix of the
@@ -42,10 +44,16 @@ from lola.kernels.numba_config import NJIT
 GL_NODES = 8
 PANELS_PER_ARM = 6
 #: Geometrically graded panels (ratio GRADE_RATIO) toward a clipped end 0 or 1.
-GRADED = 24
+GRADED = 24          # levels where a (or b) < 1: the density is unbounded there
+GRADED_SMOOTH = 8    # levels for 1 < a < SMOOTH_POWER, not whole: bounded, not smooth
 GRADE_RATIO = 0.2
 #: Above this Beta parameter x^(a-1) is smooth enough at 0 (and (1-x)^(b-1) at 1) for plain panels.
 SMOOTH_POWER = 6.0
+#: Break points of overlapping arms closer than MERGE x the finest covering step are dropped.
+MERGE = 0.6
+#: Below this largest Beta parameter log x and log(1 - x) are shared by all arms (relative
+#: error of a density ~ 1e5 x 1e-16); above it each arm uses log1p offsets from its mean.
+SHARED_LOG_MAX = 1e5
 #: Stated (and tested) bound on the absolute error of each TS allocation probability.
 TS_ALLOCATION_ERROR = 1e-6
 
@@ -94,8 +102,14 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
     hi = np.empty(K)
     lnorm = np.empty(K)
     scale = np.empty(K)  # ~ 1 / (sd sqrt(2 pi)): the computed masses stay near 1 (no underflow of their product)
-    brk = np.empty(K * (P + 1 + 2 * GRADED) + 1)
+    brk = np.empty(K * (P + 1) + 2 * GRADED + 1)
+    reg = np.empty(K * (P + 1))  # each arm's equal panels, thinned below where arms overlap
+    arm_step = np.empty(K)
+    nr = 0
     nb = 0
+    amax = 0.0
+    base0 = base1 = np.inf
+    lev0 = lev1 = 0
     vmax = -np.inf
     n_cont = 0
     for k in range(K):
@@ -117,24 +131,50 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
         scale[k] = 1.0 / max(sd * 2.5066282746310002, 1e-300)
         lnorm[k] = min(max(m, 1e-300), 1.0 - 1.1102230246251565e-16)  # centre of the log density
         step = (hi[k] - lo[k]) / P
+        arm_step[k] = step
+        amax = max(amax, ak, bk)
         for p in range(P + 1):
-            brk[nb] = lo[k] + p * step
-            nb += 1
-        # x^(a-1) (1-x)^(b-1) is not smooth at a clipped end: grade the panels geometrically there
-        if lo[k] == 0.0 and ak < SMOOTH_POWER:
-            for p in range(1, GRADED + 1):
-                brk[nb] = step * GRADE_RATIO ** p
-                nb += 1
-        if hi[k] == 1.0 and bk < SMOOTH_POWER:
-            for p in range(1, GRADED + 1):
-                if step * GRADE_RATIO ** p < 1e-14:
-                    break  # 1 - x would no longer be resolved in double precision
-                brk[nb] = 1.0 - step * GRADE_RATIO ** p
-                nb += 1
+            reg[nr] = lo[k] + p * step
+            nr += 1
+        # x^(a-1) (1-x)^(b-1) is not smooth at a clipped end unless a-1 (b-1) is a whole number:
+        # one geometrically graded set of panels per end, as fine as the finest arm needing it
+        if lo[k] == 0.0 and ak < SMOOTH_POWER and ak != math.floor(ak):
+            base0 = min(base0, step)
+            lev0 = max(lev0, GRADED if ak < 1.0 else GRADED_SMOOTH)
+        if hi[k] == 1.0 and bk < SMOOTH_POWER and bk != math.floor(bk):
+            base1 = min(base1, step)
+            lev1 = max(lev1, GRADED if bk < 1.0 else GRADED_SMOOTH)
+    for p in range(1, lev0 + 1):
+        brk[nb] = base0 * GRADE_RATIO ** p
+        nb += 1
+    for p in range(1, lev1 + 1):
+        if base1 * GRADE_RATIO ** p < 1e-14:
+            break  # 1 - x would no longer be resolved in double precision
+        brk[nb] = 1.0 - base1 * GRADE_RATIO ** p
+        nb += 1
     has_point = vmax > -np.inf
     if has_point:
         brk[nb] = vmax
         nb += 1
+    if nr > 0:
+        # Thin the union of the arms' break points: keep one only if it is at least MERGE x the
+        # finest step of the arms covering it away from the last kept one, so overlapping arms
+        # share panels (every panel stays narrower than (1 + MERGE) x each covering arm's step).
+        rs = np.sort(reg[:nr])
+        last = rs[0]
+        brk[nb] = last
+        nb += 1
+        for i in range(1, nr):
+            x = rs[i]
+            req = np.inf
+            for k in range(K):
+                if active[k] and a[k] >= 0.0 and lo[k] <= x <= hi[k]:
+                    req = min(req, arm_step[k])
+            if x - last >= MERGE * req or i == nr - 1:
+                brk[nb] = x
+                nb += 1
+                last = x
+    shared_logs = amax < SHARED_LOG_MAX
     if n_cont > 0:
         br = np.sort(brk[:nb])
         fprev = np.zeros(K)
@@ -142,6 +182,12 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
         pdf = np.empty((K, G))
         cdf = np.empty((K, G))
         xs = np.empty(G)
+        lx = np.empty(G)
+        l1x = np.empty(G)
+        cst = np.empty(K)
+        for k in range(K):
+            if active[k] and a[k] >= 0.0:
+                cst[k] = (a[k] - 1.0) * math.log(lnorm[k]) + (b[k] - 1.0) * math.log1p(-lnorm[k])
         for i in range(nb - 1):
             left = br[i]
             right = br[i + 1]
@@ -154,7 +200,11 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
                 continue
             half = 0.5 * h
             for g in range(G):
-                xs[g] = left + half * (gl_t[g] + 1.0)
+                x = left + half * (gl_t[g] + 1.0)
+                xs[g] = x
+                if shared_logs and 0.0 < x < 1.0:
+                    lx[g] = math.log(x)
+                    l1x[g] = math.log1p(-x)
             for k in range(K):
                 if not active[k] or a[k] < 0.0 or right <= lo[k] or left >= hi[k]:
                     for g in range(G):
@@ -165,17 +215,23 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
                 bm1 = b[k] - 1.0
                 c0 = lnorm[k]
                 inv_scale = scale[k]
-                for g in range(G):
-                    # density up to a constant (the masses are normalised below), centred at the
-                    # mean so that a, b up to 1e12 lose no digits: log1p of the relative offset
-                    dx = xs[g] - c0
-                    ex = 0.0
-                    if am1 != 0.0:  # log(x / c0); log1p near c0, plain logs far from it
-                        ex += am1 * (math.log1p(dx / c0) if xs[g] > 0.5 * c0 else math.log(xs[g]) - math.log(c0))
-                    if bm1 != 0.0:  # log((1 - x) / (1 - c0)) likewise
-                        ex += bm1 * (math.log1p(-dx / (1.0 - c0)) if 1.0 - xs[g] > 0.5 * (1.0 - c0)
-                                     else math.log1p(-xs[g]) - math.log1p(-c0))
-                    pdf[k, g] = math.exp(ex) * inv_scale if 0.0 < xs[g] < 1.0 else 0.0
+                if shared_logs:  # counts below SHARED_LOG_MAX: two logs per node shared by all arms
+                    ck = cst[k]
+                    for g in range(G):
+                        pdf[k, g] = (math.exp(am1 * lx[g] + bm1 * l1x[g] - ck) * inv_scale
+                                     if 0.0 < xs[g] < 1.0 else 0.0)
+                else:
+                    for g in range(G):
+                        # density up to a constant (the masses are normalised below), centred at the
+                        # mean so that a, b up to 1e12 lose no digits: log1p of the relative offset
+                        dx = xs[g] - c0
+                        ex = 0.0
+                        if am1 != 0.0:  # log(x / c0); log1p near c0, plain logs far from it
+                            ex += am1 * (math.log1p(dx / c0) if xs[g] > 0.5 * c0 else math.log(xs[g]) - math.log(c0))
+                        if bm1 != 0.0:  # log((1 - x) / (1 - c0)) likewise
+                            ex += bm1 * (math.log1p(-dx / (1.0 - c0)) if 1.0 - xs[g] > 0.5 * (1.0 - c0)
+                                         else math.log1p(-xs[g]) - math.log1p(-c0))
+                        pdf[k, g] = math.exp(ex) * inv_scale if 0.0 < xs[g] < 1.0 else 0.0
                 tot = 0.0
                 for g in range(G):
                     acc = 0.0
