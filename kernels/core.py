@@ -344,7 +344,8 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     ``want_propensity``, NaN otherwise: :func:`lola.kernels.select` fills TS propensities
     from the per-state-version cache).
 
-    Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first;
+    Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first,
+    the prior's weight ``n_aux`` included (a finite one);
     then counts add, t and steps advance by ``w``; the LLM-2UCBs cache of the arm is
     refreshed; LinUCB does Sherman-Morrison; E&C commits at the end of exploration;
     BAI eliminates.
@@ -456,6 +457,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                         clk[e, k] *= f
                         conv[e, k] *= f
                     exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
+                    # the prior is n_aux pseudo-impressions seen before the first one: it fades
+                    # like the data, so drift can escape it (inf, the pure-LLM limit, stays inf)
+                    if not math.isinf(exp_f[e, F_N_AUX]):
+                        exp_f[e, F_N_AUX] *= f
                     if linear:
                         linear_discount(e, K, f, exp_f[e, F_RIDGE], feats, z, ainv, bvec, ubuf)
                 imp[e, a] += w

@@ -169,6 +169,7 @@ class Exp:
     steps: float = 0.0
     committed: list[int] | None = None
     bai_done: bool = False
+    n_aux_now: float | None = None  # effective n_aux, discounted with the data when gamma < 1
     A: np.ndarray | None = None
     b: np.ndarray | None = None
 
@@ -205,8 +206,12 @@ class Twin:
     def reward(self, e: Exp, a: Arm) -> float:
         return a.clicks + e.p.conversion_weight * a.conv
 
+    @staticmethod
+    def prior_n(e: Exp) -> float:
+        return e.p.effective_n_aux if e.n_aux_now is None else e.n_aux_now
+
     def n_aux(self, e: Exp) -> float:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         if e.p.policy == "llm2ucb_eb":
             usable = np.array([a.active and a.prior is not None for a in e.arms])
             n_aux = adaptive_n_aux.py_func(
@@ -233,7 +238,7 @@ class Twin:
         return out
 
     def ts_thetas(self, e: Exp, key: int, j: int) -> tuple[list[float], int]:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         out = []
         for a in e.arms:
             if not a.active:
@@ -260,7 +265,7 @@ class Twin:
         return out
 
     def bai_interval(self, e: Exp, a: Arm) -> tuple[float, float]:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         if a.prior is not None and math.isinf(n_aux):
             return a.prior, 0.0
         prior = n_aux if a.prior is not None else 0.0
@@ -343,7 +348,7 @@ class Twin:
 
     def ts_posteriors(self, e: Exp) -> tuple[list, list, list]:
         """Per arm (a, b) of its Beta posterior, or a = -1 and ``point`` for a point mass."""
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         a_, b_, pt = [], [], []
         for a in e.arms:
             c = self.reward(e, a)
@@ -393,6 +398,8 @@ class Twin:
                 a.clicks *= f
                 a.conv *= f
             e.imps *= f
+            if not math.isinf(self.prior_n(e)):
+                e.n_aux_now = self.prior_n(e) * f
             if e.A is not None and e.p.policy in ("linucb", "llm_linucb"):
                 # discount the data, keep the ridge; below 1e-12 the data is forgotten
                 keep = 0.0 if f < 1e-12 else f
