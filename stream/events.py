@@ -14,7 +14,8 @@ type                      fields (``?`` = optional)
 ``impression``            event_id, experiment_id, variant_id, ts, request_id?
 ``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
                           request_id?
-``conversion``            event_id, experiment_id, variant_id, value (0..1e9), ts
+``conversion``            event_id, experiment_id, variant_id, value (0..1e9), ts,
+                          impression_id?, request_id? (attributed like clicks)
 ========================  ===========================================================
 
 Every event may carry ``"v": 1`` (the schema version; absent means 1). ``ts`` is
@@ -119,6 +120,8 @@ class Conversion:
     variant_id: str
     value: float
     ts: float
+    impression_id: str | None = None
+    request_id: str | None = None
 
 
 Event = Variant | DecisionRequest | Impression | Click | Conversion
@@ -223,7 +226,7 @@ def _decode_checked(obj: dict[str, Any], key: bytes | None) -> Event:
                                 _number(obj, "ts", False))
     elif kind == "conversion":
         event = Conversion(_id(obj, "event_id"), experiment_id, _id(obj, "variant_id"), _number(obj, "value", limit=MAX_CONVERSION_VALUE),
-                           _number(obj, "ts"))
+                           _number(obj, "ts"), _id(obj, "impression_id", False), _id(obj, "request_id", False))
     elif kind == "variant":
         text = obj.get("text")
         if text is None:

@@ -91,6 +91,23 @@ def test_late_clicks_go_to_dead_letters_with_reason():
     assert counts(proc)["e"]["a"] == {"impressions": 2, "clicks": 2, "conversions": 0}
 
 
+def test_conversions_name_their_impression_and_are_attributed_like_clicks():
+    proc = ShardProcessor(0)
+    proc.process([variant(0, settings={"attribution_window_s": 100})])
+    conv = lambda o, eid, ts, **ref: rec(o, type="conversion", experiment_id="e", variant_id="a", event_id=eid,
+                                         ts=ts, value=2.5, **ref)
+    out = proc.process([
+        rec(1, type="impression", experiment_id="e", variant_id="a", event_id="i1", ts=1000.0, request_id="r1"),
+        rec(2, type="impression", experiment_id="e", variant_id="a", event_id="i2", ts=1090.0),
+        conv(3, "v1", 1080.0, impression_id="i1"),   # within 100 s of its impression
+        conv(4, "v2", 1150.0, impression_id="i1"),   # 150 s after its impression: late
+        conv(5, "v3", 1095.0, request_id="r1"),      # named by request_id, within the window
+        conv(6, "v4", 1120.0, request_id="r1"),      # 120 s after: late, though newer than newest - window
+    ])
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(4, "late_conversion"), (6, "late_conversion")]
+    assert counts(proc)["e"]["a"]["conversions"] == 5.0
+
+
 def test_unknown_experiment_and_variant_are_dead_lettered_not_dropped():
     proc = ShardProcessor(0)
     proc.process([variant(0)])
