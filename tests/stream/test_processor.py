@@ -206,3 +206,18 @@ def test_hostile_messages_never_disturb_valid_counts(hostile, seed):
     assert {d.offset for d in out.dead_letters} == hostile_at
     for d in out.dead_letters:
         assert d.value == mixed[d.offset][1] and d.reason
+
+
+def test_bai_snapshot_carries_the_good_set_done_and_recommendation():
+    proc = ShardProcessor(0)
+    recs = [variant(0, settings={"policy": "bai"}), variant(1, vid="b")]
+    recs += [rec(i, type="impression", experiment_id="e", variant_id="ab"[i % 2], event_id=f"i{i}", ts=1.0)
+             for i in range(2, 400)]
+    assert proc.process(recs[:2]).dead_letters == []
+    snap = proc.snapshot("e")
+    assert snap["bai"] == {"done": False, "good_set": ["a", "b"], "recommendation": ["a", "b"]}
+    recs += [rec(i, type="click", experiment_id="e", variant_id="a", event_id=f"c{i}", ts=1.0) for i in range(400, 500)]
+    assert proc.process(recs[2:]).dead_letters == []
+    snap = proc.snapshot("e")
+    assert snap["bai"] == {"done": True, "good_set": ["a"], "recommendation": ["a"]}
+    assert snap["arms"]["a"]["serving_share"] == 1.0 and snap["arms"]["b"]["serving_share"] == 0.0
