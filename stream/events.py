@@ -9,7 +9,8 @@ type                      fields (``?`` = optional)
 ``variant``               experiment_id, variant_id, text, action? (add|retire),
                           settings? {policy, alpha, n_aux, conversion_weight, gamma,
                           attribution_window_s, eb_strength, bai_radius,
-                          bai_epsilon, bai_gamma, bai_delta}
+                          bai_epsilon, bai_gamma, bai_delta, min_traffic, burn_in,
+                          horizon, explore_fraction, ts_alpha0, ts_beta0}
 ``decision_request``      request_id, experiment_id, user_id?, context? (object), ts?
 ``impression``            event_id, experiment_id, variant_id, ts, request_id?
 ``click``                 event_id, experiment_id, variant_id, ts, impression_id?,
@@ -49,7 +50,9 @@ MAX_TS = 253_402_300_799.0
 MAX_ATTRIBUTION_WINDOW_S = 1e9
 EVENT_TYPES = ("variant", "decision_request", "impression", "click", "conversion")
 VARIANT_SETTINGS = ("policy", "alpha", "n_aux", "conversion_weight", "gamma", "attribution_window_s",
-                    "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta")
+                    "eb_strength", "bai_radius", "bai_epsilon", "bai_gamma", "bai_delta",
+                    # #20: the floor (needed for off-policy evaluation), burn-in, E&C's horizon, TS's prior
+                    "min_traffic", "burn_in", "horizon", "explore_fraction", "ts_alpha0", "ts_beta0")
 _STRING_SETTINGS = ("policy", "bai_radius")
 
 #: Dead-letter reasons, with what each means.
