@@ -528,6 +528,10 @@ class ShardProcessor:
                 "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
                 "ts": time.time() if now is None else now, "partition": self.partition,
                 "input_offset": self.next_offset, "arms": arms}
+        params = self.state.params(exp.row)
+        # off-policy evaluation: deterministic policies need a floor (min_traffic) for positive propensities
+        snap["ope"] = {"needs_floor": params.needs_floor_for_ope, "min_traffic": params.min_traffic,
+                       "supported": params.supports_ope}
         if "bai_done" in summary:  # best-arm identification: Algorithm 2's good set, stop flag, answer now
             snap["bai"] = {"done": summary["bai_done"],
                            "good_set": [exp.variant_ids[s] for s in summary["good_arms"]],

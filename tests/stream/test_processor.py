@@ -221,3 +221,11 @@ def test_bai_snapshot_carries_the_good_set_done_and_recommendation():
     snap = proc.snapshot("e")
     assert snap["bai"] == {"done": True, "good_set": ["a"], "recommendation": ["a"]}
     assert snap["arms"]["a"]["serving_share"] == 1.0 and snap["arms"]["b"]["serving_share"] == 0.0
+    assert snap["ope"] == {"needs_floor": True, "min_traffic": 0.0, "supported": False}
+
+
+def test_snapshot_says_whether_off_policy_evaluation_is_supported():
+    proc = ShardProcessor(0)
+    proc.process([variant(0, exp="t", settings={"policy": "ts"}), variant(1, exp="f", settings={"min_traffic": 0.05})])
+    assert proc.snapshot("t")["ope"] == {"needs_floor": False, "min_traffic": 0.0, "supported": True}
+    assert proc.snapshot("f")["ope"] == {"needs_floor": True, "min_traffic": 0.05, "supported": True}
