@@ -129,44 +129,23 @@ def _time_numba(policy, ctr, prior, feats, steps, repeats, seed):
     return n / best, n / max(best_cpu, 1e-9), clicks / n
 
 
-def _time_batch_api(policy, ctr, prior, feats, steps, seed):
-    """Worker path: ``select`` then ``update`` on a batch of one decision per experiment, for
-    the first ``API_STEPS`` steps (TS computes its Monte Carlo propensities here)."""
-    import numpy as np
-
-    steps = min(steps, API_STEPS)
-    from lola.kernels import select, update
-
-    n_exp = ctr.shape[0]
-    rows = np.arange(n_exp, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    state = _fresh_state(policy, ctr, prior, feats)
-    ones, zeros = np.ones(n_exp), np.zeros(n_exp)
-    warm = _fresh_state(policy, ctr[:4], prior[:4], feats[:4])
-    s, _ = select(warm, rows[:4], 0)
-    update(warm, rows[:4], s, ones[:4], zeros[:4], zeros[:4])
-    t0 = time.perf_counter()
-    for step in range(steps):
-        slots, _prop = select(state, rows, seed + step)
-        clicks = (rng.random(n_exp) < ctr[rows, slots]).astype(np.float64)
-        update(state, rows, slots, ones, clicks, zeros)
-    return n_exp * steps / (time.perf_counter() - t0)
-
-
-def _time_worker_batches(policy, ctr, prior, feats, seed):
-    """The worker's batch shape: every experiment gets ``PER_VERSION`` decisions per batch
-    (one state version: the worker applies a batch's events, then answers its requests
-    with one ``select``), then their impressions and clicks in one ``update``."""
+def _time_batch_api(policy, ctr, prior, feats, seed, per_version=1):
+    """Worker path: ``select`` then ``update`` for the first ``API_STEPS`` steps, on batches of
+    ``per_version`` decisions per experiment (one state version each: the worker applies a
+    batch's events, then answers its requests with one ``select``); validation included.
+    With ``per_version = 1`` TS computes one allocation quadrature per decision."""
     import numpy as np
 
     from lola.kernels import select, update
 
-    n_exp = ctr.shape[0]
-    rows = np.repeat(np.arange(n_exp, dtype=np.int64), PER_VERSION)
+    rows = np.repeat(np.arange(ctr.shape[0], dtype=np.int64), per_version)
     n = rows.shape[0]
     rng = np.random.default_rng(seed)
     state = _fresh_state(policy, ctr, prior, feats)
     ones, zeros = np.ones(n), np.zeros(n)
+    warm = _fresh_state(policy, ctr[:4], prior[:4], feats[:4])
+    s, _ = select(warm, rows[:4], 0)
+    update(warm, rows[:4], s, ones[:4], zeros[:4], zeros[:4])
     t0 = time.perf_counter()
     for step in range(API_STEPS):
         slots, _prop = select(state, rows, seed + step)
@@ -354,8 +333,8 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
         for k in arms:
             ctr, prior, feats = _workload(n_exp, k, seed)
             numba_rate, numba_cpu_rate, numba_ctr = _time_numba(policy, ctr, prior, feats, steps, repeats, seed)
-            api_rate = _time_batch_api(policy, ctr, prior, feats, steps, seed)
-            worker_rate = _time_worker_batches(policy, ctr, prior, feats, seed)
+            api_rate = _time_batch_api(policy, ctr, prior, feats, seed)
+            worker_rate = _time_batch_api(policy, ctr, prior, feats, seed, PER_VERSION)
             numpy_rate, numpy_ctr = _numpy_run(policy, ctr, prior, feats, steps, seed)
             m = min(mabwiser_experiments, n_exp)
             mab_rate, mab_n = _mabwiser_run(policy, ctr[:m], feats[:m], steps, seed)
