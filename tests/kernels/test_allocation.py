@@ -54,6 +54,17 @@ def test_seeded_random_posteriors_within_the_stated_bound():
     assert worst <= BOUND, worst
 
 
+def test_paper_prior_with_small_counts_within_the_stated_bound():
+    # TS with the paper's Beta(1.38, 96.11) prior and 0-60 impressions: non-integer a near 1
+    rng = np.random.default_rng(17)
+    for _ in range(30):
+        K = int(rng.integers(2, 9))
+        n = rng.integers(0, 60, K).astype(float)
+        c = np.floor(n * rng.uniform(0, 0.2, K))
+        a, b = 1.38 + c, 96.11 + n - c
+        np.testing.assert_allclose(kernel(a, b), reference(a, b), atol=BOUND, rtol=0)
+
+
 @pytest.mark.parametrize("a,b", [
     ([1.0], [1.0]),                                       # K = 1
     ([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]),                   # zero-count arms: exact tie
