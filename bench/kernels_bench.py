@@ -7,7 +7,12 @@ clicks. Each figure is select+update per second, measured in the same run:
 * ``numba_per_s``: :func:`lola.kernels.simulate` (the fused engine loop the worker's
   ``select``/``update`` also run), one thread, experiment-major order;
 * ``numba_batch_api_per_s``: the worker-facing path, ``select`` then ``update`` on
-  batches of one decision per experiment (validation included);
+  batches of one decision per experiment (validation included): every decision meets a
+  new state version, so TS computes one allocation quadrature per decision (worst case);
+* ``worker_batch_per_s``: the same with ``PER_VERSION`` decisions per experiment per
+  batch, as the worker answers a batch's requests after applying its events;
+* ``propensity`` (TS only): microseconds per experiment and state version of the
+  quadrature vs the replaced 64-draw Monte Carlo propensity, and the Monte Carlo error;
 * ``numpy_per_s``: a vectorised NumPy implementation of the same policy, one step
   over all experiments at a time (the best NumPy layout for this workload);
 * ``mabwiser_per_s``: MABWiser (UCB1 / ThompsonSampling / LinUCB), one ``MAB`` per
@@ -31,6 +36,10 @@ import typer
 
 D_LINUCB = 32
 API_STEPS = 2
+#: Decisions per experiment and state version in the ``worker_batch_per_s`` figure.
+PER_VERSION = 16
+#: Posterior draws of the Monte Carlo propensity the quadrature replaced (#20).
+MC_DRAWS = 64
 
 
 def _machine() -> dict[str, Any]:
@@ -120,28 +129,91 @@ def _time_numba(policy, ctr, prior, feats, steps, repeats, seed):
     return n / best, n / max(best_cpu, 1e-9), clicks / n
 
 
-def _time_batch_api(policy, ctr, prior, feats, steps, seed):
-    """Worker path: ``select`` then ``update`` on a batch of one decision per experiment, for
-    the first ``API_STEPS`` steps (TS computes its Monte Carlo propensities here)."""
+def _time_batch_api(policy, ctr, prior, feats, seed, per_version=1):
+    """Worker path: ``select`` then ``update`` for the first ``API_STEPS`` steps, on batches of
+    ``per_version`` decisions per experiment (one state version each: the worker applies a
+    batch's events, then answers its requests with one ``select``); validation included.
+    With ``per_version = 1`` TS computes one allocation quadrature per decision."""
     import numpy as np
 
-    steps = min(steps, API_STEPS)
     from lola.kernels import select, update
 
-    n_exp = ctr.shape[0]
-    rows = np.arange(n_exp, dtype=np.int64)
+    rows = np.repeat(np.arange(ctr.shape[0], dtype=np.int64), per_version)
+    n = rows.shape[0]
     rng = np.random.default_rng(seed)
     state = _fresh_state(policy, ctr, prior, feats)
-    ones, zeros = np.ones(n_exp), np.zeros(n_exp)
+    ones, zeros = np.ones(n), np.zeros(n)
     warm = _fresh_state(policy, ctr[:4], prior[:4], feats[:4])
     s, _ = select(warm, rows[:4], 0)
     update(warm, rows[:4], s, ones[:4], zeros[:4], zeros[:4])
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in range(API_STEPS):
         slots, _prop = select(state, rows, seed + step)
-        clicks = (rng.random(n_exp) < ctr[rows, slots]).astype(np.float64)
+        clicks = (rng.random(n) < ctr[rows, slots]).astype(np.float64)
         update(state, rows, slots, ones, clicks, zeros)
-    return n_exp * steps / (time.perf_counter() - t0)
+    return n * API_STEPS / (time.perf_counter() - t0)
+
+
+def _mc_propensity_kernel():
+    import numba
+    import numpy as np
+
+    from lola.kernels.core import tied_argmax
+    from lola.kernels.policies import ts_theta
+    from lola.kernels.rng import decision_keys
+
+    @numba.njit(cache=False)
+    def mc(a_imp, a_clk, keys, draws, out):
+        # the pre-#20 path: P(arm wins) from `draws` extra posterior draws per experiment
+        n, K = a_imp.shape
+        scores = np.empty(K)
+        for i in range(n):
+            j = 2
+            for k in range(K):
+                out[i, k] = 0.0
+            for m in range(draws):
+                for k in range(K):
+                    scores[k], j = ts_theta(a_imp[i, k], a_clk[i, k], 0.0, False, True, 0.0, 1.0, 1.0, keys[i], j)
+                w, _, _ = tied_argmax(K, scores, 0.0)
+                out[i, w] += 1.0 / draws
+
+    return mc, decision_keys
+
+
+def _propensity_comparison(ctr, prior, feats, seed, n_exp=2000):
+    """Quadrature vs the replaced Monte Carlo path on the same TS states (after 50
+    impressions per arm): time per experiment and state version, and the error of each
+    against the quadrature (whose own bound is TS_ALLOCATION_ERROR)."""
+    import numpy as np
+
+    from lola.kernels.allocation import TS_ALLOCATION_ERROR
+
+    m = min(n_exp, ctr.shape[0])
+    ctr, prior = ctr[:m], prior[:m]
+    state = _fresh_state("ts", ctr, prior, feats[:m])
+    rng = np.random.default_rng(seed)
+    k = ctr.shape[1]
+    state.impressions[:m, :k] = 50.0
+    state.clicks[:m, :k] = rng.binomial(50, ctr).astype(np.float64)
+    rows = np.arange(m, dtype=np.int64)
+    state.stamp[rows] += 1
+    state.allocations(rows[:2])  # compile outside the timing
+    state.stamp[rows] += 1
+    t0 = time.perf_counter()
+    quad = state.allocations(rows)[:m, :k].copy()
+    t_quad = (time.perf_counter() - t0) / m
+    mc, keys_of = _mc_propensity_kernel()
+    out = np.empty((m, k))
+    imp, clk = np.ascontiguousarray(state.impressions[:m, :k]), np.ascontiguousarray(state.clicks[:m, :k])
+    mc(imp[:2], clk[:2], keys_of(np.uint64(seed), 2), MC_DRAWS, out[:2])
+    t0 = time.perf_counter()
+    mc(imp, clk, keys_of(np.uint64(seed), m), MC_DRAWS, out)
+    t_mc = (time.perf_counter() - t0) / m
+    return {"experiments": m, "arms": k, "quadrature_us": round(t_quad * 1e6, 2),
+            "monte_carlo_us": round(t_mc * 1e6, 2), "monte_carlo_draws": MC_DRAWS,
+            "quadrature_error_bound": TS_ALLOCATION_ERROR,
+            "monte_carlo_mean_abs_error": round(float(np.abs(out - quad).mean()), 4),
+            "monte_carlo_max_abs_error": round(float(np.abs(out - quad).max()), 4)}
 
 
 # ---------------------------------------------------------------------------- NumPy peer
@@ -261,7 +333,8 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
         for k in arms:
             ctr, prior, feats = _workload(n_exp, k, seed)
             numba_rate, numba_cpu_rate, numba_ctr = _time_numba(policy, ctr, prior, feats, steps, repeats, seed)
-            api_rate = _time_batch_api(policy, ctr, prior, feats, steps, seed)
+            api_rate = _time_batch_api(policy, ctr, prior, feats, seed)
+            worker_rate = _time_batch_api(policy, ctr, prior, feats, seed, PER_VERSION)
             numpy_rate, numpy_ctr = _numpy_run(policy, ctr, prior, feats, steps, seed)
             m = min(mabwiser_experiments, n_exp)
             mab_rate, mab_n = _mabwiser_run(policy, ctr[:m], feats[:m], steps, seed)
@@ -274,6 +347,7 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                 "numba_per_s": round(numba_rate),
                 "numba_cpu_per_s": round(numba_cpu_rate),
                 "numba_batch_api_per_s": round(api_rate),
+                "worker_batch_per_s": round(worker_rate),
                 "numpy_per_s": round(numpy_rate),
                 "mabwiser_per_s": round(mab_rate),
                 "mabwiser_decisions_timed": mab_n,
@@ -283,6 +357,8 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                 "mean_reward_numba": round(numba_ctr, 5),
                 "mean_reward_numpy": round(numpy_ctr, 5),
             })
+            if policy == "ts":
+                results[-1]["propensity"] = _propensity_comparison(ctr, prior, feats, seed)
             del ctr, prior, feats
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if limiter is not None:
@@ -297,8 +373,11 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                                "numba_cpu_per_s uses this process's CPU time (less sensitive to a loaded machine)",
                      "batch_api": f"first {API_STEPS} steps: select+update on batches of one decision per "
                                   "experiment, validation included",
-                     "propensities": "computed for llm2ucb and linucb (1/#tied); TS Monte Carlo propensities "
-                                     "(64 draws) off in simulate, on in the batch API path"},
+                     "worker_batch": f"first {API_STEPS} steps: select+update on batches of {PER_VERSION} "
+                                     "decisions per experiment (one state version each), validation included",
+                     "propensities": "every select returns them: 1/#tied (with floor) for index policies; TS by "
+                                     "quadrature, once per experiment and state version, absolute error <= "
+                                     "1e-6 (kernels/allocation.py); off in simulate (numba_per_s)"},
         "results": results,
     }
 

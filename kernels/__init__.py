@@ -32,6 +32,7 @@ linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_d
     features=None) -> rows`` (bulk); ``add_arm(row, prior_ctr=None, features=None)
     -> slot``; ``set_prior(row, slot, ctr)``; ``retire_arm(row, slot)``;
     ``warm_start_linear(row, X, r)``; ``good_arms(row)`` / ``bai_done_for(row)``;
+    ``allocation(row) -> float64[K]`` (next decision's probability per arm);
     ``experiment_summary(row, seed=0) -> dict``; ``to_bytes()`` /
     ``BanditState.from_bytes(blob)``; ``params(row)``. Arrays ``impressions``,
     ``clicks``, ``conversions``, ``mu_aux``, ``has_prior``, ``active`` ``[E, K]``;
@@ -45,11 +46,12 @@ linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_d
 ``simulate(state, rows, steps, true_ctr, seed, propensities=False)``
     Fused select+update loop for replays and benchmarks, same @njit functions.
 
-Propensities: ``1/#tied`` for deterministic policies; Thompson policies use a Monte
-Carlo estimate ``(wins + own) / (M + 1)`` over ``M = propensity_draws`` extra
-posterior draws of the decision's own random stream. A min-traffic floor ``f``
-(capped at ``1/K_active``) and burn-in are folded in:
-``p = f + (1 - K_active f) p_policy``; during burn-in ``p = 1/K_active``.
+Propensities: ``state.allocation(row)[slot]``, the one allocation function (cached per
+experiment and state version): ``1/#tied`` for deterministic policies, TS by quadrature of
+P(arm's draw is the largest) within ``allocation.TS_ALLOCATION_ERROR`` (1e-6). A
+min-traffic floor ``f`` (capped at ``1/K_active``) and burn-in are folded in:
+``p = f + (1 - K_active f) p_policy``; during burn-in ``p = 1/K_active``. With gamma < 1
+the prior weight ``n_aux`` is discounted with the data.
 """
 
 from lola.kernels.api import select, simulate, update

@@ -102,9 +102,10 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
         Chosen arm slot per decision.
     propensity : float64[n]
         Probability the chosen arm had of being chosen by this decision: ``1/#tied``
-        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI), a Monte
-        Carlo estimate for TS/LLM-TS (``propensity_draws`` extra posterior draws), with
-        the min-traffic floor and burn-in folded in.
+        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI), P(the arm's
+        posterior draw is the largest) by quadrature for TS/LLM-TS (absolute error at most
+        :data:`lola.kernels.allocation.TS_ALLOCATION_ERROR`), with the min-traffic floor and
+        burn-in folded in: always ``state.allocation(row)[slot]`` for the state the batch saw.
 
     Notes
     -----
@@ -119,11 +120,17 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
     slots = np.empty(n, dtype=np.int64)
     prop = np.empty(n, dtype=np.float64)
     if n:
-        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, out_slots=slots,
-                out_prop=prop)
+        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, want_propensity=False,
+                out_slots=slots, out_prop=prop)
         if slots.min() < 0:
             bad = rows[slots < 0][0]
             raise KernelInputError(f"experiment row {int(bad)} has no active arm to select")
+        # TS: the chosen arm's probability from the allocation cache (one quadrature per
+        # experiment and state version, however many decisions read it)
+        ts = np.isnan(prop)
+        if ts.any():
+            ts_rows = rows[ts]
+            prop[ts] = state.allocations(ts_rows)[ts_rows, slots[ts]]
     return slots, prop
 
 
@@ -160,6 +167,7 @@ def update(state: BanditState, rows: np.ndarray, slots: np.ndarray, impressions:
             if not np.all(v <= MAX_UPDATE_VALUE) or np.any(v < 0.0):
                 raise KernelInputError(f"{name} must be in [0, {MAX_UPDATE_VALUE:g}] (finite)")
         _engine(core.MODE_UPDATE, state, rows, slots=slots, w=cols[0], c=cols[1], v=cols[2])
+        state.stamp[rows] += 1  # every updated row has a new state version
 
 
 def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndarray, seed: int,
@@ -172,8 +180,8 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
     (position in ``rows``, step), so the result does not depend on that order. Clicks are
     Bernoulli with
     ``true_ctr[row, slot]``. Runs the same engine loop as :func:`select` and
-    :func:`update`. ``propensities=False`` skips TS's Monte Carlo
-    propensity draws. Returns ``(total clicks, sum of propensities)``.
+    :func:`update`. ``propensities=False`` skips TS's propensity (one quadrature per
+    decision here, since every decision sees a new state). Returns ``(total clicks, sum of propensities)``.
     """
     rows = _check_rows(state, rows)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -185,4 +193,5 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
         raise KernelInputError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     total, psum = _engine(core.MODE_SIMULATE, state, rows, steps=int(steps), seed=int(seed),
                           want_propensity=bool(propensities), true_ctr=np.ascontiguousarray(true_ctr))
+    state.stamp[rows] += 1
     return float(total), float(psum)

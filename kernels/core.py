@@ -21,6 +21,7 @@ import numba
 import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
+from lola.kernels.allocation import ts_row_allocation
 from lola.kernels.numba_config import NJIT
 from lola.kernels.policies import (
     bai_interval,
@@ -55,7 +56,7 @@ F_RIDGE = 12
 F_BAI_EPS = 13
 F_BAI_GAMMA = 14
 F_BAI_DELTA = 15
-F_PROP_DRAWS = 16
+F_PROP_DRAWS = 16  # propensity_draws: unused since #20 (quadrature), kept so the layout and format stay
 F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
 F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
 F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
@@ -349,11 +350,13 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     broken by ``u_1``; with a floor ``f = min(min_traffic, 1/K_active)`` a uniform active
     arm is played instead when ``u_0 < K_active f``; propensity
     ``f + (1 - K_active f) p_policy(slot)``, where ``p_policy = 1/#tied`` for
-    deterministic indices and for TS ``(wins + own) / (M + 1)`` over ``M =
-    propensity_draws`` extra posterior draws from the same key stream (NaN if
-    ``want_propensity`` is False).
+    deterministic indices and for TS P(slot's draw is the largest) by quadrature
+    (:func:`allocation_row`'s definition; computed here only in ``MODE_SIMULATE`` with
+    ``want_propensity``, NaN otherwise: :func:`lola.kernels.select` fills TS propensities
+    from the per-state-version cache).
 
-    Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first;
+    Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first,
+    the prior's weight ``n_aux`` included (a finite one);
     then counts add, t and steps advance by ``w``; the LLM-2UCBs cache of the arm is
     refreshed; LinUCB does Sherman-Morrison; E&C commits at the end of exploration;
     BAI eliminates.
@@ -435,16 +438,11 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 p_pol = 1.0 / nt if scores[slot] == best else 0.0
                                 prop = floor + (1.0 - mass) * p_pol
                             elif want_propensity:
-                                draws = int(exp_f[e, F_PROP_DRAWS])
-                                for k in range(K):
-                                    wins[k] = 0.0
-                                wins[pol_slot] += 1.0
-                                for m in range(draws):
-                                    j, _ = policy_scores(e, key, j, policy, exp_f, K, imp, clk, conv, mu, has_prior,
-                                                         active, cand, ucb, feats, z, bvec, bai_done, usable, scores)
-                                    wm, _, _ = tied_argmax(K, scores, 0.0)
-                                    wins[wm] += 1.0
-                                prop = floor + (1.0 - mass) * (wins[slot] / (draws + 1.0))
+                                # one quadrature per decision (simulate only: select reads the cache)
+                                ts_row_allocation(K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
+                                                  exp_f[e, F_LAMBDA], imp[e], clk[e], conv[e], mu[e], has_prior[e],
+                                                  active[e], wins)
+                                prop = floor + (1.0 - mass) * wins[slot]
                             else:
                                 prop = np.nan
                     if mode == MODE_SELECT:
@@ -470,6 +468,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                         clk[e, k] *= f
                         conv[e, k] *= f
                     exp_f[e, F_T] = 1.0 + (exp_f[e, F_T] - 1.0) * f
+                    # the prior is n_aux pseudo-impressions seen before the first one: it fades
+                    # like the data, so drift can escape it (inf, the pure-LLM limit, stays inf)
+                    if not math.isinf(exp_f[e, F_N_AUX]):
+                        exp_f[e, F_N_AUX] *= f
                     if linear:
                         linear_discount(e, K, f, exp_f[e, F_RIDGE], feats, z, ainv, bvec, ubuf)
                 imp[e, a] += w
@@ -505,10 +507,17 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
 
 
 @numba.njit(**NJIT)
-def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb,
-                         feats, z, bvec, bai_done, out):
-    """Serving share of every arm of ``e`` now (floor and burn-in included); TS by
-    ``propensity_draws`` Monte Carlo draws from ``key``. Used for policy snapshots."""
+def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb, feats, z, bvec,
+                   bai_done, out):
+    """The probability that the next decision of experiment ``e`` picks each arm, into ``out[:K]``.
+
+    The one definition of a policy's allocation (docs/kernels.md, "Allocation"): burn-in
+    is uniform over active arms; otherwise ``floor + (1 - K_active floor) p_policy(k)``
+    with ``p_policy = 1/#tied`` on the argmax of a deterministic index (UCB family,
+    E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's posterior draw is the largest) by
+    quadrature (:mod:`lola.kernels.allocation`). Inactive arms get 0. The decision
+    kernel's propensities are this function's value at the chosen arm.
+    """
     K = n_arms_arr[e]
     kcap = imp.shape[1]
     usable = np.empty(kcap, dtype=np.bool_)
@@ -524,20 +533,13 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
             out[k] = 1.0 / k_act if active[e, k] else 0.0
         return
     floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
-    j, stochastic = policy_scores(e, key, 2, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active,
-                                  cand, ucb, feats, z, bvec, bai_done, usable, scores)
-    if stochastic:
-        draws = int(row_f[F_PROP_DRAWS])
-        w, _, _ = tied_argmax(K, scores, 0.0)
-        out[w] += 1.0
-        for m in range(draws):
-            j, _ = policy_scores(e, key, j, policy_arr[e], exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb,
-                                 feats, z, bvec, bai_done, usable, scores)
-            w, _, _ = tied_argmax(K, scores, 0.0)
-            out[w] += 1.0
-        for k in range(K):
-            out[k] /= draws + 1.0
+    policy = policy_arr[e]
+    if policy == P_TS or policy == P_LLM_TS:
+        ts_row_allocation(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], row_f[F_LAMBDA], imp[e], clk[e], conv[e],
+                          mu[e], has_prior[e], active[e], out)
     else:
+        policy_scores(e, np.uint64(0), 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb, feats,
+                      z, bvec, bai_done, usable, scores)
         _, nt, best = tied_argmax(K, scores, 0.0)
         for k in range(K):
             # nt == 0 only if no score beats -inf (e.g. every candidate eliminated): share 0,
@@ -545,6 +547,19 @@ def probabilities_kernel(e, key, policy_arr, exp_f, n_arms_arr, imp, clk, conv, 
             out[k] = 1.0 / nt if nt > 0 and scores[k] == best else 0.0
     for k in range(K):
         out[k] = (floor + (1.0 - mass) * out[k]) if active[e, k] else 0.0
+
+
+@numba.njit(**NJIT)
+def refresh_allocations(rows, stamp, alloc_stamp, alloc, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior,
+                        active, cand, ucb, feats, z, bvec, bai_done):
+    """Recompute ``alloc[e]`` (:func:`allocation_row`) for each row whose cache is stale
+    (``alloc_stamp[e] != stamp[e]``); each (experiment, state version) is computed once."""
+    for r in range(rows.shape[0]):
+        e = rows[r]
+        if alloc_stamp[e] != stamp[e]:
+            allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, ucb, feats,
+                           z, bvec, bai_done, alloc[e])
+            alloc_stamp[e] = stamp[e]
 
 
 @numba.njit(**NJIT)

@@ -22,6 +22,11 @@ from lola.kernels.policy_table import (  # noqa: E402,F401
     MAX_LINUCB_ALPHA, MAX_N_AUX, MAX_PROPENSITY_DRAWS, MAX_RIDGE, MAX_TS_PRIOR, MIN_BAI_DELTA, MIN_GAMMA,
     MIN_RIDGE, POLICIES, POLICY_CODE, SETTINGS, TABLE)
 
+#: Policies that randomise every decision (Thompson sampling): each arm keeps a positive
+#: propensity. The others argmax a deterministic index, so an arm off the argmax has
+#: propensity 0 and inverse-propensity (off-policy) evaluation needs ``min_traffic > 0``.
+STOCHASTIC_POLICIES: frozenset[str] = frozenset(p.name for p in TABLE.values() if p.family == "ts")
+
 
 @dataclass(frozen=True)
 class ExperimentParams:
@@ -64,7 +69,8 @@ class ExperimentParams:
         ``"bernstein"`` (empirical Bernstein: far tighter at low CTRs; clicks only,
         so it needs ``conversion_weight`` 0).
     propensity_draws : int
-        Extra posterior draws per TS decision for the Monte Carlo propensity.
+        Unused since #20 (TS propensities are computed by quadrature,
+        :mod:`lola.kernels.allocation`); still accepted, and stored, for compatibility.
     """
 
     policy: str = "llm2ucb"
@@ -105,6 +111,16 @@ class ExperimentParams:
     def code(self) -> int:
         """Integer policy code used inside the kernels."""
         return POLICY_CODE[self.policy]
+
+    @property
+    def needs_floor_for_ope(self) -> bool:
+        """True for a deterministic index policy: off-policy evaluation needs ``min_traffic > 0``."""
+        return self.policy not in STOCHASTIC_POLICIES
+
+    @property
+    def supports_ope(self) -> bool:
+        """Every arm has a positive propensity after burn-in (TS, or a floor ``min_traffic > 0``)."""
+        return not self.needs_floor_for_ope or self.min_traffic > 0.0
 
     @property
     def effective_n_aux(self) -> float:

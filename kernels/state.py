@@ -93,6 +93,11 @@ class BanditState:
         self.z = np.zeros((E, K, d))
         self.ainv = np.zeros((E, d, d))
         self.bvec = np.zeros((E, d))
+        # Allocation cache (not serialised): ``alloc[e]`` is core.allocation_row's value for
+        # state version ``alloc_stamp[e]``; ``stamp[e]`` advances on every change of row e.
+        self.stamp = np.zeros(E, dtype=np.int64)
+        self.alloc_stamp = np.full(E, -1, dtype=np.int64)
+        self.alloc = np.zeros((E, K))
 
     # ------------------------------------------------------------------ capacity
     @property
@@ -132,6 +137,9 @@ class BanditState:
         self.z = grown(self.z, (E, K, d))
         self.ainv = grown(self.ainv, (E, d, d))
         self.bvec = grown(self.bvec, (E, d))
+        self.stamp = grown(self.stamp, (E,))
+        self.alloc_stamp = np.full(E, -1, dtype=np.int64)  # arms may have grown: recompute all
+        self.alloc = np.zeros((E, K))
 
     # ------------------------------------------------------------------ experiments and arms
     def add_experiment(self, params: ExperimentParams) -> int:
@@ -170,6 +178,7 @@ class BanditState:
         f[core.F_STEPS] = 0.0
         f[core.F_SQRT_LOG_T] = 0.0
         self.n_arms[row] = 0
+        self.stamp[row] += 1
         self.bai_done[row] = False
         self.ec_committed[row] = False
         d = self.feature_dim
@@ -235,6 +244,7 @@ class BanditState:
                 self.features[start:end, :K] = features
                 self.z[start:end, :K] = features / params.ridge
         self._n = end
+        self.stamp[start:end] += 1
         self._params.extend([params] * (n - 1))
         core.refresh_all_range(start, end, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions,
                                self.mu_aux, self.has_prior, self.active, self.ucb, core.TABLES)
@@ -334,6 +344,7 @@ class BanditState:
         self.bvec[row] = X.T @ r
         k = int(self.n_arms[row])
         self.z[row, :k] = self.features[row, :k] @ self.ainv[row].T
+        self.stamp[row] += 1
 
     # ------------------------------------------------------------------ named views
     def _col(self, col: int) -> np.ndarray:
@@ -366,8 +377,22 @@ class BanditState:
         return self._col(core.F_STEPS)
 
     def _refresh(self, row: int) -> None:
+        self.stamp[row] += 1
         core.refresh_experiment(row, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions,
                                 self.mu_aux, self.has_prior, self.active, self.ucb, core.TABLES)
+
+    def allocations(self, rows: np.ndarray) -> np.ndarray:
+        """``alloc[E, K]`` with rows ``rows`` (int64, validated by the caller) made current:
+        the probability the next decision picks each arm (core.allocation_row), computed
+        once per (experiment, state version)."""
+        core.refresh_allocations(rows, self.stamp, self.alloc_stamp, self.alloc, *self.kernel_args())
+        return self.alloc
+
+    def allocation(self, row: int) -> np.ndarray:
+        """float64[n_arms]: the probability the next decision of ``row`` picks each arm
+        (floor, burn-in and ties included; TS by quadrature, error <= allocation.TS_ALLOCATION_ERROR)."""
+        row = self._check_row(row)
+        return self.allocations(np.array([row], dtype=np.int64))[row, :int(self.n_arms[row])].copy()
 
     def kernel_args(self) -> tuple:
         """The state arrays in the order the core kernels take them (read side)."""
@@ -418,8 +443,8 @@ class BanditState:
 
         Per arm: impressions, clicks, conversions, prior (None if none yet), score (the
         policy's current index; TS: one posterior draw), serving_share (probability the
-        next decision picks the arm, floor and burn-in included; TS by Monte Carlo with
-        ``seed``). JSON-safe: infinities are written as strings.
+        next decision picks the arm, floor and burn-in included; TS by quadrature, the cached
+        :meth:`allocation`). JSON-safe: infinities are written as strings.
         """
         row = self._check_row(row)
         p = self._params[row]
@@ -429,7 +454,7 @@ class BanditState:
         share = np.zeros(max(self.capacity_arms, 1))
         if k:
             core.scores_kernel(row, np.uint64(key), *self.kernel_args(), scores)
-            core.probabilities_kernel(row, np.uint64(key), *self.kernel_args(), share)
+            share[:k] = self.allocation(row)
 
         def num(x: float) -> float | str | None:
             x = float(x)
@@ -466,6 +491,7 @@ class BanditState:
         if family(p.policy) == "bai":
             out["bai_done"] = bool(self.bai_done[row])
             out["good_arms"] = self.good_arms(row)
+            out["recommendation"] = self.bai_recommendation(row)
         return out
 
     # ------------------------------------------------------------------ persistence

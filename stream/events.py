@@ -130,6 +130,8 @@ class Conversion(_Event, tag="conversion"):
     variant_id: Id
     value: Annotated[float, Meta(ge=0.0, le=MAX_CONVERSION_VALUE)]
     ts: Ts
+    impression_id: Id | None = None  # attributed like a click's (issue 20)
+    request_id: Id | None = None
     v: Version = SCHEMA_VERSION
 
 

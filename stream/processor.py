@@ -521,7 +521,12 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, experiment_id: str, now: float | None = None) -> dict[str, Any]:
-        """Policy snapshot of one experiment (value of the compacted snapshots topic)."""
+        """Policy snapshot of one experiment (value of the compacted snapshots topic).
+
+        ``serving_share`` per arm is the allocation the decisions' propensities come from
+        (the same cached value for this state version); BAI experiments add ``bai``:
+        ``done``, ``good_set`` and ``recommendation`` (variant ids).
+        """
         exp = self.experiments[experiment_id]
         summary = self.state.experiment_summary(exp.row, seed=_mix_seed(self.config.seed, exp.version))
         arms = {}
@@ -529,10 +534,19 @@ class ShardProcessor:
             vid = exp.variant_ids[arm["slot"]]
             arms[vid] = {k: arm[k] for k in ("impressions", "clicks", "conversions", "prior", "score",
                                              "serving_share", "active")}
-        return {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
+        snap = {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
                 "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
                 "ts": time.time() if now is None else now, "partition": self.partition,
                 "input_offset": self.next_offset, "arms": arms}
+        params = self.state.params(exp.row)
+        # off-policy evaluation: deterministic policies need a floor (min_traffic) for positive propensities
+        snap["ope"] = {"needs_floor": params.needs_floor_for_ope, "min_traffic": params.min_traffic,
+                       "supported": params.supports_ope}
+        if "bai_done" in summary:  # best-arm identification: Algorithm 2's good set, stop flag, answer now
+            snap["bai"] = {"done": summary["bai_done"],
+                           "good_set": [exp.variant_ids[s] for s in summary["good_arms"]],
+                           "recommendation": [exp.variant_ids[s] for s in summary["recommendation"]]}
+        return snap
 
     # ------------------------------------------------------------------ checkpoints
     def to_checkpoint(self, topic: str) -> bytes:

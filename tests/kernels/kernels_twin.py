@@ -118,6 +118,38 @@ def beta_draw(a: float, b: float, key: int, j: int) -> tuple[float, int]:
     return ga / (ga + gb), j
 
 
+def ts_allocation_reference(a: list, b: list, point: list, active: list) -> list[float]:
+    """P(arm k's Beta draw is the largest) by SciPy's adaptive quad over betainc, tolerance 1e-13.
+
+    The reference for the kernel's quadrature: integral of f_k prod_{j != k} F_j over (v, 1),
+    v the largest point mass (a = -1); point masses tied at v share prod F_j(v).
+    """
+    from scipy import integrate, special, stats
+
+    K = len(a)
+    cont = [k for k in range(K) if active[k] and a[k] >= 0]
+    pts = [point[k] for k in range(K) if active[k] and a[k] < 0]
+    vmax = max(pts) if pts else 0.0
+    out = [0.0] * K
+    for k in cont:
+        def f(x, k=k):
+            return stats.beta.pdf(x, a[k], b[k]) * math.prod(special.betainc(a[j], b[j], x) for j in cont if j != k)
+        m = a[k] / (a[k] + b[k])
+        sd = math.sqrt(a[k] * b[k] / ((a[k] + b[k]) ** 2 * (a[k] + b[k] + 1)))
+        lo, hi = max(vmax, m - 60 * sd, 0.0), min(1.0, m + 60 * sd)
+        if hi <= lo:
+            continue
+        inner = sorted({min(max(a[j] / (a[j] + b[j]), lo), hi) for j in cont} - {lo, hi})
+        out[k] = integrate.quad(f, lo, hi, points=inner or None, epsabs=1e-14, epsrel=1e-13, limit=500)[0]
+    if pts:
+        tied = [k for k in range(K) if active[k] and a[k] < 0 and point[k] == vmax]
+        share = math.prod(float(special.betainc(a[j], b[j], vmax)) for j in cont) / len(tied)
+        for k in tied:
+            out[k] = share
+    total = sum(out)
+    return [x / total for x in out] if total > 0 else out
+
+
 @dataclass
 class Arm:
     prior: float | None
@@ -137,6 +169,7 @@ class Exp:
     steps: float = 0.0
     committed: list[int] | None = None
     bai_done: bool = False
+    n_aux_now: float | None = None  # effective n_aux, discounted with the data when gamma < 1
     A: np.ndarray | None = None
     b: np.ndarray | None = None
 
@@ -173,8 +206,12 @@ class Twin:
     def reward(self, e: Exp, a: Arm) -> float:
         return a.clicks + e.p.conversion_weight * a.conv
 
+    @staticmethod
+    def prior_n(e: Exp) -> float:
+        return e.p.effective_n_aux if e.n_aux_now is None else e.n_aux_now
+
     def n_aux(self, e: Exp) -> float:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         if e.p.policy == "llm2ucb_eb":
             usable = np.array([a.active and a.prior is not None for a in e.arms])
             n_aux = adaptive_n_aux.py_func(
@@ -201,7 +238,7 @@ class Twin:
         return out
 
     def ts_thetas(self, e: Exp, key: int, j: int) -> tuple[list[float], int]:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         out = []
         for a in e.arms:
             if not a.active:
@@ -228,7 +265,7 @@ class Twin:
         return out
 
     def bai_interval(self, e: Exp, a: Arm) -> tuple[float, float]:
-        n_aux = e.p.effective_n_aux
+        n_aux = self.prior_n(e)
         if a.prior is not None and math.isinf(n_aux):
             return a.prior, 0.0
         prior = n_aux if a.prior is not None else 0.0
@@ -306,13 +343,45 @@ class Twin:
         if not stochastic:
             p = 1.0 / len(ties) if slot in ties else 0.0
         else:
-            wins = [0.0] * len(e.arms)
-            wins[pol] += 1
-            for _ in range(e.p.propensity_draws):
-                th, j = self.ts_thetas(e, key, j)
-                wins[self.tied(th)[0]] += 1
-            p = wins[slot] / (e.p.propensity_draws + 1)
+            p = self.ts_allocation(e)[slot]
         return slot, floor + (1 - mass) * p
+
+    def ts_posteriors(self, e: Exp) -> tuple[list, list, list]:
+        """Per arm (a, b) of its Beta posterior, or a = -1 and ``point`` for a point mass."""
+        n_aux = self.prior_n(e)
+        a_, b_, pt = [], [], []
+        for a in e.arms:
+            c = self.reward(e, a)
+            if a.prior is not None and math.isinf(n_aux):
+                a_.append(-1.0); b_.append(0.0); pt.append(a.prior)
+                continue
+            pa, pb = e.p.ts_alpha0 + c, e.p.ts_beta0 + max(a.n - c, 0.0)
+            if a.prior is not None:
+                pa += n_aux * a.prior
+                pb += n_aux * (1.0 - a.prior)
+            a_.append(pa); b_.append(pb); pt.append(0.0)
+        return a_, b_, pt
+
+    def ts_allocation(self, e: Exp) -> list[float]:
+        return ts_allocation_reference(*self.ts_posteriors(e), [a.active for a in e.arms])
+
+    def allocation(self, row: int) -> list[float]:
+        """P(next decision picks each arm): burn-in, floor, ties, TS by SciPy quadrature."""
+        e = self.exps[row]
+        act = [a.active for a in e.arms]
+        n_act = sum(act)
+        if not n_act:
+            return [0.0] * len(e.arms)
+        if e.steps < e.p.burn_in:
+            return [1.0 / n_act if x else 0.0 for x in act]
+        scores, stochastic, _ = self.index(e, 0)
+        if stochastic:
+            p = self.ts_allocation(e)
+        else:
+            ties = self.tied(scores)
+            p = [1.0 / len(ties) if k in ties else 0.0 for k in range(len(e.arms))]
+        floor = min(e.p.min_traffic, 1.0 / n_act) if e.p.min_traffic > 0 else 0.0
+        return [floor + (1 - floor * n_act) * q if x else 0.0 for q, x in zip(p, act)]
 
     def select(self, rows, keys, uniforms=None):
         out = [self.decide(int(r), int(k), None if uniforms is None else tuple(uniforms[i]))
@@ -329,6 +398,8 @@ class Twin:
                 a.clicks *= f
                 a.conv *= f
             e.imps *= f
+            if not math.isinf(self.prior_n(e)):
+                e.n_aux_now = self.prior_n(e) * f
             if e.A is not None and e.p.policy in ("linucb", "llm_linucb"):
                 # discount the data, keep the ridge; below 1e-12 the data is forgotten
                 keep = 0.0 if f < 1e-12 else f

@@ -92,6 +92,23 @@ def test_late_clicks_go_to_dead_letters_with_reason():
     assert counts(proc)["e"]["a"] == {"impressions": 2, "clicks": 2, "conversions": 0}
 
 
+def test_conversions_name_their_impression_and_are_attributed_like_clicks():
+    proc = ShardProcessor(0)
+    proc.process([variant(0, settings={"attribution_window_s": 100})])
+    conv = lambda o, eid, ts, **ref: rec(o, type="conversion", experiment_id="e", variant_id="a", event_id=eid,
+                                         ts=ts, value=2.5, **ref)
+    out = proc.process([
+        rec(1, type="impression", experiment_id="e", variant_id="a", event_id="i1", ts=1000.0, request_id="r1"),
+        rec(2, type="impression", experiment_id="e", variant_id="a", event_id="i2", ts=1090.0),
+        conv(3, "v1", 1080.0, impression_id="i1"),   # within 100 s of its impression
+        conv(4, "v2", 1150.0, impression_id="i1"),   # 150 s after its impression: late
+        conv(5, "v3", 1095.0, request_id="r1"),      # named by request_id, within the window
+        conv(6, "v4", 1120.0, request_id="r1"),      # 120 s after: late, though newer than newest - window
+    ])
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(4, "late_conversion"), (6, "late_conversion")]
+    assert counts(proc)["e"]["a"]["conversions"] == 5.0
+
+
 def test_unknown_experiment_and_variant_are_dead_lettered_not_dropped():
     proc = ShardProcessor(0)
     proc.process([variant(0)])
@@ -203,3 +220,26 @@ def test_settings_the_policy_does_not_read_are_invalid_and_kernel_settings_pass(
     assert (params.policy, params.horizon, params.ts_alpha0, params.min_traffic, params.burn_in) == \
         ("ts", 500, 1.38, 0.1, 20)
     assert params.alpha == ExperimentParams().alpha  # the worker's default alpha is not forced onto TS
+
+
+def test_bai_snapshot_carries_the_good_set_done_and_recommendation():
+    proc = ShardProcessor(0)
+    recs = [variant(0, settings={"policy": "bai"}), variant(1, vid="b")]
+    recs += [rec(i, type="impression", experiment_id="e", variant_id="ab"[i % 2], event_id=f"i{i}", ts=1.0)
+             for i in range(2, 400)]
+    assert proc.process(recs[:2]).dead_letters == []
+    snap = proc.snapshot("e")
+    assert snap["bai"] == {"done": False, "good_set": ["a", "b"], "recommendation": ["a", "b"]}
+    recs += [rec(i, type="click", experiment_id="e", variant_id="a", event_id=f"c{i}", ts=1.0) for i in range(400, 500)]
+    assert proc.process(recs[2:]).dead_letters == []
+    snap = proc.snapshot("e")
+    assert snap["bai"] == {"done": True, "good_set": ["a"], "recommendation": ["a"]}
+    assert snap["arms"]["a"]["serving_share"] == 1.0 and snap["arms"]["b"]["serving_share"] == 0.0
+    assert snap["ope"] == {"needs_floor": True, "min_traffic": 0.0, "supported": False}
+
+
+def test_snapshot_says_whether_off_policy_evaluation_is_supported():
+    proc = ShardProcessor(0)
+    proc.process([variant(0, exp="t", settings={"policy": "ts"}), variant(1, exp="f", settings={"min_traffic": 0.05})])
+    assert proc.snapshot("t")["ope"] == {"needs_floor": False, "min_traffic": 0.0, "supported": True}
+    assert proc.snapshot("f")["ope"] == {"needs_floor": True, "min_traffic": 0.05, "supported": True}
