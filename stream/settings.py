@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
+from lola.kernels.policy_table import POLICIES
 
 POLICY_DEFAULT = "llm2ucb"
 #: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
@@ -248,6 +249,14 @@ class StreamSettings(BaseSettings):
                 raise ValueError(f"{key!r} is not a librdkafka property name (lower case, dot separated)")
             out[str(key)] = str(v).lower() if isinstance(v, bool) else str(v)
         return out
+
+    @field_validator("default_policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        # Checked here, once: a bad default would otherwise dead-letter every new experiment.
+        if value not in POLICIES:
+            raise ValueError(f"unknown policy {value!r}; one of {', '.join(POLICIES)} (docs/policies.md)")
+        return value
 
     @field_validator("replication_factor")
     @classmethod
