@@ -112,7 +112,7 @@ def test_an_unknown_default_policy_is_one_clear_line_at_load(monkeypatch):
     with pytest.raises(ConfigError) as info:
         StreamSettings.load()
     message = str(info.value)
-    assert message.startswith("invalid setting default_policy: unknown policy 'llm2cub'; one of ")
-    assert "llm2ucb" in message and len(message.splitlines()) == 1
+    assert message.startswith("invalid setting default_policy: Input should be 'llm2ucb', 'ucb'")
+    assert "'llm_bai'" in message and len(message.splitlines()) == 1
     monkeypatch.setenv("LOLA_DEFAULT_POLICY", "ts")
     assert StreamSettings.load().default_policy == "ts"
