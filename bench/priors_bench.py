@@ -20,6 +20,8 @@ from typing import Callable, Optional
 
 import typer
 
+from lola.export.card import head_ctr
+
 TARGETS = {"ort_fp32_vs_torch_eager": 2.0, "ort_int8_vs_torch_eager": 3.0, "cuda_headlines_per_s": 20000.0}
 
 
@@ -60,7 +62,7 @@ def _torch_predictor(train_dir: Path, batch_size: int, readout: tuple | None = N
                                 max_length=max_length, return_tensors="pt")
                 result = wrapper(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
                 if readout is None:
-                    out.append(mean + std * result.logits[:, 0].numpy().astype(np.float64))
+                    out.append(head_ctr(mean, std, result.logits[:, 0].numpy().astype(np.float64)))
                 else:
                     out.append(result.embedding.numpy().astype(np.float64) @ readout[0] + readout[1])
         return np.clip(level + np.concatenate(out), 0.0, 1.0)

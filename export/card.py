@@ -49,6 +49,13 @@ class TargetScaling(_Part):
     week_level: dict[str, Any] | None = None
 
 
+def head_ctr(mean: float, std: float, z: Any, level: Any = 0.0) -> Any:
+    """The one definition of score -> CTR: the network head's output ``z`` mapped back through the
+    card's :class:`TargetScaling`, ``(mean + level) + std * z`` (``level``: the week level of a
+    ``level_deviation`` model, else 0). Not clamped: serving clamps to [0, 1]. Keeps ``z``'s dtype."""
+    return (mean + level) + std * z
+
+
 class FileEntry(_Part):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int | None = Field(None, ge=0)

@@ -140,7 +140,7 @@ def build_examples(
 
 @dataclass(frozen=True)
 class TargetScaling:
-    """``z = (ctr - mean) / std``; inverse ``ctr = mean + std * z``."""
+    """``z = (ctr - mean) / std``; the inverse is :func:`lola.export.card.head_ctr`."""
 
     mean: float
     std: float
@@ -175,9 +175,6 @@ class TargetScaling:
 
     def forward(self, ctr: np.ndarray) -> np.ndarray:
         return (np.asarray(ctr, dtype=np.float64) - self.mean) / self.std
-
-    def inverse(self, z: np.ndarray) -> np.ndarray:
-        return self.mean + self.std * np.asarray(z, dtype=np.float64)
 
     def to_dict(self) -> dict:
         out = {"kind": self.kind, "mean": self.mean, "std": self.std}

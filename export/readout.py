@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
-from lola.export.card import ModelCard
+from lola.export.card import ModelCard, head_ctr
 from lola.export.ranking import CALIBRATIONS, OBJECTIVES, calibration_scale, fit_linear
 
 log = logging.getLogger("lola.export.readout")
@@ -252,7 +252,7 @@ def fit_readout(model_dir: str | Path, data_csv: str | Path | None = None,
     bias = float(intercept - data.center @ weights)
     tune_mse = float(np.average((s_tune @ coef + intercept - y_tune) ** 2, weights=data.tune_scored.weights))
     # The network's own head on the same tune headlines, for the record.
-    head_mse = float(np.average((prior.mean + prior.std * z_tune - y_tune) ** 2, weights=data.tune_scored.weights))
+    head_mse = float(np.average((head_ctr(prior.mean, prior.std, z_tune) - y_tune) ** 2, weights=data.tune_scored.weights))
 
     readout = {"format": READOUT_FORMAT, "kind": extra["kind"], "target": target,
                "weights": [float(w) for w in weights], "bias": bias}

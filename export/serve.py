@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
-from lola.export.card import CARD_FILE, ModelCard, ReadoutEntry  # noqa: F401 (CARD_FILE: re-exported)
+from lola.export.card import CARD_FILE, ModelCard, ReadoutEntry, head_ctr  # noqa: F401 (CARD_FILE: re-exported)
 from lola.export.digest import bytes_sha256, file_sha256
 from lola.export.level import WeekLevel, week_index
 from lola.export.text import model_text
@@ -308,14 +308,14 @@ class OnnxPriorModel:
     def to_ctr(self, z: np.ndarray, test_weeks: Sequence[int | None] | None,
                embedding: np.ndarray | None = None) -> np.ndarray:
         """CTRs in [0, 1] from :meth:`network_outputs`: the readout when loaded and ``embedding``
-        is given, else the network's head ``mean + std * z``; the week level is added to both."""
+        is given, else the network's head (:func:`~lola.export.card.head_ctr`); the week level is added to both."""
         level = self.level(test_weeks, len(z))
         base = self.mean + level
         if self.readout_weights is not None and embedding is not None:
             # The readout predicts the training target in CTR units (deviation or CTR).
             ctr = level + embedding.astype(np.float64) @ self.readout_weights + self.readout_bias
         else:
-            ctr = base + self.std * z
+            ctr = head_ctr(self.mean, self.std, z, level)
         ctr = np.where(np.isfinite(ctr), ctr, base)
         return np.clip(ctr, 0.0, 1.0)
 

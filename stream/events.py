@@ -148,8 +148,60 @@ class Decision(_Event, tag="decision"):
     v: Version = SCHEMA_VERSION
 
 
+#: A kernel number that may be infinite: JSON has no infinity, so it is written as a string.
+Extended = float | Literal["inf", "-inf"] | None
+
+
+class SnapshotArm(Struct, frozen=True):
+    """One variant in a policy snapshot."""
+
+    impressions: Annotated[float, Meta(ge=0.0)]
+    clicks: Annotated[float, Meta(ge=0.0)]
+    conversions: Annotated[float, Meta(ge=0.0)]
+    prior: float | None  # the prior CTR (null: none yet)
+    score: Extended  # the policy's current index (TS: one posterior draw); null if none
+    serving_share: Annotated[float, Meta(ge=0.0, le=1.0)]  # the decisions' allocation
+    active: bool
+
+
+class SnapshotOpe(Struct, frozen=True):
+    """Off-policy evaluation: whether every arm has a positive propensity after burn-in."""
+
+    needs_floor: bool
+    min_traffic: Annotated[float, Meta(ge=0.0)]
+    supported: bool
+
+
+class SnapshotBai(Struct, frozen=True):
+    """Best-arm identification (Algorithm 2): stop flag, good set and answer now (variant ids)."""
+
+    done: bool
+    good_set: list[Id]
+    recommendation: list[Id]
+
+
+class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
+    """Output: the state of one experiment (compacted snapshots topic, key: experiment_id).
+
+    Written at a capped cadence (``snapshot_interval_s``); ``bai`` only for BAI policies.
+    """
+
+    v: Version
+    experiment_id: Id
+    policy: str
+    policy_version: Annotated[int, Meta(ge=0)]
+    n_aux: Extended
+    ts: Ts
+    partition: Annotated[int, Meta(ge=0)]
+    input_offset: Annotated[int, Meta(ge=0)]
+    arms: dict[Id, SnapshotArm]
+    ope: SnapshotOpe
+    bai: SnapshotBai | None = None
+
+
 Event = Variant | DecisionRequest | Impression | Click | Conversion
 INPUTS: tuple[type, ...] = (Variant, DecisionRequest, Impression, Click, Conversion)
+OUTPUTS: tuple[type, ...] = (Decision, PolicySnapshot)
 EVENT_TYPES = tuple(cls.__struct_config__.tag for cls in INPUTS)
 _DECODER = msgspec.json.Decoder(Event)
 _ENCODER = msgspec.json.Encoder()
@@ -251,10 +303,13 @@ def settings_schema() -> dict[str, Any]:
 def json_schemas() -> dict[str, dict[str, Any]]:
     """One JSON Schema (draft 2020-12) per event type, generated from the models above."""
     out = {}
-    for cls in INPUTS + (Decision,):
+    for cls in INPUTS + OUTPUTS:
         schema = msgspec.json.schema(cls)
         name = cls.__struct_config__.tag
-        body = schema["$defs"][cls.__name__]
+        defs = schema["$defs"]
+        body = defs.pop(cls.__name__)
+        if defs:  # nested models (a snapshot's arms): kept under $defs, where the body's $refs point
+            body["$defs"] = defs
         if cls is Variant:
             body["properties"]["settings"] = {"anyOf": [settings_schema(), {"type": "null"}]}
         out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -266,7 +321,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 def markdown_tables() -> str:
     """The field and reason tables of docs/events.md (tests/stream/test_event_schema.py keeps it current)."""
     lines = ["| `type` | required | optional (default) |", "|---|---|---|"]
-    for cls in INPUTS + (Decision,):
+    for cls in INPUTS + OUTPUTS:
         info = msgspec.structs.fields(cls)
         req = ", ".join(f.name for f in info if f.required)
         opt = ", ".join(f"{f.name} ({'null' if f.default is None else f.default})" for f in info
@@ -275,6 +330,10 @@ def markdown_tables() -> str:
     lines += ["", f"Bounds: ids are strings of 1..{MAX_ID_CHARS} characters; `ts` is a number in [0, {MAX_TS:.0f}] "
               f"(seconds since the Unix epoch); `value` in [0, {MAX_CONVERSION_VALUE:g}]; `text` at most "
               f"{MAX_TEXT_CHARS} characters; `propensity` in [0, 1]; `v` is {SCHEMA_VERSION} (absent = {SCHEMA_VERSION}).",
+              "", "| `policy_snapshot` part | fields |", "|---|---|"]
+    for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai)):
+        lines.append(f"| {part} | {', '.join(f.name for f in msgspec.structs.fields(cls))} |")
+    lines += ["", "Infinite numbers (`n_aux`, `score`) are written as the strings `\"inf\"` / `\"-inf\"`.",
               "", "| dead-letter reason | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {text.replace('|', '/')} |" for name, text in REASONS.items()]
     return "\n".join(lines) + "\n"
@@ -286,6 +345,15 @@ def encode_decision(request_id: str, experiment_id: str, variant_id: str, propen
                     policy: str, policy_version: int, ts: float) -> bytes:
     """A ``decision`` record (key: experiment_id)."""
     return _ENCODER.encode(Decision(request_id, experiment_id, variant_id, propensity, policy, policy_version, ts))
+
+
+def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
+    """A ``policy_snapshot`` record from :meth:`ShardProcessor.snapshot`'s dict, validated by its model.
+
+    ``msgspec.convert`` checks every field against :class:`PolicySnapshot` (a few µs per
+    experiment, at the capped snapshot cadence, never on the decision path).
+    """
+    return _ENCODER.encode(msgspec.convert(snapshot, PolicySnapshot))
 
 
 def encode_event(obj: dict[str, Any] | Struct) -> bytes:

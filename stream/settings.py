@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
+from lola.kernels.policy_table import POLICIES
 
 POLICY_DEFAULT = "llm2ucb"
 #: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
@@ -169,7 +170,9 @@ class StreamSettings(BaseSettings):
     attribution_window_s: float = Field(86_400.0, gt=0, le=1e9, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))
-    default_policy: str = Field(POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
+    # One of the policy table's names, checked at load: a bad default would dead-letter every new experiment.
+    default_policy: Literal[POLICIES] = Field(  # type: ignore[valid-type]
+        POLICY_DEFAULT, validation_alias=AliasChoices("default_policy", "LOLA_DEFAULT_POLICY"))
     # The replay's one LOLA setting for every horizon, from lola/data/worker_defaults.json (see lola.data.worker_defaults).
     default_alpha: float = Field(WORKER_DEFAULTS["alpha"], ge=0, le=1e6,
                                  validation_alias=AliasChoices("default_alpha", "LOLA_DEFAULT_ALPHA"),

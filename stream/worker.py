@@ -35,9 +35,8 @@ import threading
 import time
 from typing import Any
 
-import orjson
-
 from lola.errors import BrokerError, ConfigError, LolaError
+from lola.stream import events as ev
 from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
@@ -317,7 +316,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                 continue
             for exp_id in dirty:
                 self.deliveries.produce(self.producer, self.settings.snapshots_topic,
-                                        orjson.dumps(shard.snapshot(exp_id, now)), key=exp_id.encode(),
+                                        ev.encode_snapshot(shard.snapshot(exp_id, now)), key=exp_id.encode(),
                                         callback=self._on_output)
                 n += 1
             dirty.clear()

@@ -105,3 +105,14 @@ def test_pre_created_topics_are_used_and_missing_ones_named(stream_settings):
                                                                    "state_topic", "deadletter_topic", "inflight_topic",
                                                                    "group_id")}))
     assert kf.ensure_topics(s)[s.events_topic] == 4  # all there now: nothing to create
+
+
+def test_an_unknown_default_policy_is_one_clear_line_at_load(monkeypatch):
+    monkeypatch.setenv("LOLA_DEFAULT_POLICY", "llm2cub")
+    with pytest.raises(ConfigError) as info:
+        StreamSettings.load()
+    message = str(info.value)
+    assert message.startswith("invalid setting default_policy: Input should be 'llm2ucb', 'ucb'")
+    assert "'llm_bai'" in message and len(message.splitlines()) == 1
+    monkeypatch.setenv("LOLA_DEFAULT_POLICY", "ts")
+    assert StreamSettings.load().default_policy == "ts"
