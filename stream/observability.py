@@ -99,6 +99,9 @@ class WorkerMetrics:
                                             "takes (max.message.bytes less overhead)", registry=r)
         self.experiments = Gauge("lola_experiments", "Experiments held by this worker's partitions", registry=r)
         self.prior_model = Info("lola_prior_model", "The prior provider in use and its model version", registry=r)
+        self.snapshot_errors = Counter("lola_snapshot_errors_total",
+                                       "Policy snapshots that could not be built or encoded (a bug; logged, skipped)",
+                                       registry=r)
         self.batch_seconds = Histogram("lola_batch_seconds", "Processing time per consumed batch", registry=r,
                                        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 

@@ -315,8 +315,17 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
             if shard is None or not dirty:
                 continue
             for exp_id in dirty:
-                self.deliveries.produce(self.producer, self.settings.snapshots_topic,
-                                        ev.encode_snapshot(shard.snapshot(exp_id, now)), key=exp_id.encode(),
+                try:
+                    value = ev.encode_snapshot(shard.snapshot(exp_id, now))
+                except Exception as exc:  # noqa: BLE001
+                    # A snapshot is a side output: one that cannot be built or breaks its model
+                    # (a bug, never an input: inputs are validated) is logged and counted, never
+                    # allowed to stop the partition. The next change of the experiment retries it.
+                    self.metrics.snapshot_errors.inc()
+                    log.error("snapshot not published", exc_info=True,
+                              extra={"partition": p, "experiment_id": exp_id, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                self.deliveries.produce(self.producer, self.settings.snapshots_topic, value, key=exp_id.encode(),
                                         callback=self._on_output)
                 n += 1
             dirty.clear()

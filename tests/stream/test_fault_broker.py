@@ -246,3 +246,34 @@ def test_the_issue_70_mb_checkpoint_no_longer_kills_the_worker(stream_settings, 
     result = tw.stop()
     assert result["records"] == len(records)
     assert tw.worker.metrics.checkpoints._value.get() == 0
+
+
+def test_a_snapshot_that_cannot_be_encoded_is_counted_and_the_worker_keeps_serving(stream_settings, thread_worker,
+                                                                                  helpers, monkeypatch):
+    """Snapshots are a side output: a bug in building or encoding one experiment's snapshot
+    must not stop the partition. It is logged and counted; the other experiments publish,
+    and a later publication of the experiment (here: a restarted worker) goes out."""
+    from lola.stream import events as ev
+
+    s = stream_settings(partitions=1)
+    kf.ensure_topics(s)
+    stream = open_stream(400, 2, 2, seed=21, duplicate_rate=0.0, malformed_rate=0.0)
+    real = ev.encode_snapshot
+
+    def broken_for_exp0(snap):
+        if snap["experiment_id"] == "exp-0":
+            raise ValueError("planted snapshot bug")
+        return real(snap)
+
+    monkeypatch.setattr(ev, "encode_snapshot", broken_for_exp0)
+    send(_producer(s), s.events_topic, stream.records)
+    tw = thread_worker(s)
+    others = {e: v for e, v in stream.truth.items() if e != "exp-0"}
+    deadline = time.monotonic() + 60
+    while counts_view_now(s) != others or tw.worker.metrics.snapshot_errors._value.get() < 1:
+        assert time.monotonic() < deadline and tw.thread.is_alive(), counts_view_now(s)
+        time.sleep(0.2)
+    monkeypatch.undo()
+    assert tw.stop()["records"] == len(stream.records)
+    thread_worker(s)  # restores and republishes every experiment's snapshot
+    helpers.wait_for_counts(s, stream.truth, timeout_s=60)
