@@ -44,6 +44,7 @@ from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
+from lola.stream.features import text_features
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 1
@@ -74,6 +75,7 @@ class ProcessorConfig:
     default_alpha: float = _setting_default("default_alpha")
     default_n_aux: float = _setting_default("default_n_aux")
     seed: int = _setting_default("seed")
+    feature_dim: int = _setting_default("feature_dim")
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
 
@@ -87,6 +89,7 @@ class ProcessorConfig:
                    default_alpha=settings.default_alpha,
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
+                   feature_dim=settings.feature_dim,
                    max_future_skew_s=settings.max_future_skew_s)
 
 
@@ -201,7 +204,8 @@ class ShardProcessor:
 
         self.partition = partition
         self.config = config or ProcessorConfig()
-        self.state = state if state is not None else BanditState(capacity_experiments=64, capacity_arms=4)
+        self.state = state if state is not None else BanditState(
+            capacity_experiments=64, capacity_arms=4, feature_dim=self.config.feature_dim)
         self.experiments: dict[str, Experiment] = {}
         self.by_row: dict[int, Experiment] = {}
         self.next_offset = next_offset
@@ -452,8 +456,12 @@ class ShardProcessor:
             self.by_row[row] = exp
         if event.variant_id in exp.slots:
             return  # adding a known variant again is a no-op (idempotent upstream retries)
+        # LinUCB arms get their features with the arm (lola.stream.features), so they are
+        # servable at once; the state's d, not the config's, so a restored shard keeps its own.
+        features = (text_features(event.text, self.state.feature_dim)
+                    if POLICY_TABLE[exp.policy].needs_features else None)
         try:
-            slot = self.state.add_arm(exp.row)
+            slot = self.state.add_arm(exp.row, features=features)
         except (CapacityError, KernelInputError) as exc:
             raise EventError("capacity", str(exc)[:120]) from None
         exp.slots[event.variant_id] = slot

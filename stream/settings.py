@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
+from lola.stream.features import MAX_FEATURE_DIM
 
 POLICY_DEFAULT = "llm2ucb"
 #: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
@@ -178,6 +179,11 @@ class StreamSettings(BaseSettings):
                                  validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
+    feature_dim: int = Field(8, ge=1, le=MAX_FEATURE_DIM,
+                             validation_alias=AliasChoices("feature_dim", "LOLA_FEATURE_DIM"),
+                             description="length d of the arm features of linucb/llm_linucb experiments (an intercept "
+                                         "and a hashed bag of words of the variant text, lola.stream.features); "
+                                         "a restored shard keeps the d of its checkpoint")
     seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
     max_future_skew_s: float = Field(300.0, ge=0, le=31_536_000,
                                      validation_alias=AliasChoices("max_future_skew_s", "LOLA_MAX_FUTURE_SKEW_S"),
