@@ -445,6 +445,9 @@ class ShardProcessor:
             defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
                                                          ("n_aux", self.config.default_n_aux)) if name in reads}
             params = {"policy": policy, **defaults, **settings}
+            if policy in POLICY_TABLE and POLICY_TABLE[policy].needs_features and not self.state.feature_dim:
+                raise EventError("invalid_settings", f"policy {policy!r} needs arm features: run the worker with "
+                                                     "LOLA_FEATURE_DIM >= 1")
             try:
                 row = self.state.add_experiment(ExperimentParams.from_dict(params))
             except CapacityError as exc:

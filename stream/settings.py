@@ -179,11 +179,14 @@ class StreamSettings(BaseSettings):
                                  validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
-    feature_dim: int = Field(8, ge=1, le=MAX_FEATURE_DIM,
+    # 0 by default: d > 0 gives every experiment of a shard A^-1 and feature rows, which
+    # more than doubles state and checkpoints (docs/stream.md) whether or not it runs LinUCB.
+    feature_dim: int = Field(0, ge=0, le=MAX_FEATURE_DIM,
                              validation_alias=AliasChoices("feature_dim", "LOLA_FEATURE_DIM"),
                              description="length d of the arm features of linucb/llm_linucb experiments (an intercept "
                                          "and a hashed bag of words of the variant text, lola.stream.features); "
-                                         "a restored shard keeps the d of its checkpoint")
+                                         "0 = those policies are invalid_settings; a restored shard keeps the d "
+                                         "of its checkpoint")
     seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
     max_future_skew_s: float = Field(300.0, ge=0, le=31_536_000,
                                      validation_alias=AliasChoices("max_future_skew_s", "LOLA_MAX_FUTURE_SKEW_S"),

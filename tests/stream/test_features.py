@@ -114,6 +114,14 @@ def test_linucb_policies_are_served_with_the_twins_propensities(policy, settings
     assert served(back) == served(proc)
 
 
+def test_linucb_without_feature_dim_is_a_dead_letter_naming_the_setting():
+    proc = ShardProcessor(0)  # the default feature_dim is 0
+    out = proc.process([rec(0, type="variant", experiment_id="x", variant_id="a", text="t",
+                            settings={"policy": "llm_linucb"})])
+    assert [(d.reason, "LOLA_FEATURE_DIM" in d.detail) for d in out.dead_letters] == [("invalid_settings", True)]
+    assert proc.state.feature_dim == 0 and proc.experiments == {}
+
+
 def test_linucb_arms_added_past_capacity_keep_their_features():
     proc = ShardProcessor(0, ProcessorConfig(feature_dim=4))
     events = [rec(i, type="variant", experiment_id="g", variant_id=f"v{i}", text=f"headline number {i} w{i}",
