@@ -187,6 +187,10 @@ class StreamSettings(BaseSettings):
                                          "and a hashed bag of words of the variant text, lola.stream.features); "
                                          "0 = those policies are invalid_settings; a restored shard keeps the d "
                                          "of its checkpoint")
+    warm_start_dir: Path | None = Field(None, validation_alias=AliasChoices("warm_start_dir", "LOLA_WARM_START_DIR"),
+                                           description="folder of LinUCB warm starts (NAME.npz from `lola experiments "
+                                                       "warm-start`), loaded at start; a variant setting "
+                                                       "warm_start=NAME applies one to a new experiment")
     seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
     max_future_skew_s: float = Field(300.0, ge=0, le=31_536_000,
                                      validation_alias=AliasChoices("max_future_skew_s", "LOLA_MAX_FUTURE_SKEW_S"),
