@@ -45,6 +45,7 @@ from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 from lola.stream.features import text_features
+from lola.stream.warm_start import linear_setup
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 1
@@ -441,31 +442,22 @@ class ShardProcessor:
             if not window > 0:
                 raise EventError("invalid_settings", "attribution_window_s must be > 0")
             policy = settings.get("policy", self.config.default_policy)
-            warm = settings.pop("warm_start", None)
-            if warm is not None and (not isinstance(warm, str) or warm not in self.config.warm_starts):
-                raise EventError("invalid_settings", f"no warm start named {str(warm)[:64]!r} in the worker's "
-                                                     "warm_start_dir")
             # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
             # a setting it does not read, sent by the producer, is invalid_settings.
             reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
             defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
                                                          ("n_aux", self.config.default_n_aux)) if name in reads}
+            warm = linear_setup(policy, settings.pop("warm_start", None), self.config.warm_starts,
+                                self.state.feature_dim)
             params = {"policy": policy, **defaults, **settings}
-            if policy in POLICY_TABLE and POLICY_TABLE[policy].needs_features and not self.state.feature_dim:
-                raise EventError("invalid_settings", f"policy {policy!r} needs arm features: run the worker with "
-                                                     "LOLA_FEATURE_DIM >= 1")
-            if warm is not None and not (policy in POLICY_TABLE and POLICY_TABLE[policy].needs_features
-                                         and self.config.warm_starts[warm][0].shape[1] == self.state.feature_dim):
-                raise EventError("invalid_settings", f"warm_start needs a linucb/llm_linucb policy and features of "
-                                                     f"d = {self.state.feature_dim}")
             try:
                 row = self.state.add_experiment(ExperimentParams.from_dict(params))
             except CapacityError as exc:
                 raise EventError("capacity", str(exc)[:120]) from None
             except (ConfigError, TypeError, ValueError) as exc:
                 raise EventError("invalid_settings", str(exc)[:160]) from None
-            if warm is not None:  # checked above: a LinUCB policy and the state's d
-                self.state.warm_start_linear(row, *self.config.warm_starts[warm])
+            if warm is not None:
+                self.state.warm_start_linear(row, *warm)
             exp = Experiment(event.experiment_id, row, self.state.params(row).policy, window)
             self.experiments[exp.experiment_id] = exp
             self.by_row[row] = exp

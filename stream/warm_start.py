@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lola.errors import ConfigError
+from lola.errors import ConfigError, EventError
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.stream.features import MAX_FEATURE_DIM, text_features
 
 #: Weight of one past impression against one live impression (also the replay's).
@@ -112,3 +113,21 @@ def load_dir(directory: Path | None, feature_dim: int) -> dict[str, tuple[np.nda
         if WARM_START_NAME.match(f.stem):
             out[f.stem] = (X, r)
     return out
+
+
+def linear_setup(policy: str, warm: str | None, warm_starts: dict, feature_dim: int):
+    """The processor's check of a new experiment's LinUCB needs: its warm start (X, r) or
+    None; EventError(invalid_settings) for a LinUCB policy without features (d = 0) or a
+    warm start that is unknown, for another d, or for a policy that is not LinUCB."""
+    linear = policy in POLICY_TABLE and POLICY_TABLE[policy].needs_features
+    if linear and not feature_dim:
+        raise EventError("invalid_settings", f"policy {policy!r} needs arm features: run the worker with "
+                                             "LOLA_FEATURE_DIM >= 1")
+    if warm is None:
+        return None
+    if warm not in warm_starts:
+        raise EventError("invalid_settings", f"no warm start named {warm[:64]!r} in the worker's warm_start_dir")
+    if not linear or warm_starts[warm][0].shape[1] != feature_dim:
+        raise EventError("invalid_settings", f"warm_start needs a linucb/llm_linucb policy and features of "
+                                             f"d = {feature_dim}")
+    return warm_starts[warm]
