@@ -294,8 +294,9 @@ def experiments_warm_start(
     feature_dim: int = typer.Option(..., "--feature-dim", help="the worker's feature_dim (LOLA_FEATURE_DIM)"),
 ) -> None:
     """Write a LinUCB warm start (A = ridge I + X'X, b = X'r) for experiments with warm_start=NAME."""
-    from lola.stream.warm_start import WARM_START_WEIGHT, read_past_tests, save
+    from lola.stream.warm_start import WARM_START_WEIGHT, check_out, read_past_tests, save
 
+    check_out(out)
     X, r, tests = read_past_tests(past, feature_dim)
     save(out, X, r)
     typer.echo(json.dumps({"out": str(out), "name": out.stem, "past_tests": tests, "rows": int(X.shape[0]),

@@ -79,9 +79,15 @@ def read_past_tests(path: Path, feature_dim: int) -> tuple[np.ndarray, np.ndarra
     return X, r, len(tests)
 
 
-def save(path: Path, X: np.ndarray, r: np.ndarray) -> None:
+def check_out(path: Path) -> None:
+    """``--out`` must be NAME.npz, NAME a valid ``warm_start`` setting."""
     if not WARM_START_NAME.match(path.stem) or path.suffix != ".npz":
-        raise ConfigError(f"--out must be NAME.npz with NAME matching {WARM_START_NAME.pattern} (the worker's warm_start setting)")
+        raise ConfigError(f"--out must be NAME.npz with NAME matching {WARM_START_NAME.pattern} "
+                          "(the worker's warm_start setting)")
+
+
+def save(path: Path, X: np.ndarray, r: np.ndarray) -> None:
+    check_out(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:
