@@ -28,6 +28,7 @@ from lola.replay.report import Improvement, improvement_table, results_rows
 from lola.replay.sim import simulate_batch
 from lola.data.upworthy import HeadlineTest, headline_tests, load_packages, split_packages
 from lola.errors import ConfigError
+from lola.stream.warm_start import WARM_START_WEIGHT
 
 ProgressFn = Callable[[int], None]
 
@@ -228,7 +229,7 @@ def load_replay_data(
     return ReplayData(tune_batch, report_batch, description, quality)
 
 
-def _linucb_warm_start(packages, features, prior: PriorTable, weight: float = 1e-3):
+def _linucb_warm_start(packages, features, prior: PriorTable, weight: float = WARM_START_WEIGHT):
     """Algorithm 4 line 1: A = I + sum x x^T, b = sum x r over historical impressions.
 
     Each package contributes its impressions and clicks, scaled by ``weight`` so

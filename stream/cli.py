@@ -1,4 +1,4 @@
-"""CLI commands of lola.stream: broker, worker, loadgen, snapshot, dlq.
+"""CLI commands of lola.stream: broker, worker, loadgen, snapshot, dlq, experiments.
 
 Heavy imports (confluent_kafka, numba through the kernels) stay inside command bodies.
 Bad arguments raise :class:`lola.errors.ConfigError`; the root prints one line.
@@ -284,6 +284,25 @@ def schema(
     typer.echo(f"wrote {len(schemas)} schema(s) to {out}")
 
 
+experiments_app = typer.Typer(help="Experiment tools: LinUCB warm starts from past tests.", no_args_is_help=True)
+
+
+@experiments_app.command("warm-start")
+def experiments_warm_start(
+    past: Path = typer.Argument(..., help="CSV of past tests: experiment_id, text, impressions, clicks (one row per variant)"),
+    out: Path = typer.Option(..., "--out", help="NAME.npz to write, in the worker's warm_start_dir"),
+    feature_dim: int = typer.Option(..., "--feature-dim", help="the worker's feature_dim (LOLA_FEATURE_DIM)"),
+) -> None:
+    """Write a LinUCB warm start (A = ridge I + X'X, b = X'r) for experiments with warm_start=NAME."""
+    from lola.stream.warm_start import WARM_START_WEIGHT, check_out, read_past_tests, save
+
+    check_out(out)
+    X, r, tests = read_past_tests(past, feature_dim)
+    save(out, X, r)
+    typer.echo(json.dumps({"out": str(out), "name": out.stem, "past_tests": tests, "rows": int(X.shape[0]),
+                           "feature_dim": feature_dim, "weight": WARM_START_WEIGHT}, sort_keys=True))
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root ``lola`` app."""
     app.command("broker")(broker)
@@ -292,3 +311,4 @@ def register(app: typer.Typer) -> None:
     app.command("schema")(schema)
     app.add_typer(loadgen_app, name="loadgen")
     app.add_typer(dlq_app, name="dlq")
+    app.add_typer(experiments_app, name="experiments")

@@ -21,6 +21,7 @@ from msgspec import Meta, Struct
 
 from lola.errors import EventError
 from lola.kernels.policy_table import ALL_SETTINGS, POLICIES, SETTINGS
+from lola.stream.warm_start import WARM_START_NAME
 
 SCHEMA_VERSION = 1
 MAX_ID_CHARS = 256
@@ -231,11 +232,14 @@ def _reason(exc: msgspec.ValidationError) -> EventError:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s"})
+    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s", "warm_start"})
     if unknown:
         raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
     for name, value in settings.items():
-        if name in _STRING_SETTINGS:
+        if name == "warm_start":
+            if not isinstance(value, str) or not WARM_START_NAME.match(value):
+                raise EventError("invalid_settings", f"settings.warm_start must match {WARM_START_NAME.pattern}")
+        elif name in _STRING_SETTINGS:
             if not isinstance(value, str):
                 raise EventError("wrong_type", f"settings.{name} must be a string")
         elif value is None and name == "horizon":
@@ -285,7 +289,10 @@ def settings_schema() -> dict[str, Any]:
     """JSON Schema of a variant's ``settings``, from the one policy table."""
     props: dict[str, Any] = {"policy": {"enum": list(POLICIES)},
                              "attribution_window_s": {"type": "number", "exclusiveMinimum": 0,
-                                                      "maximum": MAX_ATTRIBUTION_WINDOW_S}}
+                                                      "maximum": MAX_ATTRIBUTION_WINDOW_S},
+                             "warm_start": {"type": "string", "pattern": WARM_START_NAME.pattern,
+                                            "description": "LinUCB warm start NAME.npz in the worker's "
+                                                           "warm_start_dir (lola experiments warm-start)"}}
     for name, s in SETTINGS.items():
         if s.choices:
             props[name] = {"enum": list(s.choices)}

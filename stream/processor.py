@@ -44,6 +44,8 @@ from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
+from lola.stream.features import text_features
+from lola.stream.warm_start import linear_setup
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 1
@@ -74,6 +76,9 @@ class ProcessorConfig:
     default_alpha: float = _setting_default("default_alpha")
     default_n_aux: float = _setting_default("default_n_aux")
     seed: int = _setting_default("seed")
+    feature_dim: int = _setting_default("feature_dim")
+    #: LinUCB warm starts by name, (X, r) each (lola.stream.warm_start; the worker loads them).
+    warm_starts: dict = field(default_factory=dict, compare=False)
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
 
@@ -87,6 +92,7 @@ class ProcessorConfig:
                    default_alpha=settings.default_alpha,
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
+                   feature_dim=settings.feature_dim,
                    max_future_skew_s=settings.max_future_skew_s)
 
 
@@ -201,7 +207,8 @@ class ShardProcessor:
 
         self.partition = partition
         self.config = config or ProcessorConfig()
-        self.state = state if state is not None else BanditState(capacity_experiments=64, capacity_arms=4)
+        self.state = state if state is not None else BanditState(
+            capacity_experiments=64, capacity_arms=4, feature_dim=self.config.feature_dim)
         self.experiments: dict[str, Experiment] = {}
         self.by_row: dict[int, Experiment] = {}
         self.next_offset = next_offset
@@ -440,6 +447,8 @@ class ShardProcessor:
             reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
             defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
                                                          ("n_aux", self.config.default_n_aux)) if name in reads}
+            warm = linear_setup(policy, settings.pop("warm_start", None), self.config.warm_starts,
+                                self.state.feature_dim)
             params = {"policy": policy, **defaults, **settings}
             try:
                 row = self.state.add_experiment(ExperimentParams.from_dict(params))
@@ -447,13 +456,19 @@ class ShardProcessor:
                 raise EventError("capacity", str(exc)[:120]) from None
             except (ConfigError, TypeError, ValueError) as exc:
                 raise EventError("invalid_settings", str(exc)[:160]) from None
+            if warm is not None:
+                self.state.warm_start_linear(row, *warm)
             exp = Experiment(event.experiment_id, row, self.state.params(row).policy, window)
             self.experiments[exp.experiment_id] = exp
             self.by_row[row] = exp
         if event.variant_id in exp.slots:
             return  # adding a known variant again is a no-op (idempotent upstream retries)
+        # LinUCB arms get their features with the arm (lola.stream.features), so they are
+        # servable at once; the state's d, not the config's, so a restored shard keeps its own.
+        features = (text_features(event.text, self.state.feature_dim)
+                    if POLICY_TABLE[exp.policy].needs_features else None)
         try:
-            slot = self.state.add_arm(exp.row)
+            slot = self.state.add_arm(exp.row, features=features)
         except (CapacityError, KernelInputError) as exc:
             raise EventError("capacity", str(exc)[:120]) from None
         exp.slots[event.variant_id] = slot

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from lola.data.worker_defaults import WORKER_DEFAULTS
 from lola.errors import ConfigError
 from lola.kernels.policy_table import POLICIES
+from lola.stream.features import MAX_FEATURE_DIM
 
 POLICY_DEFAULT = "llm2ucb"
 #: ``LOLA_KAFKA_<NAME>=value`` sets the librdkafka property ``<name>`` (``_`` -> ``.``, lower case).
@@ -181,6 +182,18 @@ class StreamSettings(BaseSettings):
                                  validation_alias=AliasChoices("default_n_aux", "LOLA_DEFAULT_N_AUX"),
                                  description="prior pseudo-impressions of a new experiment, tuned for the default model; "
                                              "lower it for a constant prior or a weaker model")
+    # 0 by default: d > 0 gives every experiment of a shard A^-1 and feature rows, which
+    # more than doubles state and checkpoints (docs/stream.md) whether or not it runs LinUCB.
+    feature_dim: int = Field(0, ge=0, le=MAX_FEATURE_DIM,
+                             validation_alias=AliasChoices("feature_dim", "LOLA_FEATURE_DIM"),
+                             description="length d of the arm features of linucb/llm_linucb experiments (an intercept "
+                                         "and a hashed bag of words of the variant text, lola.stream.features); "
+                                         "0 = those policies are invalid_settings; a restored shard keeps the d "
+                                         "of its checkpoint")
+    warm_start_dir: Path | None = Field(None, validation_alias=AliasChoices("warm_start_dir", "LOLA_WARM_START_DIR"),
+                                           description="folder of LinUCB warm starts (NAME.npz from `lola experiments "
+                                                       "warm-start`), loaded at start; a variant setting "
+                                                       "warm_start=NAME applies one to a new experiment")
     seed: int = Field(0, ge=0, lt=2**63, validation_alias=AliasChoices("seed", "LOLA_SEED"))
     max_future_skew_s: float = Field(300.0, ge=0, le=31_536_000,
                                      validation_alias=AliasChoices("max_future_skew_s", "LOLA_MAX_FUTURE_SKEW_S"),

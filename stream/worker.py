@@ -27,6 +27,7 @@ Exactly-once counts without broker transactions
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -46,6 +47,7 @@ from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settin
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
 from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
+from lola.stream.warm_start import load_dir as load_warm_starts
 
 log = logging.getLogger("lola.stream.worker")
 
@@ -80,7 +82,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = WorkerMetrics()
-        self.config = ProcessorConfig.from_settings(settings)
+        self.config = dataclasses.replace(ProcessorConfig.from_settings(settings),
+                                          warm_starts=load_warm_starts(settings.warm_start_dir, settings.feature_dim))
         self.topic = settings.events_topic
         warm_up()  # JIT before joining the group, never while owning partitions
         kf.ensure_topics(settings)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
-ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "loadgen", "dlq", "priors", "bench", "replay", "config"]
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
 
 
 def _lola(*args: str) -> subprocess.CompletedProcess:
@@ -17,14 +17,14 @@ def test_help_lists_every_command_in_order():
     out = _lola("--help")
     assert out.returncode == 0, out.stderr
     listed = [line.split()[1] for line in out.stdout.splitlines()
-              if line.startswith("│ ") and len(line.split()) > 2 and line.split()[1].isalpha()
+              if line.startswith("│ ") and line[2] != " " and len(line.split()) > 2 and line.split()[1].isalpha()
               and line.split()[1] == line.split()[1].lower() and not line.startswith("│ --")]
     assert [c for c in listed if c in ROOT_COMMANDS] == ROOT_COMMANDS
 
 
 def test_every_command_path(lola_commands):
     assert {"replay bai", "replay baseline-prior", "replay synthetic-prior", "replay ideal-observer",
-            "bench kernels", "bench stream", "bench priors", "loadgen open", "loadgen closed", "dlq replay",
+            "bench kernels", "bench stream", "bench priors", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors readout-study",
             "priors build-default",
             "config reference", *ROOT_COMMANDS} == lola_commands

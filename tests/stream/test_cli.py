@@ -19,6 +19,8 @@ BAD_ARGS = [
     (["worker", "--bootstrap", "nohost"], "not HOST:PORT"),
     (["snapshot", "--json"], "no broker"),
     (["dlq", "replay"], "no broker"),
+    (["experiments", "warm-start", "/nonexistent/past.csv", "--out", "w.npz", "--feature-dim", "8"], "cannot read"),
+    (["experiments", "warm-start", "/nonexistent/past.csv", "--out", "w.json", "--feature-dim", "8"], "NAME.npz"),
     (["worker", "--bootstrap", "127.0.0.1:9", "--settings", "/nonexistent/lola.env"], "settings file not found"),
 ]
 

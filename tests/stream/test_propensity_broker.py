@@ -19,7 +19,9 @@ import pytest
 
 from lola.kernels import ExperimentParams
 from lola.kernels.allocation import TS_ALLOCATION_ERROR
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.stream import kafka as kf
+from lola.stream.features import text_features
 from lola.stream.loadgen import send
 from lola.stream.snapshot import read_snapshots
 
@@ -41,7 +43,10 @@ POLICY_SETTINGS = {
     "llm_bai": {"n_aux": 300.0},
     "ec": {"horizon": 5000},
     "ucb_burn_in": {"policy": "ucb", "burn_in": 10_000},
+    "linucb": {"linucb_alpha": 0.5, "min_traffic": 0.05},
+    "llm_linucb": {"n_aux": 300.0, "min_traffic": 0.05},
 }
+FEATURE_DIM = 8  # the worker's feature_dim in this test (lola.stream.features)
 DECISIONS = 12
 
 
@@ -68,10 +73,11 @@ def _events():
 def _twin_allocation(name: str) -> dict[str, float]:
     extra = dict(POLICY_SETTINGS[name])
     p = ExperimentParams(**{"policy": name, "alpha": 0.08, "n_aux": 1000.0, **extra})
-    twin = Twin()
+    linear = POLICY_TABLE[p.policy].needs_features
+    twin = Twin(FEATURE_DIM if linear else 0)
     row = twin.add_experiment(p)
     for vid, (n, c) in COUNTS.items():
-        slot = twin.add_arm(row, PRIOR)
+        slot = twin.add_arm(row, PRIOR, text_features(f"{vid} text", FEATURE_DIM) if linear else None)
         for _ in range(n):  # one impression at a time: E&C and BAI act inside update
             twin.update_one(row, slot, 1.0, 0.0, 0.0)
         twin.update_one(row, slot, 0.0, float(c), 0.0)
@@ -112,7 +118,7 @@ def _read_decisions(s, want: int, timeout_s=60.0) -> list[dict]:
 
 @pytest.mark.slow
 def test_every_policy_logs_the_propensity_of_its_allocation(stream_settings, thread_worker):
-    s = stream_settings(constant_prior=PRIOR)
+    s = stream_settings(constant_prior=PRIOR, feature_dim=FEATURE_DIM)
     worker = thread_worker(s)
     producer = kf_producer(s)
     send(producer, s.events_topic, _events())

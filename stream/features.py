@@ -1,0 +1,46 @@
+"""Arm feature vectors of the worker's LinUCB policies (``linucb``, ``llm_linucb``).
+
+One definition, computed in the stream from the variant's text when the variant is
+added, so an arm is servable at once and needs no model:
+
+    x = [1, h(text) / ||h(text)||]      float64[d], d = the worker's ``feature_dim``
+
+``h`` is signed feature hashing of the lower-cased word tokens into ``d - 1`` buckets:
+the bucket and the sign of a token come from its BLAKE2b-64 digest (deterministic
+across processes and Python versions, unlike ``hash()``). The leading 1 is the
+intercept. ``llm_linucb`` adds the LLM prior CTR through the prior path (``n_aux``),
+like the other ``llm_`` policies; the model's own embeddings are not used in the
+stream (see docs/stream.md).
+
+Hand-written rather than scikit-learn's ``HashingVectorizer`` because scikit-learn is
+only an optional extra (``analysis``), not a worker dependency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+
+_TOKEN = re.compile(r"\w+", re.UNICODE)
+#: Largest feature_dim the worker accepts (A^-1 is d x d per experiment).
+MAX_FEATURE_DIM = 64
+
+
+def text_features(text: str, dim: int) -> np.ndarray:
+    """float64[dim] LinUCB features of one variant text (see the module docstring)."""
+    if dim < 1:
+        raise ValueError("dim must be >= 1")
+    x = np.zeros(dim)
+    x[0] = 1.0
+    if dim == 1:
+        return x
+    h = x[1:]  # a view: filled in place
+    for token in _TOKEN.findall(text.lower()):
+        v = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+        h[(v >> 1) % (dim - 1)] += 1.0 if v & 1 else -1.0
+    norm = float(np.sqrt(h @ h))
+    if norm > 0:
+        h /= norm
+    return x
