@@ -16,7 +16,8 @@ from typing import Any
 
 from lola.errors import BrokerError, ConfigError
 from lola.stream import kafka as kf
-from lola.stream.processor import BatchOutput, DeadLetter, ShardProcessor
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard import BatchOutput, DeadLetter
 
 log = logging.getLogger("lola.stream.inflight")
 wlog = logging.getLogger("lola.stream.worker")

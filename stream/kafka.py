@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from lola.errors import BrokerError, ConfigError
-from lola.stream.processor import DeadLetter
+from lola.stream.shard import DeadLetter
 
 log = logging.getLogger("lola.stream.kafka")
 

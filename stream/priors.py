@@ -1,7 +1,7 @@
 """Prior providers and the background service that keeps them off the allocation loop.
 
 A :class:`PriorProvider` maps variant texts to prior CTRs in [0, 1]. The worker never
-calls one directly: it hands :class:`~lola.stream.processor.PriorRequest` items to a
+calls one directly: it hands :class:`~lola.stream.shard.PriorRequest` items to a
 :class:`PriorService`, whose thread batches texts, calls ``predict`` and queues the
 results. The worker drains results between batches and applies them with
 ``BanditState.set_prior``. A slow or failing provider therefore never stalls

@@ -45,8 +45,9 @@ from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics
 from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settings
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
-from lola.stream.processor import BatchOutput, ProcessorConfig, ShardProcessor, warm_up
+from lola.stream.processor import ShardProcessor, warm_up
 from lola.stream.settings import StreamSettings
+from lola.stream.shard import BatchOutput, ProcessorConfig
 from lola.stream.warm_start import load_dir as load_warm_starts
 
 log = logging.getLogger("lola.stream.worker")

@@ -12,7 +12,8 @@ import pytest
 
 from lola.kernels import ExperimentParams
 from lola.stream.features import text_features
-from lola.stream.processor import ProcessorConfig, ShardProcessor
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard import ProcessorConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # tests/ has no packages
 from kernels_twin import Twin  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from lola.errors import ConfigError
 from lola.stream.prior_plugins import HttpPriorProvider, PriorHttpError, load_plugin, provider_from_settings
 from lola.stream.priors import ConstantPriorProvider, OnnxModelProvider, PriorService
-from lola.stream.processor import PriorRequest
+from lola.stream.shard import PriorRequest
 from lola.stream.settings import StreamSettings
 
 

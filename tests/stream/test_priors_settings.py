@@ -11,7 +11,7 @@ import pytest
 
 from lola.errors import ConfigError, ModelIntegrityError
 from lola.stream.priors import ConstantPriorProvider, OnnxModelProvider, PriorService
-from lola.stream.processor import PriorRequest
+from lola.stream.shard import PriorRequest
 from lola.stream.settings import StreamSettings
 
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from lola.errors import LolaError
 from lola.kernels import ExperimentParams
 from lola.stream.loadgen import open_stream
-from lola.stream.processor import ProcessorConfig, ShardProcessor
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard import ProcessorConfig
 from lola.stream.snapshot import counts_view
 
 

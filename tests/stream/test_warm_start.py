@@ -14,7 +14,8 @@ from lola.cli import main
 from lola.errors import ConfigError
 from lola.kernels import ExperimentParams
 from lola.stream.features import text_features
-from lola.stream.processor import ProcessorConfig, ShardProcessor
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard import ProcessorConfig
 from lola.stream.warm_start import WARM_START_WEIGHT, load_dir, read_past_tests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "kernels"))  # tests/ has no packages
