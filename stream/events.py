@@ -99,12 +99,17 @@ class DecisionRequest(_Event, tag="decision_request"):
     v: Version = SCHEMA_VERSION
 
 
-class _Feedback(_Event):
-    """Fields every impression and click carries (in this order: positional construction)."""
+class _Outcome(_Event):
+    """Fields every impression, click and conversion carries (in this order: positional construction)."""
 
     event_id: Id
     experiment_id: Id
     variant_id: Id
+
+
+class _Feedback(_Outcome):
+    """An impression or a click: the outcome's fields, then its time."""
+
     ts: Ts
 
 
@@ -123,12 +128,9 @@ class Click(_Feedback, tag="click"):
     v: Version = SCHEMA_VERSION
 
 
-class Conversion(_Event, tag="conversion"):
+class Conversion(_Outcome, tag="conversion"):
     """A conversion worth ``value`` after a variant was shown."""
 
-    event_id: Id
-    experiment_id: Id
-    variant_id: Id
     value: Annotated[float, Meta(ge=0.0, le=MAX_CONVERSION_VALUE)]
     ts: Ts
     impression_id: Id | None = None  # attributed like a click's (issue 20)
