@@ -10,7 +10,7 @@ kernel.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lola.errors import ConfigError
@@ -74,24 +74,24 @@ class ExperimentParams:
     """
 
     policy: str = "llm2ucb"
-    alpha: float = field(default=SETTINGS["alpha"].default)
-    n_aux: float = field(default=SETTINGS["n_aux"].default)
-    gamma: float = field(default=SETTINGS["gamma"].default)
-    conversion_weight: float = field(default=SETTINGS["conversion_weight"].default)
-    horizon: int | None = field(default=SETTINGS["horizon"].default)
-    explore_fraction: float = field(default=SETTINGS["explore_fraction"].default)
-    min_traffic: float = field(default=SETTINGS["min_traffic"].default)
-    burn_in: int = field(default=SETTINGS["burn_in"].default)
-    ts_alpha0: float = field(default=SETTINGS["ts_alpha0"].default)
-    ts_beta0: float = field(default=SETTINGS["ts_beta0"].default)
-    eb_strength: float = field(default=SETTINGS["eb_strength"].default)
-    linucb_alpha: float = field(default=SETTINGS["linucb_alpha"].default)
-    ridge: float = field(default=SETTINGS["ridge"].default)
-    bai_epsilon: float = field(default=SETTINGS["bai_epsilon"].default)
-    bai_gamma: float = field(default=SETTINGS["bai_gamma"].default)
-    bai_delta: float = field(default=SETTINGS["bai_delta"].default)
-    bai_radius: str = field(default=SETTINGS["bai_radius"].default)
-    propensity_draws: int = field(default=SETTINGS["propensity_draws"].default)
+    alpha: float = SETTINGS["alpha"].default
+    n_aux: float = SETTINGS["n_aux"].default
+    gamma: float = SETTINGS["gamma"].default
+    conversion_weight: float = SETTINGS["conversion_weight"].default
+    horizon: int | None = SETTINGS["horizon"].default
+    explore_fraction: float = SETTINGS["explore_fraction"].default
+    min_traffic: float = SETTINGS["min_traffic"].default
+    burn_in: int = SETTINGS["burn_in"].default
+    ts_alpha0: float = SETTINGS["ts_alpha0"].default
+    ts_beta0: float = SETTINGS["ts_beta0"].default
+    eb_strength: float = SETTINGS["eb_strength"].default
+    linucb_alpha: float = SETTINGS["linucb_alpha"].default
+    ridge: float = SETTINGS["ridge"].default
+    bai_epsilon: float = SETTINGS["bai_epsilon"].default
+    bai_gamma: float = SETTINGS["bai_gamma"].default
+    bai_delta: float = SETTINGS["bai_delta"].default
+    bai_radius: str = SETTINGS["bai_radius"].default
+    propensity_draws: int = SETTINGS["propensity_draws"].default
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or self.policy not in POLICY_CODE:
