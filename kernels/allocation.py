@@ -40,6 +40,7 @@ import numba
 import numpy as np
 
 from lola.kernels.numba_config import NJIT
+from lola.kernels.policies import ts_beta_params
 
 GL_NODES = 8
 PANELS_PER_ARM = 6
@@ -73,20 +74,6 @@ def _gauss_legendre_tables(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 GL_T, GL_W, GL_S = _gauss_legendre_tables(GL_NODES)
-
-
-@numba.njit(**NJIT)
-def ts_beta_params(n, c, mu, has_prior, prior_n, a0, b0):
-    """Posterior Beta(a, b) of one arm, exactly as :func:`lola.kernels.policies.ts_theta` draws
-    from it; ``a = -1`` marks a point mass at ``mu`` (prior with ``n_aux = inf``)."""
-    if has_prior and math.isinf(prior_n):
-        return -1.0, 0.0
-    pa = a0 + c
-    pb = b0 + max(n - c, 0.0)
-    if has_prior:
-        pa += prior_n * mu
-        pb += prior_n * (1.0 - mu)
-    return pa, pb
 
 
 @numba.njit(**NJIT)
@@ -292,9 +279,8 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
         for k in range(K):
             out[k] = 1.0 / n_act if active[k] and n_act > 0 else 0.0
         return
-    if total > 0.0:
-        for k in range(K):
-            out[k] /= total
+    for k in range(K):  # 0 < total < inf here
+        out[k] /= total
 
 
 @numba.njit(**NJIT)

@@ -121,23 +121,35 @@ def bai_interval(n_aux, n, c, mu, has_prior, n_arms, delta, bernstein):
 
 
 @numba.njit(**NJIT)
-def ts_theta(n, c, mu, has_prior, active, prior_n, a0, b0, key, j):
-    """One arm's posterior draw (Algorithm 3): Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c).
+def ts_beta_params(n, c, mu, has_prior, prior_n, a0, b0):
+    """One arm's TS posterior Beta(a0 + n_aux mu + c, b0 + n_aux (1-mu) + n - c) (Algorithm 3).
 
-    ``prior_n = 0`` is plain Beta-Bernoulli TS. With ``n_aux = inf`` an arm with a prior
-    draws exactly ``mu`` (the greedy limit). ``n - c`` is floored at 0 (conversion rewards
-    can exceed one per impression). Inactive arms get -inf. Scalar arguments only (LLVM
-    inlines it). Returns (draw, next counter).
+    ``prior_n = 0`` is plain Beta-Bernoulli TS. ``n - c`` is floored at 0 (conversion
+    rewards can exceed one per impression). ``a = -1`` marks a point mass at ``mu`` (an
+    arm with a prior and ``n_aux = inf``: the greedy limit). The one definition that
+    :func:`ts_theta` draws from and :mod:`lola.kernels.allocation` integrates over.
     """
-    if not active:
-        return -np.inf, j
     if has_prior and math.isinf(prior_n):
-        return mu, j
+        return -1.0, 0.0
     pa = a0 + c
     pb = b0 + max(n - c, 0.0)
     if has_prior:
         pa += prior_n * mu
         pb += prior_n * (1.0 - mu)
+    return pa, pb
+
+
+@numba.njit(**NJIT)
+def ts_theta(n, c, mu, has_prior, active, prior_n, a0, b0, key, j):
+    """One arm's posterior draw from :func:`ts_beta_params`; exactly ``mu`` for a point mass.
+
+    Inactive arms get -inf. Scalar arguments only (LLVM inlines it). Returns (draw, next counter).
+    """
+    if not active:
+        return -np.inf, j
+    pa, pb = ts_beta_params(n, c, mu, has_prior, prior_n, a0, b0)
+    if pa < 0.0:  # point mass (a0 > 0 is enforced, so a real posterior never has a < 0)
+        return mu, j
     return beta_draw(pa, pb, key, j)
 
 
