@@ -132,8 +132,9 @@ class GuardedApplyMixin:
         outs = []
         done: dict[int, bytes] = {}
         breaker_on = self.settings.crash_breaker
-        if breaker_on and all(len(chunks) == 1 and len(chunks[0][0]) > 1 for chunks in plans.values()):
-            # the common case, no suspects: one round trip marks every partition's batch
+        if breaker_on and all(not self.breakers[p].suspects for p in plans):
+            # the common case, no suspects (so one whole chunk per partition, a one-record
+            # batch included): one round trip marks every partition's batch
             self.markers.write({p: self.breakers[p].marker(chunks[0][0][0][0], chunks[0][0][-1][0], self.worker_id)
                                 for p, chunks in plans.items()})
             marked = True

@@ -40,12 +40,17 @@ H_PARTITION = "lola.source.partition"
 H_OFFSET = "lola.source.offset"
 
 
+#: The largest record the worker's producer sends (librdkafka ``message.max.bytes``); a
+#: checkpoint is capped by it as well as by the state topic's own limit.
+PRODUCER_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
 def producer_config(settings: Any, **extra: Any) -> dict[str, Any]:
     # compression: LOLA_COMPRESSION (default gzip, which every Kafka client reads; docs/clients.md).
     conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2,
             "compression.type": settings.compression,
             "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000,
-            "message.max.bytes": 64 * 1024 * 1024}
+            "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES}
     conf.update(extra)
     return conf
 
@@ -125,9 +130,9 @@ def ensure_topics(settings: Any, timeout_s: float = 20.0) -> dict[str, int]:
 def topic_max_message_bytes(settings: Any, topic: str, timeout_s: float = 10.0) -> int | None:
     """The topic's ``max.message.bytes`` as the broker reports it (DescribeConfigs), or None
     if the broker cannot say (the caller then documents its fallback)."""
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
-    admin = AdminClient(settings.kafka_config())
+    admin = admin_client(settings)
     try:
         futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)],
                                          request_timeout=timeout_s)

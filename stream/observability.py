@@ -6,6 +6,7 @@ several workers can share one process (tests, the benchmark).
 
 from __future__ import annotations
 
+import bisect
 import logging
 import sys
 import threading
@@ -41,6 +42,19 @@ def configure_json_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+
+
+def observe_many(histogram: Histogram, value: float, n: int) -> None:
+    """``histogram.observe(value)`` ``n`` times, in O(1).
+
+    Every decision of a batch has the same latency (the batch's); observing it once per
+    decision cost ~630 ns each on the decision path. prometheus-client has no weighted
+    observe, so this adds ``n`` to the one bucket and ``n * value`` to the sum through its
+    (long-stable) internals; tests/stream/test_operations_signals.py checks the exposition
+    equals ``n`` plain observes, so a library change that breaks this fails a test.
+    """
+    histogram._sum.inc(value * n)
+    histogram._buckets[bisect.bisect_left(histogram._upper_bounds, value)].inc(n)
 
 
 class WorkerMetrics:

@@ -77,6 +77,9 @@ class SnapshotFollower:
                 break
             for msg in msgs:
                 if msg.error() is None:
+                    if not msg.value():  # a tombstone deletes the experiment, as read_snapshots does
+                        self.latest.pop((msg.key() or b"").decode("utf-8", "replace"), None)
+                        continue
                     decoded = _decode(msg.key(), msg.value())
                     if decoded is not None:
                         self.latest[decoded[0]] = decoded[1]

@@ -42,7 +42,7 @@ from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
-from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics
+from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics, observe_many
 from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settings
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
 from lola.stream.processor import ShardProcessor, warm_up
@@ -93,7 +93,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         # the value this worker gives a topic it creates), capped by the producer's limit.
         broker_limit = kf.topic_max_message_bytes(settings, settings.state_topic)
         self.checkpoint_limit = min(broker_limit or settings.state_max_message_bytes,
-                                    kf.producer_config(settings)["message.max.bytes"]) - RECORD_OVERHEAD_BYTES
+                                    kf.PRODUCER_MAX_MESSAGE_BYTES) - RECORD_OVERHEAD_BYTES
         self.metrics.checkpoint_limit_bytes.set(self.checkpoint_limit)
         self.markers = InflightMarkers(settings, self.worker_id,
                                        on_failure=lambda: self.metrics.inflight_marker_failures.inc())
@@ -446,9 +446,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                         dead += len(out.dead_letters)
                     decisions += batch_decisions
                     if batch_decisions:
-                        dt = time.perf_counter() - t0
-                        for _ in range(batch_decisions):
-                            self.metrics.decision_seconds.observe(dt)
+                        observe_many(self.metrics.decision_seconds, time.perf_counter() - t0, batch_decisions)
                     for p, (records, _) in by_partition.items():
                         n = len(records)
                         consumed += n

@@ -101,3 +101,29 @@ def test_constant_prior_flag_wins_over_the_images_model_dir_and_new_metrics_are_
     missing = mon.referenced_metrics() - mon.exported_names(fams.values())
     assert not missing, sorted(missing)
     assert w.terminate() == 0, w.log()
+
+
+@pytest.mark.parametrize("value", [0.0, 0.0005, 0.003, 0.0999, 0.1, 2.0, 1e9])
+def test_observe_many_exposes_exactly_what_n_plain_observes_do(value):
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from lola.stream.observability import observe_many
+
+    buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+    plain_reg, many_reg = CollectorRegistry(), CollectorRegistry()
+    plain = Histogram("h", "h", registry=plain_reg, buckets=buckets)
+    many = Histogram("h", "h", registry=many_reg, buckets=buckets)
+    for _ in range(7):
+        plain.observe(value)
+    plain.observe(0.02)
+    observe_many(many, value, 7)
+    observe_many(many, 0.02, 1)
+    def samples(reg):  # every bucket, count and sum; h_created is the histogram's creation time
+        return {(x.name, tuple(sorted(x.labels.items()))): x.value
+                for fam in text_string_to_metric_families(generate_latest(reg).decode())
+                for x in fam.samples if x.name != "h_created"}
+
+    got, want = samples(many_reg), samples(plain_reg)
+    assert got.keys() == want.keys()
+    for key, value in want.items():  # buckets and count exactly; the sum n*v vs n additions to rounding
+        assert got[key] == value if key[0] != "h_sum" else got[key] == pytest.approx(value, rel=1e-12)
