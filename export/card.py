@@ -43,7 +43,7 @@ class TokenizerInfo(_Part):
 class TargetScaling(_Part):
     """prior = mean + std * network output (+ the week's level for ``level_deviation``)."""
 
-    kind: str = "ctr"
+    kind: str = "standardize"  # as training writes it (lola.export.data.TargetScaling): or "level_deviation"
     mean: float
     std: float = Field(gt=0)
     week_level: dict[str, Any] | None = None

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from lola.errors import ConfigError, DataError
+from lola.export.config import CALIBRATIONS, OBJECTIVES
 
 priors_app = typer.Typer(
     help="LLM CTR priors: LoRA fine-tune, ONNX export, scoring and evaluation (LOLA section 3.3, appendix F).",
@@ -31,10 +32,8 @@ class TextModeOpt(str, Enum):
     headline_context = "headline_context"
 
 
-class LossOpt(str, Enum):
-    mse = "mse"
-    listnet = "listnet"
-    ranknet = "ranknet"
+# Typer options as Enums of the one list of names (lola.export.config; pydantic only, cheap to import).
+LossOpt = Enum("LossOpt", {name: name for name in OBJECTIVES}, type=str)
 
 
 LOSS_HELP = ("mse (default), or a within-test ranking loss: listnet (softmax over each test's headlines, "
@@ -128,16 +127,8 @@ def export_cmd(
                                           if "max_abs_diff_logits" in v}}))
 
 
-class ObjectiveOpt(str, Enum):
-    mse = "mse"
-    listnet = "listnet"
-    ranknet = "ranknet"
-
-
-class CalibrateOpt(str, Enum):
-    none = "none"
-    slope = "slope"
-    spread = "spread"
+ObjectiveOpt = LossOpt
+CalibrateOpt = Enum("CalibrateOpt", {name: name for name in CALIBRATIONS}, type=str)
 
 
 @priors_app.command("readout")

@@ -16,7 +16,7 @@ Every rule gives one clear message through :class:`lola.errors.ConfigError`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +30,10 @@ Target = Literal["ctr", "level_deviation"]
 #: ``mse``: the paper's per-headline regression; ``listnet``/``ranknet``: the within-test ranking
 #: losses of :mod:`lola.export.ranking`, batches made of whole tests (see :func:`lola.export.train.batch_indices`).
 Loss = Literal["mse", "listnet", "ranknet"]
+#: The loss names, also the readout's objectives (``lola priors readout --objective``).
+OBJECTIVES: tuple[str, ...] = get_args(Loss)
+#: How ``lola priors readout --calibrate`` rescales within-test gaps (:func:`lola.export.ranking.calibration_scale`).
+CALIBRATIONS: tuple[str, ...] = ("none", "slope", "spread")
 
 
 class TrainConfig(BaseModel):

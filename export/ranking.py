@@ -34,18 +34,15 @@ Build-time only (numpy and scipy); serving reads the folded weights from ``reado
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from lola.data.upworthy import HeadlineTest
 from lola.errors import ConfigError, DataError
+from lola.export.config import CALIBRATIONS, OBJECTIVES
 from lola.export.metrics import significant_pairs
 
-Objective = Literal["mse", "listnet", "ranknet"]
-Calibration = Literal["none", "slope", "spread"]
-OBJECTIVES: tuple[str, ...] = ("mse", "listnet", "ranknet")
-CALIBRATIONS: tuple[str, ...] = ("none", "slope", "spread")
 
 
 @dataclass(frozen=True)

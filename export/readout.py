@@ -41,7 +41,8 @@ import numpy as np
 
 from lola.errors import ConfigError, DataError, ModelIntegrityError
 from lola.export.card import ModelCard, head_ctr
-from lola.export.ranking import CALIBRATIONS, OBJECTIVES, calibration_scale, fit_linear
+from lola.export.config import CALIBRATIONS, OBJECTIVES
+from lola.export.ranking import calibration_scale, fit_linear
 
 log = logging.getLogger("lola.export.readout")
 
@@ -121,6 +122,7 @@ class ReadoutData:
     tune_groups: object  # TestGroups over tune rows
     tune_tests: list
     z_tune: np.ndarray
+    emb_tune: np.ndarray  # the raw (float64) embedding of every tune headline, rows as tune_headlines
 
 
 def readout_data(prior, data_csv: Path, card: ModelCard, cache: Path | None = None) -> ReadoutData:
@@ -150,7 +152,7 @@ def readout_data(prior, data_csv: Path, card: ModelCard, cache: Path | None = No
         y_train, target_std,
         build_groups(headline_tests(splits["train"]), {h: i for i, h in enumerate(train.headlines)}),
         build_groups(tune_tests, {h: i for i, h in enumerate(tune_all.headlines)}),
-        tune_tests, z_tune)
+        tune_tests, z_tune, x_tune)
 
 
 def tune_ranking(data: ReadoutData, deviation: np.ndarray) -> dict:

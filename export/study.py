@@ -69,9 +69,11 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     served = OnnxPriorModel(model_dir, provider="cpu", variant=variant)
     if served.readout_weights is None:
         raise ValueError(f"{model_dir} has no readout to compare with; run `lola priors readout` first")
-    # readouts are fitted on fp32 embeddings (as `lola priors readout` does) and scored on the variant's
-    prior = OnnxPriorModel(model_dir, provider="cpu", variant=variant, readout=False)
-    fit_prior = OnnxPriorModel(model_dir, provider="cpu", variant="fp32", readout=False)
+    # readouts are fitted on fp32 embeddings (as `lola priors readout` does) and scored on the variant's;
+    # the served model gives both when it is the fp32 one (one session, one tune embedding pass)
+    prior = served
+    fit_prior = served if variant == "fp32" else OnnxPriorModel(model_dir, provider="cpu", variant="fp32",
+                                                                readout=False)
     card = prior.card
     data_csv = training_csv(card.data, data_csv)
     cache = Path(cache) if cache else None
@@ -81,7 +83,10 @@ def run_study(model_dir: str | Path, data_csv: str | Path | None = None, cache: 
     test_all = build_examples(splits["test"], hp["text_mode"], 0, False)
     _, x_test = cached_outputs(prior, list(test_all.headlines), list(test_all.contexts), cache)
     tune_all = build_examples(splits["tune"], hp["text_mode"], 0, False)
-    _, x_tune = cached_outputs(prior, list(tune_all.headlines), list(tune_all.contexts), cache)
+    if prior is fit_prior:  # readout_data embedded these very texts with this network
+        x_tune = data.emb_tune
+    else:
+        _, x_tune = cached_outputs(prior, list(tune_all.headlines), list(tune_all.contexts), cache)
     raw = {"tune": (x_tune.astype(np.float64), tune_all, headline_tests(splits["tune"])),
            "test": (x_test.astype(np.float64), test_all, headline_tests(splits["test"]))}
 

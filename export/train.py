@@ -161,14 +161,20 @@ def pick_device_and_precision(config: TrainConfig):
     return torch.device("cpu"), torch.float32
 
 
+#: TrainConfig fields newer than the first checkpoint format (see _config_fingerprint).
+ADDED_SINCE_FIRST_CHECKPOINTS = ("loss", "loss_mix")
+
+
 def _config_fingerprint(config: TrainConfig, data_sha256: str, base: BaseRef) -> str:
     import hashlib
 
     # Run-control settings (how often to checkpoint, the time budget) may change on resume.
     settings = config.model_dump(mode="json", exclude={"checkpoint_every", "max_train_seconds", "eval_batch_size"})
-    if settings["loss"] == "mse" and settings["loss_mix"] == 0.0:
-        # settings added after checkpoints were written: at their defaults they keep old fingerprints
-        del settings["loss"], settings["loss_mix"]
+    # Settings added after checkpoints were written leave the fingerprint out while they are at
+    # their defaults, so resuming an older run still finds its checkpoints.
+    if all(settings[name] == TrainConfig.model_fields[name].default for name in ADDED_SINCE_FIRST_CHECKPOINTS):
+        for name in ADDED_SINCE_FIRST_CHECKPOINTS:
+            del settings[name]
     payload = json.dumps([settings, data_sha256, base.to_dict()], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
