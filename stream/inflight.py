@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-from lola.errors import BrokerError, ConfigError
+from lola.errors import ConfigError
 from lola.stream import kafka as kf
 from lola.stream.processor import ShardProcessor
 from lola.stream.shard import BatchOutput, DeadLetter
@@ -47,17 +47,8 @@ class InflightMarkers:
 
     def read(self, partition: int) -> bytes | None:
         """The latest marker of ``partition`` (None: never written)."""
-        from confluent_kafka import Consumer, TopicPartition
-
         conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
-        probe = Consumer(conf)
-        try:
-            low, high = probe.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=10, cached=False)
-        except Exception as exc:  # KafkaException
-            raise BrokerError.from_kafka_error("cannot list in-flight topic offsets",
-                                               exc.args[0] if exc.args else exc) from None
-        finally:
-            probe.close()
+        low, high = kf.watermarks(conf, self.topic, partition)
         latest = None
         want = self.key(partition)
         if high > low:
@@ -178,16 +169,8 @@ class GuardedApplyMixin:
         which can be below the true end; so only a checkpoint above the listed value is
         checked, by reading the last batch (Fetch reports the true end).
         """
-        from confluent_kafka import Consumer, TopicPartition
-
         conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
-        probe = Consumer(conf)
-        try:
-            low, high = probe.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10, cached=False)
-        except Exception as exc:  # KafkaException
-            raise BrokerError.from_kafka_error("cannot list events topic offsets", exc.args[0] if exc.args else exc)
-        finally:
-            probe.close()
+        low, high = kf.watermarks(conf, self.topic, p)
         if next_offset <= high:
             return None
         end = high

@@ -267,6 +267,29 @@ def produce(producer: Any, topic: str, value: bytes | None, key: bytes | None = 
             producer.poll(0.05)
 
 
+def watermarks(conf: dict[str, Any], topic: str, partition: int, must_exist: bool = True,
+               timeout_s: float = 10.0) -> tuple[int, int] | None:
+    """``(low, high)`` of one partition as the broker lists it now (a short-lived probe consumer).
+
+    With ``must_exist=False`` a topic or partition that does not exist gives None instead of
+    an error. Raises BrokerError when the broker cannot answer.
+    """
+    from confluent_kafka import Consumer, TopicPartition
+
+    probe = Consumer(conf)
+    try:
+        if not must_exist:
+            meta = probe.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if meta is None or meta.error is not None or partition not in meta.partitions:
+                return None
+        return probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s, cached=False)
+    except Exception as exc:  # KafkaException
+        raise BrokerError.from_kafka_error(f"cannot list {topic}[{partition}] offsets",
+                                           exc.args[0] if exc.args else exc) from None
+    finally:
+        probe.close()
+
+
 def read_partition_to_end(conf: dict[str, Any], topic: str, partition: int, start: int,
                           timeout_s: float = 30.0) -> Iterable[Any]:
     """Yield messages of one partition from ``start`` until Fetch reports its end."""

@@ -167,20 +167,11 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         on purpose with busier groups), the whole partition. With ``must_exist=False`` a
         missing topic reads as empty instead of an error (the legacy topic, see _restore).
         """
-        from confluent_kafka import Consumer, TopicPartition
-
         conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
-        probe = Consumer(conf)
-        try:
-            if not must_exist:
-                meta = probe.list_topics(topic, timeout=10).topics.get(topic)
-                if meta is None or meta.error is not None or partition not in meta.partitions:
-                    return None
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
-        except Exception as exc:  # KafkaException
-            raise BrokerError.from_kafka_error(f"cannot list {topic} offsets", exc.args[0] if exc.args else exc)
-        finally:
-            probe.close()
+        ends = kf.watermarks(conf, topic, partition, must_exist)
+        if ends is None:
+            return None
+        low, high = ends
         want_key = self._checkpoint_key(partition)
         best: bytes | None = None
         best_offset = -1
