@@ -29,6 +29,7 @@ import numpy as np
 from lola.errors import CapacityError, ConfigError, KernelInputError
 from lola.kernels import core, policies, rng
 from lola.kernels.adaptive import adaptive_n_aux
+from lola.kernels.compaction import CompactionMixin
 from lola.kernels.params import POLICIES, ExperimentParams
 from lola.kernels.policy_table import TABLE, family
 
@@ -56,7 +57,7 @@ def _check_prior(prior_ctr: Any) -> float:
     return value
 
 
-class BanditState:
+class BanditState(CompactionMixin):
     """All experiments' statistics and parameters, as struct-of-arrays for the kernels.
 
     Parameters
@@ -156,6 +157,23 @@ class BanditState:
         self.policy[row] = params.code
         f = self.exp_f[row]
         f[:] = 0.0
+        self._fill_params(row, params)
+        f[core.F_T] = 1.0
+        f[core.F_STEPS] = 0.0
+        f[core.F_SQRT_LOG_T] = 0.0
+        self.n_arms[row] = 0
+        self.stamp[row] += 1
+        self.bai_done[row] = False
+        self.ec_committed[row] = False
+        d = self.feature_dim
+        if d:
+            self.ainv[row] = np.eye(d) / params.ridge
+            self.bvec[row] = 0.0
+        return row
+
+    def _fill_params(self, row: int, params: ExperimentParams) -> None:
+        """Write ``params`` into ``exp_f[row]`` (the clocks t, steps and sqrt(log t) are left as they are)."""
+        f = self.exp_f[row]
         f[core.F_ALPHA] = params.alpha
         f[core.F_N_AUX] = params.effective_n_aux
         f[core.F_GAMMA] = params.gamma
@@ -174,18 +192,6 @@ class BanditState:
         f[core.F_BAI_DELTA] = params.bai_delta
         f[core.F_BAI_BERNSTEIN] = 1.0 if params.bai_radius == "bernstein" else 0.0
         f[core.F_PROP_DRAWS] = params.propensity_draws
-        f[core.F_T] = 1.0
-        f[core.F_STEPS] = 0.0
-        f[core.F_SQRT_LOG_T] = 0.0
-        self.n_arms[row] = 0
-        self.stamp[row] += 1
-        self.bai_done[row] = False
-        self.ec_committed[row] = False
-        d = self.feature_dim
-        if d:
-            self.ainv[row] = np.eye(d) / params.ridge
-            self.bvec[row] = 0.0
-        return row
 
     def add_experiments(self, params: ExperimentParams, prior_ctr: Any, features: Any = None) -> np.ndarray:
         """Register many experiments with the same parameters at once (replays, benchmarks).

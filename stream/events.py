@@ -56,8 +56,14 @@ REASONS = {
     "invalid_settings": "unknown setting, one the policy does not read, or out of its bounds (docs/policies.md)",
     "late_click": "click outside the attribution window",
     "late_conversion": "conversion outside the attribution window",
-    "no_active_variant": "decision request for an experiment whose variants are all retired",
-    "capacity": "state cannot hold another experiment or arm",
+    "no_active_variant": "decision request for an experiment with no active variant (all pending, blocked or retired)",
+    "experiment_archived": "decision request for an archived experiment (events for it are ignored until eviction)",
+    "noncompliant": "the variant gate blocked the variant (reason in lola.detail); it is never served",
+    "stale": "event ts at or below the de-duplication horizon: it cannot be checked for duplicates, so it is not counted",
+    "duplicate": "a sample (1 in duplicate_dead_letter_every) of the duplicates dropped; all are counted in a metric",
+    "click_cap": "more clicks naming one impression than max_clicks_per_impression",
+    "invalid_transition": "a lifecycle action the experiment's or variant's state does not allow (archived is final)",
+    "capacity": "a limit was reached: experiments per partition, arms per experiment (docs/operations/limits.md)",
     "processing_error": "applying the event raised an unexpected error (class in lola.detail); shard rolled back",
     "poison": "the process died N times with this record in flight (crash-loop breaker)",
 }
@@ -85,6 +91,23 @@ class Variant(_Event, tag="variant"):
     text: Annotated[str, Meta(max_length=MAX_TEXT_CHARS)]
     action: Literal["add", "retire"] = "add"
     settings: dict[str, Any] | None = None
+    v: Version = SCHEMA_VERSION
+
+
+#: Experiment lifecycle actions (docs/operations/lifecycle.md).
+ACTIONS = ("create", "update", "pause", "resume", "stop", "archive")
+#: Experiment status in snapshots, and variant states (arm ``state``).
+STATUSES = ("running", "paused", "stopped", "archived")
+VARIANT_STATES = ("pending", "active", "blocked", "retired")
+
+
+class ExperimentEvent(_Event, tag="experiment"):
+    """Lifecycle of an experiment: create (with settings), update, pause, resume, stop, archive."""
+
+    experiment_id: Id
+    action: Literal["create", "update", "pause", "resume", "stop", "archive"]
+    settings: dict[str, Any] | None = None
+    reason: Annotated[str, Meta(max_length=MAX_ID_CHARS)] | None = None
     v: Version = SCHEMA_VERSION
 
 
@@ -164,7 +187,9 @@ class SnapshotArm(Struct, frozen=True):
     prior: float | None  # the prior CTR (null: none yet)
     score: Extended  # the policy's current index (TS: one posterior draw); null if none
     serving_share: Annotated[float, Meta(ge=0.0, le=1.0)]  # the decisions' allocation
-    active: bool
+    active: bool  # served now (state active and, for a stopped experiment, the best arm)
+    state: Literal["pending", "active", "blocked", "retired"] = "active"
+    state_reason: str | None = None
 
 
 class SnapshotOpe(Struct, frozen=True):
@@ -199,11 +224,12 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     input_offset: Annotated[int, Meta(ge=0)]
     arms: dict[Id, SnapshotArm]
     ope: SnapshotOpe
+    status: Literal["running", "paused", "stopped", "archived"] | None = None  # None: a writer before issue 19
     bai: SnapshotBai | None = None
 
 
-Event = Variant | DecisionRequest | Impression | Click | Conversion
-INPUTS: tuple[type, ...] = (Variant, DecisionRequest, Impression, Click, Conversion)
+Event = Variant | ExperimentEvent | DecisionRequest | Impression | Click | Conversion
+INPUTS: tuple[type, ...] = (Variant, ExperimentEvent, DecisionRequest, Impression, Click, Conversion)
 OUTPUTS: tuple[type, ...] = (Decision, PolicySnapshot)
 EVENT_TYPES = tuple(cls.__struct_config__.tag for cls in INPUTS)
 _DECODER = msgspec.json.Decoder(Event)
@@ -280,7 +306,7 @@ def decode(raw: bytes | None, key: bytes | None = None, max_bytes: int = 65_536)
         raise _reason(exc) from None
     except msgspec.DecodeError as exc:
         raise EventError("invalid_json", str(exc)[:120]) from None
-    if type(event) is Variant and event.settings is not None:
+    if (type(event) is Variant or type(event) is ExperimentEvent) and event.settings is not None:
         _check_settings(event.settings)
     if key is not None and key != event.experiment_id.encode():
         raise EventError("key_mismatch", "message key must be the experiment_id")
@@ -319,7 +345,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         body = defs.pop(cls.__name__)
         if defs:  # nested models (a snapshot's arms): kept under $defs, where the body's $refs point
             body["$defs"] = defs
-        if cls is Variant:
+        if cls is Variant or cls is ExperimentEvent:
             body["properties"]["settings"] = {"anyOf": [settings_schema(), {"type": "null"}]}
         out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
                      "$id": f"https://lola-stream.invalid/schemas/v{SCHEMA_VERSION}/{name}.json",

@@ -68,7 +68,13 @@ class WorkerMetrics:
         self.events_per_s = Gauge("lola_events_per_second", "Input records consumed per second (last interval)", registry=r)
         self.decisions = Counter("lola_decisions_total", "Decisions produced", registry=r)
         self.dead_letters = Counter("lola_dead_letters_total", "Dead letters produced, by reason", ["reason"], registry=r)
-        self.duplicates = Counter("lola_duplicates_total", "Duplicate events and retried requests", registry=r)
+        self.duplicates = Counter("lola_duplicates_total", "Duplicate events and retried requests dropped, by type",
+                                  ["type"], registry=r)
+        self.dedup_budget_evictions = Counter("lola_dedup_budget_evictions_total",
+                                              "De-duplication entries dropped before their window ended because "
+                                              "the byte budget bound (the window shrank)", registry=r)
+        self.evictions = Counter("lola_experiments_evicted_total", "Archived experiments evicted (tombstoned)",
+                                 registry=r)
         self.late_events = Counter("lola_late_events_total", "Clicks/conversions outside the attribution window",
                                    registry=r)
         self.prior_fallbacks = Counter("lola_prior_fallbacks_total", "Variants left without a prior, by reason",

@@ -29,6 +29,7 @@ newest event time seen for its experiment. Late events go to dead letters
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from typing import Any
@@ -41,12 +42,18 @@ from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
+from lola.stream import lifecycle
+from lola.stream.dedup import DedupWindow, dedup_key
 from lola.stream.features import text_features
+from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.warm_start import linear_setup
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+#: Checkpoint versions this build restores (1: main before issue 19; its de-duplication
+#: ids had no experiment or type and are kept as a legacy window, see from_checkpoint).
+READABLE_VERSIONS = (1, 2)
 #: Records applied since the last restore point after which the shard takes a new one
 #: itself (normally the worker's checkpoint, every checkpoint_interval_s, takes it).
 JOURNAL_MAX_RECORDS = 500_000
@@ -56,7 +63,8 @@ class ShardProcessor:
     """State and processing of one partition of the events topic (see module docstring)."""
 
     def __init__(self, partition: int, config: ProcessorConfig | None = None, *,
-                 state: Any = None, next_offset: int = 0, restore_point: bytes | None = None) -> None:
+                 state: Any = None, next_offset: int = 0, restore_point: bytes | None = None,
+                 gate: VariantGate | None = None) -> None:
         from lola.kernels import BanditState
 
         self.partition = partition
@@ -66,7 +74,13 @@ class ShardProcessor:
         self.experiments: dict[str, Experiment] = {}
         self.by_row: dict[int, Experiment] = {}
         self.next_offset = next_offset
-        self.seen = IdWindow(self.config.dedup_window)          # event_id -> impression ts or -1
+        self.gate: VariantGate = gate if gate is not None else AllowAll()
+        self.seen = DedupWindow(self.config.dedup_window_s, self.config.dedup_budget_bytes)
+        self.legacy_seen: IdWindow | None = None  # bare event ids of a version-1 checkpoint (until expired)
+        self.legacy_until = -math.inf
+        self.clock = -math.inf  # log time: the newest Kafka timestamp processed (lifecycle sweeps)
+        self.expiring: set[str] = set()  # experiments with an archive or retired arms waiting for eviction
+        self.duplicates_seen = 0  # for the sampled duplicate dead letters
         self.imp_by_request = IdWindow(self.config.dedup_window)  # request_id -> impression ts
         self.decided = IdWindow(self.config.request_memory)     # request_id -> [variant, propensity, version]
         self.events_applied = 0
@@ -123,6 +137,9 @@ class ShardProcessor:
         seen = self.seen
         seen_put = seen.put
         seen_map = seen.map
+        legacy = self.legacy_seen
+        every = cfg.duplicate_dead_letter_every
+        cap = cfg.max_clicks_per_impression
         experiments = self.experiments
         decode = ev.decode
         Impression, Click, Conversion = ev.Impression, ev.Click, ev.Conversion
@@ -136,6 +153,9 @@ class ShardProcessor:
             if first_offset is None:
                 first_offset = offset
             next_offset = self.next_offset = offset + 1
+            log_ts = now if timestamps is None else timestamps[i]
+            if log_ts > self.clock:
+                self.clock = log_ts
             try:
                 event = decode(value, (key or b"") if check_key else None, max_bytes)
                 exp = experiments.get(event.experiment_id)
@@ -144,8 +164,14 @@ class ShardProcessor:
                     if event.ts > (latest if timestamps is None else timestamps[i] + skew):
                         raise EventError("future_ts", f"ts {event.ts:.0f} is more than {skew:g}s ahead of "
                                                       f"{'now' if timestamps is None else 'its Kafka timestamp'}")
-                    if event.event_id in seen_map:
-                        out.duplicates += 1
+                    tag = kind.__struct_config__.tag
+                    dkey = dedup_key(event.experiment_id, tag, event.event_id)
+                    if dkey in seen_map or (legacy is not None and event.event_id in legacy.map):
+                        out.duplicates[tag] = out.duplicates.get(tag, 0) + 1
+                        self.duplicates_seen += 1
+                        if every and self.duplicates_seen % every == 0:
+                            out.dead_letters.append(DeadLetter(offset, key, value, "duplicate",
+                                                               f"{tag} {event.event_id[:80]} (1 in {every} sampled)"))
                         continue
                     if exp is None:
                         raise EventError("unknown_experiment", event.experiment_id[:80])
@@ -153,13 +179,29 @@ class ShardProcessor:
                     if slot is None:
                         raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
                     if kind is Impression:
-                        seen_put(event.event_id, event.ts)
+                        self._check_stale(event.ts)
+                        seen_put(dkey, event.ts)
                         if event.request_id is not None:
                             self.imp_by_request.put(event.request_id, event.ts)
+                        if exp.status != "running":
+                            counts["ignored"] = counts.get("ignored", 0) + 1
+                            continue
                         rows.append(exp.row); slots.append(slot); imps.append(1.0); clks.append(0.0); convs.append(0.0)
                     else:
                         self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
-                        seen_put(event.event_id, -1.0)
+                        self._check_stale(event.ts)
+                        if kind is Click and event.impression_id is not None:
+                            ikey = dedup_key(event.experiment_id, "impression", event.impression_id)
+                            if ikey in seen_map:
+                                n_clicks = seen.clicks.get(ikey, 0)
+                                if n_clicks >= cap:
+                                    raise EventError("click_cap", f"impression {event.impression_id[:80]} has "
+                                                                  f"{n_clicks} click(s) (max_clicks_per_impression)")
+                                seen.clicks[ikey] = n_clicks + 1
+                        seen_put(dkey, event.ts)
+                        if exp.status != "running":
+                            counts["ignored"] = counts.get("ignored", 0) + 1
+                            continue
                         rows.append(exp.row); slots.append(slot); imps.append(0.0)
                         if kind is Click:
                             clks.append(1.0); convs.append(0.0)
@@ -173,6 +215,8 @@ class ShardProcessor:
                     if exp is None:
                         raise EventError("unknown_experiment", event.experiment_id[:80])
                     requests.append((event, exp, offset, key, value))
+                elif kind is ev.ExperimentEvent:
+                    lifecycle.apply_experiment_event(self, event, exp, out)
                 else:  # Variant
                     self._apply_variant(event, exp, out)
                 counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
@@ -186,7 +230,17 @@ class ShardProcessor:
             self.events_applied += n
         if requests:
             self._decide(requests, out, now, first_offset or 0)
+        lifecycle.sweep(self, out)
+        if legacy is not None and seen.horizon > self.legacy_until:
+            self.legacy_seen = None  # every legacy id is now below the horizon (stale anyway)
+        out.budget_evictions = seen.budget_evictions
         return out
+
+    def _check_stale(self, ts: float) -> None:
+        horizon = self.seen.horizon
+        if ts <= horizon:
+            raise EventError("stale", f"ts {ts:.0f} is at or below the de-duplication horizon {horizon:.0f} "
+                                      f"(dedup_window_s / dedup_budget_bytes)")
 
     # ------------------------------------------------------------------ fault isolation
     def _isolate(self, records: list, now: float, timestamps: list[float] | None, applied: int,
@@ -217,8 +271,11 @@ class ShardProcessor:
             out.prior_requests += part.prior_requests
             for kind, n in part.counts.items():
                 out.counts[kind] = out.counts.get(kind, 0) + n
-            out.duplicates += part.duplicates
+            for kind, n in part.duplicates.items():
+                out.duplicates[kind] = out.duplicates.get(kind, 0) + n
             out.dirty |= part.dirty
+            out.evicted += part.evicted
+            out.budget_evictions = part.budget_evictions
         return out
 
     def skip(self, offset: int) -> None:
@@ -243,9 +300,9 @@ class ShardProcessor:
     def _rollback(self) -> None:
         """Back to the restore point, then re-apply the journal (its outputs were emitted already)."""
         if self._restore_blob is None:
-            fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset)
+            fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset, gate=self.gate)
         else:
-            fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config)
+            fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config, gate=self.gate)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
         self.__dict__.update(fresh.__dict__)
         self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
@@ -256,6 +313,8 @@ class ShardProcessor:
                 self._apply_prior(entry[1], entry[2], entry[3])
             elif entry[0] == 2:
                 self.next_offset = max(self.next_offset, entry[1] + 1)
+            elif entry[0] == 4:
+                self._set_variant_state(*entry[1:])
             else:
                 self.next_offset = entry[1]
         self._journal = journal
@@ -266,9 +325,11 @@ class ShardProcessor:
         ref = None
         impression_id = getattr(event, "impression_id", None)
         if impression_id is not None:
-            ref = self.seen.get(impression_id)
-            if ref is not None and ref < 0:
-                ref = None  # that id was a click or conversion, not an impression
+            ref = self.seen.get(dedup_key(event.experiment_id, "impression", impression_id))
+            if ref is None and self.legacy_seen is not None:
+                ref = self.legacy_seen.get(impression_id)
+                if ref is not None and ref < 0:
+                    ref = None  # that legacy id was a click or conversion, not an impression
         request_id = getattr(event, "request_id", None)
         if ref is None and request_id is not None:
             ref = self.imp_by_request.get(request_id)
@@ -285,38 +346,18 @@ class ShardProcessor:
             slot = exp.slots.get(event.variant_id)
             if slot is None:
                 raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
-            if bool(self.state.active[exp.row, slot]):
-                self.state.retire_arm(exp.row, slot)
-                exp.version += 1
+            if lifecycle.set_state(self, exp, slot, "retired", "retired by a variant event"):
                 out.dirty.add(exp.experiment_id)
             return
         if exp is None:
-            settings = dict(event.settings or {})
-            window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
-            if not window > 0:
-                raise EventError("invalid_settings", "attribution_window_s must be > 0")
-            policy = settings.get("policy", self.config.default_policy)
-            # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
-            # a setting it does not read, sent by the producer, is invalid_settings.
-            reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
-            defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
-                                                         ("n_aux", self.config.default_n_aux)) if name in reads}
-            warm = linear_setup(policy, settings.pop("warm_start", None), self.config.warm_starts,
-                                self.state.feature_dim)
-            params = {"policy": policy, **defaults, **settings}
-            try:
-                row = self.state.add_experiment(ExperimentParams.from_dict(params))
-            except CapacityError as exc:
-                raise EventError("capacity", str(exc)[:120]) from None
-            except (ConfigError, TypeError, ValueError) as exc:
-                raise EventError("invalid_settings", str(exc)[:160]) from None
-            if warm is not None:
-                self.state.warm_start_linear(row, *warm)
-            exp = Experiment(event.experiment_id, row, self.state.params(row).policy, window)
-            self.experiments[exp.experiment_id] = exp
-            self.by_row[row] = exp
+            exp = self.create_experiment(event.experiment_id, event.settings)
+        elif exp.status == "archived":
+            raise EventError("invalid_transition", "variant add: the experiment is archived")
         if event.variant_id in exp.slots:
             return  # adding a known variant again is a no-op (idempotent upstream retries)
+        if len(exp.variant_ids) >= self.config.max_arms:
+            raise EventError("capacity", f"experiment has {len(exp.variant_ids)} variants "
+                                         f"(max_arms_per_experiment {self.config.max_arms})")
         # LinUCB arms get their features with the arm (lola.stream.features), so they are
         # servable at once; the state's d, not the config's, so a restored shard keeps its own.
         features = (text_features(event.text, self.state.feature_dim)
@@ -325,13 +366,77 @@ class ShardProcessor:
             slot = self.state.add_arm(exp.row, features=features)
         except (CapacityError, KernelInputError) as exc:
             raise EventError("capacity", str(exc)[:120]) from None
+        state, reason = lifecycle.gate_state(self.gate, exp.experiment_id, event.variant_id, event.text)
         exp.slots[event.variant_id] = slot
         exp.variant_ids.append(event.variant_id)
         exp.texts.append(event.text)
+        exp.states.append(state)
+        exp.reasons.append(reason)
+        if state != "active":
+            self.state.set_arm_active(exp.row, slot, False)
         exp.version += 1
         out.dirty.add(exp.experiment_id)
+        if state == "blocked":
+            raise EventError("noncompliant", (reason or "blocked by the variant gate")[:300])
         out.prior_requests.append(PriorRequest(self.partition, exp.experiment_id, event.variant_id, event.text,
                                                tuple(exp.texts[:-1])))
+
+    def create_experiment(self, experiment_id: str, settings_in: dict | None) -> Experiment:
+        """Register a new experiment (an ``experiment`` create, or a first ``variant`` add)."""
+        if len(self.experiments) >= self.config.max_experiments:
+            raise EventError("capacity", f"partition holds {len(self.experiments)} experiments "
+                                         f"(max_experiments_per_partition {self.config.max_experiments})")
+        settings = dict(settings_in or {})
+        window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
+        if not window > 0:
+            raise EventError("invalid_settings", "attribution_window_s must be > 0")
+        policy = settings.get("policy", self.config.default_policy)
+        # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
+        # a setting it does not read, sent by the producer, is invalid_settings.
+        reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
+        defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
+                                                     ("n_aux", self.config.default_n_aux)) if name in reads}
+        warm = linear_setup(policy, settings.pop("warm_start", None), self.config.warm_starts,
+                            self.state.feature_dim)
+        params = {"policy": policy, **defaults, **settings}
+        try:
+            row = self.state.add_experiment(ExperimentParams.from_dict(params))
+        except CapacityError as exc:
+            raise EventError("capacity", str(exc)[:120]) from None
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise EventError("invalid_settings", str(exc)[:160]) from None
+        if warm is not None:
+            self.state.warm_start_linear(row, *warm)
+        exp = Experiment(experiment_id, row, self.state.params(row).policy, window)
+        self.experiments[exp.experiment_id] = exp
+        self.by_row[row] = exp
+        return exp
+
+    def evict(self, exp: Experiment) -> None:
+        """Forget an archived experiment: its row is freed (the last row moves into it)."""
+        moved = self.state.remove_experiment(exp.row)
+        del self.experiments[exp.experiment_id]
+        del self.by_row[exp.row]
+        if moved is not None:
+            other = self.by_row.pop(moved)
+            other.row = exp.row
+            self.by_row[exp.row] = other
+
+    def set_variant_state(self, experiment_id: str, variant_id: str, state: str, reason: str | None = None) -> bool:
+        """Move a variant to ``state`` (pending -> active/blocked after an off-path check, a
+        re-check, ...). False if the variant is unknown, retired (final) or already there.
+        The caller publishes the experiment's snapshot when this returns True."""
+        if state not in ev.VARIANT_STATES:
+            raise LolaError(f"variant state must be one of {', '.join(ev.VARIANT_STATES)}, got {state!r}")
+        self._journal.append((4, experiment_id, variant_id, state, reason))
+        return self._set_variant_state(experiment_id, variant_id, state, reason)
+
+    def _set_variant_state(self, experiment_id: str, variant_id: str, state: str, reason: str | None) -> bool:
+        exp = self.experiments.get(experiment_id)
+        slot = exp.slots.get(variant_id) if exp else None
+        if slot is None:
+            return False
+        return lifecycle.set_state(self, exp, slot, state, reason)
 
     def _decide(self, requests: list, out: BatchOutput, now: float, first_offset: int) -> None:
         from lola.kernels import select
@@ -346,9 +451,19 @@ class ShardProcessor:
             if ok is None:
                 ok = servable[row] = bool(self.state.active[row, :int(self.state.n_arms[row])].any())
             if prior is not None:  # upstream retry: answer with the same decision again
-                out.duplicates += 1
+                out.duplicates["decision_request"] = out.duplicates.get("decision_request", 0) + 1
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                     req.request_id, exp.experiment_id, prior[0], prior[1], exp.policy, prior[2], now)))
+            elif exp.status == "archived":
+                out.dead_letters.append(DeadLetter(offset, key, value, "experiment_archived", exp.experiment_id[:80]))
+            elif exp.status == "stopped":  # the best arm only, with certainty
+                if exp.best is None:
+                    out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant",
+                                                       exp.experiment_id[:80]))
+                    continue
+                self.decided.put(req.request_id, (exp.best, 1.0, exp.version))
+                out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
+                    req.request_id, exp.experiment_id, exp.best, 1.0, exp.policy, exp.version, now)))
             elif not ok:
                 out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant", exp.experiment_id[:80]))
             else:
@@ -383,7 +498,7 @@ class ShardProcessor:
         out = []
         for exp in self.experiments.values():
             for slot, vid in enumerate(exp.variant_ids):
-                if self.state.active[exp.row, slot] and not self.state.has_prior[exp.row, slot]:
+                if exp.states[slot] in ("active", "pending") and not self.state.has_prior[exp.row, slot]:
                     out.append(PriorRequest(self.partition, exp.experiment_id, vid, exp.texts[slot],
                                             tuple(t for i, t in enumerate(exp.texts) if i != slot)))
         return out
@@ -402,11 +517,18 @@ class ShardProcessor:
         for arm in summary["arms"]:
             vid = exp.variant_ids[arm["slot"]]
             arms[vid] = {k: arm[k] for k in ("impressions", "clicks", "conversions", "prior", "score",
-                                             "serving_share", "active")}
+                                             "serving_share")}
+            slot = arm["slot"]
+            arms[vid]["active"] = lifecycle.served(exp, slot)
+            if exp.status == "stopped":
+                arms[vid]["serving_share"] = 1.0 if vid == exp.best else 0.0
+            elif exp.status == "archived":
+                arms[vid]["serving_share"] = 0.0
+            arms[vid]["state"], arms[vid]["state_reason"] = exp.states[slot], exp.reasons[slot]
         snap = {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
                 "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
                 "ts": time.time() if now is None else now, "partition": self.partition,
-                "input_offset": self.next_offset, "arms": arms}
+                "input_offset": self.next_offset, "arms": arms, "status": exp.status}
         params = self.state.params(exp.row)
         # off-policy evaluation: deterministic policies need a floor (min_traffic) for positive propensities
         snap["ope"] = {"needs_floor": params.needs_floor_for_ope, "min_traffic": params.min_traffic,
@@ -423,8 +545,10 @@ class ShardProcessor:
         meta = {"version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
                 "next_offset": self.next_offset, "created": time.time(),
                 "experiments": [e.to_json() for e in self.experiments.values()],
-                "seen": self.seen.items(), "imp_by_request": self.imp_by_request.items(),
-                "decided": self.decided.items()}
+                "dedup": self.seen.to_json(), "imp_by_request": self.imp_by_request.items(),
+                "decided": self.decided.items(), "clock": self.clock if math.isfinite(self.clock) else None,
+                "legacy_seen": None if self.legacy_seen is None else self.legacy_seen.items(),
+                "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None}
         meta_bytes = orjson.dumps(meta)
         return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
 
@@ -434,17 +558,37 @@ class ShardProcessor:
         return int(meta["next_offset"])
 
     @classmethod
-    def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None) -> "ShardProcessor":
+    def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None,
+                        gate: VariantGate | None = None) -> "ShardProcessor":
+        """Restore a checkpoint of this build (version 2) or of main before issue 19 (version 1).
+
+        Version 1 upgrade: variant states come from the arms' active flags (active, else
+        retired, with no eviction clock); its de-duplication ids (bare event ids) are kept
+        as a legacy window, consulted besides the new one until the de-duplication horizon
+        passes the newest ts they hold (then any re-send of them is ``stale`` anyway).
+        """
         from lola.kernels import BanditState
 
         meta, state_blob = _split_checkpoint(blob)
         proc = cls(int(meta["partition"]), config, state=BanditState.from_bytes(state_blob),
-                   next_offset=int(meta["next_offset"]), restore_point=blob)
+                   next_offset=int(meta["next_offset"]), restore_point=blob, gate=gate)
         for d in meta["experiments"]:
-            exp = Experiment.from_json(d)
+            k = len(d["variants"])
+            exp = Experiment.from_json(d, proc.state.active[d["row"], :k].tolist())
             proc.experiments[exp.experiment_id] = exp
             proc.by_row[exp.row] = exp
-        proc.seen = IdWindow.from_items(proc.config.dedup_window, meta["seen"])
+            if exp.archived_at is not None or exp.retired_at:
+                proc.expiring.add(exp.experiment_id)
+        cfg = proc.config
+        if meta["version"] == 1:
+            proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["seen"])
+            proc.legacy_until = max((v for v in meta["seen"][1] if v >= 0), default=math.inf)
+        else:
+            proc.seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"])
+            proc.clock = -math.inf if meta["clock"] is None else meta["clock"]
+            if meta["legacy_seen"] is not None:
+                proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["legacy_seen"])
+                proc.legacy_until = math.inf if meta["legacy_until"] is None else meta["legacy_until"]
         proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"])
         keys, values = meta["decided"]
         proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
@@ -472,6 +616,7 @@ def _split_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
         raise LolaError("not a lola checkpoint record (bad magic)")
     (n,) = struct.unpack(">I", blob[8:12])
     meta = orjson.loads(blob[12:12 + n])
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise LolaError(f"checkpoint version {meta.get('version')} is not supported (this build reads {CHECKPOINT_VERSION})")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise LolaError(f"checkpoint version {meta.get('version')} is not supported "
+                        f"(this build reads {', '.join(map(str, READABLE_VERSIONS))})")
     return meta, blob[12 + n:]

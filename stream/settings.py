@@ -167,7 +167,32 @@ class StreamSettings(BaseSettings):
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
     dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
-                              description="event_ids remembered per partition for de-duplication")
+                              description="request ids remembered per partition (retried decision requests, "
+                                          "click attribution by request_id)")
+    dedup_window_s: float = Field(3600.0, gt=0, le=7 * 86_400,
+                                  validation_alias=AliasChoices("dedup_window_s", "LOLA_DEDUP_WINDOW_S"),
+                                  description="event time for which (experiment, type, event_id) is remembered; "
+                                              "older events are dead-lettered stale")
+    dedup_budget_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=1 << 34,
+                                    validation_alias=AliasChoices("dedup_budget_bytes", "LOLA_DEDUP_BUDGET_BYTES"),
+                                    description="estimated memory of the de-duplication window per partition; "
+                                                "when it binds the window shrinks (lola_dedup_budget_evictions_total)")
+    duplicate_dead_letter_every: int = Field(1000, ge=0, le=1_000_000_000,
+                                             validation_alias=AliasChoices("duplicate_dead_letter_every",
+                                                                           "LOLA_DUPLICATE_DEAD_LETTER_EVERY"),
+                                             description="one duplicate in N is also dead-lettered (0: none)")
+    max_clicks_per_impression: int = Field(1, ge=1, le=1_000_000,
+                                           validation_alias=AliasChoices("max_clicks_per_impression",
+                                                                         "LOLA_MAX_CLICKS_PER_IMPRESSION"),
+                                           description="clicks counted per remembered impression_id (click_cap)")
+    max_experiments_per_partition: int = Field(50_000, ge=1, le=10_000_000,
+                                               validation_alias=AliasChoices("max_experiments_per_partition",
+                                                                             "LOLA_MAX_EXPERIMENTS_PER_PARTITION"),
+                                               description="live (not yet evicted) experiments per partition")
+    max_arms_per_experiment: int = Field(256, ge=1, le=65_536,
+                                         validation_alias=AliasChoices("max_arms_per_experiment",
+                                                                       "LOLA_MAX_ARMS_PER_EXPERIMENT"),
+                                         description="variants per experiment, retired ones until evicted")
     attribution_window_s: float = Field(86_400.0, gt=0, le=1e9, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))
     max_message_bytes: int = Field(65_536, ge=256, le=16_777_216,
                                    validation_alias=AliasChoices("max_message_bytes", "LOLA_MAX_MESSAGE_BYTES"))

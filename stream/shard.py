@@ -39,6 +39,12 @@ class ProcessorConfig:
     warm_starts: dict = field(default_factory=dict, compare=False)
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
+    dedup_window_s: float = _setting_default("dedup_window_s")
+    dedup_budget_bytes: int = _setting_default("dedup_budget_bytes")
+    duplicate_dead_letter_every: int = _setting_default("duplicate_dead_letter_every")
+    max_clicks_per_impression: int = _setting_default("max_clicks_per_impression")
+    max_experiments: int = _setting_default("max_experiments_per_partition")
+    max_arms: int = _setting_default("max_arms_per_experiment")
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
@@ -51,7 +57,13 @@ class ProcessorConfig:
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
                    feature_dim=settings.feature_dim,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s,
+                   dedup_window_s=settings.dedup_window_s,
+                   dedup_budget_bytes=settings.dedup_budget_bytes,
+                   duplicate_dead_letter_every=settings.duplicate_dead_letter_every,
+                   max_clicks_per_impression=settings.max_clicks_per_impression,
+                   max_experiments=settings.max_experiments_per_partition,
+                   max_arms=settings.max_arms_per_experiment)
 
 
 @dataclass
@@ -67,17 +79,38 @@ class Experiment:
     slots: dict[str, int] = field(default_factory=dict)   # variant_id -> slot
     version: int = 0                                      # policy_version
     max_ts: float = -math.inf
+    # Lifecycle (lola.stream.lifecycle, docs/operations/lifecycle.md)
+    states: list[str] = field(default_factory=list)       # slot -> pending/active/blocked/retired
+    reasons: list[str | None] = field(default_factory=list)  # slot -> why (blocked, retired by whom)
+    retired_at: dict[str, float] = field(default_factory=dict)  # variant_id -> log time it was retired
+    status: str = "running"                               # running/paused/stopped/archived
+    status_reason: str | None = None
+    best: str | None = None                               # a stopped experiment's one served variant
+    archived_at: float | None = None                      # log time of the archive action
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.experiment_id, "row": self.row, "policy": self.policy,
                 "win": self.attribution_window_s, "variants": self.variant_ids, "texts": self.texts,
-                "version": self.version, "max_ts": self.max_ts if math.isfinite(self.max_ts) else None}
+                "version": self.version, "max_ts": self.max_ts if math.isfinite(self.max_ts) else None,
+                "states": self.states, "reasons": self.reasons, "retired_at": self.retired_at,
+                "status": self.status, "status_reason": self.status_reason, "best": self.best,
+                "archived_at": self.archived_at}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Experiment":
+    def from_json(cls, d: dict[str, Any], active: list[bool] | None = None) -> "Experiment":
+        """``active``: the state's flags per slot, for a checkpoint written before variant states."""
         exp = cls(d["id"], d["row"], d["policy"], d["win"], list(d["variants"]), list(d["texts"]),
                   version=d["version"], max_ts=-math.inf if d["max_ts"] is None else d["max_ts"])
         exp.slots = {v: i for i, v in enumerate(exp.variant_ids)}
+        if "states" in d:
+            exp.states, exp.reasons = list(d["states"]), list(d["reasons"])
+            exp.retired_at = dict(d["retired_at"])
+            exp.status, exp.status_reason, exp.best = d["status"], d["status_reason"], d["best"]
+            exp.archived_at = d["archived_at"]
+        else:  # pre-lifecycle checkpoint: active arms are active, the others retired (no eviction clock)
+            flags = active or [True] * len(exp.variant_ids)
+            exp.states = ["active" if a else "retired" for a in flags]
+            exp.reasons = [None] * len(exp.variant_ids)
         return exp
 
 
@@ -109,8 +142,10 @@ class BatchOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     prior_requests: list[PriorRequest] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)                 # accepted events by type
-    duplicates: int = 0
+    duplicates: dict[str, int] = field(default_factory=dict)             # dropped duplicates by type
     dirty: set[str] = field(default_factory=set)                         # experiment ids changed
+    evicted: list[str] = field(default_factory=list)                     # experiment ids evicted (tombstones)
+    budget_evictions: int = 0                                            # dedup entries dropped early (budget)
 
 
 class IdWindow:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -42,6 +43,7 @@ from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
+from lola.stream.lifecycle import VariantGate
 from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics, observe_many
 from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settings
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
@@ -75,7 +77,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
     """
 
     def __init__(self, settings: StreamSettings, prior_provider: PriorProvider | RequestPriorProvider | None = None,
-                 serve_http: bool = True) -> None:
+                 serve_http: bool = True, gate: VariantGate | None = None) -> None:
         from confluent_kafka import Consumer, Producer
 
         self.settings = settings
@@ -123,6 +125,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self._pending: PendingCheckpoint | None = None  # the periodic checkpoint in progress
         self._refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
         self._first_assigned_at: float | None = None
+        self.gate = gate  # the variant gate of new variants (lola.stream.lifecycle.VariantGate); None: all active
+        self._state_requests: queue.SimpleQueue = queue.SimpleQueue()  # request_variant_state -> the loop
+        self._budget_evictions: dict[int, int] = {}  # partition -> dedup budget evictions already counted
         self._stop = threading.Event()
         self._failed = False  # set when the loop dies mid-batch: then never checkpoint
         self._callback_error: BaseException | None = None
@@ -212,9 +217,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                             extra={"partition": partition, "legacy_topic": legacy,
                                    "state_topic": self.settings.state_topic})
         if best is None:
-            shard = ShardProcessor(partition, self.config)
+            shard = ShardProcessor(partition, self.config, gate=self.gate)
         else:
-            shard = ShardProcessor.from_checkpoint(best, self.config)
+            shard = ShardProcessor.from_checkpoint(best, self.config, gate=self.gate)
         breaker = PartitionBreaker(partition, self.settings.poison_after_deaths, self.markers.read(partition),
                                    shard.next_offset)
         self.breakers[partition] = breaker
@@ -294,6 +299,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.dirty_experiments.pop(partition, None)
         self.checkpointed_at.pop(partition, None)
         self.checkpointed_offset.pop(partition, None)
+        self._budget_evictions.pop(partition, None)
         for gauge in (self.metrics.lag, self.metrics.state_bytes):
             try:
                 gauge.remove(str(partition))
@@ -349,10 +355,32 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
             self.priors.submit(req)
         for kind, n in out.counts.items():
             m.events.labels(kind).inc(n)
-        if out.duplicates:
-            m.duplicates.inc(out.duplicates)
+        for kind, n in out.duplicates.items():
+            m.duplicates.labels(kind).inc(n)
+        if out.budget_evictions > self._budget_evictions.get(partition, 0):
+            m.dedup_budget_evictions.inc(out.budget_evictions - self._budget_evictions.get(partition, 0))
+        self._budget_evictions[partition] = out.budget_evictions
         if out.dirty:
             self.dirty_experiments.setdefault(partition, set()).update(out.dirty)
+        for exp_id in out.evicted:  # after the final snapshot (published at archive): a tombstone
+            self.dirty_experiments.get(partition, set()).discard(exp_id)
+            self.deliveries.produce(self.producer, self.settings.snapshots_topic, None, key=exp_id.encode(),
+                                    callback=self._on_output)
+            m.evictions.inc()
+
+    def request_variant_state(self, experiment_id: str, variant_id: str, state: str, reason: str | None = None) -> None:
+        """Thread-safe: move a variant to ``state`` (pending -> active/blocked after an off-path
+        check, a re-check); applied by the loop, by the shard that owns the experiment."""
+        self._state_requests.put((experiment_id, variant_id, state, reason))
+
+    def _apply_state_requests(self) -> None:
+        while not self._state_requests.empty():
+            experiment_id, variant_id, state, reason = self._state_requests.get_nowait()
+            for p, shard in self.shards.items():
+                if experiment_id in shard.experiments:
+                    if shard.set_variant_state(experiment_id, variant_id, state, reason):
+                        self.dirty_experiments.setdefault(p, set()).add(experiment_id)
+                    break
 
     def _apply_priors(self) -> None:
         for res in self.priors.results():
@@ -449,6 +477,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                     self.metrics.batch_seconds.observe(t_last - t0)
                     last_data = now
                 self._apply_priors()
+                self._apply_state_requests()
                 self.producer.poll(0)
                 if now - last_snapshot >= s.snapshot_interval_s:
                     self._publish_snapshots()

@@ -59,6 +59,6 @@ def test_schema_prints_one_type_writes_files_and_rejects_unknown(tmp_path):
     assert out.returncode == 0 and json.loads(out.stdout)["$schema"].endswith("2020-12/schema")
     assert _lola("schema", "--out", str(tmp_path)).returncode == 0
     assert sorted(p.stem for p in tmp_path.glob("*.json")) == sorted(
-        ["variant", "decision_request", "impression", "click", "conversion", "decision", "policy_snapshot"])
+        ["variant", "experiment", "decision_request", "impression", "click", "conversion", "decision", "policy_snapshot"])
     bad = _lola("schema", "purchase")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "unknown event type" in bad.stderr

@@ -57,7 +57,7 @@ def test_out_of_bound_settings_are_dead_letters(settings):
     assert "e" not in proc.experiments
 
 
-def test_far_future_ts_is_a_dead_letter_and_old_ts_stay_legal():
+def test_far_future_ts_is_a_dead_letter_and_ts_below_the_dedup_horizon_are_stale():
     proc = ShardProcessor(0)
     o = setup(proc)
     now = 1_800_000_000.0
@@ -67,7 +67,8 @@ def test_far_future_ts_is_a_dead_letter_and_old_ts_stay_legal():
                         rec(o + 2, **imp, event_id="soon", ts=now + 3600),  # an hour ahead > 300 s skew
                         rec(o + 3, **imp, event_id="ok", ts=now + 60),      # within the skew
                         rec(o + 4, **imp, event_id="old", ts=1_000_000_000.0)], now=now)
-    assert reasons(out) == [(o, "invalid_value"), (o + 1, "invalid_value"), (o + 2, "future_ts")]
+    # an old ts is legal on its own, but not below the partition's de-duplication horizon (stale)
+    assert reasons(out) == [(o, "invalid_value"), (o + 1, "invalid_value"), (o + 2, "future_ts"), (o + 4, "stale")]
     assert proc.experiments["e"].max_ts == now + 60
     # a click without impression id an hour later is still on time (max_ts was not poisoned)
     late = proc.process([rec(o + 5, type="click", experiment_id="e", variant_id="a", event_id="k", ts=now - 10)],

@@ -38,7 +38,7 @@ def test_open_stream_counts_are_exact_with_duplicates_and_malformed():
     out = proc.process(records_of(stream))
     assert counts(proc) == stream.truth
     assert len(out.dead_letters) == stream.summary["malformed"]
-    assert out.duplicates == stream.summary["duplicates"]
+    assert sum(out.duplicates.values()) == stream.summary["duplicates"]
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,14 +66,48 @@ def test_crash_and_restore_at_any_point_gives_exact_counts(seed, cuts, batch):
     assert counts(proc) == stream.truth
 
 
-def test_duplicates_within_the_window_are_dropped_beyond_it_counted():
-    proc = ShardProcessor(0, ProcessorConfig(dedup_window=2))
+def test_duplicates_within_the_time_window_are_dropped_older_events_are_stale():
+    proc = ShardProcessor(0, ProcessorConfig(dedup_window_s=100.0))
     proc.process([variant(0)])
-    imp = lambda o, eid: rec(o, type="impression", experiment_id="e", variant_id="a", event_id=eid, ts=1.0)
-    out = proc.process([imp(1, "x"), imp(2, "x"), imp(3, "y"), imp(4, "z"), imp(5, "x")])
-    assert out.duplicates == 1
-    # "x" fell out of the 2-entry window before it came again: counted (documented bound).
+    imp = lambda o, eid, ts: rec(o, type="impression", experiment_id="e", variant_id="a", event_id=eid, ts=ts)
+    out = proc.process([imp(1, "x", 1.0), imp(2, "x", 1.0), imp(3, "y", 50.0), imp(4, "z", 200.0), imp(5, "x", 1.0),
+                        imp(6, "w", 99.0), imp(7, "v", 101.0)])
+    assert out.duplicates == {"impression": 1}
+    # "x" and "y" left the 100 s window when z (ts 200) came: a re-sent x, and anything at or below
+    # the horizon 100, cannot be checked and is dead-lettered stale instead of being counted twice.
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(5, "stale"), (6, "stale")]
     assert counts(proc)["e"]["a"]["impressions"] == 4
+
+
+def test_dedup_keys_by_experiment_and_type_and_the_budget_shrinks_the_window():
+    proc = ShardProcessor(0, ProcessorConfig(dedup_budget_bytes=2000))
+    proc.process([variant(0), rec(1, type="variant", experiment_id="f", variant_id="a", text="t")])
+    same = [rec(2, type="impression", experiment_id="e", variant_id="a", event_id="id", ts=10.0),
+            rec(3, type="impression", experiment_id="f", variant_id="a", event_id="id", ts=10.0),
+            rec(4, type="click", experiment_id="e", variant_id="a", event_id="id", ts=11.0)]
+    out = proc.process(same)
+    assert not out.duplicates and not out.dead_letters
+    many = [rec(5 + i, type="impression", experiment_id="e", variant_id="a", event_id=f"m{i}", ts=20.0 + i)
+            for i in range(40)]
+    out = proc.process(many)
+    assert out.budget_evictions > 0 and proc.seen.bytes <= 2000
+    again = proc.process([rec(100, type="impression", experiment_id="e", variant_id="a", event_id="id", ts=10.0)])
+    assert [d.reason for d in again.dead_letters] == ["stale"]  # dropped early by the budget: never counted twice
+    assert counts(proc)["e"]["a"]["impressions"] == 41
+
+
+def test_clicks_per_impression_are_capped_and_duplicates_are_sampled_to_dead_letters():
+    proc = ShardProcessor(0, ProcessorConfig(duplicate_dead_letter_every=2))
+    proc.process([variant(0)])
+    out = proc.process([
+        rec(1, type="impression", experiment_id="e", variant_id="a", event_id="i", ts=10.0),
+        rec(2, type="click", experiment_id="e", variant_id="a", event_id="c1", ts=11.0, impression_id="i"),
+        rec(3, type="click", experiment_id="e", variant_id="a", event_id="c2", ts=12.0, impression_id="i"),
+        rec(4, type="click", experiment_id="e", variant_id="a", event_id="c1", ts=11.0, impression_id="i"),
+        rec(5, type="click", experiment_id="e", variant_id="a", event_id="c1", ts=11.0, impression_id="i")])
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(3, "click_cap"), (5, "duplicate")]
+    assert out.duplicates == {"click": 2}
+    assert counts(proc)["e"]["a"] == {"impressions": 1, "clicks": 1, "conversions": 0}
 
 
 def test_late_clicks_go_to_dead_letters_with_reason():
@@ -151,7 +185,7 @@ def test_decisions_name_active_variants_and_retries_get_the_same_answer():
     assert {d["variant_id"] for d in decisions} == {"b"}
     assert all(d["propensity"] == 1.0 and d["policy"] == "llm2ucb" for d in decisions)
     again = proc.process([rec(40, type="decision_request", experiment_id="e", request_id="r3")])
-    assert again.duplicates == 1 and orjson.loads(again.decisions[0][1])["variant_id"] == "b"
+    assert again.duplicates == {"decision_request": 1} and orjson.loads(again.decisions[0][1])["variant_id"] == "b"
     proc.process([rec(41, type="variant", experiment_id="e", variant_id="b", text="x", action="retire")])
     none_left = proc.process([rec(42, type="decision_request", experiment_id="e", request_id="r99")])
     assert [d.reason for d in none_left.dead_letters] == ["no_active_variant"]

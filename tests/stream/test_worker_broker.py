@@ -190,7 +190,7 @@ def test_duplicates_late_clicks_and_dead_letter_headers(stream_settings, thread_
     result = tw.stop()
     assert result["records"] == len(stream.records)
     m = tw.worker.metrics
-    assert m.duplicates._value.get() == stream.summary["duplicates"]
+    assert sum(m.duplicates.labels(t)._value.get() for t in ("impression", "click")) == stream.summary["duplicates"]
     assert m.late_events._value.get() == stream.summary["late_clicks"] > 0
     letters = helpers.read_dead_letters(s)
     reasons = [h[kf.H_REASON].decode() for h, _, _ in letters]

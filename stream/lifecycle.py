@@ -1,0 +1,193 @@
+"""Experiment and variant lifecycle of one partition-shard (pure: no Kafka, no I/O).
+
+The rules (docs/operations/lifecycle.md has the user's view):
+
+* Experiment ``status``: ``running`` (serves and learns), ``paused`` (serves with its
+  allocation frozen: counting events are de-duplicated but not applied), ``stopped``
+  (serves only its best arm, with propensity 1, and does not learn), ``archived``
+  (decision requests are dead-lettered ``experiment_archived``, counting events are
+  ignored; a final snapshot is published and, once the attribution window has passed
+  in log time, the experiment is evicted: its row is freed and a tombstone replaces its
+  snapshot). Allowed: running<->paused, running/paused->stopped, stopped->running
+  (``resume``), anything->archived; archived is final.
+* Variant ``state``: ``pending`` (waits for an off-path check), ``active`` (served),
+  ``blocked`` (never served; the gate's reason is kept), ``retired`` (never served, kept
+  for the attribution window of late clicks, then its arm column is freed). Only
+  ``active`` arms are served. retired is final.
+* "Log time" is the newest Kafka record timestamp the shard has processed, so evictions
+  happen at the same records on a replay (deterministic restore).
+
+The :class:`VariantGate` decides a new variant's first state (issue 25 plugs its
+compliance checker in); :meth:`ShardProcessor.set_variant_state` moves a variant later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+from lola.errors import ConfigError, EventError
+from lola.kernels.params import ExperimentParams
+from lola.stream import events as ev
+from lola.stream.shard import BatchOutput, Experiment
+
+#: The shard (lola.stream.processor.ShardProcessor; not imported: it imports this module).
+Shard = Any
+
+_TRANSITIONS = {  # action -> statuses it applies to, and the status it leads to
+    "pause": (("running",), "paused"),
+    "resume": (("paused", "stopped"), "running"),
+    "stop": (("running", "paused"), "stopped"),
+    "archive": (("running", "paused", "stopped"), "archived"),
+}
+#: Settings an ``update`` cannot change (a new experiment is needed).
+FIXED_SETTINGS = ("policy", "warm_start")
+
+
+@runtime_checkable
+class VariantGate(Protocol):
+    """Decides the first state of a new variant: ``active``, ``blocked`` or ``pending``, with a reason."""
+
+    def check(self, experiment_id: str, variant_id: str, text: str) -> tuple[str, str | None]: ...
+
+
+class AllowAll:
+    """The default gate: every variant is active at once."""
+
+    def check(self, experiment_id: str, variant_id: str, text: str) -> tuple[str, str | None]:
+        return "active", None
+
+
+def gate_state(gate: VariantGate, experiment_id: str, variant_id: str, text: str) -> tuple[str, str | None]:
+    """The gate's answer, checked: a gate that returns something else is a bug, reported as blocked."""
+    try:
+        state, reason = gate.check(experiment_id, variant_id, text)
+    except Exception as exc:  # noqa: BLE001 - a failing gate must not stop the partition
+        return "pending", f"gate error: {type(exc).__name__}: {exc}"[:200]
+    if state not in ("active", "blocked", "pending"):
+        return "blocked", f"gate returned an invalid state {state!r}"[:200]
+    return state, (None if reason is None else str(reason)[:200])
+
+
+def served(exp: Experiment, slot: int) -> bool:
+    """Is the arm at ``slot`` served now (the snapshot's ``active``)?"""
+    if exp.states[slot] != "active" or exp.status == "archived":
+        return False
+    return exp.status != "stopped" or exp.variant_ids[slot] == exp.best
+
+
+def best_variant(proc: Shard, exp: Experiment) -> str | None:
+    """The arm a stopped experiment serves: BAI's recommendation if it has one, else the
+    most-played active arm (the recommendation rule of adaptive policies: they play the arm
+    they believe best the most), then the higher CTR, then the lower slot."""
+    st = proc.state
+    row = exp.row
+    active = [s for s, state in enumerate(exp.states) if state == "active"]
+    if not active:
+        return None
+    if st.params(row).policy in ("bai", "llm_bai"):
+        rec = [s for s in st.bai_recommendation(row) if s in active]
+        if rec:
+            return exp.variant_ids[rec[0]]
+    best = max(active, key=lambda s: (st.impressions[row, s], st.clicks[row, s] / max(st.impressions[row, s], 1.0), -s))
+    return exp.variant_ids[best]
+
+
+def set_state(proc: Shard, exp: Experiment, slot: int, state: str, reason: str | None) -> bool:
+    """Move a variant to ``state``; False if not allowed (retired is final) or unchanged."""
+    old = exp.states[slot]
+    if old == "retired" or state not in ev.VARIANT_STATES or (old == state and exp.reasons[slot] == reason):
+        return False
+    exp.states[slot], exp.reasons[slot] = state, reason
+    proc.state.set_arm_active(exp.row, slot, state == "active")
+    if state == "retired":
+        exp.retired_at[exp.variant_ids[slot]] = proc.clock
+        proc.expiring.add(exp.experiment_id)
+    if exp.status == "stopped" and (exp.best is None or exp.best == exp.variant_ids[slot]):
+        exp.best = best_variant(proc, exp)
+    exp.version += 1
+    return True
+
+
+def apply_experiment_event(proc: Shard, event: ev.ExperimentEvent, exp: Experiment | None,
+                           out: BatchOutput) -> None:
+    """Apply one ``experiment`` event (raises EventError for a dead letter)."""
+    action = event.action
+    if action == "create":
+        if exp is None:
+            proc.create_experiment(event.experiment_id, event.settings)
+            out.dirty.add(event.experiment_id)
+        elif exp.status == "archived":
+            raise EventError("invalid_transition", "create: the experiment is archived (until it is evicted)")
+        return  # creating an existing experiment again is a no-op (idempotent upstream retries)
+    if exp is None:
+        raise EventError("unknown_experiment", event.experiment_id[:80])
+    if action == "update":
+        if exp.status == "archived":
+            raise EventError("invalid_transition", "update: the experiment is archived")
+        _update(proc, exp, dict(event.settings or {}))
+    else:
+        allowed, to = _TRANSITIONS[action]
+        if exp.status == to:
+            return  # again: no-op
+        if exp.status not in allowed:
+            raise EventError("invalid_transition", f"{action}: the experiment is {exp.status}")
+        exp.status, exp.status_reason = to, event.reason
+        exp.best = best_variant(proc, exp) if to == "stopped" else None
+        if to == "archived":
+            exp.archived_at = proc.clock
+            proc.expiring.add(exp.experiment_id)
+    exp.version += 1
+    out.dirty.add(exp.experiment_id)
+
+
+def _update(proc: Shard, exp: Experiment, settings: dict) -> None:
+    fixed = sorted(set(settings) & set(FIXED_SETTINGS))
+    if fixed:
+        raise EventError("invalid_settings", f"cannot change {', '.join(fixed)} of a running experiment")
+    window = settings.pop("attribution_window_s", None)
+    if settings:
+        current = proc.state.params(exp.row)
+        try:
+            ExperimentParams.from_dict({"policy": current.policy, **settings})  # read by the policy, in bounds
+            proc.state.set_params(exp.row, dataclasses.replace(current, **settings))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise EventError("invalid_settings", str(exc)[:160]) from None
+    if window is not None:
+        exp.attribution_window_s = float(window)
+
+
+def sweep(proc: Shard, out: BatchOutput) -> None:
+    """Evict archived experiments and free retired arms whose attribution window has passed (log time)."""
+    if not proc.expiring:
+        return
+    clock = proc.clock
+    for exp_id in sorted(proc.expiring):
+        exp = proc.experiments.get(exp_id)
+        if exp is None:
+            proc.expiring.discard(exp_id)
+            continue
+        window = exp.attribution_window_s
+        if exp.archived_at is not None:
+            if exp.archived_at + window <= clock:
+                proc.evict(exp)
+                out.evicted.append(exp_id)
+                out.dirty.discard(exp_id)
+                proc.expiring.discard(exp_id)
+            continue
+        for vid, at in sorted(exp.retired_at.items()):
+            if at + window <= clock:
+                _free_arm(proc, exp, vid)
+                out.dirty.add(exp_id)
+        if not exp.retired_at:
+            proc.expiring.discard(exp_id)
+
+
+def _free_arm(proc: Shard, exp: Experiment, vid: str) -> None:
+    slot = exp.slots[vid]
+    proc.state.remove_arm(exp.row, slot)
+    for seq in (exp.variant_ids, exp.texts, exp.states, exp.reasons):
+        del seq[slot]
+    del exp.retired_at[vid]
+    exp.slots = {v: i for i, v in enumerate(exp.variant_ids)}
+    exp.version += 1

@@ -1,0 +1,65 @@
+"""BanditState compaction (lola.kernels.compaction): removal keeps every other statistic exact."""
+
+import numpy as np
+
+from lola.kernels import BanditState, ExperimentParams, select, update
+
+
+def _filled(n_exp: int, arms: int, seed: int = 0) -> BanditState:
+    rng = np.random.default_rng(seed)
+    st = BanditState(4, 2)
+    p = ExperimentParams.from_dict({"policy": "llm2ucb"})
+    for _ in range(n_exp):
+        r = st.add_experiment(p)
+        for _ in range(arms):
+            st.add_arm(r, prior_ctr=float(rng.uniform(0.01, 0.2)))
+    rows = rng.integers(0, n_exp, 500)
+    slots = rng.integers(0, arms, 500)
+    update(st, rows, slots, np.ones(500), (rng.random(500) < 0.1).astype(float), np.zeros(500))
+    return st
+
+
+def _arm(st: BanditState, row: int) -> tuple:
+    k = int(st.n_arms[row])
+    return (st.impressions[row, :k].tolist(), st.clicks[row, :k].tolist(), st.mu_aux[row, :k].tolist(),
+            st.active[row, :k].tolist(), st.exp_f[row].tolist(), st.ucb[row, :, :k].tolist())
+
+
+def test_remove_experiment_moves_the_last_row_and_keeps_its_statistics():
+    st = _filled(10, 3)
+    before = {r: _arm(st, r) for r in range(10)}
+    assert st.remove_experiment(2) == 9
+    assert st.n_experiments == 9 and _arm(st, 2) == before[9]
+    assert all(_arm(st, r) == before[r] for r in (0, 1, 3, 8))
+    assert st.remove_experiment(8) is None
+    chosen, _ = select(st, np.arange(8, dtype=np.int64), 7)  # the kernels run on the compacted state
+    assert ((0 <= chosen) & (chosen < 3)).all()
+
+
+def test_remove_arm_shifts_later_arms_and_shrink_returns_memory():
+    st = _filled(3, 5)
+    row = _arm(st, 1)
+    st.remove_arm(1, 1)
+    after = _arm(st, 1)
+    assert after[0] == row[0][:1] + row[0][2:] and after[2] == row[2][:1] + row[2][2:]
+    assert after[5] == [u[:1] + u[2:] for u in row[5]]
+    big = _filled(300, 20)
+    assert big.capacity_experiments >= 300 and big.capacity_arms >= 20
+    for _ in range(299):
+        big.remove_experiment(0)
+    for _ in range(18):
+        big.remove_arm(0, 0)
+    assert big.capacity_experiments == 64 and big.capacity_arms == 4
+    assert big.nbytes() == BanditState(64, 4).nbytes()
+
+
+def test_set_params_keeps_counts_and_set_arm_active_toggles_serving():
+    st = _filled(2, 2)
+    counts = st.impressions[0, :2].copy()
+    st.set_params(0, ExperimentParams.from_dict({"policy": "llm2ucb", "alpha": 0.3}))
+    assert st.params(0).alpha == 0.3 and (st.impressions[0, :2] == counts).all()
+    st.set_arm_active(0, 0, False)
+    chosen, _ = select(st, np.zeros(20, dtype=np.int64), 1)
+    assert set(chosen.tolist()) == {1}
+    st.set_arm_active(0, 0, True)
+    assert st.active[0, 0]
