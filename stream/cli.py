@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from lola.errors import ConfigError
+from lola.stream import cli_experiments
 
 BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
 SETTINGS_HELP = "env-style settings file (default: $LOLA_SETTINGS_FILE)"
@@ -284,7 +285,9 @@ def schema(
     typer.echo(f"wrote {len(schemas)} schema(s) to {out}")
 
 
-experiments_app = typer.Typer(help="Experiment tools: LinUCB warm starts from past tests.", no_args_is_help=True)
+experiments_app = typer.Typer(help="Experiments: list, show, archive (lifecycle); LinUCB warm starts.",
+                              no_args_is_help=True)
+cli_experiments.register(experiments_app)
 
 
 @experiments_app.command("warm-start")

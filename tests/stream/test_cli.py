@@ -22,6 +22,9 @@ BAD_ARGS = [
     (["experiments", "warm-start", "/nonexistent/past.csv", "--out", "w.npz", "--feature-dim", "8"], "cannot read"),
     (["experiments", "warm-start", "/nonexistent/past.csv", "--out", "w.json", "--feature-dim", "8"], "NAME.npz"),
     (["worker", "--bootstrap", "127.0.0.1:9", "--settings", "/nonexistent/lola.env"], "settings file not found"),
+    (["experiments", "list", "--bootstrap", "127.0.0.1:9", "--status", "gone"], "--status must be one of"),
+    (["experiments", "show", "e"], "no broker"),
+    (["experiments", "archive", "x" * 300, "--bootstrap", "127.0.0.1:9"], "not a valid archive event"),
 ]
 
 

@@ -6,11 +6,13 @@ relies on a fixed sleep or on the order of two asynchronous outputs.
 
 from __future__ import annotations
 
+import json
 import time
 
 import orjson
 import pytest
 
+from lola.cli import main
 from lola.stream import kafka as kf
 from lola.stream.snapshot import read_snapshots
 
@@ -94,7 +96,7 @@ def test_every_experiment_action_through_the_broker(stream_settings, thread_work
     tw.stop()
 
 
-def test_variant_states_and_the_gate_through_the_broker(stream_settings, thread_worker):
+def test_variant_states_the_gate_and_the_cli_through_the_broker(stream_settings, thread_worker, capsys):
     s = stream_settings()
     kf.ensure_topics(s)
     tw = thread_worker(s, gate=Gate())
@@ -110,4 +112,15 @@ def test_variant_states_and_the_gate_through_the_broker(stream_settings, thread_
     assert len(letters) == 1
     tw.worker.request_variant_state("g", "p", "active", "approved")
     _snap(s, "g", lambda x: x["arms"]["p"]["state"] == "active" and x["arms"]["p"]["active"])
+    # the CLI: archive produces the experiment event; list and show read the snapshots topic
+    prefix = s.events_topic.rsplit(".", 1)[0]
+    cli = ["--bootstrap", s.bootstrap_servers, "--topic-prefix", prefix]
+    main(["experiments", "archive", "g", "--reason", "test over", *cli])
+    _snap(s, "g", lambda x: x["status"] == "archived")
+    capsys.readouterr()
+    main(["experiments", "list", "--json", "--status", "archived", *cli])
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["experiment_id"], r["variants"]) for r in rows] == [("g", {"active": 2, "blocked": 1, "retired": 1})]
+    main(["experiments", "show", "g", *cli])
+    assert json.loads(capsys.readouterr().out)["arms"]["x"]["state"] == "blocked"
     tw.stop()
