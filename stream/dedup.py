@@ -27,8 +27,13 @@ from collections import deque
 ENTRY_OVERHEAD_BYTES = 140
 
 
+#: One character per counted event type keeps keys (memory and checkpoint bytes) short.
+_KIND_CODE = {"impression": "i", "click": "c", "conversion": "v"}
+
+
 def dedup_key(experiment_id: str, kind: str, event_id: str) -> str:
-    return f"{kind}\x1f{experiment_id}\x1f{event_id}"
+    """The window's key of an event: type code, experiment and id, separated by a unit separator."""
+    return f"{_KIND_CODE[kind]}\x1f{experiment_id}\x1f{event_id}"
 
 
 class DedupWindow:

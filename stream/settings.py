@@ -185,7 +185,7 @@ class StreamSettings(BaseSettings):
                                            validation_alias=AliasChoices("max_clicks_per_impression",
                                                                          "LOLA_MAX_CLICKS_PER_IMPRESSION"),
                                            description="clicks counted per remembered impression_id (click_cap)")
-    max_experiments_per_partition: int = Field(50_000, ge=1, le=10_000_000,
+    max_experiments_per_partition: int = Field(20_000, ge=1, le=10_000_000,
                                                validation_alias=AliasChoices("max_experiments_per_partition",
                                                                              "LOLA_MAX_EXPERIMENTS_PER_PARTITION"),
                                                description="live (not yet evicted) experiments per partition")
