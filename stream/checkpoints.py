@@ -132,6 +132,7 @@ class CheckpointMixin:
             # the request holds one record (keeps Tansu's listed high watermark exact).
             kf.produce(self.producer, self.settings.state_topic, blob, key=self._checkpoint_key(p), partition=p,
                        on_delivery=delivered)
+            self.metrics.checkpoint_bytes.inc(len(blob))
         except Exception as exc:  # KafkaException: a local refusal must not kill the worker
             self.metrics.checkpoints_refused.labels("produce_error").inc()
             self._refused_until[p] = time.monotonic() + REFUSED_RETRY_S

@@ -84,6 +84,8 @@ class WorkerMetrics:
         self.checkpoint_age = Gauge("lola_checkpoint_age_seconds", "Seconds since the oldest shard checkpoint",
                                     registry=r)
         self.checkpoints = Counter("lola_checkpoints_total", "Checkpoint records written", registry=r)
+        self.checkpoint_bytes = Counter("lola_checkpoint_bytes_total", "Bytes of checkpoint records produced to the "
+                                        "state topic (its write rate: docs/operations/checkpoints.md)", registry=r)
         self.checkpoint_seconds = Histogram("lola_checkpoint_seconds", "Time to write one checkpoint round",
                                             registry=r)
         self.partitions = Gauge("lola_assigned_partitions", "Partitions this worker owns", registry=r)
