@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -143,7 +142,7 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
              seed: int) -> dict[str, Any]:
     from confluent_kafka import Producer
 
-    from lola.bench.stream_bench import _loadavg_1m, _machine, _settings
+    from lola.bench.stream_bench import _loadavg_1m, _machine, _settings, stop_process
     from lola.stream import kafka as kf
     from lola.stream.broker import EmbeddedBroker, free_port
 
@@ -201,11 +200,7 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
                 break
         sample("drained" if drain_s is not None else "not_drained")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, 60)
         if broker is not None:
             broker.stop()
     load_rows = [r for r in samples if r["phase"] == "load"]

@@ -35,6 +35,15 @@ from typing import Any, Optional
 import typer
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM (the worker's graceful end), then SIGKILL after ``timeout_s``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def _loadavg_1m() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
@@ -232,11 +241,7 @@ def decision_latency(settings: Any, requests: int, rate: float, experiments: int
         return _paced_round_trip(producer, settings.events_topic, consumer, requests, rate,
                                  [e.encode() for e in exp_ids], {"type": "decision_request"})
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, 30)
         consumer.close()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -43,27 +43,18 @@ class ProcessorConfig:
     dedup_budget_bytes: int = _setting_default("dedup_budget_bytes")
     duplicate_dead_letter_every: int = _setting_default("duplicate_dead_letter_every")
     max_clicks_per_impression: int = _setting_default("max_clicks_per_impression")
-    max_experiments: int = _setting_default("max_experiments_per_partition")
+    max_experiments: int = _setting_default("max_experiments_per_partition")  # _SETTING_NAMES
     max_arms: int = _setting_default("max_arms_per_experiment")
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
-        return cls(dedup_window=settings.dedup_window,
-                   request_memory=min(settings.dedup_window, 20_000),
-                   attribution_window_s=settings.attribution_window_s,
-                   max_message_bytes=settings.max_message_bytes,
-                   default_policy=settings.default_policy,
-                   default_alpha=settings.default_alpha,
-                   default_n_aux=settings.default_n_aux,
-                   seed=settings.seed,
-                   feature_dim=settings.feature_dim,
-                   max_future_skew_s=settings.max_future_skew_s,
-                   dedup_window_s=settings.dedup_window_s,
-                   dedup_budget_bytes=settings.dedup_budget_bytes,
-                   duplicate_dead_letter_every=settings.duplicate_dead_letter_every,
-                   max_clicks_per_impression=settings.max_clicks_per_impression,
-                   max_experiments=settings.max_experiments_per_partition,
-                   max_arms=settings.max_arms_per_experiment)
+        names = {f.name for f in fields(cls)} - {"request_memory", "warm_starts", "check_key"}
+        return cls(request_memory=min(settings.dedup_window, 20_000),
+                   **{name: getattr(settings, _SETTING_NAMES.get(name, name)) for name in names})
+
+
+#: ProcessorConfig fields named differently in StreamSettings.
+_SETTING_NAMES = {"max_experiments": "max_experiments_per_partition", "max_arms": "max_arms_per_experiment"}
 
 
 @dataclass
