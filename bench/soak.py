@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -158,8 +159,9 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
         kf.produce(producer, s.events_topic, value, key=key)
     producer.flush(60)
     env = {**os.environ, **s.as_env(), "LOLA_LOG_LEVEL": "WARNING", "LOLA_PRIOR_PROVIDER": "constant", "LOLA_CONSTANT_PRIOR": "0.05"}
+    log = tempfile.NamedTemporaryFile("w+", prefix="lola-soak-worker-", suffix=".log", delete=False)
     worker = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=log, stderr=subprocess.STDOUT)
     samples: list[dict[str, Any]] = []
     try:
         t_ready = time.monotonic()
@@ -179,6 +181,8 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
                    "broker_rss_mb": _rss_mb(broker.process.pid) if broker is not None else None,
                    "lag": int(m.get("lola_consumer_lag", -1)), "sent": load.sent,
                    "records": int(m.get("lola_records_total", 0)),
+                   "dead_letters": int(m.get("lola_dead_letters_total", 0)),
+                   "duplicates": int(m.get("lola_duplicates_total", 0)),
                    "checkpoint_bytes_per_s": round((ck - last["ckpt"]) / max(t - last["t"], 1e-9)),
                    "experiments": int(m.get("lola_experiments", 0))}
             last.update(t=t, ckpt=ck)
@@ -216,6 +220,7 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
             "worker_rss_growth_after_first_minute": growth, "drain_s": drain_s,
             "mean_checkpoint_bytes_per_s": round(sum(r["checkpoint_bytes_per_s"] for r in load_rows) / max(len(load_rows), 1)),
             "targets": {"worker_rss_growth_after_first_minute": "< 0.05", "drain_s": "<= 60"},
+            "worker_log": log.name, "worker_log_tail": open(log.name).read()[-2000:],
             "broker": bootstrap or "tansu 0.6 (embedded, memory storage; postgres:// is not compiled into this build)",
             "machine": machine}
 
