@@ -26,10 +26,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
-from lola.errors import ConfigError, EventError
+from lola.errors import CapacityError, ConfigError, EventError, KernelInputError
 from lola.kernels.params import ExperimentParams
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.stream import events as ev
-from lola.stream.shard import BatchOutput, Experiment
+from lola.stream.features import text_features
+from lola.stream.shard import BatchOutput, Experiment, PriorRequest
+from lola.stream.warm_start import linear_setup
 
 #: The shard (lola.stream.processor.ShardProcessor; not imported: it imports this module).
 Shard = Any
@@ -93,6 +96,82 @@ def best_variant(proc: Shard, exp: Experiment) -> str | None:
     return exp.variant_ids[best]
 
 
+def apply_variant(proc: Shard, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
+    """Add or retire a variant (raises EventError for a dead letter; a blocked variant is added, then noncompliant)."""
+    if event.action == "retire":
+        if exp is None:
+            raise EventError("unknown_experiment", event.experiment_id[:80])
+        slot = exp.slots.get(event.variant_id)
+        if slot is None:
+            raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
+        if set_state(proc, exp, slot, "retired", "retired by a variant event"):
+            out.dirty.add(exp.experiment_id)
+        return
+    if exp is None:
+        exp = create_experiment(proc, event.experiment_id, event.settings)
+    elif exp.status == "archived":
+        raise EventError("invalid_transition", "variant add: the experiment is archived")
+    if event.variant_id in exp.slots:
+        return  # adding a known variant again is a no-op (idempotent upstream retries)
+    if len(exp.variant_ids) >= proc.config.max_arms:
+        raise EventError("capacity", f"experiment has {len(exp.variant_ids)} variants "
+                                     f"(max_arms_per_experiment {proc.config.max_arms})")
+    # LinUCB arms get their features with the arm (lola.stream.features), so they are
+    # servable at once; the state's d, not the config's, so a restored shard keeps its own.
+    features = (text_features(event.text, proc.state.feature_dim)
+                if POLICY_TABLE[exp.policy].needs_features else None)
+    try:
+        slot = proc.state.add_arm(exp.row, features=features)
+    except (CapacityError, KernelInputError) as exc:
+        raise EventError("capacity", str(exc)[:120]) from None
+    state, reason = gate_state(proc.gate, exp.experiment_id, event.variant_id, event.text)
+    exp.slots[event.variant_id] = slot
+    exp.variant_ids.append(event.variant_id)
+    exp.texts.append(event.text)
+    exp.states.append(state)
+    exp.reasons.append(reason)
+    if state != "active":
+        proc.state.set_arm_active(exp.row, slot, False)
+    exp.version += 1
+    out.dirty.add(exp.experiment_id)
+    if state == "blocked":
+        raise EventError("noncompliant", (reason or "blocked by the variant gate")[:300])
+    out.prior_requests.append(PriorRequest(proc.partition, exp.experiment_id, event.variant_id, event.text,
+                                           tuple(exp.texts[:-1])))
+
+
+def create_experiment(proc: Shard, experiment_id: str, settings_in: dict | None) -> Experiment:
+    """Register a new experiment (an ``experiment`` create, or a first ``variant`` add)."""
+    if len(proc.experiments) >= proc.config.max_experiments:
+        raise EventError("capacity", f"partition holds {len(proc.experiments)} experiments "
+                                     f"(max_experiments_per_partition {proc.config.max_experiments})")
+    settings = dict(settings_in or {})
+    window = float(settings.pop("attribution_window_s", proc.config.attribution_window_s))
+    if not window > 0:
+        raise EventError("invalid_settings", "attribution_window_s must be > 0")
+    policy = settings.get("policy", proc.config.default_policy)
+    # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
+    # a setting it does not read, sent by the producer, is invalid_settings.
+    reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
+    defaults = {name: value for name, value in (("alpha", proc.config.default_alpha),
+                                                 ("n_aux", proc.config.default_n_aux)) if name in reads}
+    warm = linear_setup(policy, settings.pop("warm_start", None), proc.config.warm_starts,
+                        proc.state.feature_dim)
+    params = {"policy": policy, **defaults, **settings}
+    try:
+        row = proc.state.add_experiment(ExperimentParams.from_dict(params))
+    except CapacityError as exc:
+        raise EventError("capacity", str(exc)[:120]) from None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise EventError("invalid_settings", str(exc)[:160]) from None
+    if warm is not None:
+        proc.state.warm_start_linear(row, *warm)
+    exp = Experiment(experiment_id, row, proc.state.params(row).policy, window)
+    proc.experiments[exp.experiment_id] = exp
+    proc.by_row[row] = exp
+    return exp
+
+
 def set_state(proc: Shard, exp: Experiment, slot: int, state: str, reason: str | None) -> bool:
     """Move a variant to ``state``; False if not allowed (retired is final) or unchanged."""
     old = exp.states[slot]
@@ -115,7 +194,7 @@ def apply_experiment_event(proc: Shard, event: ev.ExperimentEvent, exp: Experime
     action = event.action
     if action == "create":
         if exp is None:
-            proc.create_experiment(event.experiment_id, event.settings)
+            create_experiment(proc, event.experiment_id, event.settings)
             out.dirty.add(event.experiment_id)
         elif exp.status == "archived":
             raise EventError("invalid_transition", "create: the experiment is archived (until it is evicted)")

@@ -37,17 +37,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from lola.errors import CapacityError, ConfigError, EventError, KernelInputError, LolaError
-from lola.kernels.params import ExperimentParams
-from lola.kernels.policy_table import TABLE as POLICY_TABLE
+from lola.errors import EventError, LolaError
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
-from lola.stream.features import text_features
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
-from lola.stream.warm_start import linear_setup
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 2
@@ -340,77 +336,11 @@ class ShardProcessor:
             raise EventError(reason, f"{exp.max_ts - event.ts:.0f}s older than the newest event > window {window:g}s")
 
     def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
-        if event.action == "retire":
-            if exp is None:
-                raise EventError("unknown_experiment", event.experiment_id[:80])
-            slot = exp.slots.get(event.variant_id)
-            if slot is None:
-                raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
-            if lifecycle.set_state(self, exp, slot, "retired", "retired by a variant event"):
-                out.dirty.add(exp.experiment_id)
-            return
-        if exp is None:
-            exp = self.create_experiment(event.experiment_id, event.settings)
-        elif exp.status == "archived":
-            raise EventError("invalid_transition", "variant add: the experiment is archived")
-        if event.variant_id in exp.slots:
-            return  # adding a known variant again is a no-op (idempotent upstream retries)
-        if len(exp.variant_ids) >= self.config.max_arms:
-            raise EventError("capacity", f"experiment has {len(exp.variant_ids)} variants "
-                                         f"(max_arms_per_experiment {self.config.max_arms})")
-        # LinUCB arms get their features with the arm (lola.stream.features), so they are
-        # servable at once; the state's d, not the config's, so a restored shard keeps its own.
-        features = (text_features(event.text, self.state.feature_dim)
-                    if POLICY_TABLE[exp.policy].needs_features else None)
-        try:
-            slot = self.state.add_arm(exp.row, features=features)
-        except (CapacityError, KernelInputError) as exc:
-            raise EventError("capacity", str(exc)[:120]) from None
-        state, reason = lifecycle.gate_state(self.gate, exp.experiment_id, event.variant_id, event.text)
-        exp.slots[event.variant_id] = slot
-        exp.variant_ids.append(event.variant_id)
-        exp.texts.append(event.text)
-        exp.states.append(state)
-        exp.reasons.append(reason)
-        if state != "active":
-            self.state.set_arm_active(exp.row, slot, False)
-        exp.version += 1
-        out.dirty.add(exp.experiment_id)
-        if state == "blocked":
-            raise EventError("noncompliant", (reason or "blocked by the variant gate")[:300])
-        out.prior_requests.append(PriorRequest(self.partition, exp.experiment_id, event.variant_id, event.text,
-                                               tuple(exp.texts[:-1])))
+        lifecycle.apply_variant(self, event, exp, out)
 
-    def create_experiment(self, experiment_id: str, settings_in: dict | None) -> Experiment:
+    def create_experiment(self, experiment_id: str, settings: dict | None) -> Experiment:
         """Register a new experiment (an ``experiment`` create, or a first ``variant`` add)."""
-        if len(self.experiments) >= self.config.max_experiments:
-            raise EventError("capacity", f"partition holds {len(self.experiments)} experiments "
-                                         f"(max_experiments_per_partition {self.config.max_experiments})")
-        settings = dict(settings_in or {})
-        window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
-        if not window > 0:
-            raise EventError("invalid_settings", "attribution_window_s must be > 0")
-        policy = settings.get("policy", self.config.default_policy)
-        # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
-        # a setting it does not read, sent by the producer, is invalid_settings.
-        reads = POLICY_TABLE[policy].accepts if policy in POLICY_TABLE else ()
-        defaults = {name: value for name, value in (("alpha", self.config.default_alpha),
-                                                     ("n_aux", self.config.default_n_aux)) if name in reads}
-        warm = linear_setup(policy, settings.pop("warm_start", None), self.config.warm_starts,
-                            self.state.feature_dim)
-        params = {"policy": policy, **defaults, **settings}
-        try:
-            row = self.state.add_experiment(ExperimentParams.from_dict(params))
-        except CapacityError as exc:
-            raise EventError("capacity", str(exc)[:120]) from None
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise EventError("invalid_settings", str(exc)[:160]) from None
-        if warm is not None:
-            self.state.warm_start_linear(row, *warm)
-        exp = Experiment(experiment_id, row, self.state.params(row).policy, window)
-        self.experiments[exp.experiment_id] = exp
-        self.by_row[row] = exp
-        return exp
+        return lifecycle.create_experiment(self, experiment_id, settings)
 
     def evict(self, exp: Experiment) -> None:
         """Forget an archived experiment: its row is freed (the last row moves into it)."""

@@ -230,8 +230,9 @@ def test_an_upgrade_restores_from_the_legacy_shared_state_topic(stream_settings,
 def test_the_issue_70_mb_checkpoint_no_longer_kills_the_worker(stream_settings, thread_worker, helpers):
     """The issue's reproduction: 7,000 variants with 10,000-character texts on one experiment
     make a ~70 MB checkpoint, above the producer's 64 MiB message.max.bytes (librdkafka
-    raised MSG_SIZE_TOO_LARGE from produce and the worker died on every restart)."""
-    s = stream_settings(partitions=1)
+    raised MSG_SIZE_TOO_LARGE from produce and the worker died on every restart). The arm
+    limit (issue 19, 256 by default) is raised so the oversized state can still be built."""
+    s = stream_settings(partitions=1, max_arms_per_experiment=10_000)
     kf.ensure_topics(s)
     records = [_ev(type="variant", experiment_id="e", variant_id=f"v{i}", text=("%05d" % i) * 2000)
                for i in range(7000)]
