@@ -39,6 +39,10 @@ class ProcessorConfig:
     warm_starts: dict = field(default_factory=dict, compare=False)
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
+    stats_interval_s: float = _setting_default("stats_interval_s")
+    #: (p_best, max_loss, min_impressions) of lola.stream.stats.WinnerRule
+    winner_rule: tuple = (_setting_default("winner_p_best"), _setting_default("winner_max_loss"),
+                          _setting_default("winner_min_impressions"))
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
@@ -51,7 +55,9 @@ class ProcessorConfig:
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
                    feature_dim=settings.feature_dim,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s,
+                   stats_interval_s=settings.stats_interval_s,
+                   winner_rule=(settings.winner_p_best, settings.winner_max_loss, settings.winner_min_impressions))
 
 
 @dataclass
