@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lola.errors import ConfigError, LolaError
-from lola.evaluate.logs import Log
+from lola.stream.decision_log import Log
 
 
 def _allocation_from_file(path: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from lola.errors import ConfigError, LolaError
 from lola.evaluate.cli import run
-from lola.evaluate.logs import Log, join_stream
+from lola.stream.decision_log import Log, join_stream
 from lola.evaluate.policies import policy_table, replay
 
 OBD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "obd"
