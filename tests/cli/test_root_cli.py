@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
-ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "evaluate", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "evaluate", "report", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
 
 
 def _lola(*args: str) -> subprocess.CompletedProcess:
