@@ -72,6 +72,23 @@ def plot_allocation(history: Sequence[dict], uniform: float, path: Path) -> Path
     return _save(fig, path)
 
 
+def plot_p_best(history: Sequence[dict], uniform: float, path: Path) -> Path | None:
+    """Mean P(best) of each test's archive-best headline over the run (snapshot ``stats``)."""
+    pts = [(h["t"], h["p_best_of_best"], h["p_best_of_best_with_prior"]) for h in history if "p_best_of_best" in h]
+    if len(pts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color="#2a9d8f",
+            label="data only (Beta(1, 1))")
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], linestyle=":", color="#e76f51", label="with the LLM prior")
+    ax.axhline(uniform, color="k", linestyle="--", linewidth=1, label=f"no information: {uniform:.1%}")
+    ax.set_xlabel("seconds since demo start")
+    ax.set_ylabel("mean P(best) of the best headline")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_calibration(cal: dict, path: Path) -> Path:
     """Predicted prior CTR against archive CTR per headline, binned means, and this run's realised CTRs."""
     p, y = cal["pred"], cal["true"]
