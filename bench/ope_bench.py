@@ -13,23 +13,37 @@ experiments. Reported: the share of runs whose interval covers the truth, per es
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 import typer
 
+from lola.bench.output import JSON_OPTION, emit
 
-def one_run(seed: int, experiments: int, arms: int, rounds: int, resamples: int, min_traffic: float,
-            batch: int = 100) -> dict:
-    from lola.evaluate.estimators import Feedback, evaluate
-    from lola.stream.decision_log import join_stream
-    from lola.evaluate.policies import matrix, policy_table, reward_model
+
+@dataclass
+class ClosedLoop:
+    """What one closed-loop run logged: event and decision records, the processor, the truth."""
+
+    events: list[dict]
+    decisions: list[dict]
+    proc: Any
+    ctr: np.ndarray
+    priors: dict[str, dict[str, float]]
+
+
+def closed_loop(seed: int, experiments: int, arms: int, rounds: int, min_traffic: float = 0.05,
+                n_aux: float = 200.0, batch: int = 100, prior_noise: float = 0.02, stats_interval_s: float = 10.0,
+                t0: float = 1.0) -> ClosedLoop:
+    """A seeded ad server around the worker's processor (module docstring); also the report tests' data."""
     from lola.stream.processor import ShardProcessor
+    from lola.stream.shard import ProcessorConfig
 
     rng = np.random.default_rng(seed)
     ctr = rng.uniform(0.02, 0.2, (experiments, arms))
-    proc = ShardProcessor(0)
+    proc = ShardProcessor(0, ProcessorConfig(stats_interval_s=stats_interval_s))
     events: list[dict] = []
     decisions: list[dict] = []
     off = 0
@@ -41,41 +55,45 @@ def one_run(seed: int, experiments: int, arms: int, rounds: int, resamples: int,
         events.extend(e for e in evs if e["type"] != "decision_request")
         return proc.process(recs, now=now)
 
-    setup = []
+    feed([{"type": "variant", "experiment_id": f"e{e}", "variant_id": f"v{k}", "text": f"t{k}",
+           **({"settings": {"policy": "llm_ts", "n_aux": n_aux, "min_traffic": min_traffic}} if k == 0 else {})}
+          for e in range(experiments) for k in range(arms)], t0)
+    priors: dict[str, dict[str, float]] = {f"e{e}": {} for e in range(experiments)}
     for e in range(experiments):
         for k in range(arms):
-            v = {"type": "variant", "experiment_id": f"e{e}", "variant_id": f"v{k}", "text": f"t{k}"}
-            if k == 0:
-                v["settings"] = {"policy": "llm_ts", "n_aux": 200.0, "min_traffic": min_traffic}
-            setup.append(v)
-    feed(setup, 1.0)
-    snapshots = {f"e{e}": {"arms": {}} for e in range(experiments)}
-    for e in range(experiments):
-        for k in range(arms):
-            prior = float(np.clip(ctr[e, k] + rng.normal(0, 0.02), 0.001, 0.999))
+            priors[f"e{e}"][f"v{k}"] = prior = float(np.clip(ctr[e, k] + rng.normal(0, prior_noise), 0.001, 0.999))
             proc.apply_prior(f"e{e}", f"v{k}", prior)
-            snapshots[f"e{e}"]["arms"][f"v{k}"] = {"prior": prior}
     req = 0
-    for step in range(rounds * experiments // batch):
+    for step in range(max(rounds * experiments // batch, 1)):
+        now = t0 + 1.0 + step
         exps = rng.integers(0, experiments, batch)
         out = feed([{"type": "decision_request", "experiment_id": f"e{e}", "request_id": f"r{req + i}"}
-                    for i, e in enumerate(exps.tolist())], 2.0 + step)
+                    for i, e in enumerate(exps.tolist())], now)
         req += batch
         outcomes = []
         for _, value in out.decisions:
             d = orjson.loads(value)
             decisions.append(d)
-            e, k = int(d["experiment_id"][1:]), int(d["variant_id"][1:])
-            base = {"experiment_id": d["experiment_id"], "variant_id": d["variant_id"], "ts": 2.0 + step}
+            base = {"experiment_id": d["experiment_id"], "variant_id": d["variant_id"], "ts": now}
             outcomes.append({"type": "impression", "event_id": "i" + d["request_id"], "request_id": d["request_id"], **base})
-            if rng.random() < ctr[e, k]:
+            if rng.random() < ctr[int(d["experiment_id"][1:]), int(d["variant_id"][1:])]:
                 outcomes.append({"type": "click", "event_id": "c" + d["request_id"], "request_id": d["request_id"], **base})
-        feed(outcomes, 2.0 + step)
-    log = join_stream(events, decisions)
+        feed(outcomes, now)
+    return ClosedLoop(events, decisions, proc, ctr, priors)
+
+
+def one_run(seed: int, experiments: int, arms: int, rounds: int, resamples: int, min_traffic: float) -> dict:
+    from lola.evaluate.estimators import Feedback, evaluate
+    from lola.evaluate.policies import matrix, policy_table, reward_model
+    from lola.stream.decision_log import join_stream
+
+    loop = closed_loop(seed, experiments, arms, rounds, min_traffic)
+    log = join_stream(loop.events, loop.decisions)
+    snapshots = {e: {"arms": {v: {"prior": p} for v, p in arms_.items()}} for e, arms_ in loop.priors.items()}
     pi = matrix(log, policy_table(log, "uniform", None))
     fb = Feedback(log.action, log.reward, log.pscore, pi, reward_model(log, snapshots))
     est = evaluate(fb, resamples, seed)
-    truth = float(np.mean([ctr[int(e[1:])].mean() for e in log.experiment]))
+    truth = float(np.mean([loop.ctr[int(e[1:])].mean() for e in log.experiment]))
     return {"truth": truth, "logged": float(log.reward.mean()), "estimates": est,
             "covered": {n: bool(v["ci"][0] <= truth <= v["ci"][1]) for n, v in est.items()}}
 
@@ -105,7 +123,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ope")
     def ope_cmd(
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        json_out: bool = JSON_OPTION,
         runs: int = typer.Option(50, min=1, max=10_000, help="Seeded runs."),
         experiments: int = typer.Option(5, min=1, max=1000, help="Experiments per run."),
         arms: int = typer.Option(4, min=2, max=64, help="Variants per experiment."),
@@ -117,7 +135,4 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Coverage of the OPE intervals on closed-loop streams with a known truth (JSON)."""
         out = run_benchmark(runs, experiments, arms, rounds, resamples, seed, min_traffic)
-        if json_out:
-            typer.echo(json.dumps(out, indent=2))
-        else:
-            typer.echo(", ".join(f"{n} {100 * c:.0f} %" for n, c in out["coverage"].items()) + f" of {runs} runs")
+        emit(out, json_out, ", ".join(f"{n} {100 * c:.0f} %" for n, c in out["coverage"].items()) + f" of {runs} runs")

@@ -11,12 +11,13 @@ The worker pays it for each changed experiment at most once per ``stats_interval
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 import orjson
 import typer
+
+from lola.bench.output import JSON_OPTION, emit
 
 
 def _shard(experiments: int, arms: int, interval: float, seed: int):
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("stats")
     def stats_cmd(
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        json_out: bool = JSON_OPTION,
         experiments: int = typer.Option(2000, min=1, max=1_000_000, help="Experiments, all changing every round."),
         arms: int = typer.Option(4, min=2, max=64, help="Arms per experiment."),
         rounds: int = typer.Option(5, min=1, max=1000, help="Rounds (one per simulated second); medians reported."),
@@ -93,8 +94,5 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Cost of the snapshot statistics with every experiment changing every second (JSON)."""
         out = run_benchmark(experiments, arms, rounds, interval, seed)
-        if json_out:
-            typer.echo(json.dumps(out, indent=2))
-        else:
-            typer.echo(f"{out['stats_cost_per_experiment_us']:.1f} us per experiment; at {interval:g} s cadence "
-                       f"{100 * out['cost_share_of_one_core']:.2f} % of one core for {experiments} experiments")
+        emit(out, json_out, f"{out['stats_cost_per_experiment_us']:.1f} us per experiment; at {interval:g} s cadence "
+                            f"{100 * out['cost_share_of_one_core']:.2f} % of one core for {experiments} experiments")

@@ -47,8 +47,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     ) -> None:
         """Report: allocation and P(best) over time, posteriors, winner, prior calibration, logging health."""
+        import importlib.util
+
         from lola.stream.cli import _settings, _topics
 
+        if importlib.util.find_spec("matplotlib") is None:  # a third-party extra, not our code
+            raise ConfigError("lola report needs matplotlib: pip install 'lola-stream[analysis]'")
         if not 1 <= bins <= 500:
             raise ConfigError(f"--bins must be in [1, 500], got {bins}")
         if max_records < 1:
