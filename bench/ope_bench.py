@@ -14,6 +14,7 @@ experiments. Reported: the share of runs whose interval covers the truth, per es
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,8 @@ def run_benchmark(runs: int, experiments: int, arms: int, rounds: int, resamples
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``lola bench ope``."""
+    """Add ``lola bench ope`` and ``lola bench ope-heldout``."""
+    register_heldout(app)
 
     @app.command("ope")
     def ope_cmd(
@@ -136,3 +138,31 @@ def register(app: typer.Typer) -> None:
         """Coverage of the OPE intervals on closed-loop streams with a known truth (JSON)."""
         out = run_benchmark(runs, experiments, arms, rounds, resamples, seed, min_traffic)
         emit(out, json_out, ", ".join(f"{n} {100 * c:.0f} %" for n, c in out["coverage"].items()) + f" of {runs} runs")
+
+
+def register_heldout(app: typer.Typer) -> None:
+    """Add ``lola bench ope-heldout`` (lola.evaluate.heldout)."""
+
+    @app.command("ope-heldout")
+    def heldout_cmd(
+        data: Path = typer.Option(..., "--data", help="Upworthy package CSV (split by the project's salt)."),
+        priors: Path = typer.Option(..., "--priors", help="headline,prior_ctr CSV (lola priors score, or "
+                                                          "lola replay baseline-prior)."),
+        json_out: bool = JSON_OPTION,
+        rounds: int = typer.Option(200, min=10, max=1_000_000, help="Logged rounds per shown headline."),
+        resamples: int = typer.Option(200, min=10, max=100_000, help="Bootstrap resamples per interval."),
+        max_tests: int = typer.Option(400, min=1, help="Test-split tests used at most (first by id)."),
+        seed: int = typer.Option(0, help="Log and bootstrap seed."),
+    ) -> None:
+        """Coverage of DR's interval for headlines held out of the log, prior as the reward model (JSON)."""
+        from lola.data.priors import read_priors_csv
+        from lola.data.upworthy import headline_tests, load_packages, split_packages
+        from lola.evaluate.heldout import study
+
+        packages, _ = load_packages(data)
+        splits = split_packages(packages)
+        out = study(headline_tests(splits["tune"]), headline_tests(splits["test"], 3)[:max_tests],
+                    read_priors_csv(priors), rounds, resamples, seed)
+        out["priors"] = str(priors)
+        emit(out, json_out, f"{out['held_out_headlines']} held-out headlines: DR bootstrap covers "
+                            f"{out['coverage_dr_bootstrap']:.0%}, widened {out['coverage_widened']:.0%}")

@@ -24,7 +24,7 @@ def test_help_lists_every_command_in_order():
 
 def test_every_command_path(lola_commands):
     assert {"replay bai", "replay baseline-prior", "replay synthetic-prior", "replay ideal-observer",
-            "bench kernels", "bench stream", "bench priors", "bench stats", "bench ope", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
+            "bench kernels", "bench stream", "bench priors", "bench stats", "bench ope", "bench ope-heldout", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors readout-study",
             "priors build-default",
             "config reference", *ROOT_COMMANDS} == lola_commands
