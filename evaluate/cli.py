@@ -52,6 +52,10 @@ def run(log: Any, snapshots: dict | None, obd: bool, policy: str, resamples: int
         pi = matrix(log, policy_table(log, policy, snapshots))
         fb = Feedback(log.action, log.reward, log.pscore, pi, reward_model(log, snapshots, obd))
         out.update(n=int(log.action.shape[0]), estimates=evaluate(fb, resamples, seed, tau), switch_tau=tau)
+    unsupported = sorted(e for e in log.variants if not ((snapshots or {}).get(e, {}).get("ope") or {}).get("supported", True))
+    if unsupported:  # the snapshot says some variant had propensity 0: IPS-type estimates are biased there
+        out["warnings"] = [f"{len(unsupported)} experiment(s) logged by a policy without a positive propensity for "
+                           f"every variant (snapshot ope.supported false; give it min_traffic): {', '.join(unsupported[:5])}"]
     out["logged_mean_reward"] = float(log.reward.mean())
     out["health"] = log.health
     return out

@@ -29,6 +29,11 @@ def _n_aux(snap: dict[str, Any]) -> float:
     return float("inf") if n == "inf" else float(n or 0.0)
 
 
+def _live(arm: dict[str, Any]) -> bool:
+    """Served now: state ``active`` (issue 19's arm states; without one, the boolean ``active``)."""
+    return arm.get("state", "active" if arm.get("active", True) else "retired") == "active"
+
+
 def snapshot_stats(snap: dict[str, Any]) -> dict[str, Any]:
     """Statistics of one snapshot's arms (the snapshot's ``stats`` definition, recomputed from its counts)."""
     arms = snap["arms"]
@@ -36,7 +41,7 @@ def snapshot_stats(snap: dict[str, Any]) -> dict[str, Any]:
     prior = np.array([arms[v]["prior"] if arms[v].get("prior") is not None else np.nan for v in ids], dtype=float)
     return experiment_stats(ids, np.array([arms[v]["impressions"] for v in ids], dtype=float),
                             np.array([arms[v]["clicks"] for v in ids], dtype=float), np.nan_to_num(prior),
-                            ~np.isnan(prior), np.array([bool(arms[v].get("active", True)) for v in ids]),
+                            ~np.isnan(prior), np.array([_live(arms[v]) for v in ids]),
                             _n_aux(snap))
 
 

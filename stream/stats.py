@@ -144,10 +144,6 @@ class StatsCache:
                     "expected_loss": arm["expected_loss"], "ts": now, "policy_version": version}
         return won
 
-    def forget(self, experiment_id: str) -> None:
-        self._stats.pop(experiment_id, None)
-        self._winners.pop(experiment_id, None)
-
     def extras(self, state: Any, exp: Any, summary: dict[str, Any], bai: dict[str, Any] | None,
                uses_prior: bool, now: float) -> dict[str, Any]:
         """``{"stats": ..., "winner": ...}`` (no ``winner`` until one is declared) for one experiment of a shard (ShardProcessor.snapshot)."""

@@ -56,6 +56,9 @@ def test_policies_uniform_file_and_snapshot(tmp_path):
     out = run(log, snaps, False, "uniform", 0, 0, 20.0, None)
     assert out["n"] == 5 and set(out["estimates"]) == {"ips", "snips", "dr", "switch_dr"}
     assert out["estimates"]["ips"]["value"] == pytest.approx(0.4)
+    assert "warnings" not in out
+    snaps["e"]["ope"] = {"supported": False, "needs_floor": True, "min_traffic": 0.0}
+    assert "min_traffic" in run(log, snaps, False, "uniform", 0, 0, 20.0, None)["warnings"][0]
 
 
 def test_replay_counts_only_matching_rounds_and_needs_uniform_logs():
