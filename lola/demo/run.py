@@ -147,7 +147,9 @@ class Demo:
         """The worker's settings (lola.stream.settings), the replay's tuned LOLA setting as its default."""
         env = {**self.child_env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOLA_METRICS_PORT": str(metrics_port),
                "LOLA_METRICS_HOST": "127.0.0.1", "LOLA_GROUP_ID": f"lola-demo-{self.run_id}",
-               "LOLA_SEED": str(self.opts.seed)}
+               "LOLA_SEED": str(self.opts.seed),
+               # the live view samples every 3 s: statistics at most 2 s old (docs/reports.md: cost)
+               "LOLA_STATS_INTERVAL_S": "2"}
         hp = self.rec.worker_hyperparameters
         if "alpha" in hp:
             env["LOLA_DEFAULT_ALPHA"] = repr(hp["alpha"])

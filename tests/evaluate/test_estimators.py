@@ -66,6 +66,7 @@ def test_estimators_match_the_numpy_twin(seed):
         assert got[name]["value"] == pytest.approx(ref[name], abs=1e-12), name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not OBP_PYTHON.is_file(), reason=f"Open Bandit Pipeline environment not found at {OBP_PYTHON} "
                                                        "(create it with `make obp-env`)")
 @pytest.mark.parametrize("case", ["synthetic", "obd-random", "obd-bts"])
