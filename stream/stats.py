@@ -36,6 +36,9 @@ from lola.errors import ConfigError
 from lola.kernels.stats import experiment_posteriors
 
 CI_LEVEL = 0.95
+#: Experiments with more variants get no ``stats`` or ``winner`` in their snapshots: the quadrature
+#: costs O(K^3) (3 ms per experiment at K = 64 measured, about an hour at K = 7,000; docs/operations/limits.md).
+STATS_MAX_ARMS = 64
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,11 @@ class StatsCache:
 
     def extras(self, state: Any, exp: Any, summary: dict[str, Any], bai: dict[str, Any] | None,
                uses_prior: bool, now: float) -> dict[str, Any]:
-        """``{"stats": ..., "winner": ...}`` (no ``winner`` until one is declared) for one experiment of a shard (ShardProcessor.snapshot)."""
+        """``{"stats": ..., "winner": ...}`` (no ``winner`` until one is declared; nothing above
+        :data:`STATS_MAX_ARMS` variants) for one experiment of a shard (ShardProcessor.snapshot)."""
         row, k = exp.row, len(exp.variant_ids)
+        if k > STATS_MAX_ARMS:
+            return {}
         n_aux = summary.get("n_aux_effective", summary.get("n_aux")) if uses_prior else 0.0
         n_aux = math.inf if n_aux == "inf" else float(n_aux or 0.0)
         imp = state.impressions[row, :k].copy()

@@ -120,3 +120,14 @@ def test_snapshot_carries_stats_and_a_sticky_winner_through_its_model():
     proc.process([(off, b"e", orjson.dumps({"type": "click", "experiment_id": "e", "variant_id": "a",
                                             "event_id": "late", "ts": 1.0}))], now=20.0)
     assert proc.snapshot("e", now=20.0)["winner"]["ts"] == 10.0
+
+
+def test_experiments_above_the_arm_limit_get_no_statistics():
+    from lola.kernels import BanditState
+    from lola.stream.stats import STATS_MAX_ARMS
+
+    proc = ShardProcessor(0, state=BanditState(capacity_experiments=1, capacity_arms=STATS_MAX_ARMS + 1))
+    proc.process([(i, b"e", variant("e", f"v{i}")) for i in range(STATS_MAX_ARMS + 1)], now=1.0)
+    snap = proc.snapshot("e", now=1.0)
+    assert "stats" not in snap and "winner" not in snap
+    ev.encode_snapshot(snap)
