@@ -6,7 +6,7 @@ propensities): ``--experiments`` experiments of ``--arms`` variants with known C
 randomised logging policy (``llm_ts`` with a ``min_traffic`` floor, priors = true CTR plus
 noise), decision requests in batches, and for each decision an impression and a Bernoulli
 click at the true CTR, all as event records. The decisions and events are then joined by
-:func:`lola.evaluate.logs.join_stream` (the path ``lola evaluate`` takes on the topics) and
+:func:`lola.stream.decision_log.join_stream` (the path ``lola evaluate`` takes on the topics) and
 ``uniform`` is evaluated; its true value is the mean true CTR over the logged rounds'
 experiments. Reported: the share of runs whose interval covers the truth, per estimator.
 """

@@ -17,8 +17,7 @@ MAX_RESAMPLES = 100_000
 def load_log(log: str, bootstrap: Optional[str], topic_prefix: Optional[str], settings_file: Optional[Path],
              max_records: int) -> tuple[Any, dict | None, bool]:
     """(Log, snapshots or None, is OBD) for ``--log topics`` or ``--log obd:DIR``."""
-    from lola.evaluate.logs import read_obd
-    from lola.stream.decision_log import join_stream, read_topic
+    from lola.stream.decision_log import join_stream, read_obd, read_topic
 
     if log.startswith("obd:"):
         return read_obd(log[4:]), None, True

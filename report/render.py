@@ -16,6 +16,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend choice)
 
 
+#: Variants drawn per over-time panel (the busiest).
+MAX_LINES = 8
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -27,15 +31,17 @@ def _over_time(timelines: list[dict], key: str, ylabel: str, title: str) -> byte
     fig, axes = plt.subplots(len(timelines), 1, figsize=(7, 2.4 * len(timelines)), squeeze=False, layout="constrained")
     for ax, tl in zip(axes[:, 0], timelines):
         rows = list(zip(*tl[key]))
-        for v, ys in zip(tl["variants"], rows):
-            ax.plot(tl["t"], ys, marker=".", label=v)
+        # at most MAX_LINES variants: the most traffic, or the largest P(best) now (an OBD campaign has 80 items)
+        rank = (lambda i: -tl["p_best"][-1][i]) if key == "p_best" else (lambda i: -sum(s[i] for s in tl["share"]))
+        drawn = sorted(range(len(rows)), key=rank)[:MAX_LINES]
+        for i in drawn:
+            ax.plot(tl["t"], rows[i], marker=".", label=tl["variants"][i])
             if key == "p_best":
-                ax.plot(tl["t"], [r[tl["variants"].index(v)] for r in tl["p_best_with_prior"]], ls=":",
-                        color=ax.lines[-1].get_color())
+                ax.plot(tl["t"], [r[i] for r in tl["p_best_with_prior"]], ls=":", color=ax.lines[-1].get_color())
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{tl['experiment']} ({tl['decisions']} decisions)", fontsize=9)
-        ax.legend(fontsize=7, ncol=min(len(tl["variants"]), 6), loc="upper left")
+        ax.legend(fontsize=7, ncol=min(len(drawn), 6), loc="upper left")
     axes[-1, 0].set_xlabel("seconds since the first decision")
     fig.suptitle(title, fontsize=10)
     return _png(fig)

@@ -7,12 +7,18 @@ one logged round if its impression joined (the variant was shown); its reward is
 one click joined, else 0. Decisions whose impression never joined, and impressions or clicks
 naming a request no decision answered, are counted in ``health`` (logging health), never
 evaluated. An experiment's actions are its variants in the order the variant events added them.
+
+**Open Bandit Dataset** (``--log obd:DIR``, DIR holding ``all.csv`` and ``item_context.csv``):
+one round per row, action ``item_id``, reward ``click``, propensity ``propensity_score``, time the
+row number; the ``position`` column is ignored (every target policy here is position-independent).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,3 +137,27 @@ def read_topic(settings: Any, topic: str, max_records: int = MAX_RECORDS, timeou
             if isinstance(value, dict):
                 out.append(value)
     return out
+
+
+def read_obd(folder: str | Path) -> Log:
+    """One OBD campaign folder (``all.csv``, ``item_context.csv``) as a log of one experiment ``obd``."""
+    folder = Path(folder)
+    log_file, items_file = folder / "all.csv", folder / "item_context.csv"
+    for f in (log_file, items_file):
+        if not f.is_file():
+            raise LolaError(f"{f} not found (an Open Bandit Dataset folder holds all.csv and item_context.csv)")
+    with items_file.open(newline="") as fh:
+        n_items = sum(1 for _ in csv.DictReader(fh))
+    with log_file.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    try:
+        action = np.array([int(r["item_id"]) for r in rows], dtype=np.int64)
+        reward = np.array([float(r["click"]) for r in rows])
+        pscore = np.array([float(r["propensity_score"]) for r in rows])
+        ts = np.arange(len(rows), dtype=float)
+    except (KeyError, ValueError) as exc:
+        raise LolaError(f"{log_file}: not the Open Bandit Dataset format ({exc})") from None
+    if len(rows) == 0 or action.min() < 0 or action.max() >= n_items:
+        raise LolaError(f"{log_file}: empty, or an item_id outside the {n_items} items of item_context.csv")
+    return Log(["obd"] * len(rows), action, reward, pscore, ts, {"obd": [str(i) for i in range(n_items)]},
+               {"decisions": len(rows), "joined": len(rows)})

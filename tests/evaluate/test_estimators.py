@@ -12,8 +12,8 @@ import pytest
 
 from lola.errors import LolaError
 from lola.evaluate.estimators import ESTIMATORS, Feedback, estimate, evaluate
-from lola.evaluate.logs import read_obd
 from lola.evaluate.policies import matrix, policy_table, reward_model
+from lola.stream.decision_log import read_obd
 
 ROOT = Path(__file__).resolve().parents[2]
 OBD = ROOT.parent / "shared" / "data" / "obd"

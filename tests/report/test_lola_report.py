@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -81,3 +82,17 @@ def test_the_page_in_headless_chromium(report, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(files["html"].read_text().replace("</body>", "<script>console.error('x')</script></body>"))
     assert len(_chromium(bad, tmp_path / "bad.png")) == 1
+
+
+OBD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "obd" / "random" / "all"
+
+
+@pytest.mark.skipif(not OBD.is_dir(), reason=f"{OBD} not found")
+def test_report_on_an_open_bandit_dataset_log(tmp_path):
+    from lola.report.cli import build
+
+    summary = build(None, tmp_path, None, 4, 10, obd=str(OBD))
+    assert summary["health"]["joined"] == 10_000 and summary["experiments"] == {}
+    tl = summary["timelines"][0]
+    assert len(tl["variants"]) == 80 and len(tl["p_best"]) == 4
+    assert (tmp_path / "report.html").stat().st_size > 10_000
