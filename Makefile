@@ -12,7 +12,7 @@ MODEL_DIR ?= models/ctr-onnx
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: setup test test-fast bench demo model clean help
+.PHONY: setup test test-fast bench demo model clean help obp-env
 
 help:
 	@echo "make setup | test | test-fast | bench | model | demo | clean"
@@ -54,6 +54,20 @@ $(MODEL_DIR)/model_card.json:
 # e.g. make demo DEMO_ARGS="--tests 30 --tau 200"   (lola demo --help lists the options)
 demo: setup model
 	HF_HUB_OFFLINE=1 $(LOLA) demo --model $(MODEL_DIR) $(DEMO_ARGS)
+
+# Open Bandit Pipeline in its own environment (its pins conflict with ours): the OPE
+# estimators are checked against it to 1e-9 (tests/evaluate/test_estimators.py; skipped
+# without it). torch pinned to the CPU build; obp 0.4.1 with --no-deps (its old PyYAML
+# sdist does not build), its dependencies as wheels.
+# TORCH_CPU_INDEX= (empty) where a local wheel mirror already holds the CPU build.
+OBP_VENV ?= .venv-obp
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+obp-env: $(OBP_VENV)/bin/python
+$(OBP_VENV)/bin/python:
+	$(PYTHON) -m venv $(OBP_VENV)
+	$(OBP_VENV)/bin/pip install -q --only-binary=:all: torch==2.13.0 $(if $(TORCH_CPU_INDEX),--extra-index-url $(TORCH_CPU_INDEX))
+	$(OBP_VENV)/bin/pip install -q --only-binary=:all: 'numpy<2.3' pandas scikit-learn scipy matplotlib seaborn tqdm pyyaml mypy-extensions
+	$(OBP_VENV)/bin/pip install -q --no-deps obp==0.4.1
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache tests/js/node_modules

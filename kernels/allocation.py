@@ -83,6 +83,13 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
     ``a[k], b[k]``: Beta parameters; ``point[k]``: the value of a point-mass arm (used where
     ``a[k] < 0``). Exact ties between point masses split uniformly. See the module docstring.
     """
+    best_moments(K, a, b, point, active, gl_t, gl_w, gl_s, out, np.empty(K))
+
+
+@numba.njit(**NJIT)
+def best_moments(K, a, b, point, active, gl_t, gl_w, gl_s, out, outx):
+    """:func:`ts_allocation` into ``out``, and ``outx[k] = E[theta_k; k is the argmax]`` on the
+    same panels (so ``sum(outx) = E[max_k theta_k]``, the expected-loss term of lola.stream.stats)."""
     G = gl_t.shape[0]
     P = PANELS_PER_ARM
     lo = np.empty(K)
@@ -101,6 +108,7 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
     n_cont = 0
     for k in range(K):
         out[k] = 0.0
+        outx[k] = 0.0
         if not active[k]:
             continue
         if a[k] < 0.0:
@@ -233,13 +241,16 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
                 if not active[k] or a[k] < 0.0 or right <= lo[k] or left >= hi[k]:
                     continue
                 acc = 0.0
+                accx = 0.0
                 for g in range(G):
                     prod = gl_w[g] * pdf[k, g]
                     for j in range(K):
                         if j != k and active[j] and a[j] >= 0.0:
                             prod *= cdf[j, g]
                     acc += prod
+                    accx += prod * xs[g]
                 out[k] += half * acc
+                outx[k] += half * accx
         if has_point and br[nb - 1] == vmax:
             for k in range(K):
                 if active[k] and a[k] >= 0.0:
@@ -256,6 +267,7 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
         for k in range(K):
             if active[k] and a[k] >= 0.0:
                 out[k] /= z
+                outx[k] /= z
     else:
         zpt = 1.0
     if has_point:
@@ -266,6 +278,7 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
         for k in range(K):
             if active[k] and a[k] < 0.0 and point[k] == vmax:
                 out[k] = zpt / nt
+                outx[k] = vmax * out[k]
     # renormalise: the sum differs from 1 by the quadrature error only
     total = 0.0
     for k in range(K):
@@ -278,9 +291,11 @@ def ts_allocation(K, a, b, point, active, gl_t, gl_w, gl_s, out):
             n_act += 1 if active[k] else 0
         for k in range(K):
             out[k] = 1.0 / n_act if active[k] and n_act > 0 else 0.0
+            outx[k] = np.nan  # no moment outside the stated range
         return
     for k in range(K):  # 0 < total < inf here
         out[k] /= total
+        outx[k] /= total
 
 
 @numba.njit(**NJIT)

@@ -208,6 +208,47 @@ class SnapshotBai(Struct, frozen=True):
     recommendation: list[Id]
 
 
+class SnapshotPosterior(Struct, frozen=True):
+    """A Beta posterior of an arm's CTR (alpha, beta null: a point mass at the prior, n_aux = inf)."""
+
+    alpha: float | None
+    beta: float | None
+    mean: Annotated[float, Meta(ge=0.0, le=1.0)]
+    ci: Annotated[list[Annotated[float, Meta(ge=0.0, le=1.0)]], Meta(min_length=2, max_length=2)]
+
+
+class SnapshotArmStats(Struct, frozen=True):
+    """One variant's statistics (lola.stream.stats): posteriors, P(best), expected loss, prior share."""
+
+    posterior: SnapshotPosterior
+    posterior_with_prior: SnapshotPosterior
+    p_best: Annotated[float, Meta(ge=0.0, le=1.0)]
+    p_best_with_prior: Annotated[float, Meta(ge=0.0, le=1.0)]
+    expected_loss: float | None  # null for a retired variant
+    expected_loss_with_prior: float | None
+    prior_share: Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class SnapshotStats(Struct, frozen=True):
+    """Per-experiment statistics, as of ``as_of_version`` (recomputed on change at a capped cadence)."""
+
+    as_of_version: Annotated[int, Meta(ge=0)]
+    computed_at: Ts
+    ci_level: Annotated[float, Meta(gt=0.0, lt=1.0)]
+    arms: dict[Id, SnapshotArmStats]
+
+
+class SnapshotWinner(Struct, frozen=True):
+    """The declared winner, the rule that declared it and when (lola.stream.stats)."""
+
+    variant_id: Id
+    rule: Literal["p_best_and_expected_loss", "bai"]
+    p_best: Annotated[float, Meta(ge=0.0, le=1.0)]
+    expected_loss: float | None
+    ts: Ts
+    policy_version: Annotated[int, Meta(ge=0)]
+
+
 class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     """Output: the state of one experiment (compacted snapshots topic, key: experiment_id).
 
@@ -226,6 +267,8 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     ope: SnapshotOpe
     status: Literal["running", "paused", "stopped", "archived"] | None = None  # None: a writer before issue 19
     bai: SnapshotBai | None = None
+    stats: SnapshotStats | None = None
+    winner: SnapshotWinner | None = None
 
 
 Event = Variant | ExperimentEvent | DecisionRequest | Impression | Click | Conversion
@@ -366,7 +409,9 @@ def markdown_tables() -> str:
               f"(seconds since the Unix epoch); `value` in [0, {MAX_CONVERSION_VALUE:g}]; `text` at most "
               f"{MAX_TEXT_CHARS} characters; `propensity` in [0, 1]; `v` is {SCHEMA_VERSION} (absent = {SCHEMA_VERSION}).",
               "", "| `policy_snapshot` part | fields |", "|---|---|"]
-    for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai)):
+    for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai),
+                       ("`stats`", SnapshotStats), ("`stats.arms.<variant_id>`", SnapshotArmStats),
+                       ("`winner` (once declared)", SnapshotWinner)):
         lines.append(f"| {part} | {', '.join(f.name for f in msgspec.structs.fields(cls))} |")
     lines += ["", "Infinite numbers (`n_aux`, `score`) are written as the strings `\"inf\"` / `\"-inf\"`.",
               "", "| dead-letter reason | meaning |", "|---|---|"]

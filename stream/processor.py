@@ -44,6 +44,7 @@ from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
+from lola.stream.stats import StatsCache, WinnerRule
 
 CHECKPOINT_MAGIC = b"LOLACKP1"
 CHECKPOINT_VERSION = 2
@@ -80,6 +81,7 @@ class ShardProcessor:
         self.imp_by_request = IdWindow(self.config.dedup_window)  # request_id -> impression ts
         self.decided = IdWindow(self.config.request_memory)     # request_id -> [variant, propensity, version]
         self.events_applied = 0
+        self.stats = StatsCache(self.config.stats_interval_s, WinnerRule(*self.config.winner_rule))
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
         # for "fresh at _restore_offset") and everything applied since, in order.
         self._restore_blob = restore_point
@@ -300,6 +302,7 @@ class ShardProcessor:
         else:
             fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config, gate=self.gate)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        fresh.stats = self.stats  # statistics and declared winners are outputs, not state
         self.__dict__.update(fresh.__dict__)
         self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
         for entry in journal:
@@ -467,6 +470,9 @@ class ShardProcessor:
             snap["bai"] = {"done": summary["bai_done"],
                            "good_set": [exp.variant_ids[s] for s in summary["good_arms"]],
                            "recommendation": [exp.variant_ids[s] for s in summary["recommendation"]]}
+        # statistics, P(best) and the winner rule (lola.stream.stats), recomputed on change at a capped cadence
+        snap.update(self.stats.extras(self.state, exp, summary, snap.get("bai"),
+                                      POLICY_TABLE[exp.policy].uses_prior, snap["ts"]))
         return snap
 
     # ------------------------------------------------------------------ checkpoints

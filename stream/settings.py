@@ -166,6 +166,16 @@ class StreamSettings(BaseSettings):
                                          validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
+    # Snapshot statistics and the winner rule (lola.stream.stats, docs/reports.md).
+    stats_interval_s: float = Field(10.0, ge=0, le=3600, validation_alias=AliasChoices("stats_interval_s", "LOLA_STATS_INTERVAL_S"),
+                                    description="an experiment's snapshot statistics are recomputed at most this often")
+    winner_p_best: float = Field(0.999, gt=0.5, lt=1, validation_alias=AliasChoices("winner_p_best", "LOLA_WINNER_P_BEST"),
+                                 description="winner rule: data-only P(best) at least this")
+    winner_max_loss: float = Field(0.0025, gt=0, le=1, validation_alias=AliasChoices("winner_max_loss", "LOLA_WINNER_MAX_LOSS"),
+                                   description="winner rule: expected loss at most this times the arm's posterior mean")
+    winner_min_impressions: float = Field(1000.0, ge=0, le=1e12,
+                                          validation_alias=AliasChoices("winner_min_impressions", "LOLA_WINNER_MIN_IMPRESSIONS"),
+                                          description="winner rule: impressions every active arm needs first")
     dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
                               description="request ids remembered per partition (retried decision requests, "
                                           "click attribution by request_id)")

@@ -45,11 +45,16 @@ class ProcessorConfig:
     max_clicks_per_impression: int = _setting_default("max_clicks_per_impression")
     max_experiments: int = _setting_default("max_experiments_per_partition")  # _SETTING_NAMES
     max_arms: int = _setting_default("max_arms_per_experiment")
+    stats_interval_s: float = _setting_default("stats_interval_s")
+    #: (p_best, max_loss, min_impressions) of lola.stream.stats.WinnerRule
+    winner_rule: tuple = (_setting_default("winner_p_best"), _setting_default("winner_max_loss"),
+                          _setting_default("winner_min_impressions"))
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
-        names = {f.name for f in fields(cls)} - {"request_memory", "warm_starts", "check_key"}
+        names = {f.name for f in fields(cls)} - {"request_memory", "warm_starts", "check_key", "winner_rule"}
         return cls(request_memory=min(settings.dedup_window, 20_000),
+                   winner_rule=(settings.winner_p_best, settings.winner_max_loss, settings.winner_min_impressions),
                    **{name: getattr(settings, _SETTING_NAMES.get(name, name)) for name in names})
 
 

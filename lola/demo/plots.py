@@ -50,6 +50,16 @@ def plot_clicks(stats: AllocationStats | None, replay_rows: Sequence[dict], refs
     return _save(fig, path)
 
 
+def _finish_over_run(fig, ax, uniform: float, uniform_label: str, ylabel: str, path: Path) -> Path:
+    """The uniform reference line, axes on [0, 1] over the run's seconds, legend, saved."""
+    ax.axhline(uniform, color="k", linestyle="--", linewidth=1, label=f"{uniform_label}: {uniform:.1%}")
+    ax.set_xlabel("seconds since demo start")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_allocation(history: Sequence[dict], uniform: float, path: Path) -> Path | None:
     """The share of impressions on the best headline over the run (cumulative and per interval)."""
     pts = [(h["t"], h["best_share"], h.get("impressions", 0)) for h in history
@@ -64,12 +74,19 @@ def plot_allocation(history: Sequence[dict], uniform: float, path: Path) -> Path
     if inter:
         ax.plot([p[0] for p in inter], [p[1] for p in inter], linewidth=1, color="#e76f51", alpha=0.8,
                 label="worker: share on best headline in each interval")
-    ax.axhline(uniform, color="k", linestyle="--", linewidth=1, label=f"uniform split: {uniform:.1%}")
-    ax.set_xlabel("seconds since demo start")
-    ax.set_ylabel("share of impressions")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish_over_run(fig, ax, uniform, "uniform split", "share of impressions", path)
+
+
+def plot_p_best(history: Sequence[dict], uniform: float, path: Path) -> Path | None:
+    """Mean P(best) of each test's archive-best headline over the run (snapshot ``stats``)."""
+    pts = [(h["t"], h["p_best_of_best"], h["p_best_of_best_with_prior"]) for h in history if "p_best_of_best" in h]
+    if len(pts) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color="#2a9d8f",
+            label="data only (Beta(1, 1))")
+    ax.plot([p[0] for p in pts], [p[2] for p in pts], linestyle=":", color="#e76f51", label="with the LLM prior")
+    return _finish_over_run(fig, ax, uniform, "no information", "mean P(best) of the best headline", path)
 
 
 def plot_calibration(cal: dict, path: Path) -> Path:

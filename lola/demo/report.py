@@ -22,6 +22,7 @@ REPORT_SECTIONS = (
     "## Live run: the worker on the broker",
     "## Clicks: worker vs offline replay",
     "## Allocation over time",
+    "## P(best) over time",
     "## Prior calibration",
     "## Skipped or degraded",
     "## Reproduce",
@@ -167,6 +168,12 @@ def write_report(rec: RunRecord, path: Path) -> Path:
     lines += ["## Allocation over time", ""]
     p = plots.plot_allocation(rec.history, uniform_share(rec.tests), rec.run_dir / "allocation.png")
     lines += [f"![share on the best headline]({rel(p)})", ""] if p else ["Not enough policy snapshots were read during the run to plot.", ""]
+    lines += ["## P(best) over time", ""]
+    p = plots.plot_p_best(rec.history, uniform_share(rec.tests), rec.run_dir / "p_best.png")
+    lines += (["Mean over the tests of the P(best) that the worker's snapshot statistics give each test's archive-best "
+               "headline (docs/reports.md): from the data alone, and with the LLM prior as n_aux pseudo-impressions.",
+               "", f"![P(best) of the best headline]({rel(p)})", ""] if p else
+              ["Not enough policy snapshots with statistics were read during the run to plot.", ""])
     lines += ["## Prior calibration", ""] + _calibration_section(rec, rel)
     lines += ["## Skipped or degraded", ""] + ([f"- {s}" for s in rec.skipped] or ["Nothing was skipped."]) + [""]
     cmd = ("lola demo" + (f" --model {opts.model}" if opts.model else "")

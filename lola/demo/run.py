@@ -24,7 +24,7 @@ from lola.demo.live import LiveView, MetricsSampler
 from lola.demo.options import REPLAY_POLICIES, RUN_MARKER_ENV, DemoOptions
 from lola.demo.report import RunRecord, write_report
 from lola.demo.selection import concat_csv, select_tests, write_tests_csv
-from lola.demo.stats import allocation_stats, uniform_share
+from lola.demo.stats import allocation_stats, p_best_of_best, uniform_share
 from lola.demo.supervisor import Supervisor, surviving_processes
 from lola.data.priors import read_priors_csv, write_priors_csv
 from lola.errors import LolaError
@@ -147,7 +147,9 @@ class Demo:
         """The worker's settings (lola.stream.settings), the replay's tuned LOLA setting as its default."""
         env = {**self.child_env(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "LOLA_METRICS_PORT": str(metrics_port),
                "LOLA_METRICS_HOST": "127.0.0.1", "LOLA_GROUP_ID": f"lola-demo-{self.run_id}",
-               "LOLA_SEED": str(self.opts.seed)}
+               "LOLA_SEED": str(self.opts.seed),
+               # the live view samples every 3 s: statistics at most 2 s old (docs/reports.md: cost)
+               "LOLA_STATS_INTERVAL_S": "2"}
         hp = self.rec.worker_hyperparameters
         if "alpha" in hp:
             env["LOLA_DEFAULT_ALPHA"] = repr(hp["alpha"])
@@ -264,9 +266,11 @@ class Demo:
                     if time.monotonic() >= next_snapshot:
                         try:
                             follower = follower or SnapshotFollower(settings, f"lola-demo-snapshots-{os.getpid()}")
-                            stats = allocation_stats(counts_view(follower.poll(), full=True), rec.tests, self.run_id)
+                            polled = follower.poll()
+                            stats = allocation_stats(counts_view(polled, full=True), rec.tests, self.run_id)
                             sample.update(best_share=stats.best_share, impressions=stats.impressions,
-                                          clicks=stats.clicks, experiments=stats.experiments)
+                                          clicks=stats.clicks, experiments=stats.experiments,
+                                          **p_best_of_best(polled, rec.tests, self.run_id))
                             view.stats = stats
                         except LolaError as exc:  # the topic appears with the worker's first snapshot
                             rec.note(f"a live snapshot read failed: {exc}")

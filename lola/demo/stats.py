@@ -31,6 +31,21 @@ def match_experiments(snapshot: dict[str, dict], tests: Sequence[HeadlineTest], 
     return out
 
 
+def p_best_of_best(snapshots: dict[str, dict], tests: Sequence[HeadlineTest], run_id: str) -> dict[str, float]:
+    """Mean over the matched experiments of the P(best) the snapshot's ``stats`` give each test's
+    archive-best headline: data only and with the prior (empty if no snapshot carries stats)."""
+    data, prior = [], []
+    for test in tests:
+        arms = ((snapshots.get(experiment_id(run_id, test)) or {}).get("stats") or {}).get("arms", {})
+        best = arms.get(variant_id(test.best))
+        if best is not None:
+            data.append(best["p_best"])
+            prior.append(best["p_best_with_prior"])
+    if not data:
+        return {}
+    return {"p_best_of_best": float(np.mean(data)), "p_best_of_best_with_prior": float(np.mean(prior))}
+
+
 @dataclass
 class AllocationStats:
     """What the worker did on the matched experiments, from one snapshot."""

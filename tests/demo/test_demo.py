@@ -23,7 +23,7 @@ from lola.demo import metrics
 from lola.demo.options import RUN_MARKER_ENV, DemoOptions
 from lola.demo.report import REPORT_SECTIONS, RunRecord, short_id, write_report
 from lola.demo.selection import select_tests, write_tests_csv
-from lola.demo.stats import AllocationStats, allocation_stats, match_experiments, reference_clicks
+from lola.demo.stats import AllocationStats, allocation_stats, match_experiments, p_best_of_best, reference_clicks
 from lola.demo.supervisor import Supervisor, surviving_processes
 from lola.errors import ConfigError
 from lola.stream.loadgen import experiment_id
@@ -160,6 +160,15 @@ def test_only_this_runs_experiment_ids_and_variant_ids_match():
     assert short_id(_id(t1)) == "…t1"
 
 
+def test_p_best_of_the_best_headline_from_snapshot_stats():
+    t1, t2 = _tests()
+    arm = {"p_best": 0.9, "p_best_with_prior": 0.95}
+    snaps = {_id(t1): {"stats": {"arms": {"h1": arm, "h0": {"p_best": 0.1, "p_best_with_prior": 0.05}}}},
+             _id(t2): {"arms": {}}}  # a snapshot without stats (an older worker) is left out
+    assert p_best_of_best(snaps, _tests(), RUN) == {"p_best_of_best": 0.9, "p_best_of_best_with_prior": 0.95}
+    assert p_best_of_best({}, _tests(), RUN) == {}
+
+
 def test_reference_clicks_uniform_and_oracle():
     ref = reference_clicks(_tests())
     assert ref["uniform (A/B split)"] == pytest.approx((0.04 + 0.045) / 2)
@@ -222,8 +231,10 @@ def test_report_has_every_section_and_plots(tmp_path, upworthy_csv):
     rec.final_snapshot = {_id(rec.tests[0]): {"h0": {"impressions": 300, "clicks": 3},
                                               "h1": {"impressions": 900, "clicks": 27}}}
     rec.final_stats = allocation_stats(rec.final_snapshot, rec.tests, RUN)
-    rec.history = [{"t": 1.0, "best_share": 0.5, "events_per_s": 100.0, "lag": 3.0},
-                   {"t": 2.0, "best_share": 0.7, "events_per_s": 120.0, "lag": 0.0}]
+    rec.history = [{"t": 1.0, "best_share": 0.5, "events_per_s": 100.0, "lag": 3.0,
+                    "p_best_of_best": 0.5, "p_best_of_best_with_prior": 0.6},
+                   {"t": 2.0, "best_share": 0.7, "events_per_s": 120.0, "lag": 0.0,
+                    "p_best_of_best": 0.8, "p_best_of_best_with_prior": 0.9}]
     rec.replay = {"results": [{"tau": 10, "policy": "UCB", "clicks_per_period": 0.02},
                               {"tau": 10, "policy": "LOLA", "clicks_per_period": 0.021},
                               {"tau": 50, "policy": "UCB", "clicks_per_period": 0.5}]}
@@ -234,7 +245,7 @@ def test_report_has_every_section_and_plots(tmp_path, upworthy_csv):
     assert positions == sorted(positions)
     assert "| replay LOLA | 0.02100 |" in text and "0.5" not in text.split("## Clicks")[1].split("##")[0].split("| replay")[-1]
     assert "- something: because" in text
-    for png in ("clicks.png", "allocation.png", "calibration.png"):
+    for png in ("clicks.png", "allocation.png", "p_best.png", "calibration.png"):
         assert (rec.run_dir / png).stat().st_size > 1000
         assert f"demo-x/{png}" in text
     assert isinstance(rec.final_stats, AllocationStats) and rec.final_stats.best_share == pytest.approx(0.75)

@@ -1,0 +1,1 @@
+"""lola.report: ``lola report``, what the experiments did (docs/reports.md)."""
