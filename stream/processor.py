@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 
 from lola.errors import EventError, LolaError
+from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 from lola.stream import lifecycle
