@@ -183,6 +183,19 @@ class SnapshotBai(Struct, frozen=True):
     recommendation: list[Id]
 
 
+Share = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class SnapshotEdge(Struct, frozen=True):
+    """Edge serving (lola.stream.edge): the allocation for the interval until the next snapshot."""
+
+    method: str
+    horizon_impressions: Annotated[float, Meta(ge=0.0)]
+    valid_until: Ts  # after it the edge serves ``fallback`` (and counts it)
+    allocation: dict[Id, Share]
+    fallback: dict[Id, Share]
+
+
 class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     """Output: the state of one experiment (compacted snapshots topic, key: experiment_id).
 
@@ -200,6 +213,7 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     arms: dict[Id, SnapshotArm]
     ope: SnapshotOpe
     bai: SnapshotBai | None = None
+    edge: SnapshotEdge | None = None
 
 
 Event = Variant | DecisionRequest | Impression | Click | Conversion
@@ -340,7 +354,8 @@ def markdown_tables() -> str:
               f"(seconds since the Unix epoch); `value` in [0, {MAX_CONVERSION_VALUE:g}]; `text` at most "
               f"{MAX_TEXT_CHARS} characters; `propensity` in [0, 1]; `v` is {SCHEMA_VERSION} (absent = {SCHEMA_VERSION}).",
               "", "| `policy_snapshot` part | fields |", "|---|---|"]
-    for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai)):
+    for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai),
+                      ("`edge`", SnapshotEdge)):
         lines.append(f"| {part} | {', '.join(f.name for f in msgspec.structs.fields(cls))} |")
     lines += ["", "Infinite numbers (`n_aux`, `score`) are written as the strings `\"inf\"` / `\"-inf\"`.",
               "", "| dead-letter reason | meaning |", "|---|---|"]

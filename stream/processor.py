@@ -41,6 +41,7 @@ from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
+from lola.stream.edge import EdgePlanner
 from lola.stream.features import text_features
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.warm_start import linear_setup
@@ -77,6 +78,7 @@ class ShardProcessor:
         self._journal: list[tuple] = []
         self._journal_records = 0
         self.rollbacks = 0
+        self.edge = EdgePlanner(self.config.edge_method, self.config.snapshot_interval_s, self.config.edge_valid_s)
 
     # ------------------------------------------------------------------ processing
     def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None,
@@ -415,6 +417,7 @@ class ShardProcessor:
             snap["bai"] = {"done": summary["bai_done"],
                            "good_set": [exp.variant_ids[s] for s in summary["good_arms"]],
                            "recommendation": [exp.variant_ids[s] for s in summary["recommendation"]]}
+        snap["edge"] = self.edge.block(self.state, exp.row, exp.variant_ids, snap)  # edge serving (stream.edge)
         return snap
 
     # ------------------------------------------------------------------ checkpoints

@@ -166,6 +166,12 @@ class StreamSettings(BaseSettings):
                                          validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
+    edge_method: Literal["hallucinate", "matching"] = Field(
+        "hallucinate", validation_alias=AliasChoices("edge_method", "LOLA_EDGE_METHOD"),
+        description="how a snapshot's edge allocation covers the interval until the next snapshot (docs/serving.md)")
+    edge_valid_s: float = Field(30.0, gt=0, le=86_400, validation_alias=AliasChoices("edge_valid_s", "LOLA_EDGE_VALID_S"),
+                                description="an edge allocation is served this long after its snapshot; then the "
+                                            "snapshot's fallback split (docs/serving.md)")
     dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
                               description="event_ids remembered per partition for de-duplication")
     attribution_window_s: float = Field(86_400.0, gt=0, le=1e9, validation_alias=AliasChoices("attribution_window_s", "LOLA_ATTRIBUTION_WINDOW_S"))

@@ -39,6 +39,9 @@ class ProcessorConfig:
     warm_starts: dict = field(default_factory=dict, compare=False)
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
+    snapshot_interval_s: float = _setting_default("snapshot_interval_s")
+    edge_method: str = _setting_default("edge_method")
+    edge_valid_s: float = _setting_default("edge_valid_s")
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
@@ -51,7 +54,9 @@ class ProcessorConfig:
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
                    feature_dim=settings.feature_dim,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s,
+                   snapshot_interval_s=settings.snapshot_interval_s, edge_method=settings.edge_method,
+                   edge_valid_s=settings.edge_valid_s)
 
 
 @dataclass
