@@ -35,9 +35,10 @@ from bisect import bisect_right
 from typing import Any, Callable, NamedTuple
 
 from lola.client.events import click as click_event
+from lola.client.events import conversion as conversion_event
 from lola.client.events import impression as impression_event
 from lola.client.producer import EventProducer
-from lola.errors import LolaError
+from lola.errors import BrokerError, LolaError
 from lola.stream import events as ev
 from lola.stream import kafka as kf
 from lola.stream.edge import servable
@@ -250,15 +251,31 @@ class EdgeAllocator(EdgeTable):
         self.events.send(click_event(d.experiment_id, d.variant_id, event_id=event_id or f"{d.request_id}-c",
                                      ts=ts, impression_id=d.request_id, request_id=d.request_id))
 
+    def conversion(self, d: Decision, value: float, ts: float | None = None, event_id: str | None = None) -> None:
+        """A conversion worth ``value`` after ``d``."""
+        self.events.send(conversion_event(d.experiment_id, d.variant_id, value, event_id=event_id or f"{d.request_id}-v",
+                                          ts=ts))
+
+    def ready(self) -> bool:
+        """The snapshots topic has been read to its end once."""
+        return self._ready.is_set()
+
     def flush(self, timeout_s: float = 30.0) -> int:
         return self._producer.flush(timeout_s) + self.events.flush(timeout_s)
 
     def close(self) -> None:
+        if self._producer is None:
+            return
         self._stop.set()
         self._thread.join(timeout=10)
         self._follower.close()
-        self._producer.flush(30)
+        left = self._producer.flush(30)
         self.events.close()
+        # drop the Kafka clients now: an app or test that still holds this object must not keep
+        # them reconnecting to a broker that is gone (librdkafka clients have no close())
+        self._producer = self.events = None  # type: ignore[assignment]
+        if left:
+            raise BrokerError(f"{left} decision record(s) undelivered after 30 s")
 
     def __enter__(self) -> "EdgeAllocator":
         return self

@@ -19,6 +19,7 @@ from lola.bench import cli as bench_cli
 from lola.errors import LolaError
 from lola.export import cli as export_cli
 from lola.replay import cli as replay_cli
+from lola.serve import cli as serve_cli
 from lola.stream import cli as stream_cli
 
 app = typer.Typer(
@@ -51,7 +52,7 @@ def version() -> None:
 
 
 # Order of `lola --help`: the worker's commands first, then the tools.
-for _area in (stream_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
+for _area in (stream_cli, serve_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
     _area.register(app)
 
 
