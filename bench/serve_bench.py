@@ -6,8 +6,8 @@
   allocator's follower thread ingests them (the production rate stated in the result:
   with the worker's 1 s snapshot interval, ``--experiments`` active experiments publish
   that many snapshots per second);
-* **HTTP**: ``lola serve`` in a subprocess (the same allocator behind FastAPI/uvicorn), an
-  open-loop load generator (httpx, asyncio) sending ``POST /rank`` at each rate of
+* **HTTP**: ``lola serve`` in a subprocess (the same allocator behind FastAPI/uvicorn with
+  httptools and uvloop), an open-loop load generator (aiohttp, asyncio, this process) sending ``POST /rank`` at each rate of
   ``--http-rates`` for ``--http-seconds``; latency from the *scheduled* send time, so a
   stalled server cannot hide queueing (no coordinated omission);
 * **Kafka round trip** (the peer): decision_request -> worker -> decisions topic at
@@ -138,23 +138,28 @@ def edge_latency(settings: Any, exp_ids: list[str], decisions: int, seed: int) -
 
 
 async def _http_run(url: str, key: str, exp_ids: list[str], rate: float, seconds: float) -> dict[str, Any]:
-    import httpx
+    """Open loop: request ``i`` is due at ``t0 + i / rate``; its latency counts from then."""
+    import aiohttp
+    import numpy as np
 
     n = int(rate * seconds)
     lat: list[float] = []
     errors: dict[str, int] = {}
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=10.0) as client:
+    bodies = [json.dumps({"experiment_id": e}).encode() for e in exp_ids]
+    headers = {"X-API-Key": key, "content-type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         t0 = time.perf_counter()
 
         async def one(i: int) -> None:
             due = t0 + i / rate
             try:
-                r = await client.post("/rank", json={"experiment_id": exp_ids[i % len(exp_ids)]})
-                if r.status_code != 200:
-                    errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
-                    return
-            except httpx.HTTPError as exc:
+                async with session.post("/rank", data=bodies[i % len(bodies)], headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors[str(r.status)] = errors.get(str(r.status), 0) + 1
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
                 return
             lat.append(time.perf_counter() - due)
@@ -167,8 +172,6 @@ async def _http_run(url: str, key: str, exp_ids: list[str], rate: float, seconds
             tasks.append(asyncio.create_task(one(i)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
-    import numpy as np
-
     a = np.asarray(lat) * 1e3 if lat else np.array([np.nan])
     return {"rate_target": rate, "requests": n, "ok": len(lat), "errors": errors, "achieved_per_s": round(n / wall),
             "p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
@@ -177,8 +180,7 @@ async def _http_run(url: str, key: str, exp_ids: list[str], rate: float, seconds
 
 def http_latency(settings: Any, exp_ids: list[str], rates: list[float], seconds: float) -> list[dict[str, Any]]:
     import socket
-
-    import httpx
+    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,9 +195,10 @@ def http_latency(settings: Any, exp_ids: list[str], rates: list[float], seconds:
         deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
+                with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError("lola serve did not become ready within 90 s")
