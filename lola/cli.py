@@ -21,6 +21,7 @@ from lola.evaluate import cli as evaluate_cli
 from lola.export import cli as export_cli
 from lola.report import cli as report_cli
 from lola.replay import cli as replay_cli
+from lola.serve import cli as serve_cli
 from lola.stream import cli as stream_cli
 
 app = typer.Typer(
@@ -53,7 +54,7 @@ def version() -> None:
 
 
 # Order of `lola --help`: the worker's commands first, then the tools.
-for _area in (stream_cli, demo, evaluate_cli, report_cli, export_cli, bench_cli, replay_cli, config_reference):
+for _area in (stream_cli, serve_cli, demo, evaluate_cli, report_cli, export_cli, bench_cli, replay_cli, config_reference):
     _area.register(app)
 
 

@@ -6,6 +6,7 @@
     lola replay baseline-prior --data CSV --out runs/priors.csv     # TF-IDF ridge, train split only
     lola replay synthetic-prior --data CSV --out CSV                # exact / rank-reversed, per test
     lola replay ideal-observer --data CSV                           # can a test's clicks judge its prior?
+    lola replay edge --data CSV (--priors CSV | --model DIR) --refresh 1,10,100,1000   # edge serving's loss
 
 Heavy imports (numba, scipy, sklearn, matplotlib) stay inside the command bodies.
 """
@@ -287,6 +288,47 @@ def bai(
         typer.echo(json.dumps(doc))
     else:
         typer.echo(B.markdown_bai(doc))
+
+
+@replay_app.command("edge")
+def edge(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV."),
+    priors: Optional[Path] = typer.Option(None, "--priors", help="CSV headline,prior_ctr."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Exported ONNX prior model directory."),
+    refresh: str = typer.Option("1,10,100,1000", "--refresh", help="Decisions between two snapshots, comma-separated."),
+    taus: str = typer.Option("50,1000", "--taus", help="Impressions per headline; T = tau * K."),
+    methods: str = typer.Option("hallucinate,matching", "--methods", help="Edge allocation methods to compare."),
+    reps: int = typer.Option(10, "--reps"),
+    seed: int = typer.Option(20240501, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    save_priors: Optional[Path] = typer.Option(None, "--save-priors", help="Write the report tests' priors as a --priors CSV."),
+) -> None:
+    """Clicks lost by edge serving (an allocation per snapshot interval) against per-decision LOLA, paired."""
+    _check_inputs(data, priors, model, None, reps)
+    from lola.kernels.edge import METHODS
+    from lola.replay import edge as E
+    from lola.replay import protocol as P
+
+    tau_list = P.parse_taus(taus)
+    try:
+        refreshes = [int(x) for x in refresh.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--refresh must be comma-separated integers, got {refresh!r}") from None
+    if not refreshes or min(refreshes) < 1:
+        raise ConfigError(f"--refresh values must be integers >= 1, got {refresh!r}")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in method_list if m not in METHODS]
+    if bad or not method_list:
+        raise ConfigError(f"--methods must be among {', '.join(METHODS)}, got {methods!r}")
+    batch = E.load_report_batch(data, priors, model, save_priors)
+    doc = json_safe(E.run_edge(batch, tau_list, refreshes, reps, seed, method_list))
+    doc["data"] = str(data)
+    doc["prior_source"] = str(priors or model)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+    typer.echo(json.dumps(doc) if as_json else E.markdown_edge(doc))
 
 
 def register(app: typer.Typer) -> None:

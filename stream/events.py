@@ -249,6 +249,19 @@ class SnapshotWinner(Struct, frozen=True):
     policy_version: Annotated[int, Meta(ge=0)]
 
 
+Share = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class SnapshotEdge(Struct, frozen=True):
+    """Edge serving (lola.stream.edge): the allocation for the interval until the next snapshot."""
+
+    method: str
+    horizon_impressions: Annotated[float, Meta(ge=0.0)]
+    valid_until: Ts  # after it the edge serves ``fallback`` (and counts it)
+    allocation: dict[Id, Share]
+    fallback: dict[Id, Share]
+
+
 class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     """Output: the state of one experiment (compacted snapshots topic, key: experiment_id).
 
@@ -269,6 +282,7 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     bai: SnapshotBai | None = None
     stats: SnapshotStats | None = None
     winner: SnapshotWinner | None = None
+    edge: SnapshotEdge | None = None
 
 
 Event = Variant | ExperimentEvent | DecisionRequest | Impression | Click | Conversion
@@ -411,7 +425,7 @@ def markdown_tables() -> str:
               "", "| `policy_snapshot` part | fields |", "|---|---|"]
     for part, cls in (("`arms.<variant_id>`", SnapshotArm), ("`ope`", SnapshotOpe), ("`bai` (BAI policies only)", SnapshotBai),
                        ("`stats`", SnapshotStats), ("`stats.arms.<variant_id>`", SnapshotArmStats),
-                       ("`winner` (once declared)", SnapshotWinner)):
+                       ("`winner` (once declared)", SnapshotWinner), ("`edge`", SnapshotEdge)):
         lines.append(f"| {part} | {', '.join(f.name for f in msgspec.structs.fields(cls))} |")
     lines += ["", "Infinite numbers (`n_aux`, `score`) are written as the strings `\"inf\"` / `\"-inf\"`.",
               "", "| dead-letter reason | meaning |", "|---|---|"]

@@ -44,6 +44,7 @@ from lola.stream import events as ev
 from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
 from lola.stream.lifecycle import AllowAll, VariantGate
+from lola.stream.edge import EdgePlanner
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.stats import StatsCache, WinnerRule
 
@@ -90,6 +91,7 @@ class ShardProcessor:
         self._journal: list[tuple] = []
         self._journal_records = 0
         self.rollbacks = 0
+        self.edge = EdgePlanner(self.config.edge_method, self.config.snapshot_interval_s, self.config.edge_valid_s)
 
     # ------------------------------------------------------------------ processing
     def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None,
@@ -474,6 +476,7 @@ class ShardProcessor:
         # statistics, P(best) and the winner rule (lola.stream.stats), recomputed on change at a capped cadence
         snap.update(self.stats.extras(self.state, exp, summary, snap.get("bai"),
                                       POLICY_TABLE[exp.policy].uses_prior, snap["ts"]))
+        snap["edge"] = self.edge.block(self.state, exp.row, exp.variant_ids, snap)  # edge serving (stream.edge)
         return snap
 
     # ------------------------------------------------------------------ checkpoints

@@ -176,6 +176,27 @@ class StreamSettings(BaseSettings):
     winner_min_impressions: float = Field(1000.0, ge=0, le=1e12,
                                           validation_alias=AliasChoices("winner_min_impressions", "LOLA_WINNER_MIN_IMPRESSIONS"),
                                           description="winner rule: impressions every active arm needs first")
+    edge_method: Literal["hallucinate", "matching"] = Field(
+        "hallucinate", validation_alias=AliasChoices("edge_method", "LOLA_EDGE_METHOD"),
+        description="how a snapshot's edge allocation covers the interval until the next snapshot (docs/serving.md)")
+    serve_api_keys: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("serve_api_keys", "LOLA_SERVE_API_KEYS"),
+        description="lola serve: comma-separated API keys (header X-API-Key); required to start it")
+    serve_host: str = Field("0.0.0.0", validation_alias=AliasChoices("serve_host", "LOLA_SERVE_HOST"))
+    serve_port: int = Field(8080, ge=0, le=65_535, validation_alias=AliasChoices("serve_port", "LOLA_SERVE_PORT"))
+    serve_rate_per_s: float = Field(10_000.0, gt=0, le=1e7,
+                                    validation_alias=AliasChoices("serve_rate_per_s", "LOLA_SERVE_RATE_PER_S"),
+                                    description="lola serve: requests per second per API key (token bucket); 429 above")
+    serve_rate_burst: int = Field(2_000, ge=1, le=10_000_000,
+                                  validation_alias=AliasChoices("serve_rate_burst", "LOLA_SERVE_RATE_BURST"),
+                                  description="lola serve: token bucket size per API key")
+    serve_issued_max: int = Field(1_000_000, ge=1, le=100_000_000,
+                                  validation_alias=AliasChoices("serve_issued_max", "LOLA_SERVE_ISSUED_MAX"),
+                                  description="lola serve: event ids remembered for /impression and /reward (oldest "
+                                              "forgotten first; a reward for a forgotten id is refused)")
+    edge_valid_s: float = Field(30.0, gt=0, le=86_400, validation_alias=AliasChoices("edge_valid_s", "LOLA_EDGE_VALID_S"),
+                                description="an edge allocation is served this long after its snapshot; then the "
+                                            "snapshot's fallback split (docs/serving.md)")
     dedup_window: int = Field(100_000, ge=0, le=50_000_000, validation_alias=AliasChoices("dedup_window", "LOLA_DEDUP_WINDOW"),
                               description="request ids remembered per partition (retried decision requests, "
                                           "click attribution by request_id)")

@@ -45,6 +45,9 @@ class ProcessorConfig:
     max_clicks_per_impression: int = _setting_default("max_clicks_per_impression")
     max_experiments: int = _setting_default("max_experiments_per_partition")  # _SETTING_NAMES
     max_arms: int = _setting_default("max_arms_per_experiment")
+    snapshot_interval_s: float = _setting_default("snapshot_interval_s")
+    edge_method: str = _setting_default("edge_method")
+    edge_valid_s: float = _setting_default("edge_valid_s")
     stats_interval_s: float = _setting_default("stats_interval_s")
     #: (p_best, max_loss, min_impressions) of lola.stream.stats.WinnerRule
     winner_rule: tuple = (_setting_default("winner_p_best"), _setting_default("winner_max_loss"),

@@ -26,7 +26,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("lola.cli",),
     ("lola.demo",),
     ("lola.replay", "lola.bench", "lola.config_reference"),
-    ("lola.client", "lola.serve", "lola.evaluate", "lola.report", "lola.generation"),
+    ("lola.serve",),  # embeds lola.client's EdgeAllocator
+    ("lola.client", "lola.evaluate", "lola.report", "lola.generation"),
     ("lola.stream",),
     ("lola.export",),
     ("lola.kernels",),

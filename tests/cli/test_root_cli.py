@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
-ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "demo", "evaluate", "report", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "serve", "demo", "evaluate", "report", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
 
 
 def _lola(*args: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def test_help_lists_every_command_in_order():
 
 def test_every_command_path(lola_commands):
     assert {"replay bai", "replay baseline-prior", "replay synthetic-prior", "replay ideal-observer",
-            "bench kernels", "bench stream", "bench priors", "bench soak", "bench stats", "bench ope", "bench ope-heldout", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
+            "bench kernels", "bench stream", "bench priors", "bench soak", "bench stats", "bench ope", "bench ope-heldout", "bench serve", "replay edge", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
             "experiments list", "experiments show", "experiments archive",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors readout-study",
             "priors build-default",

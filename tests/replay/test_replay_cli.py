@@ -269,3 +269,26 @@ def test_model_replay_never_tunes_on_the_models_training_headlines(exported_tiny
     settings = json.loads(res.output.strip().splitlines()[-1])["settings"]
     assert settings["tune_tests_dropped_seen_in_training"] == 0
     assert settings["report_tests_seen_in_training"] == 0
+
+
+def test_replay_edge_pairs_refreshes_against_per_decision(files, tmp_path):
+    data, _, priors, _ = files
+    out = tmp_path / "edge.json"
+    r = invoke("edge", "--data", data, "--priors", priors, "--refresh", "1,20", "--taus", "30", "--reps", "2",
+               "--methods", "hallucinate", "--json", "--out", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc == json.loads(out.read_text())
+    rows = {row["refresh"]: row for row in doc["results"]}
+    assert rows[1]["loss_pct"] == 0.0 and rows[1]["ci95_pct"] == [0.0, 0.0]  # refresh 1 is per-decision serving
+    assert rows[1]["clicks_per_decision"] == rows[20]["clicks_per_decision"] > 0
+    lo, hi = rows[20]["ci95_pct"]
+    assert lo <= rows[20]["loss_pct"] <= hi
+
+
+@pytest.mark.parametrize("args,message", [(("--refresh", "0"), "--refresh"), (("--refresh", "x"), "--refresh"),
+                                          (("--methods", "greedy"), "--methods")])
+def test_replay_edge_bad_arguments_are_one_line(files, args, message):
+    data, _, priors, _ = files
+    r = invoke("edge", "--data", data, "--priors", priors, *args)
+    assert r.exit_code != 0 and message in str(r.exception or r.output)
