@@ -16,7 +16,7 @@ worker therefore publishes, per experiment::
   is down or partitioned away) the edge serves ``fallback`` and counts each such decision;
 * ``fallback``, the safe allocation: an even split over the servable variants (every
   variant keeps a positive propensity, so off-policy evaluation still works, and no
-  stale winner is pushed); for a ``stopped`` experiment the best servable variant only.
+  stale winner is pushed); for a ``stopped`` experiment the variant the worker serves only.
 
 Only servable variants get traffic (:func:`servable`): state ``active`` (a missing
 ``state`` is ``active`` when the arm's ``active`` flag is true, else ``retired``).
@@ -79,9 +79,14 @@ class EdgePlanner:
         n_ok = int(ok.sum())
         fallback = ok / n_ok if n_ok else ok.astype(float)
         if snap.get("status") == "stopped" and n_ok:
-            # stopped: the best servable variant only (largest mean with the prior, as the worker's score)
-            means = np.array([_mean(arms[v]) for v in variant_ids])
-            best = int(np.argmax(np.where(ok, means, -np.inf)))
+            # stopped: the one variant the worker serves (lifecycle.best_variant, flagged `active` in the
+            # snapshot); the largest mean only for a snapshot without that flag on any servable arm
+            served = ok & np.array([bool(arms[v].get("active")) for v in variant_ids], dtype=bool)
+            if served.any():
+                best = int(np.argmax(served))
+            else:
+                means = np.array([_mean(arms[v]) for v in variant_ids])
+                best = int(np.argmax(np.where(ok, means, -np.inf)))
             p = np.zeros(len(variant_ids))
             p[best] = 1.0
             fallback = p

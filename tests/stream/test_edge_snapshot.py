@@ -53,3 +53,17 @@ def test_edge_block_serves_active_variants_with_a_valid_horizon_and_fallback():
                                           ({"active": True, "state": "active"}, "active", True)])
 def test_variant_states_missing_state_follows_active(arm, state, ok):
     assert arm_state(arm) == state and servable(arm) is ok
+
+
+def test_a_stopped_experiment_edge_serves_the_arm_the_worker_serves():
+    # the worker's rule (lifecycle.best_variant) is the most-played arm, here not the one with
+    # the larger empirical mean: the edge must follow the worker, not a second rule of its own
+    proc = ShardProcessor(0)
+    events = [variant("a"), variant("b")] + impressions(0, "a", 10) + impressions(10, "b", 2)
+    events.append({"type": "click", "experiment_id": "e", "variant_id": "b", "event_id": "c0", "ts": 2.0,
+                   "impression_id": "i10"})
+    events.append({"type": "experiment", "experiment_id": "e", "action": "stop"})
+    proc.process([rec(i, o) for i, o in enumerate(events)])
+    snap = proc.snapshot("e", now=1000.0)
+    assert snap["status"] == "stopped" and snap["arms"]["a"]["active"] and not snap["arms"]["b"]["active"]
+    assert snap["edge"]["allocation"] == {"a": 1.0} and snap["edge"]["fallback"] == {"a": 1.0}
