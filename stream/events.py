@@ -58,6 +58,8 @@ REASONS = {
     "late_conversion": "conversion outside the attribution window",
     "no_active_variant": "decision request for an experiment whose variants are all retired",
     "capacity": "state cannot hold another experiment or arm",
+    "bad_context": "a contextual experiment's request context has a wrong type, NaN/inf, or too many fields "
+                   "(docs/contextual.md; the dead letter keeps field names only)",
     "processing_error": "applying the event raised an unexpected error (class in lola.detail); shard rolled back",
     "poison": "the process died N times with this record in flight (crash-loop breaker)",
 }
@@ -200,6 +202,9 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     arms: dict[Id, SnapshotArm]
     ope: SnapshotOpe
     bai: SnapshotBai | None = None
+    #: contextual experiments only (docs/contextual.md): algorithm, featurizer version, dims,
+    #: impressions trained, never_joined decisions, join-window entries and bytes (FALCON: epoch, gamma).
+    contextual: dict[str, Any] | None = None
 
 
 Event = Variant | DecisionRequest | Impression | Click | Conversion
@@ -234,11 +239,14 @@ def _reason(exc: msgspec.ValidationError) -> EventError:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s", "warm_start"})
+    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s", "warm_start", "contextual"})
     if unknown:
         raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
     for name, value in settings.items():
-        if name == "warm_start":
+        if name == "contextual":
+            if not isinstance(value, dict):
+                raise EventError("wrong_type", "settings.contextual must be an object (docs/contextual.md)")
+        elif name == "warm_start":
             if not isinstance(value, str) or not WARM_START_NAME.match(value):
                 raise EventError("invalid_settings", f"settings.warm_start must match {WARM_START_NAME.pattern}")
         elif name in _STRING_SETTINGS:
@@ -294,7 +302,10 @@ def settings_schema() -> dict[str, Any]:
                                                       "maximum": MAX_ATTRIBUTION_WINDOW_S},
                              "warm_start": {"type": "string", "pattern": WARM_START_NAME.pattern,
                                             "description": "LinUCB warm start NAME.npz in the worker's "
-                                                           "warm_start_dir (lola experiments warm-start)"}}
+                                                           "warm_start_dir (lola experiments warm-start)"},
+                             "contextual": {"type": "object",
+                                            "description": "makes the experiment contextual: algorithm, its "
+                                                           "parameters and the context featurizer (docs/contextual.md)"}}
     for name, s in SETTINGS.items():
         if s.choices:
             props[name] = {"enum": list(s.choices)}

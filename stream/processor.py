@@ -41,6 +41,8 @@ from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
+from lola.stream.context import redact
+from lola.stream.contextual_shard import ContextualShard
 from lola.stream.features import text_features
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.warm_start import linear_setup
@@ -69,6 +71,8 @@ class ShardProcessor:
         self.seen = IdWindow(self.config.dedup_window)          # event_id -> impression ts or -1
         self.imp_by_request = IdWindow(self.config.dedup_window)  # request_id -> impression ts
         self.decided = IdWindow(self.config.request_memory)     # request_id -> [variant, propensity, version]
+        cfg = self.config  # contextual experiments (docs/contextual.md): their own kernel state and join window
+        self.ctx = ContextualShard(cfg.context_user_dim, cfg.context_arm_dim, cfg.join_window_s, cfg.join_window_bytes)
         self.events_applied = 0
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
         # for "fresh at _restore_offset") and everything applied since, in order.
@@ -118,7 +122,8 @@ class ShardProcessor:
         imps: list[float] = []
         clks: list[float] = []
         convs: list[float] = []
-        requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None]] = []
+        requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None, Any]] = []
+        ctx = self.ctx
         counts = out.counts
         seen = self.seen
         seen_put = seen.put
@@ -157,6 +162,8 @@ class ShardProcessor:
                         if event.request_id is not None:
                             self.imp_by_request.put(event.request_id, event.ts)
                         rows.append(exp.row); slots.append(slot); imps.append(1.0); clks.append(0.0); convs.append(0.0)
+                        if exp.experiment_id in ctx:
+                            ctx.outcome(exp.experiment_id, slot, event.request_id, None, event.event_id, 1.0, 0.0)
                     else:
                         self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
                         seen_put(event.event_id, -1.0)
@@ -165,6 +172,10 @@ class ShardProcessor:
                             clks.append(1.0); convs.append(0.0)
                         else:
                             clks.append(0.0); convs.append(event.value)
+                        if exp.experiment_id in ctx:
+                            reward = 1.0 if kind is Click else self.state.params(exp.row).conversion_weight * event.value
+                            ctx.outcome(exp.experiment_id, slot, event.request_id, event.impression_id,
+                                        event.event_id, 0.0, reward)
                     if event.ts > exp.max_ts:
                         exp.max_ts = event.ts
                     exp.version += 1
@@ -172,18 +183,22 @@ class ShardProcessor:
                 elif kind is ev.DecisionRequest:
                     if exp is None:
                         raise EventError("unknown_experiment", event.experiment_id[:80])
-                    requests.append((event, exp, offset, key, value))
+                    u = (ctx.featurize(exp.experiment_id, event.context, event.user_id)
+                         if exp.experiment_id in ctx else None)
+                    requests.append((event, exp, offset, key, value, u))
                 else:  # Variant
                     self._apply_variant(event, exp, out)
                 counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
             except EventError as exc:
-                out.dead_letters.append(DeadLetter(offset, key, value, exc.reason, exc.detail))
+                out.dead_letters.append(DeadLetter(offset, key, redact(value), exc.reason, exc.detail))
         if rows:
             n = len(rows)
             update(self.state, np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64),
                    np.asarray(imps, dtype=np.float64), np.asarray(clks, dtype=np.float64),
                    np.asarray(convs, dtype=np.float64))
             self.events_applied += n
+        if ctx.experiments:
+            ctx.flush()  # train on joined outcomes; FALCON refits go to their thread
         if requests:
             self._decide(requests, out, now, first_offset or 0)
         return out
@@ -208,7 +223,7 @@ class ShardProcessor:
                 self.next_offset = rec[0] + 1
                 self._journal.append((2, rec[0]))
                 detail = f"{type(err).__name__}: {err}"[:300]
-                out.dead_letters.append(DeadLetter(rec[0], rec[1], rec[2], "processing_error", detail))
+                out.dead_letters.append(DeadLetter(rec[0], rec[1], redact(rec[2]), "processing_error", detail))
                 continue
             self._journal.append((0, one, now, ts))
             self._journal_records += 1
@@ -247,6 +262,7 @@ class ShardProcessor:
         else:
             fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        self.ctx.close()
         self.__dict__.update(fresh.__dict__)
         self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
         for entry in journal:
@@ -287,6 +303,8 @@ class ShardProcessor:
                 raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
             if bool(self.state.active[exp.row, slot]):
                 self.state.retire_arm(exp.row, slot)
+                if exp.experiment_id in self.ctx:
+                    self.ctx.retire_arm(exp.experiment_id, slot)
                 exp.version += 1
                 out.dirty.add(exp.experiment_id)
             return
@@ -295,6 +313,8 @@ class ShardProcessor:
             window = float(settings.pop("attribution_window_s", self.config.attribution_window_s))
             if not window > 0:
                 raise EventError("invalid_settings", "attribution_window_s must be > 0")
+            contextual = settings.pop("contextual", None)
+            ctx_spec = self.ctx.parse(contextual) if contextual is not None else None
             policy = settings.get("policy", self.config.default_policy)
             # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
             # a setting it does not read, sent by the producer, is invalid_settings.
@@ -313,6 +333,8 @@ class ShardProcessor:
             if warm is not None:
                 self.state.warm_start_linear(row, *warm)
             exp = Experiment(event.experiment_id, row, self.state.params(row).policy, window)
+            if ctx_spec is not None:
+                self.ctx.add_experiment(exp.experiment_id, ctx_spec)
             self.experiments[exp.experiment_id] = exp
             self.by_row[row] = exp
         if event.variant_id in exp.slots:
@@ -325,6 +347,8 @@ class ShardProcessor:
             slot = self.state.add_arm(exp.row, features=features)
         except (CapacityError, KernelInputError) as exc:
             raise EventError("capacity", str(exc)[:120]) from None
+        if exp.experiment_id in self.ctx:
+            self.ctx.add_arm(exp.experiment_id, event.text)
         exp.slots[event.variant_id] = slot
         exp.variant_ids.append(event.variant_id)
         exp.texts.append(event.text)
@@ -337,9 +361,10 @@ class ShardProcessor:
         from lola.kernels import select
 
         fresh: list[tuple[ev.DecisionRequest, Experiment]] = []
+        ctx_fresh: list[tuple[ev.DecisionRequest, Experiment, Any]] = []
         servable: dict[int, bool] = {}  # per experiment row: has an active arm (once per batch)
         decided = self.decided.map
-        for req, exp, offset, key, value in requests:
+        for req, exp, offset, key, value, u in requests:
             prior = decided.get(req.request_id)
             row = exp.row
             ok = servable.get(row)
@@ -347,12 +372,18 @@ class ShardProcessor:
                 ok = servable[row] = bool(self.state.active[row, :int(self.state.n_arms[row])].any())
             if prior is not None:  # upstream retry: answer with the same decision again
                 out.duplicates += 1
+                policy = self.ctx.policy_name(exp.experiment_id) if u is not None else exp.policy
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
-                    req.request_id, exp.experiment_id, prior[0], prior[1], exp.policy, prior[2], now)))
+                    req.request_id, exp.experiment_id, prior[0], prior[1], policy, prior[2], now)))
             elif not ok:
-                out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant", exp.experiment_id[:80]))
+                out.dead_letters.append(DeadLetter(offset, key, redact(value), "no_active_variant",
+                                                   exp.experiment_id[:80]))
+            elif u is not None:
+                ctx_fresh.append((req, exp, u))
             else:
                 fresh.append((req, exp))
+        if ctx_fresh:
+            self._decide_contextual(ctx_fresh, out, now, first_offset)
         if not fresh:
             return
         rows = np.fromiter((exp.row for _, exp in fresh), dtype=np.int64, count=len(fresh))
@@ -362,6 +393,18 @@ class ShardProcessor:
             self.decided.put(req.request_id, (variant_id, p, exp.version))
             out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                 req.request_id, exp.experiment_id, variant_id, p, exp.policy, exp.version, now)))
+
+    def _decide_contextual(self, fresh: list, out: BatchOutput, now: float, first_offset: int) -> None:
+        """Contextual experiments: one kernel call with each request's u; the context waits in the join window."""
+        slots, props = self.ctx.decide([exp.experiment_id for _, exp, _ in fresh], [req.request_id for req, _, _ in fresh],
+                                       [u for _, _, u in fresh], _mix_seed(self.config.seed, self.partition,
+                                                                           first_offset, 1), now)
+        for (req, exp, _), slot, p in zip(fresh, slots, props):
+            variant_id = exp.variant_ids[slot]
+            self.decided.put(req.request_id, (variant_id, p, exp.version))
+            out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
+                req.request_id, exp.experiment_id, variant_id, p, self.ctx.policy_name(exp.experiment_id),
+                exp.version, now)))
 
     # ------------------------------------------------------------------ priors
     def apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
@@ -375,6 +418,8 @@ class ShardProcessor:
         if slot is None:
             return False
         self.state.set_prior(exp.row, slot, float(prior))
+        if experiment_id in self.ctx:
+            self.ctx.set_prior(experiment_id, slot, float(prior))
         exp.version += 1
         return True
 
@@ -415,6 +460,8 @@ class ShardProcessor:
             snap["bai"] = {"done": summary["bai_done"],
                            "good_set": [exp.variant_ids[s] for s in summary["good_arms"]],
                            "recommendation": [exp.variant_ids[s] for s in summary["recommendation"]]}
+        if experiment_id in self.ctx:
+            snap["contextual"] = self.ctx.snapshot(experiment_id)
         return snap
 
     # ------------------------------------------------------------------ checkpoints
@@ -424,7 +471,8 @@ class ShardProcessor:
                 "next_offset": self.next_offset, "created": time.time(),
                 "experiments": [e.to_json() for e in self.experiments.values()],
                 "seen": self.seen.items(), "imp_by_request": self.imp_by_request.items(),
-                "decided": self.decided.items()}
+                "decided": self.decided.items(),
+                "contextual": self.ctx.to_json() if self.ctx.experiments else None}
         meta_bytes = orjson.dumps(meta)
         return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
 
@@ -448,6 +496,9 @@ class ShardProcessor:
         proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"])
         keys, values = meta["decided"]
         proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
+        if meta.get("contextual"):
+            proc.ctx = ContextualShard.from_json(meta["contextual"], proc.config.join_window_s,
+                                                 proc.config.join_window_bytes)
         return proc
 
 

@@ -39,6 +39,10 @@ class ProcessorConfig:
     warm_starts: dict = field(default_factory=dict, compare=False)
     max_future_skew_s: float = _setting_default("max_future_skew_s")
     check_key: bool = True
+    context_user_dim: int = _setting_default("context_user_dim")
+    context_arm_dim: int = _setting_default("context_arm_dim")
+    join_window_s: float = _setting_default("join_window_s")
+    join_window_bytes: int = _setting_default("join_window_bytes")
 
     @classmethod
     def from_settings(cls, settings: Any) -> "ProcessorConfig":
@@ -51,7 +55,11 @@ class ProcessorConfig:
                    default_n_aux=settings.default_n_aux,
                    seed=settings.seed,
                    feature_dim=settings.feature_dim,
-                   max_future_skew_s=settings.max_future_skew_s)
+                   max_future_skew_s=settings.max_future_skew_s,
+                   context_user_dim=settings.context_user_dim,
+                   context_arm_dim=settings.context_arm_dim,
+                   join_window_s=settings.join_window_s,
+                   join_window_bytes=settings.join_window_bytes)
 
 
 @dataclass
