@@ -182,9 +182,10 @@ def ctx_learn(e, slot, u, w, rew, algo, par, arm_x, ainv, bvec, theta, gram, ret
 
     A += w x x', b += r x with x = a_slot (x) u; A^-1 by Sherman-Morrison and theta = A^-1 b
     kept current in O(d): theta += v (r - c (v.b + r s)), v = A^-1 x, s = x.v,
-    c = w / (1 + w s). FALCON rows also add w x x' to ``gram`` and, when the impressions
-    reach the epoch's end, start the next epoch (gamma_m from tau_{m-1}) and set
-    ``retrain_due`` (the oracle is refit off the decision path). With ``use_h`` the
+    c = w / (1 + w s) (LinUCB rows). FALCON rows only add w x x' to the lower triangle of
+    ``gram`` and r x to b and, when the impressions reach the epoch's end, start the next
+    epoch (gamma_m from tau_{m-1}) and set ``retrain_due`` (the oracle is refit off the
+    decision path; :func:`solve_spd` reads the lower triangle only). With ``use_h`` the
     decision's ``h = A^-1 (I (x) u)`` (same user, state unchanged since) gives
     v = h a_slot in d da operations instead of d^2.
     """
@@ -193,6 +194,22 @@ def ctx_learn(e, slot, u, w, rew, algo, par, arm_x, ainv, bvec, theta, gram, ret
     d = da * du
     a = arm_x[e, slot]
     kron_into(a, u, da, du, x)
+    if algo[e] == ALG_FALCON:  # the oracle needs only the Gram matrix (lower triangle) and b
+        for p in range(d):
+            bvec[e, p] += rew * x[p]
+        if w > 0.0:
+            for p in range(d):
+                wp = w * x[p]
+                for q in range(p + 1):
+                    gram[e, p, q] += wp * x[q]
+            par[e, C_T] += w
+            if par[e, C_T] >= par[e, C_EPOCH_END]:
+                tau = par[e, C_T]
+                par[e, C_EPOCH] += 1.0
+                par[e, C_EPOCH_END] = 2.0 * tau
+                par[e, C_GAMMA] = max(1.0, par[e, C_GAMMA_SCALE] * math.sqrt(n_arms[e] * tau))
+                retrain_due[e] = True
+        return
     ai = ainv[e]
     s = 0.0
     vb = 0.0
@@ -218,22 +235,12 @@ def ctx_learn(e, slot, u, w, rew, algo, par, arm_x, ainv, bvec, theta, gram, ret
             for q in range(d):
                 ai[p, q] -= cp * v[q]
         par[e, C_T] += w
-        if algo[e] == ALG_FALCON:
-            for p in range(d):
-                wp = w * x[p]
-                for q in range(d):
-                    gram[e, p, q] += wp * x[q]
-            if par[e, C_T] >= par[e, C_EPOCH_END]:
-                tau = par[e, C_T]
-                par[e, C_EPOCH] += 1.0
-                par[e, C_EPOCH_END] = 2.0 * tau
-                par[e, C_GAMMA] = max(1.0, par[e, C_GAMMA_SCALE] * math.sqrt(n_arms[e] * tau))
-                retrain_due[e] = True
 
 
 @numba.njit(**NJIT)
 def solve_spd(a, b, out):
-    """out = a^-1 b for a symmetric positive definite ``a`` (Cholesky; ``a`` is not modified).
+    """out = a^-1 b for a symmetric positive definite ``a`` given by its lower triangle (Cholesky;
+    ``a`` is not modified).
 
     The FALCON oracle fit: small (d <= 64), so a hand-written Cholesky keeps it inside
     @njit (numba's np.linalg needs SciPy's LAPACK, an optional extra here)."""

@@ -144,7 +144,7 @@ class ContextualState:
         ai -= (n / (1.0 + n * (x @ v))) * np.outer(v, v)
         self.bvec[row] += n * mu * x
         self.theta[row] = ai @ self.bvec[row]
-        self.gram[row] += n * np.outer(x, x)
+        self.gram[row] += np.tril(n * np.outer(x, x))  # FALCON keeps the lower triangle (ctx_learn)
         if self.algo[row] == ck.ALG_FALCON:
             self.retrain_due[row] = True
 
