@@ -127,7 +127,7 @@ class Featurizer:
                 raise EventError("bad_context", f"context.{name[:60]} must be a number, got {type(v).__name__}")
             if not math.isfinite(v):
                 raise EventError("bad_context", f"context.{name[:60]} is not finite")
-            u[i] = min(max((v - mean) / scale, -clip), clip)
+            u[i] = _scaled(v, mean, scale, clip)
         for name in self.spec.categorical:
             v = ctx.get(name)
             if v is None:
@@ -143,6 +143,20 @@ class Featurizer:
             b, sign = _bucket("user_id", user_id)
             u[self._hash0 + b % self._buckets] += sign
         return u
+
+
+    def numeric_block(self, values: np.ndarray) -> np.ndarray:
+        """The numeric slots u[:, 1:1+n] of many rows at once (values float64[n, n_numeric], the
+        spec's order, finite): the same scaling as one request's (replays featurize millions)."""
+        out = np.empty_like(values, dtype=np.float64)
+        for i, (_, mean, scale, clip) in enumerate(self._numeric):
+            out[:, i] = _scaled(values[:, i], mean, scale, clip)
+        return out
+
+
+def _scaled(v: Any, mean: float, scale: float, clip: float) -> Any:
+    """clip((v - mean) / scale, -clip, clip) for a number or an array."""
+    return np.clip((v - mean) / scale, -clip, clip) if isinstance(v, np.ndarray) else min(max((v - mean) / scale, -clip), clip)
 
 
 _WITHHELD = b'{"redacted":"value withheld: not a JSON object, and it names context or user_id"}'

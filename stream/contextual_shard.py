@@ -33,6 +33,18 @@ from lola.stream.join import JoinWindow
 POLICY_NAMES = {"linucb": "ctx_linucb", "falcon": "ctx_falcon"}
 
 
+def arm_features(mode: str, slot: int, text: str, arm_dim: int) -> np.ndarray:
+    """a of a new arm: the dummy-coded slot (``[1, e_slot]``, the arm_dim-th arm ``[1, 0, ...]``;
+    arms beyond arm_dim fall back to text) or the hashed text."""
+    if mode == "slot" and slot < arm_dim:
+        a = np.zeros(arm_dim)
+        a[0] = 1.0
+        if slot + 1 < arm_dim:
+            a[slot + 1] = 1.0
+        return a
+    return text_features(text, arm_dim)
+
+
 @dataclass
 class CtxExperiment:
     row: int
@@ -68,20 +80,10 @@ class ContextualShard:
         row = self.state.add_experiment(spec.params())
         self.experiments[experiment_id] = CtxExperiment(row, spec, Featurizer(spec.features, self.user_dim))
 
-    def arm_features(self, mode: str, slot: int, text: str) -> np.ndarray:
-        """a of a new arm: dummy-coded slot (arms beyond arm_dim fall back to text) or hashed text."""
-        if mode == "slot" and slot < self.arm_dim:
-            a = np.zeros(self.arm_dim)
-            a[0] = 1.0
-            if slot + 1 < self.arm_dim:
-                a[slot + 1] = 1.0
-            return a
-        return text_features(text, self.arm_dim)
-
     def add_arm(self, experiment_id: str, text: str) -> None:
         exp = self.experiments[experiment_id]
         slot = int(self.state.n_arms[exp.row])
-        self.state.add_arm(exp.row, self.arm_features(exp.settings.arm_features, slot, text))
+        self.state.add_arm(exp.row, arm_features(exp.settings.arm_features, slot, text, self.arm_dim))
 
     def retire_arm(self, experiment_id: str, slot: int) -> None:
         self.state.retire_arm(self.experiments[experiment_id].row, slot)
