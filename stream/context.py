@@ -38,7 +38,7 @@ from lola.errors import EventError
 from lola.kernels.contextual_state import ContextualParams
 
 #: Most fields a decision request's context may carry (docs/operations/limits.md).
-MAX_CONTEXT_FIELDS = 64
+MAX_CONTEXT_FIELDS = 128
 #: Longest categorical value (characters) the featurizer hashes.
 MAX_CATEGORY_CHARS = 256
 FEATURIZER_VERSIONS = (1,)
