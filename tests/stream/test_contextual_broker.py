@@ -89,3 +89,28 @@ def test_contextual_policy_learns_segment_best_arm_through_the_broker(stream_set
     late = {seg: p[-40:] for seg, p in picks.items()}
     assert late["young"].count("a") > 0.75 * len(late["young"]), picks
     assert late["old"].count("b") > 0.75 * len(late["old"]), picks
+
+
+def test_closed_loop_contextual_requests_join_their_outcomes(stream_settings, thread_worker):
+    from lola.data.upworthy import HeadlineTest
+    from lola.stream.loadgen import run_closed
+    from lola.stream.snapshot import read_snapshots
+
+    s = stream_settings()
+    kf.ensure_topics(s)
+    test = HeadlineTest("ctx", "eye", ("Dull headline", "Great headline"),
+                        np.array([10_000, 10_000]), np.array([150, 450]))
+    tw = thread_worker(s)
+    spec = {"algorithm": "falcon", "gamma_scale": 10.0, "first_epoch": 16, "features": {"categorical": ["segment"]}}
+    summary = run_closed(s, [test], [300], seed=5, inflight=32, timeout_s=120, contextual=spec)
+    assert summary["impressions"] == 300 and summary["expected_clicks_segment_oracle"] > 0
+    deadline = time.monotonic() + 60
+    ctx: dict = {}
+    while time.monotonic() < deadline:  # every impression names its request: all 300 join
+        snaps = read_snapshots(s)
+        ctx = next(iter(snaps.values()), {}).get("contextual") or {}
+        if ctx.get("impressions") == 300:
+            break
+        time.sleep(0.3)
+    tw.stop()
+    assert ctx.get("impressions") == 300 and ctx["algorithm"] == "falcon" and ctx["epoch"] >= 4, ctx
