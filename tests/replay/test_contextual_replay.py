@@ -23,7 +23,7 @@ def test_contextual_replay_prints_the_specified_report(files):  # noqa: F811
     for tau in ("5", "10"):
         entry = doc["per_tau"][tau]
         assert entry["best_context_free"] in ("LOLA", "UCB", "TS")
-        assert set(entry["report"]) == {"LOLA", "UCB", "TS", "LLM-LinUCB", "FALCON"}
+        assert set(entry["report"]) == {"LOLA", "UCB", "TS", "LLM-LinUCB", "FALCON", "LOLA per segment"}
         for name in ("LLM-LinUCB", "FALCON"):
             row = entry["report"][name]
             assert 0 < row["fraction_of_oracle"] < 2  # realised clicks over the oracle's expected clicks
