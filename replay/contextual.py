@@ -46,11 +46,15 @@ CONTEXT_FREE = ("LOLA", "UCB", "TS")
 LINUCB_ALPHA = (0.001, 0.003, 0.01, 0.03, 0.1)
 FALCON_GAMMA_SCALE = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 N_AUX = (30.0, 100.0, 1000.0)
+RIDGE = (1.0, 100.0)
 CONTEXTUAL = {
-    "LLM-LinUCB": [{"algorithm": "linucb", "alpha": a, "n_aux": m} for a in LINUCB_ALPHA for m in N_AUX],
-    "LinUCB": [{"algorithm": "linucb", "alpha": a, "n_aux": 0.0} for a in LINUCB_ALPHA],
-    "LLM-FALCON": [{"algorithm": "falcon", "gamma_scale": g, "n_aux": m} for g in FALCON_GAMMA_SCALE for m in N_AUX],
-    "FALCON": [{"algorithm": "falcon", "gamma_scale": g, "n_aux": 0.0} for g in FALCON_GAMMA_SCALE],
+    "LLM-LinUCB": [{"algorithm": "linucb", "alpha": a, "n_aux": m, "ridge": r}
+                   for a in LINUCB_ALPHA for m in N_AUX for r in RIDGE],
+    "LinUCB": [{"algorithm": "linucb", "alpha": a, "n_aux": 0.0, "ridge": r} for a in LINUCB_ALPHA for r in RIDGE],
+    "LLM-FALCON": [{"algorithm": "falcon", "gamma_scale": g, "n_aux": m, "ridge": r}
+                   for g in FALCON_GAMMA_SCALE for m in N_AUX for r in RIDGE],
+    "FALCON": [{"algorithm": "falcon", "gamma_scale": g, "n_aux": 0.0, "ridge": r}
+               for g in FALCON_GAMMA_SCALE for r in RIDGE],
 }
 CHUNK_DECISIONS = 400_000
 #: Reference row: LOLA (its tuned setting) run separately on each segment's traffic, tau/4 per
