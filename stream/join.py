@@ -6,8 +6,8 @@ named it) trains the kernel on (u, arm, reward). So the worker keeps, per reques
 ``(experiment row, slot, u)`` for ``join_window_s`` (default 600 s: Azure Personalizer's
 reward wait) under a byte budget per partition (``join_window_bytes``); the oldest entries
 go first. An entry that leaves the window without any outcome counts as never joined
-(per experiment, in the snapshot's ``contextual`` part and the
-``lola_context_never_joined_total`` metric).
+(per experiment, in the snapshot's ``contextual`` part, and per partition in the
+``lola_context_never_joined`` gauge).
 
 Separate from the attribution window: that one decides whether a click counts at all
 (days), this one only how long a context is kept for training (minutes). ``u`` is the
