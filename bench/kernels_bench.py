@@ -316,8 +316,11 @@ def _mabwiser_run(policy, ctr, feats, steps, seed):
 
 def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: tuple[int, ...] = (4, 8),
                   policies: tuple[str, ...] = ("llm2ucb", "ts", "linucb"), mabwiser_experiments: int = 100,
-                  repeats: int = 3, seed: int = 0, linucb_experiments: int | None = None) -> dict[str, Any]:
-    """Run the benchmark and return the JSON-ready dict."""
+                  repeats: int = 3, seed: int = 0, linucb_experiments: int | None = None,
+                  contextual: dict[str, int] | None = None) -> dict[str, Any]:
+    """Run the benchmark and return the JSON-ready dict (``contextual``: sizes of its section, None = skip)."""
+    from lola.bench import contextual_bench
+
     try:
         from threadpoolctl import threadpool_limits
 
@@ -359,6 +362,7 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
             if policy == "ts":
                 results[-1]["propensity"] = _propensity_comparison(ctr, prior, feats, seed)
             del ctr, prior, feats
+    ctx = contextual_bench.run(seed=seed, repeats=repeats, **contextual) if contextual is not None else None
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     if limiter is not None:
         limiter.restore_original_limits()
@@ -378,6 +382,7 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                                      "quadrature, once per experiment and state version, absolute error <= "
                                      "1e-6 (kernels/allocation.py); off in simulate (numba_per_s)"},
         "results": results,
+        "contextual": ctx,
     }
 
 
@@ -395,6 +400,8 @@ def register(app: typer.Typer) -> None:
         arms: list[int] = typer.Option([4, 8], help="Arm counts K."),
         repeats: int | None = typer.Option(None, help="Repeats of the Numba run, best kept [3; --quick 1]."),
         seed: int = typer.Option(0, help="Workload and randomness seed."),
+        contextual: bool = typer.Option(True, help="Also time contextual LinUCB/FALCON (d = 32) against Vowpal "
+                                                   "Wabbit SquareCB and MABWiser LinUCB (docs/contextual.md)."),
     ) -> None:
         """Select+update throughput: Numba kernels vs vectorised NumPy vs MABWiser (JSON)."""
         from lola.errors import ConfigError
@@ -409,7 +416,10 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("--experiments must be >= 1 and --decisions >= --experiments")
         if any(k < 1 for k in arms) or repeats < 1 or mabwiser_experiments < 1:
             raise ConfigError("--arms, --repeats and --mabwiser-experiments must be >= 1")
-        out = run_benchmark(experiments, decisions, tuple(arms), tuple(policy), mabwiser_experiments, repeats, seed)
+        ctx_sizes = (dict(decisions=20_000, experiments=100, peer_decisions=200) if quick else
+                     dict(decisions=1_000_000, experiments=1_000, peer_decisions=5_000)) if contextual else None
+        out = run_benchmark(experiments, decisions, tuple(arms), tuple(policy), mabwiser_experiments, repeats, seed,
+                            contextual=ctx_sizes)
         if json_out:
             typer.echo(json.dumps(out, indent=2))
         else:
@@ -418,3 +428,7 @@ def register(app: typer.Typer) -> None:
                            f"api {r['numba_batch_api_per_s'] / 1e6:6.2f} M/s  numpy {r['numpy_per_s'] / 1e6:6.2f} M/s  "
                            f"mabwiser {r['mabwiser_per_s'] / 1e3:6.2f} k/s  "
                            f"x{r['numba_vs_numpy']} numpy, x{r['numba_vs_mabwiser']} mabwiser")
+            for name in ("linucb", "falcon") if out["contextual"] else ():
+                r = out["contextual"][name]
+                typer.echo(f"ctx_{name:6s} d=32 K=4: numba {r['numba_per_s'] / 1e6:5.2f} M/s "
+                           f"(cpu {r['numba_cpu_per_s'] / 1e6:5.2f} M/s)  x{r.get('numba_vs_vw')} vw squarecb")

@@ -331,6 +331,56 @@ def edge(
     typer.echo(json.dumps(doc) if as_json else E.markdown_edge(doc))
 
 
+@replay_app.command("contextual")
+def contextual(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV (archive columns)."),
+    priors: Optional[Path] = typer.Option(None, "--priors", help="CSV headline,prior_ctr (from `lola priors score`)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Exported ONNX prior model directory."),
+    tune_data: Optional[Path] = typer.Option(None, "--tune-data", help="Tune on this file's tests, report on --data."),
+    taus: str = typer.Option("50,200,1000", "--taus", help="Impressions per headline; T = tau * K."),
+    reps: int = typer.Option(3, "--reps", help="Repetitions per report test."),
+    tune_reps: int = typer.Option(1, "--tune-reps", help="Repetitions per grid point on the tune tests."),
+    policies: str = typer.Option("LLM-LinUCB,LinUCB,LLM-FALCON,FALCON", "--policies",
+                                 help="Contextual policies (context-free LOLA, UCB, TS always run)."),
+    seed: int = typer.Option(20240501, "--seed", help="Master seed (common random numbers across policies)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON result on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress on stderr."),
+) -> None:
+    """Issue 24's contextual benchmark: 4 segments, CTR factors U[0.7, 1.3], 8 noise fields (docs/contextual.md)."""
+    _check_inputs(data, priors, model, tune_data, reps)
+    from lola.replay import contextual as C
+    from lola.replay import protocol as P
+    from lola.replay import run as run
+
+    tau_list = P.parse_taus(taus)
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    bad = [n for n in names if n not in C.CONTEXTUAL]
+    if bad or not names or tune_reps < 1:
+        raise ConfigError(f"--policies must be among {', '.join(C.CONTEXTUAL)} and --tune-reps >= 1; got {policies!r}")
+    rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
+    factory, stop = _progress_factory(progress)
+    try:
+        advance = factory(len(tau_list) * (len(C.CONTEXT_FREE) + len(names))) if factory else None
+        doc = json_safe(C.run_contextual_replay(rd, tau_list, reps, tune_reps, seed, run.default_workers(), names,
+                                                advance))
+    finally:
+        stop()
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    for tau, entry in doc["per_tau"].items():
+        typer.echo(f"tau {tau}: best context-free {entry['best_context_free']}")
+        for name, row in entry["report"].items():
+            vs = row.get("vs_best_context_free")
+            extra = (f"  vs best context-free {vs['pct']:+.2f} % [{vs['pct_ci95'][0]:+.2f}, {vs['pct_ci95'][1]:+.2f}]"
+                     if vs else "")
+            typer.echo(f"  {name:11s} {row['fraction_of_oracle']:.4f} of oracle{extra}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``lola replay`` (and its ``bai``, ``baseline-prior``, ``synthetic-prior`` and ``ideal-observer`` subcommands) to the root app."""
     app.add_typer(replay_app, name="replay")

@@ -174,6 +174,9 @@ def loadgen_closed(
     run_id: Optional[str] = typer.Option(None, "--run-id",
                                          help="experiment ids are <run id>-<test id>-<eyecatcher id> (default: from seed and time)"),
     settings_file: Optional[Path] = typer.Option(None, "--settings", help=SETTINGS_HELP),
+    contextual: Optional[str] = typer.Option(
+        None, "--contextual", help="linucb|falcon: contextual experiments; requests carry a segment and 8 noise "
+                                   "fields, CTRs vary by segment (docs/contextual.md)"),
 ) -> None:
     """Ad-server simulator replaying Upworthy headline tests against a running worker."""
     if tests < 1:
@@ -186,6 +189,8 @@ def loadgen_closed(
         raise ConfigError("--tau must be >= 1")
     if inflight < 1:
         raise ConfigError("--inflight must be >= 1")
+    if contextual is not None and contextual not in ("linucb", "falcon"):
+        raise ConfigError(f"--contextual must be linucb or falcon, got {contextual!r}")
     from lola.data.upworthy import headline_tests, load_packages, split_packages
     from lola.paths import upworthy_csv
     from lola.stream.loadgen import run_closed
@@ -204,7 +209,11 @@ def loadgen_closed(
     chosen = [all_tests[i] for i in sorted(order)]
     budgets = [tau if tau is not None else (impressions_per_arm or 200) * t.n_arms for t in chosen]
     summary = run_closed(s, chosen, budgets, seed, rate=rate, inflight=inflight, policy=policy, n_aux=n_aux,
-                         alpha=alpha, timeout_s=timeout, run_id=run_id)
+                         alpha=alpha, timeout_s=timeout, run_id=run_id,
+                         contextual=None if contextual is None else {
+                             # the noise fields are sent but not declared, so the worker's default
+                             # user_dim (8) fits; the replay declares them (docs/contextual.md)
+                             "algorithm": contextual, "features": {"categorical": ["segment"]}})
     _write_json(summary, out)
 
 

@@ -64,6 +64,8 @@ REASONS = {
     "click_cap": "more clicks naming one impression than max_clicks_per_impression",
     "invalid_transition": "a lifecycle action the experiment's or variant's state does not allow (archived is final)",
     "capacity": "a limit was reached: experiments per partition, arms per experiment (docs/operations/limits.md)",
+    "bad_context": "a contextual experiment's request context has a wrong type, NaN/inf, or too many fields "
+                   "(docs/contextual.md; the dead letter keeps field names only)",
     "processing_error": "applying the event raised an unexpected error (class in lola.detail); shard rolled back",
     "poison": "the process died N times with this record in flight (crash-loop breaker)",
 }
@@ -283,6 +285,9 @@ class PolicySnapshot(_Event, tag="policy_snapshot", omit_defaults=True):
     stats: SnapshotStats | None = None
     winner: SnapshotWinner | None = None
     edge: SnapshotEdge | None = None
+    #: contextual experiments only (docs/contextual.md): algorithm, featurizer version, dims,
+    #: impressions trained, never_joined decisions, join-window entries and bytes (FALCON: epoch, gamma).
+    contextual: dict[str, Any] | None = None
 
 
 Event = Variant | ExperimentEvent | DecisionRequest | Impression | Click | Conversion
@@ -317,11 +322,14 @@ def _reason(exc: msgspec.ValidationError) -> EventError:
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s", "warm_start"})
+    unknown = sorted(set(settings) - _KERNEL_SETTINGS - {"attribution_window_s", "warm_start", "contextual"})
     if unknown:
         raise EventError("invalid_settings", f"unknown setting(s) {', '.join(unknown)[:80]}")
     for name, value in settings.items():
-        if name == "warm_start":
+        if name == "contextual":
+            if not isinstance(value, dict):
+                raise EventError("wrong_type", "settings.contextual must be an object (docs/contextual.md)")
+        elif name == "warm_start":
             if not isinstance(value, str) or not WARM_START_NAME.match(value):
                 raise EventError("invalid_settings", f"settings.warm_start must match {WARM_START_NAME.pattern}")
         elif name in _STRING_SETTINGS:
@@ -377,7 +385,10 @@ def settings_schema() -> dict[str, Any]:
                                                       "maximum": MAX_ATTRIBUTION_WINDOW_S},
                              "warm_start": {"type": "string", "pattern": WARM_START_NAME.pattern,
                                             "description": "LinUCB warm start NAME.npz in the worker's "
-                                                           "warm_start_dir (lola experiments warm-start)"}}
+                                                           "warm_start_dir (lola experiments warm-start)"},
+                             "contextual": {"type": "object",
+                                            "description": "makes the experiment contextual: algorithm, its "
+                                                           "parameters and the context featurizer (docs/contextual.md)"}}
     for name, s in SETTINGS.items():
         if s.choices:
             props[name] = {"enum": list(s.choices)}

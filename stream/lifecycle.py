@@ -44,7 +44,7 @@ _TRANSITIONS = {  # action -> statuses it applies to, and the status it leads to
     "archive": (("running", "paused", "stopped"), "archived"),
 }
 #: Settings an ``update`` cannot change (a new experiment is needed).
-FIXED_SETTINGS = ("policy", "warm_start")
+FIXED_SETTINGS = ("policy", "warm_start", "contextual")
 
 
 @runtime_checkable
@@ -124,6 +124,8 @@ def apply_variant(proc: Shard, event: ev.Variant, exp: Experiment | None, out: B
         slot = proc.state.add_arm(exp.row, features=features)
     except (CapacityError, KernelInputError) as exc:
         raise EventError("capacity", str(exc)[:120]) from None
+    if exp.experiment_id in proc.ctx:  # a contextual experiment's arm (lola.stream.contextual_shard)
+        proc.ctx.add_arm(exp.experiment_id, event.text)
     state, reason = gate_state(proc.gate, exp.experiment_id, event.variant_id, event.text)
     exp.slots[event.variant_id] = slot
     exp.variant_ids.append(event.variant_id)
@@ -131,7 +133,7 @@ def apply_variant(proc: Shard, event: ev.Variant, exp: Experiment | None, out: B
     exp.states.append(state)
     exp.reasons.append(reason)
     if state != "active":
-        proc.state.set_arm_active(exp.row, slot, False)
+        _set_served(proc, exp, slot, False)
     exp.version += 1
     out.dirty.add(exp.experiment_id)
     if state == "blocked":
@@ -149,6 +151,8 @@ def create_experiment(proc: Shard, experiment_id: str, settings_in: dict | None)
     window = float(settings.pop("attribution_window_s", proc.config.attribution_window_s))
     if not window > 0:
         raise EventError("invalid_settings", "attribution_window_s must be > 0")
+    contextual = settings.pop("contextual", None)
+    ctx_spec = proc.ctx.parse(contextual) if contextual is not None else None
     policy = settings.get("policy", proc.config.default_policy)
     # The worker's defaults fill only what the chosen policy reads (docs/policies.md);
     # a setting it does not read, sent by the producer, is invalid_settings.
@@ -167,6 +171,8 @@ def create_experiment(proc: Shard, experiment_id: str, settings_in: dict | None)
     if warm is not None:
         proc.state.warm_start_linear(row, *warm)
     exp = Experiment(experiment_id, row, proc.state.params(row).policy, window)
+    if ctx_spec is not None:
+        proc.ctx.add_experiment(exp.experiment_id, ctx_spec)
     proc.experiments[exp.experiment_id] = exp
     proc.by_row[row] = exp
     return exp
@@ -178,7 +184,7 @@ def set_state(proc: Shard, exp: Experiment, slot: int, state: str, reason: str |
     if old == "retired" or state not in ev.VARIANT_STATES or (old == state and exp.reasons[slot] == reason):
         return False
     exp.states[slot], exp.reasons[slot] = state, reason
-    proc.state.set_arm_active(exp.row, slot, state == "active")
+    _set_served(proc, exp, slot, state == "active")
     if state == "retired":
         exp.retired_at[exp.variant_ids[slot]] = proc.clock
         proc.expiring.add(exp.experiment_id)
@@ -255,11 +261,20 @@ def sweep(proc: Shard, out: BatchOutput) -> None:
                 proc.expiring.discard(exp_id)
             continue
         for vid, at in sorted(exp.retired_at.items()):
-            if at + window <= clock:
+            # a contextual experiment keeps its retired arms' columns until it is archived: its
+            # model's arm features are tied to the slots (bounded by max_arms_per_experiment)
+            if at + window <= clock and exp.experiment_id not in proc.ctx:
                 _free_arm(proc, exp, vid)
                 out.dirty.add(exp_id)
-        if not exp.retired_at:
+        if not exp.retired_at or exp.experiment_id in proc.ctx:
             proc.expiring.discard(exp_id)
+
+
+def _set_served(proc: Shard, exp: Experiment, slot: int, active: bool) -> None:
+    """Serve an arm or not, in the bandit state and in a contextual experiment's model."""
+    proc.state.set_arm_active(exp.row, slot, active)
+    if exp.experiment_id in proc.ctx:
+        proc.ctx.set_arm_active(exp.experiment_id, slot, active)
 
 
 def _free_arm(proc: Shard, exp: Experiment, vid: str) -> None:

@@ -145,6 +145,10 @@ def send(producer: Any, topic: str, records: Iterator[tuple[bytes, bytes]] | lis
 
 # --------------------------------------------------------------------------- closed mode
 
+#: Segments of the contextual closed loop (the replay's: they hash to distinct slots at user_dim 16).
+SEGMENTS = ("seg0", "seg1", "seg2", "seg3")
+
+
 def experiment_id(run_id: str, test: Any) -> str:
     """The experiment id the closed loop gives a headline test: ``<run id>-<test id>-<eyecatcher id>``."""
     return f"{run_id}-{test.test_id}-{test.eyecatcher_id}"[:200]
@@ -170,8 +174,14 @@ def _arm_stats(alloc: np.ndarray, clicks: np.ndarray, test: Any) -> dict[str, An
 def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed: int, rate: float = 0.0,
                inflight: int = 256, run_id: str | None = None, policy: str | None = None,
                n_aux: float | None = None, alpha: float | None = None, timeout_s: float = 600.0,
-               progress: Any = None) -> dict[str, Any]:
-    """Closed-loop ad-server simulation over Upworthy ``HeadlineTest`` objects (see module docstring)."""
+               progress: Any = None, contextual: dict | None = None) -> dict[str, Any]:
+    """Closed-loop ad-server simulation over Upworthy ``HeadlineTest`` objects (see module docstring).
+
+    ``contextual``: the experiments' ``settings.contextual`` (docs/contextual.md); each request then
+    carries one of :data:`SEGMENTS` (equal shares) and 8 standard-normal noise fields, and a
+    headline's CTR for a segment is its archive CTR times a factor drawn from U[0.7, 1.3] per
+    (test, segment, headline), capped at 1: ``lola replay contextual``'s world, served live.
+    """
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
     from lola.errors import BrokerError
@@ -188,7 +198,10 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
     budget = np.asarray(impressions_per_test, dtype=np.int64)
     alloc = [np.zeros(t.n_arms) for t in tests]
     clicks = [np.zeros(t.n_arms) for t in tests]
-    settings_obj = {k: v for k, v in (("policy", policy), ("n_aux", n_aux), ("alpha", alpha)) if v is not None}
+    settings_obj = {k: v for k, v in (("policy", policy), ("n_aux", n_aux), ("alpha", alpha),
+                                      ("contextual", contextual)) if v is not None}
+    factors = [rng.uniform(0.7, 1.3, (len(SEGMENTS), t.n_arms)) for t in tests] if contextual is not None else None
+    oracle_ctx = 0.0
     for i, t in enumerate(tests):
         for k, text in enumerate(t.headlines):
             ev: dict[str, Any] = {"v": 1, "type": "variant", "experiment_id": exp_ids[i], "variant_id": variant_id(k),
@@ -218,10 +231,16 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
             rid = f"{run_id}-r{req_n}"
             req_n += 1
             now = time.time()
-            kf.produce(producer, settings.events_topic,
-                       orjson.dumps({"v": 1, "type": "decision_request", "request_id": rid,
-                                     "experiment_id": exp_ids[i], "ts": now}), key=exp_ids[i].encode())
-            outstanding[rid] = (i, time.perf_counter())
+            request: dict[str, Any] = {"v": 1, "type": "decision_request", "request_id": rid,
+                                       "experiment_id": exp_ids[i], "ts": now}
+            seg = -1
+            if factors is not None:
+                seg = int(rng.integers(len(SEGMENTS)))
+                request["context"] = {"segment": SEGMENTS[seg],
+                                      **{f"noise_{j}": float(v) for j, v in enumerate(rng.standard_normal(8))}}
+                oracle_ctx += float(np.minimum(np.asarray(tests[i].ctrs) * factors[i][seg], 1.0).max())
+            kf.produce(producer, settings.events_topic, orjson.dumps(request), key=exp_ids[i].encode())
+            outstanding[rid] = (i, time.perf_counter(), seg)
             sent[i] += 1
             if sent[i] >= budget[i]:
                 open_tests = np.flatnonzero(sent < budget)
@@ -235,7 +254,7 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
             entry = outstanding.pop(d.get("request_id"), None)
             if entry is None:
                 continue  # another run's decision, or a re-emitted duplicate
-            i, t_sent = entry
+            i, t_sent, seg = entry
             latencies.append((time.perf_counter() - t_sent) * 1000.0)
             k = int(d["variant_id"][1:])
             now = time.time()
@@ -245,7 +264,8 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
                                      "variant_id": d["variant_id"], "ts": now, "request_id": d["request_id"]}),
                        key=exp_ids[i].encode())
             alloc[i][k] += 1
-            if rng.random() < tests[i].ctrs[k]:
+            ctr = tests[i].ctrs[k] if seg < 0 else min(1.0, tests[i].ctrs[k] * factors[i][seg, k])
+            if rng.random() < ctr:
                 clicks[i][k] += 1
                 kf.produce(producer, settings.events_topic,
                            orjson.dumps({"v": 1, "type": "click", "event_id": f"{d['request_id']}-clk",
@@ -266,6 +286,7 @@ def run_closed(settings: Any, tests: list, impressions_per_test: list[int], seed
             "clicks_earned": earned,
             "expected_clicks_uniform": float(sum(v["expected_clicks_uniform"] for v in per_test.values())),
             "expected_clicks_oracle": float(sum(v["expected_clicks_oracle"] for v in per_test.values())),
+            **({"expected_clicks_segment_oracle": oracle_ctx} if factors is not None else {}),
             "seconds": elapsed, "decisions_per_s": total / elapsed if elapsed > 0 else 0.0,
             "decision_latency_p50_ms": float(np.percentile(lat, 50)),
             "decision_latency_p99_ms": float(np.percentile(lat, 99)),

@@ -120,6 +120,11 @@ class WorkerMetrics:
         self.checkpoint_limit_bytes = Gauge("lola_checkpoint_limit_bytes", "Largest checkpoint the state topic "
                                             "takes (max.message.bytes less overhead)", registry=r)
         self.experiments = Gauge("lola_experiments", "Experiments held by this worker's partitions", registry=r)
+        self.context_never_joined = Gauge("lola_context_never_joined", "Contextual decisions whose context left the "
+                                          "join window with no outcome (cumulative, per partition; docs/contextual.md)",
+                                          ["partition"], registry=r)
+        self.join_window_bytes = Gauge("lola_join_window_bytes", "Accounted bytes of the contextual join window",
+                                       ["partition"], registry=r)
         self.prior_model = Info("lola_prior_model", "The prior provider in use and its model version", registry=r)
         self.snapshot_errors = Counter("lola_snapshot_errors_total",
                                        "Policy snapshots that could not be built or encoded (a bug; logged, skipped)",

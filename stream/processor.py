@@ -45,6 +45,8 @@ from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.edge import EdgePlanner
+from lola.stream.context import redact
+from lola.stream.contextual_shard import ContextualShard
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.stats import StatsCache, WinnerRule
 
@@ -82,6 +84,8 @@ class ShardProcessor:
         self.duplicates_seen = 0  # for the sampled duplicate dead letters
         self.imp_by_request = IdWindow(self.config.dedup_window)  # request_id -> impression ts
         self.decided = IdWindow(self.config.request_memory)     # request_id -> [variant, propensity, version]
+        cfg = self.config  # contextual experiments (docs/contextual.md): their own kernel state and join window
+        self.ctx = ContextualShard(cfg.context_user_dim, cfg.context_arm_dim, cfg.join_window_s, cfg.join_window_bytes)
         self.events_applied = 0
         self.stats = StatsCache(self.config.stats_interval_s, WinnerRule(*self.config.winner_rule))
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
@@ -133,7 +137,8 @@ class ShardProcessor:
         imps: list[float] = []
         clks: list[float] = []
         convs: list[float] = []
-        requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None]] = []
+        requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None, Any]] = []
+        ctx = self.ctx
         counts = out.counts
         seen = self.seen
         seen_put = seen.put
@@ -188,6 +193,8 @@ class ShardProcessor:
                             counts["ignored"] = counts.get("ignored", 0) + 1
                             continue
                         rows.append(exp.row); slots.append(slot); imps.append(1.0); clks.append(0.0); convs.append(0.0)
+                        if exp.experiment_id in ctx:
+                            ctx.outcome(exp.experiment_id, slot, event.request_id, None, event.event_id, 1.0, 0.0)
                     else:
                         self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
                         self._check_stale(event.ts)
@@ -208,6 +215,10 @@ class ShardProcessor:
                             clks.append(1.0); convs.append(0.0)
                         else:
                             clks.append(0.0); convs.append(event.value)
+                        if exp.experiment_id in ctx:
+                            reward = 1.0 if kind is Click else self.state.params(exp.row).conversion_weight * event.value
+                            ctx.outcome(exp.experiment_id, slot, event.request_id, event.impression_id,
+                                        event.event_id, 0.0, reward)
                     if event.ts > exp.max_ts:
                         exp.max_ts = event.ts
                     exp.version += 1
@@ -215,20 +226,24 @@ class ShardProcessor:
                 elif kind is ev.DecisionRequest:
                     if exp is None:
                         raise EventError("unknown_experiment", event.experiment_id[:80])
-                    requests.append((event, exp, offset, key, value))
+                    u = (ctx.featurize(exp.experiment_id, event.context, event.user_id)
+                         if exp.experiment_id in ctx else None)
+                    requests.append((event, exp, offset, key, value, u))
                 elif kind is ev.ExperimentEvent:
                     lifecycle.apply_experiment_event(self, event, exp, out)
                 else:  # Variant
                     self._apply_variant(event, exp, out)
                 counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
             except EventError as exc:
-                out.dead_letters.append(DeadLetter(offset, key, value, exc.reason, exc.detail))
+                out.dead_letters.append(DeadLetter(offset, key, redact(value), exc.reason, exc.detail))
         if rows:
             n = len(rows)
             update(self.state, np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64),
                    np.asarray(imps, dtype=np.float64), np.asarray(clks, dtype=np.float64),
                    np.asarray(convs, dtype=np.float64))
             self.events_applied += n
+        if ctx.experiments:
+            ctx.flush()  # train on joined outcomes; FALCON refits go to their thread
         if requests:
             self._decide(requests, out, now, first_offset or 0)
         lifecycle.sweep(self, out)
@@ -263,7 +278,7 @@ class ShardProcessor:
                 self.next_offset = rec[0] + 1
                 self._journal.append((2, rec[0]))
                 detail = f"{type(err).__name__}: {err}"[:300]
-                out.dead_letters.append(DeadLetter(rec[0], rec[1], rec[2], "processing_error", detail))
+                out.dead_letters.append(DeadLetter(rec[0], rec[1], redact(rec[2]), "processing_error", detail))
                 continue
             self._journal.append((0, one, now, ts))
             self._journal_records += 1
@@ -306,6 +321,7 @@ class ShardProcessor:
             fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config, gate=self.gate)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
         fresh.stats = self.stats  # statistics and declared winners are outputs, not state
+        self.ctx.close()
         self.__dict__.update(fresh.__dict__)
         self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
         for entry in journal:
@@ -351,6 +367,7 @@ class ShardProcessor:
     def evict(self, exp: Experiment) -> None:
         """Forget an archived experiment: its row is freed (the last row moves into it)."""
         moved = self.state.remove_experiment(exp.row)
+        self.ctx.remove_experiment(exp.experiment_id)
         del self.experiments[exp.experiment_id]
         del self.by_row[exp.row]
         if moved is not None:
@@ -378,9 +395,10 @@ class ShardProcessor:
         from lola.kernels import select
 
         fresh: list[tuple[ev.DecisionRequest, Experiment]] = []
+        ctx_fresh: list[tuple[ev.DecisionRequest, Experiment, Any]] = []
         servable: dict[int, bool] = {}  # per experiment row: has an active arm (once per batch)
         decided = self.decided.map
-        for req, exp, offset, key, value in requests:
+        for req, exp, offset, key, value, u in requests:
             prior = decided.get(req.request_id)
             row = exp.row
             ok = servable.get(row)
@@ -388,22 +406,28 @@ class ShardProcessor:
                 ok = servable[row] = bool(self.state.active[row, :int(self.state.n_arms[row])].any())
             if prior is not None:  # upstream retry: answer with the same decision again
                 out.duplicates["decision_request"] = out.duplicates.get("decision_request", 0) + 1
+                policy = self.ctx.policy_name(exp.experiment_id) if u is not None else exp.policy
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
-                    req.request_id, exp.experiment_id, prior[0], prior[1], exp.policy, prior[2], now)))
+                    req.request_id, exp.experiment_id, prior[0], prior[1], policy, prior[2], now)))
             elif exp.status == "archived":
-                out.dead_letters.append(DeadLetter(offset, key, value, "experiment_archived", exp.experiment_id[:80]))
+                out.dead_letters.append(DeadLetter(offset, key, redact(value), "experiment_archived", exp.experiment_id[:80]))
             elif exp.status == "stopped":  # the best arm only, with certainty
                 if exp.best is None:
-                    out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant",
+                    out.dead_letters.append(DeadLetter(offset, key, redact(value), "no_active_variant",
                                                        exp.experiment_id[:80]))
                     continue
                 self.decided.put(req.request_id, (exp.best, 1.0, exp.version))
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                     req.request_id, exp.experiment_id, exp.best, 1.0, exp.policy, exp.version, now)))
             elif not ok:
-                out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant", exp.experiment_id[:80]))
+                out.dead_letters.append(DeadLetter(offset, key, redact(value), "no_active_variant",
+                                                   exp.experiment_id[:80]))
+            elif u is not None:
+                ctx_fresh.append((req, exp, u))
             else:
                 fresh.append((req, exp))
+        if ctx_fresh:
+            self._decide_contextual(ctx_fresh, out, now, first_offset)
         if not fresh:
             return
         rows = np.fromiter((exp.row for _, exp in fresh), dtype=np.int64, count=len(fresh))
@@ -413,6 +437,18 @@ class ShardProcessor:
             self.decided.put(req.request_id, (variant_id, p, exp.version))
             out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                 req.request_id, exp.experiment_id, variant_id, p, exp.policy, exp.version, now)))
+
+    def _decide_contextual(self, fresh: list, out: BatchOutput, now: float, first_offset: int) -> None:
+        """Contextual experiments: one kernel call with each request's u; the context waits in the join window."""
+        slots, props = self.ctx.decide([exp.experiment_id for _, exp, _ in fresh], [req.request_id for req, _, _ in fresh],
+                                       [u for _, _, u in fresh], _mix_seed(self.config.seed, self.partition,
+                                                                           first_offset, 1), now)
+        for (req, exp, _), slot, p in zip(fresh, slots, props):
+            variant_id = exp.variant_ids[slot]
+            self.decided.put(req.request_id, (variant_id, p, exp.version))
+            out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
+                req.request_id, exp.experiment_id, variant_id, p, self.ctx.policy_name(exp.experiment_id),
+                exp.version, now)))
 
     # ------------------------------------------------------------------ priors
     def apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
@@ -426,6 +462,8 @@ class ShardProcessor:
         if slot is None:
             return False
         self.state.set_prior(exp.row, slot, float(prior))
+        if experiment_id in self.ctx:
+            self.ctx.set_prior(experiment_id, slot, float(prior))
         exp.version += 1
         return True
 
@@ -477,6 +515,8 @@ class ShardProcessor:
         snap.update(self.stats.extras(self.state, exp, summary, snap.get("bai"),
                                       POLICY_TABLE[exp.policy].uses_prior, snap["ts"]))
         snap["edge"] = self.edge.block(self.state, exp.row, exp.variant_ids, snap)  # edge serving (stream.edge)
+        if experiment_id in self.ctx:
+            snap["contextual"] = self.ctx.snapshot(experiment_id)
         return snap
 
     # ------------------------------------------------------------------ checkpoints
@@ -488,7 +528,8 @@ class ShardProcessor:
                 "dedup": self.seen.to_json(), "imp_by_request": self.imp_by_request.items(),
                 "decided": self.decided.items(), "clock": self.clock if math.isfinite(self.clock) else None,
                 "legacy_seen": None if self.legacy_seen is None else self.legacy_seen.items(),
-                "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None}
+                "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None,
+                "contextual": self.ctx.to_json() if self.ctx.experiments else None}
         meta_bytes = orjson.dumps(meta)
         return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
 
@@ -532,6 +573,9 @@ class ShardProcessor:
         proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"])
         keys, values = meta["decided"]
         proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
+        if meta.get("contextual"):
+            proc.ctx = ContextualShard.from_json(meta["contextual"], proc.config.join_window_s,
+                                                 proc.config.join_window_bytes)
         return proc
 
 

@@ -246,6 +246,21 @@ class StreamSettings(BaseSettings):
                                          "and a hashed bag of words of the variant text, lola.stream.features); "
                                          "0 = those policies are invalid_settings; a restored shard keeps the d "
                                          "of its checkpoint")
+    context_user_dim: int = Field(8, ge=2, le=16,
+                                  validation_alias=AliasChoices("context_user_dim", "LOLA_CONTEXT_USER_DIM"),
+                                  description="width of a contextual experiment's user features u (intercept, scaled "
+                                              "numeric fields, hashed categorical fields; docs/contextual.md)")
+    context_arm_dim: int = Field(4, ge=1, le=4,
+                                 validation_alias=AliasChoices("context_arm_dim", "LOLA_CONTEXT_ARM_DIM"),
+                                 description="width of a contextual experiment's arm text features a; the model's "
+                                             "features are a (x) u, d = arm_dim * user_dim")
+    join_window_s: float = Field(600.0, gt=0, le=86_400,
+                                 validation_alias=AliasChoices("join_window_s", "LOLA_JOIN_WINDOW_S"),
+                                 description="how long a contextual decision's featurized context waits for its "
+                                             "impression/click (then it counts as never joined)")
+    join_window_bytes: int = Field(64 * 2**20, ge=2**16, le=2**34,
+                                   validation_alias=AliasChoices("join_window_bytes", "LOLA_JOIN_WINDOW_BYTES"),
+                                   description="byte budget of the join window per partition (oldest entries leave first)")
     warm_start_dir: Path | None = Field(None, validation_alias=AliasChoices("warm_start_dir", "LOLA_WARM_START_DIR"),
                                            description="folder of LinUCB warm starts (NAME.npz from `lola experiments "
                                                        "warm-start`), loaded at start; a variant setting "

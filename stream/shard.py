@@ -48,6 +48,10 @@ class ProcessorConfig:
     snapshot_interval_s: float = _setting_default("snapshot_interval_s")
     edge_method: str = _setting_default("edge_method")
     edge_valid_s: float = _setting_default("edge_valid_s")
+    context_user_dim: int = _setting_default("context_user_dim")
+    context_arm_dim: int = _setting_default("context_arm_dim")
+    join_window_s: float = _setting_default("join_window_s")
+    join_window_bytes: int = _setting_default("join_window_bytes")
     stats_interval_s: float = _setting_default("stats_interval_s")
     #: (p_best, max_loss, min_impressions) of lola.stream.stats.WinnerRule
     winner_rule: tuple = (_setting_default("winner_p_best"), _setting_default("winner_max_loss"),

@@ -402,6 +402,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         if self.checkpointed_at:
             self.metrics.checkpoint_age.set(now - min(self.checkpointed_at.values()))
         for p, shard in self.shards.items():
+            join = shard.ctx.join  # contextual experiments (docs/contextual.md)
+            self.metrics.context_never_joined.labels(str(p)).set(sum(join.never_joined.values()))
+            self.metrics.join_window_bytes.labels(str(p)).set(join.bytes)
             try:
                 # cached=True: the high watermark of the last Fetch response (exact on Tansu too).
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)

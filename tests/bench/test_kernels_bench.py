@@ -36,6 +36,12 @@ def test_quick_kernels_bench_prints_the_documented_json():
             prop = r["propensity"]
             assert prop["quadrature_error_bound"] == 1e-6 and prop["quadrature_us"] > 0 and prop["monte_carlo_us"] > 0
             assert 0.0 < prop["monte_carlo_mean_abs_error"] < 0.2
+    ctx = doc["contextual"]
+    assert ctx["workload"]["d"] == 32 and ctx["workload"]["arms"] == 4
+    for name in ("linucb", "falcon"):
+        assert ctx[name]["numba_per_s"] > 0 and ctx[name]["batch_api_per_s"] > 0
+        assert 0.0 < ctx[name]["mean_reward"] < 0.2 and ctx[name]["numba_vs_vw"] > 0
+    assert ctx["linucb"]["numba_vs_mabwiser"] > 0
 
 
 def test_bad_bench_argument_is_one_line():

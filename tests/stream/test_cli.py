@@ -16,6 +16,7 @@ BAD_ARGS = [
     (["loadgen", "open", "--bootstrap", "127.0.0.1:9", "--duplicate-rate", "1.5"], "--duplicate-rate"),
     (["loadgen", "closed", "--bootstrap", "127.0.0.1:9", "--split", "nope"], "--split must be"),
     (["loadgen", "closed", "--bootstrap", "127.0.0.1:9", "--tau", "0"], "--tau must be"),
+    (["loadgen", "closed", "--bootstrap", "127.0.0.1:9", "--contextual", "ts"], "--contextual must be"),
     (["worker", "--bootstrap", "nohost"], "not HOST:PORT"),
     (["snapshot", "--json"], "no broker"),
     (["dlq", "replay"], "no broker"),
