@@ -19,6 +19,7 @@ from lola.bench import cli as bench_cli
 from lola.comply import cli as comply_cli
 from lola.errors import LolaError
 from lola.export import cli as export_cli
+from lola.generation import cli as generation_cli
 from lola.replay import cli as replay_cli
 from lola.stream import cli as stream_cli
 
@@ -52,7 +53,7 @@ def version() -> None:
 
 
 # Order of `lola --help`: the worker's commands first, then the tools.
-for _area in (stream_cli, comply_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
+for _area in (stream_cli, comply_cli, generation_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
     _area.register(app)
 
 
