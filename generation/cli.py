@@ -20,6 +20,12 @@ BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
 DEFAULT_MODEL = Path("models/ctr-onnx")
 
 
+def active_texts(snapshot: dict) -> list[str]:
+    """Texts of a snapshot's serving variants (a snapshot without ``state`` reads ``active`` as the state)."""
+    return [arm["text"] for arm in snapshot["arms"].values()
+            if arm.get("text") and arm.get("state", "active" if arm.get("active") else "retired") == "active"]
+
+
 def existing_from_snapshot(experiment_id: str, bootstrap: str | None) -> list[str]:
     """Texts of the experiment's serving variants, from its latest policy snapshot."""
     from lola.client import SnapshotReader
@@ -27,8 +33,7 @@ def existing_from_snapshot(experiment_id: str, bootstrap: str | None) -> list[st
     snap = SnapshotReader(bootstrap=bootstrap).experiment(experiment_id)
     if snap is None:
         raise ConfigError(f"--from-experiment {experiment_id}: no snapshot of that experiment on the snapshots topic")
-    texts = [arm["text"] for arm in snap["arms"].values()
-             if arm.get("text") and arm.get("state", "active" if arm.get("active") else "retired") == "active"]
+    texts = active_texts(snap)
     if not texts:
         raise ConfigError(f"--from-experiment {experiment_id}: its snapshot names no active variant with a text")
     return texts

@@ -155,6 +155,10 @@ class Decision(_Event, tag="decision"):
 Extended = float | Literal["inf", "-inf"] | None
 
 
+#: How much of a variant's text a snapshot repeats (snapshots stay far below max_message_bytes).
+SNAPSHOT_TEXT_CHARS = 300
+
+
 class SnapshotArm(Struct, frozen=True):
     """One variant in a policy snapshot."""
 
@@ -165,6 +169,8 @@ class SnapshotArm(Struct, frozen=True):
     score: Extended  # the policy's current index (TS: one posterior draw); null if none
     serving_share: Annotated[float, Meta(ge=0.0, le=1.0)]  # the decisions' allocation
     active: bool
+    #: the variant's text, cut to SNAPSHOT_TEXT_CHARS (lola variants generate --from-experiment reads it)
+    text: Annotated[str, Meta(max_length=SNAPSHOT_TEXT_CHARS)] | None = None
 
 
 class SnapshotOpe(Struct, frozen=True):

@@ -403,6 +403,7 @@ class ShardProcessor:
             vid = exp.variant_ids[arm["slot"]]
             arms[vid] = {k: arm[k] for k in ("impressions", "clicks", "conversions", "prior", "score",
                                              "serving_share", "active")}
+            arms[vid]["text"] = exp.texts[arm["slot"]][:ev.SNAPSHOT_TEXT_CHARS]
         snap = {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
                 "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
                 "ts": time.time() if now is None else now, "partition": self.partition,

@@ -43,3 +43,26 @@ def test_dpo_loss_matches_its_formula():
     # identical policy and reference: margin 0, loss log 2 (where training starts)
     loss0, _ = dpo_loss(rc, rr, rc, rr, beta=0.1)
     assert float(loss0) == pytest.approx(math.log(2))
+
+
+def test_sequence_logprobs_against_full_logits(tiny_base):
+    """The response-only projection equals the plain full-logits sum (on the tiny random Llama, with LoRA)."""
+    torch = pytest.importorskip("torch")
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from lola.generation.tune import sequence_logprobs
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    prompts, responses = ["the dog did", "why how money health family"], ["love cats", "music"]
+    got = sequence_logprobs(model, tok, prompts, responses)
+    for k, (p, r) in enumerate(zip(prompts, responses)):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + tok(r + "<|im_end|>", add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+        want = sum(float(logp[t - 1, ids[0, t]]) for t in range(len(p_ids), ids.shape[1]))
+        assert float(got[k]) == pytest.approx(want, rel=1e-5, abs=1e-5)
