@@ -26,11 +26,11 @@ def active_texts(snapshot: dict) -> list[str]:
             if arm.get("text") and arm.get("state", "active" if arm.get("active") else "retired") == "active"]
 
 
-def existing_from_snapshot(experiment_id: str, bootstrap: str | None) -> list[str]:
+def existing_from_snapshot(experiment_id: str, bootstrap: str | None, settings=None) -> list[str]:
     """Texts of the experiment's serving variants, from its latest policy snapshot."""
     from lola.client import SnapshotReader
 
-    snap = SnapshotReader(bootstrap=bootstrap).experiment(experiment_id)
+    snap = SnapshotReader(bootstrap=bootstrap, settings=settings).experiment(experiment_id)
     if snap is None:
         raise ConfigError(f"--from-experiment {experiment_id}: no snapshot of that experiment on the snapshots topic")
     texts = active_texts(snap)
@@ -39,14 +39,14 @@ def existing_from_snapshot(experiment_id: str, bootstrap: str | None) -> list[st
     return texts
 
 
-def publish(experiment_id: str, top: list[dict], bootstrap: str | None) -> list[str]:
+def publish(experiment_id: str, top: list[dict], bootstrap: str | None, settings=None) -> list[str]:
     """Send the top candidates as ``variant`` events; returns their variant ids (``gen-`` + text hash)."""
     import hashlib
 
     from lola.client import EventProducer, variant
 
     ids = []
-    with EventProducer(bootstrap=bootstrap) as producer:
+    with EventProducer(bootstrap=bootstrap, settings=settings) as producer:
         for c in top:
             vid = "gen-" + hashlib.sha256(c["text"].encode()).hexdigest()[:12]
             producer.send(variant(experiment_id, vid, c["text"]))
