@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from lola.errors import ConfigError
+from lola.generation.model import MAX_CANDIDATES
 
 variants_app = typer.Typer(help="Generated variants: sample, check, score, rank and publish headline candidates; "
                                 "tune the generator on what won; evaluate it with an independent judge.",
@@ -85,6 +86,10 @@ def generate_cmd(
         raise ConfigError("give exactly one of --brief or --from-experiment")
     if k < 1:
         raise ConfigError(f"--k must be >= 1, got {k}")
+    if not 0.0 <= lam <= 1.0:
+        raise ConfigError(f"--lambda must be in [0, 1], got {lam}")
+    if not 1 <= n <= MAX_CANDIDATES:
+        raise ConfigError(f"--n must be in [1, {MAX_CANDIDATES}], got {n}")
     rules = load_policy(policy)
     texts = list(existing)
     if from_experiment is not None:
