@@ -156,11 +156,15 @@ def eval_cmd(
     judge = ev.judge_for(train)
     prior, note = open_prior(model)
     generator = Generator(adapter=adapter)
+    head = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "prior": note, "n": n,
+            "lambda": lam, "seed": seed, "judge": "TF-IDF ridge (word 1-2 + char 3-5 grams), train split",
+            "note": "judge CTRs are predictions, not measured clicks"}
+    partial = out.with_suffix(".partial.json")
     rows = ev.evaluate_generator(generator, items, judge, rules, prior, n, lam, seed,
-                                 log=lambda m: typer.echo(m, err=True))
-    payload = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "prior": note, "n": n,
-               "lambda": lam, "seed": seed, "judge": "TF-IDF ridge (word 1-2 + char 3-5 grams), train split",
-               "note": "judge CTRs are predictions, not measured clicks", "summary": ev.summarise(rows), "rows": rows}
+                                 log=lambda m: typer.echo(m, err=True),
+                                 on_row=lambda done: ev.write(partial, {**head, "rows": done}))
+    partial.unlink(missing_ok=True)
+    payload = {**head, "summary": ev.summarise(rows), "rows": rows}
     if baseline is not None:
         payload["paired"] = ev.compare(json.loads(baseline.read_text())["rows"], rows)
     ev.write(out, payload)

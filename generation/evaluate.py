@@ -50,8 +50,9 @@ def stories(csv_path: str | Path, split: str, limit: int) -> tuple[list[tuple[He
 
 
 def evaluate_generator(generator: Generator, items: Sequence[tuple[HeadlineTest, str]], judge, policy: Policy,
-                       prior: PriorScorer | None, n: int, lam: float, seed: int, log=print) -> list[dict[str, Any]]:
-    """One row per story (see the module docstring)."""
+                       prior: PriorScorer | None, n: int, lam: float, seed: int, log=print,
+                       on_row=None) -> list[dict[str, Any]]:
+    """One row per story (see the module docstring); ``on_row(rows)`` after each story (partial results)."""
     rows = []
     for i, (test, brief) in enumerate(items):
         t = time.monotonic()
@@ -67,6 +68,8 @@ def evaluate_generator(generator: Generator, items: Sequence[tuple[HeadlineTest,
                "distinct_1": distinct_n(ranked, 1), "distinct_2": distinct_n(ranked, 2),
                "new_tokens": result.new_tokens, "seconds": round(time.monotonic() - t, 1)}
         rows.append(row)
+        if on_row is not None:
+            on_row(rows)
         log(f"[{i + 1}/{len(items)}] {row['seconds']}s top={row['top']!r}")
     return rows
 
