@@ -151,6 +151,8 @@ def eval_cmd(
 
     if stories < 1:
         raise ConfigError(f"--stories must be >= 1, got {stories}")
+    if baseline is not None and not baseline.is_file():
+        raise ConfigError(f"--compare {baseline}: no such file (run the base evaluation first)")
     rules = load_policy(policy)
     items, train = ev.stories(data or upworthy_csv(), "test", stories)
     judge = ev.judge_for(train)

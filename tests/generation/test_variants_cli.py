@@ -14,6 +14,7 @@ from lola.cli import main
     (["variants", "generate", "--brief", "b", "--n", "0"], "--n must be in [1, 256]"),
     (["variants", "generate", "--brief", "b", "--k", "0"], "--k must be >= 1"),
     (["variants", "eval", "--stories", "0"], "--stories must be >= 1"),
+    (["variants", "eval", "--compare", "/nonexistent.json"], "--compare /nonexistent.json: no such file"),
     (["variants", "tune", "--minutes", "0"], "--minutes must be > 0"),
     (["bench", "generate", "--rounds", "0"], "--n and --rounds must be >= 1"),
 ])
