@@ -53,7 +53,7 @@ def version() -> None:
 
 
 # Order of `lola --help`: the worker's commands first, then the tools.
-for _area in (stream_cli, comply_cli, generation_cli, demo, export_cli, bench_cli, replay_cli, config_reference):
+for _area in (stream_cli, demo, export_cli, bench_cli, replay_cli, config_reference, comply_cli, generation_cli):
     _area.register(app)
 
 
