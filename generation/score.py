@@ -123,7 +123,7 @@ def plot_curve(curve: Sequence[dict[str, float]], path, title: str) -> None:
     y = [100 * r["ctr"] for r in curve]
     ax.plot(x, y, "o-", color="tab:blue", ms=4)
     for r in curve:
-        if r["lambda"] in (0.0, 0.5, 1.0) or r["lambda"] == knee:
+        if r["lambda"] in (0.0, 1.0) or r["lambda"] == knee:
             ax.annotate(f"λ={r['lambda']:g}" + (" (elbow)" if r["lambda"] == knee else ""),
                         (r["creativity"], 100 * r["ctr"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("mean creativity of the top k (novelty, 0-1)")
