@@ -73,3 +73,12 @@ def test_pipeline_without_a_prior_ranks_by_creativity():
     ranked = [c for c in out.candidates if c["rank"] is not None]
     assert all(c["predicted_ctr"] is None for c in ranked)
     assert ranked[0]["creativity"] >= ranked[1]["creativity"]
+
+
+def test_a_missing_prior_model_is_said_not_guessed(tmp_path):
+    from lola.generation.pipeline import open_prior
+
+    scorer, note = open_prior(tmp_path / "nope")
+    assert scorer is None and "no prior model at" in note and "lola priors build-default" in note
+    scorer, note = open_prior(None)
+    assert scorer is None and "ranked by creativity only" in note
