@@ -16,10 +16,12 @@ from typer.exceptions import TyperException
 
 from lola import __version__, config_reference, demo
 from lola.bench import cli as bench_cli
+from lola.comply import cli as comply_cli
 from lola.errors import LolaError
 from lola.evaluate import cli as evaluate_cli
 from lola.export import cli as export_cli
 from lola.report import cli as report_cli
+from lola.generation import cli as generation_cli
 from lola.replay import cli as replay_cli
 from lola.serve import cli as serve_cli
 from lola.stream import cli as stream_cli
@@ -54,7 +56,8 @@ def version() -> None:
 
 
 # Order of `lola --help`: the worker's commands first, then the tools.
-for _area in (stream_cli, serve_cli, demo, evaluate_cli, report_cli, export_cli, bench_cli, replay_cli, config_reference):
+for _area in (stream_cli, serve_cli, demo, evaluate_cli, report_cli, export_cli, bench_cli, replay_cli, config_reference,
+              comply_cli, generation_cli):
     _area.register(app)
 
 

@@ -180,6 +180,10 @@ class Decision(_Event, tag="decision"):
 Extended = float | Literal["inf", "-inf"] | None
 
 
+#: How much of a variant's text a snapshot repeats (snapshots stay far below max_message_bytes).
+SNAPSHOT_TEXT_CHARS = 300
+
+
 class SnapshotArm(Struct, frozen=True):
     """One variant in a policy snapshot."""
 
@@ -192,6 +196,8 @@ class SnapshotArm(Struct, frozen=True):
     active: bool  # served now (state active and, for a stopped experiment, the best arm)
     state: Literal["pending", "active", "blocked", "retired"] = "active"
     state_reason: str | None = None
+    #: the variant's text, cut to SNAPSHOT_TEXT_CHARS (lola variants generate --from-experiment reads it)
+    text: Annotated[str, Meta(max_length=SNAPSHOT_TEXT_CHARS)] | None = None
 
 
 class SnapshotOpe(Struct, frozen=True):

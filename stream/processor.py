@@ -499,6 +499,7 @@ class ShardProcessor:
             elif exp.status == "archived":
                 arms[vid]["serving_share"] = 0.0
             arms[vid]["state"], arms[vid]["state_reason"] = exp.states[slot], exp.reasons[slot]
+            arms[vid]["text"] = exp.texts[slot][:ev.SNAPSHOT_TEXT_CHARS]
         snap = {"v": ev.SCHEMA_VERSION, "type": "policy_snapshot", "experiment_id": experiment_id,
                 "policy": exp.policy, "policy_version": exp.version, "n_aux": summary.get("n_aux"),
                 "ts": time.time() if now is None else now, "partition": self.partition,

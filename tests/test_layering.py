@@ -3,10 +3,14 @@
 Every import of a ``lola`` module is read from the source (module level and inside
 functions alike) and checked against the layering of the README's architecture picture:
 
-    lola.cli -> lola.demo -> {lola.replay, lola.bench, lola.config_reference}
-      -> {lola.client (and later: serve, evaluate, report, generation)}
+    lola.cli -> lola.demo -> lola.generation -> {lola.replay, lola.bench, lola.config_reference}
+      -> {lola.client (and later: serve, evaluate, report)}
       -> lola.stream
-      -> lola.export -> lola.kernels -> {lola.data, lola.paths} -> lola.errors
+      -> lola.export -> lola.kernels -> {lola.data, lola.paths, lola.comply} -> lola.errors
+
+``lola.generation`` sits above replay and bench: it reads snapshots and publishes variants
+through ``lola.client``, is judged by the replay's TF-IDF ridge, and adds ``lola bench
+generate`` to the bench group.
 
 A module may import its own area and any area of a lower layer, nothing else; nothing
 imports ``lola.cli``.
@@ -25,13 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("lola.cli",),
     ("lola.demo",),
+    ("lola.generation",),
     ("lola.replay", "lola.bench", "lola.config_reference"),
     ("lola.serve",),  # embeds lola.client's EdgeAllocator
-    ("lola.client", "lola.evaluate", "lola.report", "lola.generation"),
+    ("lola.client", "lola.evaluate", "lola.report"),
     ("lola.stream",),
     ("lola.export",),
     ("lola.kernels",),
-    ("lola.data", "lola.paths"),
+    ("lola.data", "lola.paths", "lola.comply"),
     ("lola.errors", "lola"),
 )
 RANK = {area: len(LAYERS) - i for i, areas in enumerate(LAYERS) for area in areas}

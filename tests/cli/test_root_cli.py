@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # The commands `lola --help` lists (issue 16 moved the replay and the demo into packages without changing these).
-ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "serve", "demo", "evaluate", "report", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config"]
+ROOT_COMMANDS = ["version", "broker", "worker", "snapshot", "schema", "serve", "demo", "evaluate", "report", "loadgen", "dlq", "experiments", "priors", "bench", "replay", "config", "comply", "variants"]
 
 
 def _lola(*args: str) -> subprocess.CompletedProcess:
@@ -27,7 +27,8 @@ def test_every_command_path(lola_commands):
             "bench kernels", "bench stream", "bench priors", "bench soak", "bench stats", "bench ope", "bench ope-heldout", "bench serve", "replay edge", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
             "experiments list", "experiments show", "experiments archive",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors readout-study",
-            "priors build-default",
+            "priors build-default", "bench generate", "comply check", "variants generate", "variants tune",
+            "variants eval",
             "config reference", *ROOT_COMMANDS} == lola_commands
 
 

@@ -1,0 +1,1 @@
+"""``lola.generation``: generated variants (see docs/generation.md)."""

@@ -1,0 +1,202 @@
+"""``lola variants tune``: LoRA DPO of the generator on what won (train-split preference pairs).
+
+A preference pair is two headlines of the same train-split test whose CTRs differ
+significantly (:func:`lola.export.metrics.significant_pairs`, two-proportion test): the
+winner is *chosen*, the loser *rejected*, the prompt is the story's lede in the same
+chat prompt the generator samples from. DPO (Rafailov et al. 2023) rather than RELATE-style
+RL: the archive already holds the outcome of each comparison, so no reward model (and no
+sampling inside the training loop, which a 2-core CPU cannot afford) is needed; the
+compliance checker filters the pairs instead (a non-compliant winner is never a target).
+
+The loss is written here (a few lines) instead of using ``trl``: trl is not a dependency,
+pulls ``datasets`` and friends, and its trainer adds nothing on this scale; the reference
+model is the same network with the LoRA adapter disabled (peft), so no second copy is
+held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import typer
+
+from lola.comply import Policy, check_text
+from lola.data.upworthy import headline_tests
+from lola.errors import ConfigError
+from lola.export.metrics import significant_pairs
+from lola.export.text import clean_text
+
+
+#: Training prompts carry the first 300 characters of the lede (shorter sequences, same prompt shape).
+TRAIN_BRIEF_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Pair:
+    brief: str
+    chosen: str
+    rejected: str
+
+
+def preference_pairs(packages, policy: Policy, alpha: float = 0.05, per_test: int = 3) -> list[Pair]:
+    """Winner/loser headline pairs of the same test with significantly different CTRs (at most
+    ``per_test`` per test, largest CTR gap first); only pairs whose winner is compliant."""
+    out = []
+    for test in sorted(headline_tests(packages), key=lambda t: (t.test_id, t.eyecatcher_id)):
+        brief = next((clean_text(p.lede) for p in test.packages if clean_text(p.lede)), "")
+        if len(brief) < 40:
+            continue
+        found = []
+        for i, j in significant_pairs(test, alpha):
+            w, l = (i, j) if test.ctrs[i] > test.ctrs[j] else (j, i)
+            found.append((test.ctrs[w] - test.ctrs[l], w, l))
+        for _, w, l in sorted(found, reverse=True)[:per_test]:
+            chosen, rejected = clean_text(test.headlines[w]), clean_text(test.headlines[l])
+            if check_text(policy, chosen).ok:
+                out.append(Pair(brief, chosen, rejected))
+    return out
+
+
+def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float):
+    """DPO: ``-log σ(β[(log π(c) - log π_ref(c)) - (log π(r) - log π_ref(r))])``, and the implicit reward margin."""
+    import torch.nn.functional as F
+
+    margin = beta * ((pol_c - ref_c) - (pol_r - ref_r))
+    return -F.logsigmoid(margin).mean(), margin
+
+
+def sequence_logprobs(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]):
+    """Sum of the response tokens' log-probabilities given the prompt (prompt tokens masked).
+
+    The vocabulary projection runs only at the response positions: over a ~49k-token
+    vocabulary the full logits of every prompt token would be most of the step's time.
+    """
+    import torch
+
+    ids, masks = [], []
+    for p, r in zip(prompts, responses):
+        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(r + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        ids.append(p_ids + r_ids)
+        masks.append([0] * len(p_ids) + [1] * len(r_ids))
+    width = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    target = torch.tensor([m + [0] * (width - len(m)) for m in masks], dtype=torch.bool)[:, 1:]
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA layers stay in it
+    hidden = causal_lm.model(input_ids=input_ids, attention_mask=attention).last_hidden_state[:, :-1]
+    rows, cols = target.nonzero(as_tuple=True)
+    logits = causal_lm.lm_head(hidden[rows, cols]).float()
+    token_logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:][rows, cols].unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(len(ids), dtype=token_logp.dtype).index_add(0, rows, token_logp)
+
+
+def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, batch_size: int = 4,
+              lr: float = 5e-4, beta: float = 0.1, rank: int = 8, seed: int = 0, held_out: Sequence[Pair] = (),
+              log=print) -> dict:
+    """LoRA DPO within a wall-clock budget; writes the adapter and ``tune_card.json`` to ``out``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from lola.generation.model import Generator
+
+    if not pairs:
+        raise ConfigError("no preference pairs to train on")
+    torch.manual_seed(seed)
+    gen = Generator()
+    tok = gen.tokenizer
+    model = get_peft_model(gen.model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rng = np.random.default_rng(seed)
+
+    def batch_logps(batch: Sequence[Pair]):
+        prompts = [gen.prompt(p.brief[:TRAIN_BRIEF_CHARS]) for p in batch]
+        both_p = prompts + prompts
+        both_r = [p.chosen for p in batch] + [p.rejected for p in batch]
+        with torch.no_grad(), model.disable_adapter():
+            ref = sequence_logprobs(model, tok, both_p, both_r)
+        pol = sequence_logprobs(model, tok, both_p, both_r)
+        k = len(batch)
+        return pol[:k], pol[k:], ref[:k], ref[k:]
+
+    def preference_accuracy(items: Sequence[Pair]) -> Optional[float]:
+        if not items:
+            return None
+        model.eval()
+        wins = []
+        with torch.no_grad():
+            for s in range(0, len(items), 8):
+                pc, pr, rc, rr = batch_logps(items[s:s + 8])
+                wins += ((pc - rc) - (pr - rr) > 0).tolist()
+        model.train()
+        return float(np.mean(wins))
+
+    t0 = time.monotonic()
+    losses, steps = [], 0
+    model.train()
+    order = rng.permutation(len(pairs))
+    while steps < max_steps and time.monotonic() - t0 < 60 * minutes:
+        idx = order[(steps * batch_size) % len(pairs):][:batch_size]
+        if len(idx) < batch_size:
+            order = rng.permutation(len(pairs))
+            idx = order[:batch_size]
+        pc, pr, rc, rr = batch_logps([pairs[i] for i in idx])
+        loss, margin = dpo_loss(pc, pr, rc, rr, beta)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        steps += 1
+        if steps % 20 == 0:
+            log(f"step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
+    train_seconds = time.monotonic() - t0
+    held = preference_accuracy(held_out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    card = {"method": "LoRA DPO (hand-written loss, reference = adapter disabled)", "base": gen.ref.describe(),
+            "pairs": len(pairs), "steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta, "lora_rank": rank,
+            "seed": seed, "budget_minutes": minutes, "train_seconds": round(train_seconds, 1),
+            "pairs_seen": steps * batch_size, "loss_first_20": float(np.mean(losses[:20])),
+            "loss_last_20": float(np.mean(losses[-20:])), "held_out_pairs": len(held_out),
+            "held_out_preference_accuracy": held}
+    (out / "tune_card.json").write_text(json.dumps(card, indent=1))
+    return card
+
+
+def register(variants_app: typer.Typer) -> None:
+    @variants_app.command("tune")
+    def tune(
+        out: Path = typer.Option(Path("models/generator-dpo"), "--out", help="Adapter folder (never commit it)."),
+        minutes: float = typer.Option(15.0, "--minutes", help="Wall-clock training budget."),
+        max_steps: int = typer.Option(10_000, "--max-steps"),
+        batch_size: int = typer.Option(4, "--batch-size", help="Preference pairs per step."),
+        lr: float = typer.Option(5e-4, "--lr"),
+        beta: float = typer.Option(0.1, "--beta", help="DPO temperature."),
+        held_out: int = typer.Option(64, "--held-out", help="Tune-split pairs for the held-out preference accuracy."),
+        data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
+        policy: Optional[Path] = typer.Option(None, "--policy"),
+        seed: int = typer.Option(0, "--seed"),
+    ) -> None:
+        """LoRA DPO of the generator on train-split preference pairs (same test, significantly different CTRs)."""
+        from lola.comply import load_policy
+        from lola.data.upworthy import load_packages, split_packages
+        from lola.paths import upworthy_csv
+
+        if minutes <= 0 or max_steps < 1 or batch_size < 1 or held_out < 0:
+            raise ConfigError("--minutes must be > 0, --max-steps and --batch-size >= 1, --held-out >= 0")
+        rules = load_policy(policy)
+        packages, _ = load_packages(data or upworthy_csv())
+        parts = split_packages(packages)
+        pairs = preference_pairs(parts["train"], rules)
+        tune_pairs = preference_pairs(parts["tune"], rules)[:held_out]
+        typer.echo(f"{len(pairs)} train pairs, {len(tune_pairs)} held-out tune pairs; budget {minutes} min", err=True)
+        card = train_dpo(pairs, out, minutes, max_steps, batch_size, lr, beta, seed=seed, held_out=tune_pairs,
+                         log=lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(card, indent=1))

@@ -1,0 +1,29 @@
+"""``lola variants ...`` and ``lola bench generate``: bad arguments are one line, before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from lola.cli import main
+
+
+@pytest.mark.parametrize("args, message", [
+    (["variants", "generate"], "give exactly one of --brief or --from-experiment"),
+    (["variants", "generate", "--brief", "b", "--from-experiment", "e"], "give exactly one of --brief"),
+    (["variants", "generate", "--brief", "b", "--lambda", "1.5"], "--lambda must be in [0, 1]"),
+    (["variants", "generate", "--brief", "b", "--n", "0"], "--n must be in [1, 256]"),
+    (["variants", "generate", "--brief", "b", "--k", "0"], "--k must be >= 1"),
+    (["variants", "eval", "--stories", "0"], "--stories must be >= 1"),
+    (["variants", "eval", "--compare", "/nonexistent.json"], "--compare /nonexistent.json: no such file"),
+    (["variants", "tune", "--minutes", "0"], "--minutes must be > 0"),
+    (["bench", "generate", "--rounds", "0"], "--n and --rounds must be >= 1"),
+])
+def test_bad_arguments_are_one_line(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_commands_exist(lola_commands):
+    assert {"variants generate", "variants tune", "variants eval", "bench generate", "comply check"} <= lola_commands
