@@ -293,6 +293,14 @@ class StreamSettings(BaseSettings):
     constant_prior: float | None = Field(None, ge=0, le=1, validation_alias=AliasChoices("constant_prior", "LOLA_CONSTANT_PRIOR"),
                                          description="prior CTR given to every new variant; when set it wins over "
                                                      "LOLA_MODEL_DIR (the image sets that one by default)")
+    compliance_policy: str | None = Field(
+        None, max_length=4096, validation_alias=AliasChoices("compliance_policy", "LOLA_COMPLIANCE_POLICY"),
+        description="the variant gate's compliance policy: a YAML file, or 'default' for the shipped one; unset = no "
+                    "gate (docs/compliance.md); SIGHUP re-reads it and re-checks running variants")
+    compliance_classifier: str | None = Field(
+        None, max_length=512, validation_alias=AliasChoices("compliance_classifier", "LOLA_COMPLIANCE_CLASSIFIER"),
+        description="package.module:factory of an off-path compliance classifier; with it new variants start "
+                    "pending until classified (needs LOLA_COMPLIANCE_POLICY)")
     prior_provider: str | None = Field(
         None, validation_alias=AliasChoices("prior_provider", "LOLA_PRIOR_PROVIDER"),
         description="onnx | constant | http | none | package.module:factory (a plug-in, docs/priors-providers.md); "

@@ -22,7 +22,7 @@ Exactly-once counts without broker transactions
   checkpoint are produced again (at-least-once): decisions keep their request_id, dead
   letters keep their source offset header, snapshots are overwritten.
 * On revoke: flush outputs, checkpoint the revoked shards, commit. SIGTERM: the same
-  for all shards, then exit 0. SIGHUP: reload the prior model.
+  for all shards, then exit 0. SIGHUP: reload the prior model and the compliance policy.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from lola.stream import events as ev
 from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
 from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
+from lola.stream.compliance import WorkerCompliance
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.lifecycle import VariantGate
 from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics, observe_many
@@ -83,6 +84,11 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.settings = settings
         # First: a bad prior provider setting stops the worker before it touches the broker.
         provider = prior_provider if prior_provider is not None else provider_from_settings(settings)
+        # The variant gate of new variants (lola.stream.lifecycle.VariantGate; None: all active);
+        # LOLA_COMPLIANCE_POLICY builds lola.comply's gate (lola.stream.compliance). Also before the broker.
+        self.compliance = (WorkerCompliance(settings, self.request_variant_state)
+                           if gate is None and settings.compliance_policy else None)
+        self.gate = self.compliance.gate if self.compliance is not None else gate
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = WorkerMetrics()
         self.config = dataclasses.replace(ProcessorConfig.from_settings(settings),
@@ -125,7 +131,6 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self._pending: PendingCheckpoint | None = None  # the periodic checkpoint in progress
         self._refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
         self._first_assigned_at: float | None = None
-        self.gate = gate  # the variant gate of new variants (lola.stream.lifecycle.VariantGate); None: all active
         self._state_requests: queue.SimpleQueue = queue.SimpleQueue()  # request_variant_state -> the loop
         self._budget_evictions: dict[int, int] = {}  # partition -> dedup budget evictions already counted
         self._stop = threading.Event()
@@ -144,6 +149,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self._stop.set()
 
     def reload_priors(self, *_: Any) -> None:
+        """SIGHUP: reload the prior model and the compliance policy (safe from a signal handler)."""
+        if self.compliance is not None:
+            self.compliance.request_reload()
         if isinstance(self.priors.provider, OnnxModelProvider):
             self.priors.provider.request_reload()
             log.info("prior model reload requested")
@@ -480,6 +488,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                     self.metrics.batch_seconds.observe(t_last - t0)
                     last_data = now
                 self._apply_priors()
+                if self.compliance is not None:
+                    self.compliance.tick(self.shards)
                 self._apply_state_requests()
                 self.producer.poll(0)
                 if now - last_snapshot >= s.snapshot_interval_s:
@@ -506,6 +516,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
             raise
         finally:
             self.priors.stop()
+            if self.compliance is not None:
+                self.compliance.close()
             try:
                 self.consumer.close()  # triggers on_revoke -> no-op checkpoint of clean shards
             except Exception as exc:
