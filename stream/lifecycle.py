@@ -255,7 +255,7 @@ def sweep(proc: Shard, out: BatchOutput) -> None:
         window = exp.attribution_window_s
         if exp.archived_at is not None:
             if exp.archived_at + window <= clock:
-                proc.evict(exp)
+                evict(proc, exp)
                 out.evicted.append(exp_id)
                 out.dirty.discard(exp_id)
                 proc.expiring.discard(exp_id)
@@ -268,6 +268,19 @@ def sweep(proc: Shard, out: BatchOutput) -> None:
                 out.dirty.add(exp_id)
         if not exp.retired_at or exp.experiment_id in proc.ctx:
             proc.expiring.discard(exp_id)
+
+
+def evict(proc: Shard, exp: Experiment) -> None:
+    """Forget an archived experiment: its row is freed (the last row moves into it), its
+    contextual model row too (lola.stream.contextual_shard; that row is reused, not moved)."""
+    moved = proc.state.remove_experiment(exp.row)
+    proc.ctx.remove_experiment(exp.experiment_id)
+    del proc.experiments[exp.experiment_id]
+    del proc.by_row[exp.row]
+    if moved is not None:
+        other = proc.by_row.pop(moved)
+        other.row = exp.row
+        proc.by_row[exp.row] = other
 
 
 def _set_served(proc: Shard, exp: Experiment, slot: int, active: bool) -> None:

@@ -360,21 +360,6 @@ class ShardProcessor:
     def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
         lifecycle.apply_variant(self, event, exp, out)
 
-    def create_experiment(self, experiment_id: str, settings: dict | None) -> Experiment:
-        """Register a new experiment (an ``experiment`` create, or a first ``variant`` add)."""
-        return lifecycle.create_experiment(self, experiment_id, settings)
-
-    def evict(self, exp: Experiment) -> None:
-        """Forget an archived experiment: its row is freed (the last row moves into it)."""
-        moved = self.state.remove_experiment(exp.row)
-        self.ctx.remove_experiment(exp.experiment_id)
-        del self.experiments[exp.experiment_id]
-        del self.by_row[exp.row]
-        if moved is not None:
-            other = self.by_row.pop(moved)
-            other.row = exp.row
-            self.by_row[exp.row] = other
-
     def set_variant_state(self, experiment_id: str, variant_id: str, state: str, reason: str | None = None) -> bool:
         """Move a variant to ``state`` (pending -> active/blocked after an off-path check, a
         re-check, ...). False if the variant is unknown, retired (final) or already there.
