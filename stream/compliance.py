@@ -19,7 +19,6 @@ are applied by the loop between batches, journalled and checkpointed like any ev
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from typing import Any, Callable, Iterable
 
 from lola.comply import ComplianceGate, load_policy
 from lola.errors import ConfigError, LolaError
+from lola.stream.prior_plugins import call_factory
 
 log = logging.getLogger("lola.worker")
 
@@ -39,15 +39,7 @@ RequestState = Callable[[str, str, str, "str | None"], None]
 
 def load_classifier(path: str, settings: Any) -> Callable[[str], str | None]:
     """Import ``package.module:factory`` and call ``factory(settings)`` (one-line errors)."""
-    module_name, _, attr = path.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"compliance classifier {path!r} cannot be imported: {exc}") from None
-    try:
-        classifier = factory(settings)
-    except Exception as exc:  # a plug-in's own failure: one line at start, not a traceback
-        raise ConfigError(f"compliance classifier {path!r} failed to start: {type(exc).__name__}: {exc}") from None
+    classifier = call_factory(path, settings, "compliance classifier")
     if not callable(classifier):
         raise ConfigError(f"compliance classifier {path!r} returned {type(classifier).__name__}, not a callable")
     return classifier

@@ -89,17 +89,23 @@ class HttpPriorProvider:
         return out
 
 
-def load_plugin(path: str, settings: Any) -> PriorProvider | RequestPriorProvider:
-    """Import ``package.module:factory`` and call ``factory(settings)``."""
+def call_factory(path: str, settings: Any, what: str) -> Any:
+    """Import ``package.module:factory`` and return ``factory(settings)`` (the worker's plug-ins:
+    prior providers, compliance classifiers); every failure is one ConfigError line naming ``what``."""
     module_name, _, attr = path.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"prior provider {path!r} cannot be imported: {exc}") from None
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{what} {path!r} cannot be imported: {exc}") from None
     try:
-        provider = factory(settings)
+        return factory(settings)
     except Exception as exc:  # a plug-in's own failure: one line at start, not a traceback
-        raise ConfigError(f"prior provider {path!r} failed to start: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"{what} {path!r} failed to start: {type(exc).__name__}: {exc}") from None
+
+
+def load_plugin(path: str, settings: Any) -> PriorProvider | RequestPriorProvider:
+    """Import ``package.module:factory`` and call ``factory(settings)``."""
+    provider = call_factory(path, settings, "prior provider")
     if not isinstance(provider, (PriorProvider, RequestPriorProvider)):
         raise ConfigError(f"prior provider {path!r} returned {type(provider).__name__}, which has neither "
                           "predict(texts) nor predict_requests(requests)")
