@@ -30,7 +30,7 @@ from lola.data.upworthy import headline_tests, load_packages, split_packages
 from lola.errors import ConfigError
 from lola.kernels import BanditState, ExperimentParams
 from lola.kernels.edge import METHODS, simulate_edge_clicks
-from lola.replay.priors import read_priors_csv, score_with_model
+from lola.replay.priors import first_test_weeks, read_priors_csv, score_with_model
 from lola.replay.protocol import ReplayBatch, build_batch
 from lola.replay.sim import block_seed, plan_blocks
 
@@ -55,11 +55,7 @@ def load_report_batch(data: Path, priors_csv: Path | None, model_dir: Path | Non
     if priors_csv is not None:
         prior = read_priors_csv(priors_csv)
     else:
-        weeks: dict[str, int] = {}
-        for p in packages:
-            if p.test_week is not None and (p.headline not in weeks or p.test_week < weeks[p.headline]):
-                weeks[p.headline] = p.test_week
-        prior = score_with_model(model_dir, headlines, want_embeddings=False, test_weeks=weeks)
+        prior = score_with_model(model_dir, headlines, want_embeddings=False, test_weeks=first_test_weeks(packages))
     values = prior.lookup(headlines)  # a missing prior is a DataError before any work
     if save_priors is not None:
         save_priors.parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,15 @@ def read_priors_csv(path: str | Path) -> PriorTable:
     return PriorTable(priors_csv.read_priors_csv(path), source=str(path))
 
 
+def first_test_weeks(packages: Sequence[Package]) -> dict[str, int]:
+    """Each headline's earliest ``test_week`` (the week level the served prior adds)."""
+    weeks: dict[str, int] = {}
+    for p in packages:
+        if p.test_week is not None and (p.headline not in weeks or p.test_week < weeks[p.headline]):
+            weeks[p.headline] = p.test_week
+    return weeks
+
+
 def score_with_model(model_dir: str | Path, headlines: Sequence[str], want_embeddings: bool,
                      test_weeks: dict[str, int] | None = None) -> PriorTable:
     """Score headlines with the exported ONNX prior model (torch-free serving path).

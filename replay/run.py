@@ -19,6 +19,7 @@ import numpy as np
 from lola.replay import protocol as P
 from lola.replay.priors import (
     PriorTable,
+    first_test_weeks,
     model_training_headlines,
     prior_quality,
     read_priors_csv,
@@ -188,10 +189,7 @@ def load_replay_data(
     if priors_csv is not None:
         prior = read_priors_csv(priors_csv)
     else:
-        weeks: dict[str, int] = {}
-        for p in (*packages, *(tune_packages if tune_data is not None else ())):
-            if p.test_week is not None and (p.headline not in weeks or p.test_week < weeks[p.headline]):
-                weeks[p.headline] = p.test_week
+        weeks = first_test_weeks((*packages, *(tune_packages if tune_data is not None else ())))
         prior = score_with_model(model_dir, all_headlines, want_embeddings=want_features, test_weeks=weeks)
     for t in (*tune_tests, *report_tests):
         prior.lookup(t.headlines)  # a missing prior is a clear DataError before any work
