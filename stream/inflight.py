@@ -16,7 +16,6 @@ from typing import Any
 
 from lola.errors import ConfigError
 from lola.stream import kafka as kf
-from lola.stream.context import redact
 from lola.stream.processor import ShardProcessor
 from lola.stream.shard import BatchOutput, DeadLetter
 
@@ -141,7 +140,7 @@ class GuardedApplyMixin:
                     shard.skip(offset)
                     wlog.error("poison record dead-lettered by the crash-loop breaker",
                               extra={"partition": p, "offset": offset, "deaths": deaths})
-                    out = BatchOutput(dead_letters=[DeadLetter(offset, key, redact(value), "poison",
+                    out = BatchOutput(dead_letters=[DeadLetter(offset, key, value, "poison",
                                                                f"process died {deaths} times with it in flight")])
                 else:
                     if breaker_on and not marked:

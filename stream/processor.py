@@ -45,7 +45,6 @@ from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.edge import EdgePlanner
-from lola.stream.context import redact
 from lola.stream.contextual_shard import ContextualShard
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
 from lola.stream.stats import StatsCache, WinnerRule
@@ -235,7 +234,7 @@ class ShardProcessor:
                     self._apply_variant(event, exp, out)
                 counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
             except EventError as exc:
-                out.dead_letters.append(DeadLetter(offset, key, redact(value), exc.reason, exc.detail))
+                out.dead_letters.append(DeadLetter(offset, key, value, exc.reason, exc.detail))
         if rows:
             n = len(rows)
             update(self.state, np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64),
@@ -278,7 +277,7 @@ class ShardProcessor:
                 self.next_offset = rec[0] + 1
                 self._journal.append((2, rec[0]))
                 detail = f"{type(err).__name__}: {err}"[:300]
-                out.dead_letters.append(DeadLetter(rec[0], rec[1], redact(rec[2]), "processing_error", detail))
+                out.dead_letters.append(DeadLetter(rec[0], rec[1], rec[2], "processing_error", detail))
                 continue
             self._journal.append((0, one, now, ts))
             self._journal_records += 1
@@ -395,17 +394,17 @@ class ShardProcessor:
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                     req.request_id, exp.experiment_id, prior[0], prior[1], policy, prior[2], now)))
             elif exp.status == "archived":
-                out.dead_letters.append(DeadLetter(offset, key, redact(value), "experiment_archived", exp.experiment_id[:80]))
+                out.dead_letters.append(DeadLetter(offset, key, value, "experiment_archived", exp.experiment_id[:80]))
             elif exp.status == "stopped":  # the best arm only, with certainty
                 if exp.best is None:
-                    out.dead_letters.append(DeadLetter(offset, key, redact(value), "no_active_variant",
+                    out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant",
                                                        exp.experiment_id[:80]))
                     continue
                 self.decided.put(req.request_id, (exp.best, 1.0, exp.version))
                 out.decisions.append((exp.experiment_id.encode(), ev.encode_decision(
                     req.request_id, exp.experiment_id, exp.best, 1.0, exp.policy, exp.version, now)))
             elif not ok:
-                out.dead_letters.append(DeadLetter(offset, key, redact(value), "no_active_variant",
+                out.dead_letters.append(DeadLetter(offset, key, value, "no_active_variant",
                                                    exp.experiment_id[:80]))
             elif u is not None:
                 ctx_fresh.append((req, exp, u))

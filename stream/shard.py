@@ -11,6 +11,8 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from lola.stream.context import redact
+
 
 def _setting_default(name: str) -> Any:
     from lola.stream.settings import StreamSettings
@@ -119,11 +121,17 @@ class Experiment:
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A record for the dead-letter topic. Its value never keeps a raw user context or
+    user id (lola.stream.context.redact, applied here so that no call site can forget it)."""
+
     offset: int
     key: bytes | None
     value: bytes | None
     reason: str
     detail: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", redact(self.value))
 
 
 @dataclass(frozen=True)

@@ -170,3 +170,12 @@ def test_falcon_refits_its_oracle_off_the_decision_path():
         if d["variant_id"] == "a" and d["propensity"] > 0.5:
             break  # the refit oracle (prior: a >> b) now favours a
     assert probs[-1][0] == "a" and probs[-1][1] > 0.5
+
+
+def test_every_dead_letter_is_redacted_where_it_is_made():
+    # the sampled `duplicate` dead letter once kept the raw context: redaction lives in DeadLetter now
+    from lola.stream.shard import DeadLetter
+
+    raw = orjson.dumps({"type": "decision_request", "user_id": "alice@example.com", "context": {"zip": "90210"}})
+    letter = DeadLetter(0, b"e", raw, "duplicate", "")
+    assert letter.value == redact(raw) and b"90210" not in letter.value and b"alice" not in letter.value
