@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from lola.errors import BrokerError, ConfigError, EventError
+from lola.stream.edge import arm_state
 
 BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
 SETTINGS_HELP = "env-style settings file (default: $LOLA_SETTINGS_FILE)"
@@ -35,7 +36,7 @@ def _row(exp_id: str, snap: dict) -> dict:
     arms = snap.get("arms", {})
     states: dict[str, int] = {}
     for arm in arms.values():
-        state = arm.get("state") or ("active" if arm.get("active") else "retired")  # writers before issue 19
+        state = arm_state(arm)
         states[state] = states.get(state, 0) + 1
     return {"experiment_id": exp_id, "status": snap.get("status") or "running", "policy": snap.get("policy"),
             "variants": states, "impressions": sum(a.get("impressions", 0.0) for a in arms.values()),

@@ -68,7 +68,8 @@ class EdgePlanner:
         rate = max(impressions - last[1], 0.0) / (now - last[0])
         return float(min(max(rate * self.interval_s, 1.0), MAX_HORIZON))
 
-    def block(self, state: Any, row: int, variant_ids: list[str], snap: dict[str, Any]) -> dict[str, Any]:
+    def block(self, state: Any, row: int, variant_ids: list[str], snap: dict[str, Any],
+              best: str | None = None) -> dict[str, Any]:
         arms = snap["arms"]
         ok = np.array([servable(arms[v]) for v in variant_ids], dtype=bool)
         steps = float(sum(arms[v]["impressions"] for v in variant_ids))
@@ -78,25 +79,12 @@ class EdgePlanner:
         p = edge_allocation(state, row, h, self.method, self._scratch, EDGE_STEPS) * ok
         n_ok = int(ok.sum())
         fallback = ok / n_ok if n_ok else ok.astype(float)
-        if snap.get("status") == "stopped" and n_ok:
-            # stopped: the one variant the worker serves (lifecycle.best_variant, flagged `active` in the
-            # snapshot); the largest mean only for a snapshot without that flag on any servable arm
-            served = ok & np.array([bool(arms[v].get("active")) for v in variant_ids], dtype=bool)
-            if served.any():
-                best = int(np.argmax(served))
-            else:
-                means = np.array([_mean(arms[v]) for v in variant_ids])
-                best = int(np.argmax(np.where(ok, means, -np.inf)))
-            p = np.zeros(len(variant_ids))
-            p[best] = 1.0
+        if snap.get("status") == "stopped" and best is not None:
+            # stopped: the one variant the worker serves (lifecycle.best_variant), nothing else
+            p = np.array([1.0 if v == best else 0.0 for v in variant_ids])
             fallback = p
         total = float(p.sum())
         p = p / total if total > 0 else fallback  # nothing servable left by the policy: the safe split
         return {"method": self.method, "horizon_impressions": h, "valid_until": float(snap["ts"]) + self.valid_s,
                 "allocation": {v: float(x) for v, x in zip(variant_ids, p) if x > 0},
                 "fallback": {v: float(x) for v, x in zip(variant_ids, fallback) if x > 0}}
-
-
-def _mean(arm: dict[str, Any]) -> float:
-    n = float(arm["impressions"])
-    return float(arm["clicks"]) / n if n > 0 else float(arm.get("prior") or 0.0)

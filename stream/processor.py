@@ -499,7 +499,7 @@ class ShardProcessor:
         # statistics, P(best) and the winner rule (lola.stream.stats), recomputed on change at a capped cadence
         snap.update(self.stats.extras(self.state, exp, summary, snap.get("bai"),
                                       POLICY_TABLE[exp.policy].uses_prior, snap["ts"]))
-        snap["edge"] = self.edge.block(self.state, exp.row, exp.variant_ids, snap)  # edge serving (stream.edge)
+        snap["edge"] = self.edge.block(self.state, exp.row, exp.variant_ids, snap, exp.best)  # edge serving (stream.edge)
         if experiment_id in self.ctx:
             snap["contextual"] = self.ctx.snapshot(experiment_id)
         return snap
