@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from lola.errors import ConfigError
+from lola.stream.edge import servable
 from lola.generation.model import MAX_CANDIDATES
 
 variants_app = typer.Typer(help="Generated variants: sample, check, score, rank and publish headline candidates; "
@@ -24,7 +25,7 @@ DEFAULT_MODEL = Path("models/ctr-onnx")
 def active_texts(snapshot: dict) -> list[str]:
     """Texts of a snapshot's serving variants (a snapshot without ``state`` reads ``active`` as the state)."""
     return [arm["text"] for arm in snapshot["arms"].values()
-            if arm.get("text") and arm.get("state", "active" if arm.get("active") else "retired") == "active"]
+            if arm.get("text") and servable(arm)]
 
 
 def existing_from_snapshot(experiment_id: str, bootstrap: str | None, settings=None) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lola.stream.decision_log import Log
+from lola.stream.edge import servable
 from lola.stream.stats import experiment_stats
 
 #: Experiments drawn in the over-time figures when no --experiment is given (the busiest).
@@ -29,11 +30,6 @@ def _n_aux(snap: dict[str, Any]) -> float:
     return float("inf") if n == "inf" else float(n or 0.0)
 
 
-def _live(arm: dict[str, Any]) -> bool:
-    """Served now: state ``active`` (issue 19's arm states; without one, the boolean ``active``)."""
-    return arm.get("state", "active" if arm.get("active", True) else "retired") == "active"
-
-
 def snapshot_stats(snap: dict[str, Any]) -> dict[str, Any]:
     """Statistics of one snapshot's arms (the snapshot's ``stats`` definition, recomputed from its counts)."""
     arms = snap["arms"]
@@ -41,7 +37,7 @@ def snapshot_stats(snap: dict[str, Any]) -> dict[str, Any]:
     prior = np.array([arms[v]["prior"] if arms[v].get("prior") is not None else np.nan for v in ids], dtype=float)
     return experiment_stats(ids, np.array([arms[v]["impressions"] for v in ids], dtype=float),
                             np.array([arms[v]["clicks"] for v in ids], dtype=float), np.nan_to_num(prior),
-                            ~np.isnan(prior), np.array([_live(arms[v]) for v in ids]),
+                            ~np.isnan(prior), np.array([servable(arms[v]) for v in ids]),
                             _n_aux(snap))
 
 
