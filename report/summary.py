@@ -31,7 +31,11 @@ def _n_aux(snap: dict[str, Any]) -> float:
 
 
 def snapshot_stats(snap: dict[str, Any]) -> dict[str, Any]:
-    """Statistics of one snapshot's arms (the snapshot's ``stats`` definition, recomputed from its counts)."""
+    """Statistics of one snapshot's arms: the worker's own ``stats`` where it published them (its
+    effective n_aux, none for a policy without a prior); recomputed from the counts only for a
+    snapshot without them (over 64 variants, or written before issue 23)."""
+    if snap.get("stats"):
+        return snap["stats"]
     arms = snap["arms"]
     ids = list(arms)
     prior = np.array([arms[v]["prior"] if arms[v].get("prior") is not None else np.nan for v in ids], dtype=float)
