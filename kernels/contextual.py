@@ -32,6 +32,7 @@ import math
 import numba
 import numpy as np
 
+from lola.kernels.core import tied_argmax
 from lola.kernels.numba_config import NJIT
 from lola.kernels.rng import GOLDEN, mix64, uniform
 
@@ -57,23 +58,6 @@ def kron_into(a, u, da, du, out):
         ai = a[i]
         for j in range(du):
             out[i * du + j] = ai * u[j]
-
-
-@numba.njit(**NJIT)
-def tied_first_argmax(n, scores):
-    """(slot, number tied) of the largest score; -1 when every score is -inf."""
-    best = -np.inf
-    slot = -1
-    nt = 0
-    for k in range(n):
-        s = scores[k]
-        if s > best:
-            best = s
-            slot = k
-            nt = 1
-        elif s == best and slot >= 0:
-            nt += 1
-    return slot, nt
 
 
 @numba.njit(**NJIT)
@@ -149,7 +133,8 @@ def ctx_decide(e, u, key, algo, par, n_arms, active, arm_x, ainv, theta, wts, h,
                 acc += g[i, j] * a[j]
             quad += a[i] * acc
         scores[k] = mean + alpha * math.sqrt(max(quad, 0.0))
-    slot, nt = tied_first_argmax(K, scores)
+    # FALCON's greedy arm is the first of the tied (u = 0); LinUCB breaks ties uniformly
+    slot, nt, _ = tied_argmax(K, scores, 0.0 if falcon else uniform(key, 1))
     if slot < 0:
         return -1, 0.0
     if falcon:
@@ -164,15 +149,6 @@ def ctx_decide(e, u, key, algo, par, n_arms, active, arm_x, ainv, theta, wts, h,
                     pick = k
                     break
         return pick, probs[pick]
-    if nt > 1:
-        pick = min(int(uniform(key, 1) * nt), nt - 1)
-        best = scores[slot]
-        for k in range(K):
-            if scores[k] == best:
-                if pick == 0:
-                    slot = k
-                    break
-                pick -= 1
     return slot, 1.0 / nt
 
 
