@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lola.errors import EventError
 from lola.kernels.contextual_state import ContextualParams
+from lola.stream.features import signed_hash
 
 #: Most fields a decision request's context may carry (docs/operations/limits.md).
 MAX_CONTEXT_FIELDS = 128
@@ -98,11 +99,6 @@ class ContextualSettings(BaseModel):
         return spec
 
 
-def _bucket(field: str, value: str) -> tuple[int, float]:
-    v = int.from_bytes(hashlib.blake2b(f"{field}={value}".encode(), digest_size=8).digest(), "little")
-    return v >> 1, 1.0 if v & 1 else -1.0
-
-
 class Featurizer:
     """``u`` of one experiment's requests (see the module docstring)."""
 
@@ -137,10 +133,10 @@ class Featurizer:
                                                 f"got {type(v).__name__}")
             if isinstance(v, str) and len(v) > MAX_CATEGORY_CHARS:
                 raise EventError("bad_context", f"context.{name[:60]} is longer than {MAX_CATEGORY_CHARS} characters")
-            b, sign = _bucket(name, str(v))
+            b, sign = signed_hash(f"{name}={v}")
             u[self._hash0 + b % self._buckets] += sign
         if self.spec.hash_user_id and user_id is not None:
-            b, sign = _bucket("user_id", user_id)
+            b, sign = signed_hash(f"user_id={user_id}")
             u[self._hash0 + b % self._buckets] += sign
         return u
 

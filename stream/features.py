@@ -28,6 +28,13 @@ _TOKEN = re.compile(r"\w+", re.UNICODE)
 MAX_FEATURE_DIM = 64
 
 
+def signed_hash(s: str) -> tuple[int, float]:
+    """(bucket index, sign) of one feature-hashed string: BLAKE2b-64, index = v >> 1, sign from
+    the low bit. The one hash of text tokens here and of context fields (lola.stream.context)."""
+    v = int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little")
+    return v >> 1, 1.0 if v & 1 else -1.0
+
+
 def text_features(text: str, dim: int) -> np.ndarray:
     """float64[dim] LinUCB features of one variant text (see the module docstring)."""
     if dim < 1:
@@ -38,8 +45,8 @@ def text_features(text: str, dim: int) -> np.ndarray:
         return x
     h = x[1:]  # a view: filled in place
     for token in _TOKEN.findall(text.lower()):
-        v = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-        h[(v >> 1) % (dim - 1)] += 1.0 if v & 1 else -1.0
+        bucket, sign = signed_hash(token)
+        h[bucket % (dim - 1)] += sign
     norm = float(np.sqrt(h @ h))
     if norm > 0:
         h /= norm
