@@ -17,7 +17,7 @@ MAX_RESAMPLES = 100_000
 def load_log(log: str, bootstrap: Optional[str], topic_prefix: Optional[str], settings_file: Optional[Path],
              max_records: int) -> tuple[Any, dict | None, bool]:
     """(Log, snapshots or None, is OBD) for ``--log topics`` or ``--log obd:DIR``."""
-    from lola.stream.decision_log import join_stream, read_obd, read_topic
+    from lola.stream.decision_log import read_obd, read_stream_log
 
     if log.startswith("obd:"):
         return read_obd(log[4:]), None, True
@@ -28,9 +28,7 @@ def load_log(log: str, bootstrap: Optional[str], topic_prefix: Optional[str], se
 
     s = _settings(settings_file, bootstrap_servers=bootstrap, **_topics(topic_prefix))
     s.require_bootstrap()
-    events = read_topic(s, s.events_topic, max_records)
-    decisions = read_topic(s, s.decisions_topic, max_records)
-    return join_stream(events, decisions), read_snapshots(s), False
+    return read_stream_log(s, max_records), read_snapshots(s), False
 
 
 def run(log: Any, snapshots: dict | None, obd: bool, policy: str, resamples: int, seed: int, tau: float,

@@ -17,7 +17,7 @@ def build(settings: Any, out: Path, experiment: Optional[str], bins: int, max_re
     returns the summary (with the file paths)."""
     from lola.report.render import write
     from lola.report.summary import summarise
-    from lola.stream.decision_log import join_stream, read_obd, read_topic
+    from lola.stream.decision_log import NoJoinedDecision, read_obd, read_stream_log
     from lola.stream.snapshot import read_snapshots
 
     if obd is not None:  # a logged campaign without snapshots: over-time views and logging health
@@ -28,11 +28,9 @@ def build(settings: Any, out: Path, experiment: Optional[str], bins: int, max_re
     snapshots = read_snapshots(settings)
     if experiment is not None and experiment not in snapshots:
         raise LolaError(f"no policy snapshot of experiment {experiment!r}")
-    events = read_topic(settings, settings.events_topic, max_records)
-    decisions = read_topic(settings, settings.decisions_topic, max_records)
     try:
-        log = join_stream(events, decisions)
-    except LolaError:
+        log = read_stream_log(settings, max_records)
+    except NoJoinedDecision:
         log = None  # no joined decision: the report shows the snapshots only
     summary = summarise(log, snapshots, experiment, bins)
     summary["files"] = {k: str(v) for k, v in write(summary, out).items()}

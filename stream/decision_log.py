@@ -52,6 +52,10 @@ class Log:
                    self.pscore[keep], self.ts[keep], {experiment_id: self.variants[experiment_id]}, self.health)
 
 
+class NoJoinedDecision(LolaError):
+    """The topics hold no decision that joined its impression (nothing to evaluate yet)."""
+
+
 def join_stream(events: Iterable[dict[str, Any]], decisions: Iterable[dict[str, Any]]) -> Log:
     """Join decisions with impressions and clicks by request id (module docstring)."""
     variants: dict[str, list[str]] = {}
@@ -104,7 +108,7 @@ def join_stream(events: Iterable[dict[str, Any]], decisions: Iterable[dict[str, 
               "impressions_without_decision": len(set(shown) - decided),
               "clicks_without_decision": orphan_clicks + len(clicked - decided)}
     if not rows:
-        raise LolaError(f"no decision joined an impression ({health})")
+        raise NoJoinedDecision(f"no decision joined an impression ({health})")
     return Log([r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.int64),
                np.array([r[2] for r in rows]), np.array([r[3] for r in rows]), np.array([r[4] for r in rows]),
                variants, health)
@@ -137,6 +141,13 @@ def read_topic(settings: Any, topic: str, max_records: int = MAX_RECORDS, timeou
             if isinstance(value, dict):
                 out.append(value)
     return out
+
+
+def read_stream_log(settings: Any, max_records: int) -> Log:
+    """The worker's own log: its events and decisions topics read and joined by request id."""
+    events = read_topic(settings, settings.events_topic, max_records)
+    decisions = read_topic(settings, settings.decisions_topic, max_records)
+    return join_stream(events, decisions)
 
 
 def read_obd(folder: str | Path) -> Log:
