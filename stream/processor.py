@@ -195,10 +195,9 @@ class ShardProcessor:
                         if exp.experiment_id in ctx:
                             ctx.outcome(exp.experiment_id, slot, event.request_id, None, event.event_id, 1.0, 0.0)
                     else:
-                        self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
+                        ikey = self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
                         self._check_stale(event.ts)
-                        if kind is Click and event.impression_id is not None:
-                            ikey = dedup_key(event.experiment_id, "impression", event.impression_id)
+                        if kind is Click and ikey is not None:
                             if ikey in seen_map:
                                 n_clicks = seen.clicks.get(ikey, 0)
                                 if n_clicks >= cap:
@@ -337,12 +336,15 @@ class ShardProcessor:
         self._journal = journal
         self._journal_records = sum(len(e[1]) for e in journal if e[0] == 0)
 
-    def _check_attribution(self, event: Any, exp: Experiment, reason: str) -> None:
+    def _check_attribution(self, event: Any, exp: Experiment, reason: str) -> str | None:
+        """Raise ``reason`` for an outcome outside the attribution window; returns the de-dup key
+        of the impression it names (None without one), which the click cap reuses."""
         window = exp.attribution_window_s
-        ref = None
+        ref = ikey = None
         impression_id = getattr(event, "impression_id", None)
         if impression_id is not None:
-            ref = self.seen.get(dedup_key(event.experiment_id, "impression", impression_id))
+            ikey = dedup_key(event.experiment_id, "impression", impression_id)
+            ref = self.seen.get(ikey)
             if ref is None and self.legacy_seen is not None:
                 ref = self.legacy_seen.get(impression_id)
                 if ref is not None and ref < 0:
@@ -355,6 +357,7 @@ class ShardProcessor:
                 raise EventError(reason, f"{event.ts - ref:.0f}s after its impression > window {window:g}s")
         elif event.ts < exp.max_ts - window:
             raise EventError(reason, f"{exp.max_ts - event.ts:.0f}s older than the newest event > window {window:g}s")
+        return ikey
 
     def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
         lifecycle.apply_variant(self, event, exp, out)
