@@ -23,7 +23,7 @@ def load_log(log: str, bootstrap: Optional[str], topic_prefix: Optional[str], se
         return read_obd(log[4:]), None, True
     if log != "topics":
         raise ConfigError(f"--log must be 'topics' or 'obd:DIR', got {log!r}")
-    from lola.stream.cli import _settings, _topics
+    from lola.stream.cli_common import load_settings as _settings, topics as _topics
     from lola.stream.snapshot import read_snapshots
 
     s = _settings(settings_file, bootstrap_servers=bootstrap, **_topics(topic_prefix))

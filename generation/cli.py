@@ -12,13 +12,13 @@ from typing import Optional
 import typer
 
 from lola.errors import ConfigError
+from lola.stream.cli_common import BOOTSTRAP_HELP
 from lola.stream.edge import servable
 from lola.generation.model import MAX_CANDIDATES
 
 variants_app = typer.Typer(help="Generated variants: sample, check, score, rank and publish headline candidates; "
                                 "tune the generator on what won; evaluate it with an independent judge.",
                            no_args_is_help=True)
-BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
 DEFAULT_MODEL = Path("models/ctr-onnx")
 
 

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         """Report: allocation and P(best) over time, posteriors, winner, prior calibration, logging health."""
         import importlib.util
 
-        from lola.stream.cli import _settings, _topics
+        from lola.stream.cli_common import load_settings as _settings, topics as _topics
 
         if importlib.util.find_spec("matplotlib") is None:  # a third-party extra, not our code
             raise ConfigError("lola report needs matplotlib: pip install 'lola-stream[analysis]'")

@@ -15,15 +15,9 @@ import typer
 
 from lola.errors import ConfigError
 from lola.stream import cli_experiments
+from lola.stream.cli_common import BOOTSTRAP_HELP, SETTINGS_HELP, load_settings, topics
 
-BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
-SETTINGS_HELP = "env-style settings file (default: $LOLA_SETTINGS_FILE)"
-
-
-def _settings(settings_file: Optional[Path] = None, **overrides):
-    from lola.stream.settings import StreamSettings
-
-    return StreamSettings.load(settings_file, **overrides)
+_settings, _topics = load_settings, topics  # short names used by every command below
 
 
 def _write_json(obj: object, path: Optional[Path]) -> None:
@@ -95,16 +89,6 @@ def worker(
     w = Worker(s)
     w.install_signal_handlers()
     w.run()
-
-
-def _topics(prefix: Optional[str], events_topic: Optional[str] = None) -> dict:
-    out = {}
-    if prefix:
-        out = {f"{name}_topic": f"{prefix}.{name}" for name in ("events", "decisions", "snapshots", "state",
-                                                                  "deadletter")}
-    if events_topic:
-        out["events_topic"] = events_topic
-    return out
 
 
 loadgen_app = typer.Typer(help="Load generators: open (seeded stream + truth) and closed (Upworthy ad server).",

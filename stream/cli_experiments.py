@@ -15,19 +15,11 @@ from typing import Optional
 import typer
 
 from lola.errors import BrokerError, ConfigError, EventError
+from lola.stream.cli_common import BOOTSTRAP_HELP, SETTINGS_HELP, load_settings, topics
 from lola.stream.edge import arm_state
 
-BOOTSTRAP_HELP = "Kafka bootstrap HOST:PORT (default: $KAFKA_BOOTSTRAP_SERVERS)"
-SETTINGS_HELP = "env-style settings file (default: $LOLA_SETTINGS_FILE)"
-
-
 def _settings(settings_file: Optional[Path], bootstrap: Optional[str], topic_prefix: Optional[str]):
-    from lola.stream.settings import StreamSettings
-
-    overrides: dict = {"bootstrap_servers": bootstrap}
-    if topic_prefix:
-        overrides.update(events_topic=f"{topic_prefix}.events", snapshots_topic=f"{topic_prefix}.snapshots")
-    s = StreamSettings.load(settings_file, **overrides)
+    s = load_settings(settings_file, bootstrap_servers=bootstrap, **topics(topic_prefix))
     s.require_bootstrap()
     return s
 
