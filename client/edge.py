@@ -48,6 +48,10 @@ from lola.stream.snapshot import SnapshotFollower
 log = logging.getLogger("lola.client")
 
 
+#: Seconds between attempts to open the snapshots topic while it does not exist yet.
+TOPIC_RETRY_S = 2.0
+
+
 class NotServable(LolaError, LookupError):
     """No snapshot for the experiment, or no servable variant in it."""
 
@@ -127,6 +131,7 @@ class EdgeTable:
         self.plans: dict[str, Plan] = {}
         self.decisions = 0
         self.fallbacks = 0
+        self.waiting_for_topic = False  # set by EdgeAllocator while the snapshots topic does not exist
         self._lock = threading.Lock()  # one rng, shared by request threads
 
     def apply(self, snapshots: dict[str, dict[str, Any]]) -> None:
@@ -191,15 +196,32 @@ class EdgeAllocator(EdgeTable):
         self.poll_s = poll_s
         self._ready = threading.Event()
         self._stop = threading.Event()
-        self._follower = SnapshotFollower(self.settings, group="lola-edge")
+        # created by the follower thread: the snapshots topic may not exist yet (a server started
+        # before the worker), and waiting for it there keeps /healthz alive and /readyz at 503
+        self._follower: SnapshotFollower | None = None
         self._seen: dict[str, Any] = {}
         self._thread = threading.Thread(target=self._follow, name="lola-edge-snapshots", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ snapshots
+    def _open_follower(self) -> bool:
+        """Open the snapshot follower; False (logged once) while the topic does not exist yet."""
+        try:
+            self._follower = SnapshotFollower(self.settings, group="lola-edge")
+        except BrokerError as exc:
+            if not self.waiting_for_topic:
+                log.warning("%s; waiting for it (retry every %.0f s)", exc, TOPIC_RETRY_S)
+            self.waiting_for_topic = True
+            return False
+        self.waiting_for_topic = False
+        return True
+
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._follower is None and not self._open_follower():
+                    self._stop.wait(TOPIC_RETRY_S)
+                    continue
                 latest = self._follower.poll(self.poll_s)
                 changed = {k: v for k, v in latest.items() if self._seen.get(k) is not v}
                 gone = [k for k in self._seen if k not in latest]
@@ -268,7 +290,8 @@ class EdgeAllocator(EdgeTable):
             return
         self._stop.set()
         self._thread.join(timeout=10)
-        self._follower.close()
+        if self._follower is not None:
+            self._follower.close()
         left = self._producer.flush(30)
         self.events.close()
         # drop the Kafka clients now: an app or test that still holds this object must not keep

@@ -43,6 +43,7 @@ class Allocator(Protocol):
     """What the API needs of :class:`lola.client.EdgeAllocator`."""
 
     fallbacks: int
+    waiting_for_topic: bool  # the snapshots topic does not exist yet (reported by /readyz)
 
     def decide(self, experiment_id: str, context: dict[str, Any] | None = None) -> Decision: ...
     def impression(self, d: Decision) -> None: ...
@@ -223,7 +224,8 @@ def create_app(allocator: Allocator, api_keys: list[str], rate_per_s: float = 10
     async def readyz(response: Response) -> dict[str, str]:
         if not allocator.ready():
             response.status_code = 503
-            return {"status": "snapshots not read yet"}
+            return {"status": "snapshots topic does not exist yet" if allocator.waiting_for_topic
+                    else "snapshots not read yet"}
         return {"status": "ready"}
 
     @app.get("/metrics")

@@ -43,3 +43,29 @@ def test_rank_impression_reward_reach_the_worker_counts(stream_settings, thread_
                               "conversions": 3 * (ranked[5]["variant_id"] == v)} for v in ("a", "b")}}
     helpers.wait_for_counts(s, truth)
     w.stop()
+
+
+@pytest.mark.broker
+def test_server_started_before_the_worker_waits_for_the_snapshots_topic(stream_settings, thread_worker):
+    # a server (or pod) that starts before any worker created the topic must stay alive and not
+    # ready, then become ready by itself once the topic exists: it used to exit with an error
+    s = stream_settings(constant_prior=0.05)
+    with EdgeAllocator(settings=s, seed=3) as edge:
+        client = TestClient(create_app(edge, ["secret"]))
+        deadline = time.monotonic() + 30
+        while not edge.waiting_for_topic:
+            assert time.monotonic() < deadline, "the allocator never reported the missing topic"
+            time.sleep(0.1)
+        assert client.get("/healthz").status_code == 200
+        r = client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "snapshots topic does not exist yet"
+        w = thread_worker(s)
+        with EventProducer(settings=s) as producer:
+            producer.send(variant("exp-late", "a", "headline a"))
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200 or "exp-late" not in edge.plans:
+            assert time.monotonic() < deadline, "the allocator never picked up the topic once it existed"
+            time.sleep(0.2)
+        assert not edge.waiting_for_topic
+        assert client.post("/rank", json={"experiment_id": "exp-late"}, headers=KEY).json()["variant_id"] == "a"
+    w.stop()
