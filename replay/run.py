@@ -104,6 +104,10 @@ class ReplayData:
     prior_quality: dict
 
 
+#: The columns of :func:`_features_fn`'s rows that hold the reduced text (model embedding or TF-IDF).
+Z_COLUMNS = slice(2, None)
+
+
 def _features_fn(prior: PriorTable, train_texts: Sequence[str], dim: int = DEFAULT_DIM):
     """LLM-LinUCB arm features: [1, prior CTR (scaled), the model's projected embedding or SVD of TF-IDF].
 

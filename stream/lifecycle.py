@@ -182,7 +182,9 @@ def set_model_features(proc: Shard, exp: Experiment, slot: int, z: Any) -> None:
     """The prior model's arm features (``z``, its projected embedding) for ``llm_linucb`` arms and
     contextual arms in ``model`` mode, set when the arm's prior arrives (docs/policies.md):
     updates before that stay in A and b under the hashed text row, later ones use the model's.
-    Plain ``linucb`` keeps hashed text features (the baseline without the LLM)."""
+    Plain ``linucb`` keeps hashed text features (the baseline without the LLM). ``z=None``: nothing."""
+    if z is None:
+        return
     p = POLICY_TABLE[exp.policy]
     if p.needs_features and p.uses_prior and proc.state.feature_dim:
         proc.state.set_features(exp.row, slot, model_features(z, proc.state.feature_dim))

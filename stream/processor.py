@@ -439,8 +439,7 @@ class ShardProcessor:
 
     # ------------------------------------------------------------------ priors
     def apply_prior(self, experiment_id: str, variant_id: str, prior: float, features: Any = None) -> bool:
-        """Apply a prior that arrived from the prior provider; False if the arm is gone.
-        ``features``: the model's projected embedding, LLM-LinUCB's arm features (issue 20)."""
+        """Apply a prior (with the model's arm features, if any) from the prior provider; False if the arm is gone."""
         self._journal.append((1, experiment_id, variant_id, prior, features))
         return self._apply_prior(experiment_id, variant_id, prior, features)
 
@@ -449,8 +448,7 @@ class ShardProcessor:
         slot = exp.slots.get(variant_id) if exp else None
         if slot is None:
             return False
-        if features is not None:  # before the contextual prior, whose pseudo-impressions use the arm's row
-            lifecycle.set_model_features(self, exp, slot, features)
+        lifecycle.set_model_features(self, exp, slot, features)  # first: the contextual prior uses the arm's row
         self.state.set_prior(exp.row, slot, float(prior))
         if experiment_id in self.ctx:
             self.ctx.set_prior(experiment_id, slot, float(prior))
