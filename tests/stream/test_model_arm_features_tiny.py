@@ -13,7 +13,9 @@ import time
 import numpy as np
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from lola.cli import app
 from lola.errors import ModelIntegrityError
 from lola.export.card import CARD_FILE, ModelCard
 from lola.export.projection import PROJECTION_FILE, EmbeddingProjection
@@ -75,7 +77,7 @@ def test_export_stores_a_checked_projection_and_worker_arms_get_projection_of_em
 
 
 def test_a_model_exported_before_the_projection_keeps_hashed_features_and_says_so(exported_tiny, tmp_path, caplog):
-    from lola.export.onnx_export import add_projection, write_card
+    from lola.export.onnx_export import write_card
 
     old = tmp_path / "old"
     shutil.copytree(exported_tiny, old)
@@ -93,8 +95,9 @@ def test_a_model_exported_before_the_projection_keeps_hashed_features_and_says_s
     assert sum("no embedding projection" in r.getMessage() for r in caplog.records) == 1
 
     # `lola priors projection` adds it back: the export's own fit, on the same train headlines
-    card = add_projection(old)
+    res = CliRunner().invoke(app, ["priors", "projection", "--model", str(old)])
+    assert res.exit_code == 0, res.output
     again = EmbeddingProjection.from_json((old / PROJECTION_FILE).read_bytes())
     first = EmbeddingProjection.from_json((exported_tiny / PROJECTION_FILE).read_bytes())
-    assert card.projection.dim == first.dim
+    assert json.loads(res.output.strip().splitlines()[-1])["dim"] == first.dim == ModelCard.load(old)[0].projection.dim
     np.testing.assert_allclose(again.components, first.components, rtol=1e-6, atol=1e-8)
