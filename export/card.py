@@ -69,6 +69,15 @@ class ReadoutEntry(_Part):
     target: str | None = None
 
 
+class ProjectionEntry(_Part):
+    """The embedding projection of LLM-LinUCB's arm features (``projection.json``,
+    :mod:`lola.export.projection`), fitted on the train-split headlines at export."""
+
+    file: str
+    kind: str = "mean_svd"
+    dim: int = Field(ge=1, le=64)
+
+
 class ModelCard(_Part):
     """What a prior model folder contains and how to serve it."""
 
@@ -82,6 +91,7 @@ class ModelCard(_Part):
     files: dict[str, FileEntry] = {}  # every file of the folder, by sha256 (the card itself excepted)
     external_data: dict[str, list[str]] = {}  # ONNX file -> its external weight files
     readout: ReadoutEntry | None = None
+    projection: ProjectionEntry | None = None  # absent in models exported before it (hashed arm features)
     hyperparameters: dict[str, Any] = {}  # the training run's TrainConfig
     data: dict[str, Any] = {}  # the training CSV: path, sha256
     base_ref: Any = None  # the base model reference (embedding baselines)

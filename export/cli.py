@@ -1,4 +1,4 @@
-"""CLI commands of lola.export: ``lola priors train|export|readout|score|eval|build-default``.
+"""CLI commands of lola.export: ``lola priors train|export|readout|projection|score|eval|build-default``.
 
 Heavy imports (torch, transformers, onnxruntime) stay inside the command bodies.
 """
@@ -158,6 +158,24 @@ def readout_cmd(
     typer.echo(json.dumps({k: entry.get(k) for k in ("kind", "alpha", "l2", "gamma", "chosen_by", "tune_ranking",
                                                      "train_headlines", "tune_headlines",
                                                      "network_head_tune_weighted_mse", "fit_seconds")}))
+
+
+@priors_app.command("projection")
+def projection_cmd(
+    model: Path = typer.Option(..., "--model", help="Exported model folder (from `lola priors export`)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The training CSV (default: the one the card names)."),
+    dim: int = typer.Option(16, "--dim", min=1, max=64, help="Components kept (LLM-LinUCB arm features)."),
+) -> None:
+    """(Re)fit the embedding projection of LLM-LinUCB's arm features on the train-split headlines
+    (`lola priors export` does it; this adds one to a model exported before)."""
+    _need_file(model / "model_card.json", "--model model_card.json")
+    if data is not None:
+        _need_file(data, "--data CSV")
+    _logging()
+    from lola.export.onnx_export import add_projection
+
+    card = add_projection(model, data, dim)
+    typer.echo(json.dumps(card.projection.model_dump(mode="json") if card.projection else None))
 
 
 @priors_app.command("readout-study")

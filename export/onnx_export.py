@@ -35,10 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lola.errors import ConfigError, ExportValidationError
+from lola.errors import ConfigError, DataError, ExportValidationError, ModelIntegrityError
+from lola.export.data import training_split
 from lola.export.digest import file_sha256
 from lola.export.card import CARD_FILE, CARD_FORMAT, ModelCard
-from lola.export.serve import cuda_usable
+from lola.export.projection import DEFAULT_DIM, PROJECTION_FILE, PROJECTION_KIND, fit_projection
+from lola.export.serve import OnnxPriorModel, cuda_usable
 from lola.export.smoothquant import Int8Config, make_int8_config
 
 log = logging.getLogger("lola.export.onnx")
@@ -352,6 +354,10 @@ def export_model(
             if stray.name not in ("tokenizer.json",):
                 stray.unlink()  # optimum's config.json: serving needs only the card
         card = write_card(staging, card)
+        try:  # LLM-LinUCB's arm features (lola.export.projection), fitted on the train split
+            card = add_projection(staging)
+        except DataError as exc:
+            log.warning("no arm-feature projection (LLM-LinUCB arms will use hashed text features): %s", exc)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # never leave a half-written model behind
         raise
@@ -373,6 +379,29 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def add_projection(model_dir: str | Path, data_csv: str | Path | None = None, dim: int = DEFAULT_DIM,
+                   batch_size: int = 64) -> ModelCard:
+    """Fit :mod:`lola.export.projection` on the fp32 embeddings of the train-split headlines of
+    the training CSV (the card names it; its sha256 is checked, so the split is the training
+    run's), write ``projection.json`` and re-hash the card. DataError when the CSV is missing."""
+    model_dir = Path(model_dir)
+    prior = OnnxPriorModel(model_dir, provider="cpu", variant="fp32", batch_size=batch_size, readout=False)
+    if prior.embedding_dim is None:
+        raise ModelIntegrityError(f"{model_dir}: this export has no embedding output to project")
+    path, train = training_split(prior.card.data, data_csv)
+    headlines = sorted({p.headline for p in train})  # the replay's train texts (lola.replay.run)
+    if len(headlines) < 2:
+        raise DataError(f"{path}: {len(headlines)} train-split headline(s); a projection needs 2 or more")
+    proj = fit_projection(prior.embed(headlines), dim)
+    (model_dir / PROJECTION_FILE).write_text(json.dumps(proj.to_json()))
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    card["projection"] = {"file": PROJECTION_FILE, "kind": PROJECTION_KIND, "dim": proj.dim,
+                          "embedding_dim": proj.embedding_dim, "embedding_variant": "fp32",
+                          "fitted_on": f"{len(headlines)} train-split headlines of {path} (sha256 checked)"}
+    log.info("arm-feature projection: %d -> %d on %d train headlines", proj.embedding_dim, proj.dim, len(headlines))
+    return write_card(model_dir, card)  # re-hashes every file, projection.json included
 
 
 def update_metrics(out_dir: str | Path, metrics: dict) -> ModelCard:

@@ -26,6 +26,7 @@ from lola.errors import ConfigError, DataError, ModelIntegrityError
 from lola.export.card import CARD_FILE, ModelCard, ReadoutEntry, head_ctr  # noqa: F401 (CARD_FILE: re-exported)
 from lola.export.digest import bytes_sha256, file_sha256
 from lola.export.level import WeekLevel, week_index
+from lola.export.projection import EmbeddingProjection
 from lola.export.text import model_text
 
 log = logging.getLogger("lola.export.serve")
@@ -158,6 +159,8 @@ class OnnxPriorModel:
         onnx_bytes = read_verified(self.model_dir, self.card, onnx_name)
         tokenizer_bytes = read_verified(self.model_dir, self.card, tokenizer_name)
         readout_bytes = read_verified(self.model_dir, self.card, readout_file[0]) if readout_file else None
+        proj_entry = self.card.projection
+        proj_bytes = read_verified(self.model_dir, self.card, proj_entry.file) if proj_entry else None
         external = self.card.external_data.get(onnx_name, [])
         # External weight files (only for models above protobuf's 2 GB) are still read by
         # ONNX Runtime from the folder: checked here by path, so only they keep a
@@ -202,6 +205,16 @@ class OnnxPriorModel:
         self.readout_bias = 0.0
         if readout_entry:
             self._load_readout(readout_entry, readout_bytes)
+        #: The arm-feature projection of the embedding (lola.export.projection); None in a model
+        #: exported before it, whose LLM-LinUCB arms then keep hashed text features.
+        self.projection: EmbeddingProjection | None = None
+        if proj_bytes is not None:
+            proj = EmbeddingProjection.from_json(proj_bytes, str(self.model_dir / proj_entry.file))
+            if self.embedding_dim is None or proj.embedding_dim != int(self.embedding_dim) or proj.dim != proj_entry.dim:
+                raise ModelIntegrityError(f"{self.model_dir / proj_entry.file}: a {proj.embedding_dim} -> {proj.dim} "
+                                          f"projection does not fit this model (embedding size {self.embedding_dim}, "
+                                          f"card dim {proj_entry.dim})")
+            self.projection = proj
 
     def _load_readout(self, entry: ReadoutEntry, raw: bytes) -> None:
         path = self.model_dir / entry.file
@@ -324,6 +337,14 @@ class OnnxPriorModel:
         """:meth:`predict` and :meth:`embed` from one pass of the network (half the cost of both)."""
         z, emb = self.network_outputs(texts, contexts)
         return self.to_ctr(z, test_weeks, emb), emb
+
+    def predict_with_features(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """CTRs of :meth:`predict` and the arm features ``z`` (float64[n, k], the model's
+        :attr:`projection` of its embedding) from one pass; ``None`` features without a projection."""
+        if self.projection is None:
+            return self.predict(texts), None
+        z, emb = self.network_outputs(texts)
+        return self.to_ctr(z, None, emb), self.projection.transform(emb)
 
     def embed(self, texts: Sequence[str], contexts: Sequence[str] | None = None) -> np.ndarray:
         """Mean-pooled last hidden state (float32 ``[n, d]``) of the fine-tuned model."""

@@ -141,6 +141,16 @@ class ContextualState:
             self.set_prior(row, k, prior_ctr)
         return k
 
+    def set_arm_features(self, row: int, slot: int, features: np.ndarray) -> None:
+        """Replace an arm's features ``float64[arm_dim]`` from now on (the prior model's, when they
+        arrive). A^-1, b and the Gram matrix keep what earlier updates added with the old row:
+        each update uses the row current when it is applied."""
+        self._slot(row, slot)
+        a = np.asarray(features, dtype=np.float64)
+        if a.shape != (self.da,) or not np.isfinite(a).all():
+            raise KernelInputError(f"features must be finite float64[{self.da}], got shape {a.shape}")
+        self.arm_x[row, slot] = a
+
     def set_prior(self, row: int, slot: int, prior_ctr: float) -> None:
         """Add the prior as ``n_aux`` pseudo-impressions with CTR ``prior_ctr`` at x = a_k (x) e_0."""
         self._slot(row, slot)

@@ -317,6 +317,19 @@ class BanditState(CompactionMixin):
         self.has_prior[row, slot] = True
         self._refresh(row)
 
+    def set_features(self, row: int, slot: int, features: Any) -> None:
+        """Replace a LinUCB arm's features (float64[d]) from now on, e.g. when the prior model's
+        arrive. A and b keep what earlier updates added with the old row (each update uses the
+        row current when it is applied); the cache z = A^-1 x is recomputed for the new row."""
+        row = self._check_row(row)
+        slot = self._check_slot(row, slot)
+        x = np.asarray(features, dtype=np.float64)
+        if not self.feature_dim or x.shape != (self.feature_dim,) or not np.all(np.isfinite(x)):
+            raise KernelInputError(f"features must be {self.feature_dim} finite numbers, got shape {np.shape(features)}")
+        self.features[row, slot] = x
+        self.z[row, slot] = self.ainv[row] @ x
+        self._refresh(row)
+
     def retire_arm(self, row: int, slot: int) -> None:
         """Stop serving an arm; its statistics stay for snapshots and replay."""
         row = self._check_row(row)

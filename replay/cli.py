@@ -343,6 +343,9 @@ def contextual(
     policies: str = typer.Option("LLM-LinUCB,LinUCB,LLM-FALCON,FALCON", "--policies",
                                  help="Contextual policies (context-free LOLA, UCB, TS always run)."),
     seed: int = typer.Option(20240501, "--seed", help="Master seed (common random numbers across policies)."),
+    arm_features: str = typer.Option("slot", "--arm-features",
+                                     help="slot (dummy-coded) or model ([1, projected embedding], as the worker's "
+                                          "'model' mode; TF-IDF SVD with --priors)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON result on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress on stderr."),
@@ -358,12 +361,14 @@ def contextual(
     bad = [n for n in names if n not in C.CONTEXTUAL]
     if bad or not names or tune_reps < 1:
         raise ConfigError(f"--policies must be among {', '.join(C.CONTEXTUAL)} and --tune-reps >= 1; got {policies!r}")
-    rd = run.load_replay_data(data, priors, model, tune_data, want_features=False)
+    if arm_features not in ("slot", "model"):
+        raise ConfigError(f"--arm-features must be slot or model, got {arm_features!r}")
+    rd = run.load_replay_data(data, priors, model, tune_data, want_features=arm_features == "model")
     factory, stop = _progress_factory(progress)
     try:
         advance = factory(len(tau_list) * (len(C.CONTEXT_FREE) + len(names))) if factory else None
         doc = json_safe(C.run_contextual_replay(rd, tau_list, reps, tune_reps, seed, run.default_workers(), names,
-                                                advance))
+                                                advance, arm_features))
     finally:
         stop()
     if out is not None:

@@ -28,11 +28,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lola.errors import ConfigError
 from lola.kernels.contextual_state import ContextualParams, ContextualState
 from lola.replay import protocol as P
-from lola.replay.run import ReplayData, simulate_clicks, tune_policy
+from lola.replay.run import Z_COLUMNS, ReplayData, simulate_clicks, tune_policy
 from lola.stream.context import FeatureSpec, Featurizer, NumericField
 from lola.stream.contextual_shard import arm_features
+from lola.stream.features import model_features
 
 SEGMENTS = ("seg0", "seg1", "seg2", "seg3")  # hash to 4 distinct slots at user_dim 16 (checked in the JSON)
 NOISE_FIELDS = 8
@@ -69,6 +71,7 @@ class World:
     batch: P.ReplayBatch
     ctr_seg: np.ndarray
     oracle: np.ndarray  # expected clicks per decision of the per-segment oracle, float64[n]
+    arm_x: np.ndarray | None = None  # arm rows float64[n, K, ARM_DIM] ("model"); None: dummy-coded slots
 
     def marginal(self) -> P.ReplayBatch:
         b = self.batch
@@ -90,6 +93,19 @@ def make_world(batch: P.ReplayBatch, seed: int) -> World:
     return World(batch, ctr_seg, ctr_seg.max(axis=2).mean(axis=1))
 
 
+def model_arm_rows(batch: P.ReplayBatch) -> np.ndarray:
+    """``arm_features: "model"`` rows of every (test, arm): :func:`lola.stream.features.model_features`
+    of the reduced text the LinUCB replay computed (``lola.export.projection`` of the model's
+    embedding with ``--model``, TF-IDF SVD with ``--priors``), as the worker builds them."""
+    if batch.features is None:
+        raise ConfigError("arm features 'model' need the replay's reduced text features (load with want_features)")
+    z = batch.features[:, :, Z_COLUMNS]
+    out = np.zeros((len(batch), z.shape[1], ARM_DIM))
+    for i, k in zip(*np.nonzero(np.arange(z.shape[1])[None, :] < batch.n_arms[:, None])):
+        out[i, k] = model_features(z[i, k], ARM_DIM)
+    return out
+
+
 def segment_vectors(featurizer: Featurizer) -> np.ndarray:
     """u of each segment with no noise fields (intercept + the segment's hash slot)."""
     return np.stack([featurizer({"segment": s}) for s in SEGMENTS])
@@ -107,7 +123,8 @@ def contextual_clicks(world: World, params: dict, tau: int, seed: int, rep: int)
     for i in range(n):
         row = state.add_experiment(cp)
         for k in range(int(batch.n_arms[i])):
-            state.add_arm(row, arm_features("slot", k, "", ARM_DIM),
+            a = arm_features("slot", k, "", ARM_DIM) if world.arm_x is None else world.arm_x[i, k]
+            state.add_arm(row, a,
                           prior_ctr=float(batch.prior[i, k]) if cp.n_aux > 0 else None)
     clicks = np.zeros(n)
     start = 0
@@ -154,16 +171,22 @@ def paired_ci(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def run_contextual_replay(rd: ReplayData, taus: Sequence[int] = TAUS, reps: int = 3, tune_reps: int = 1,
                           seed: int = 20240501, workers: int = 1, policies: Sequence[str] = tuple(CONTEXTUAL),
-                          progress: Any = None) -> dict[str, Any]:
+                          progress: Any = None, arm_mode: str = "slot") -> dict[str, Any]:
+    """``arm_mode``: ``slot`` (dummy-coded, the default) or ``model`` (:func:`model_arm_rows`)."""
+    if arm_mode not in ("slot", "model"):
+        raise ConfigError(f"arm features must be slot or model, got {arm_mode!r}")
     t0 = time.perf_counter()
     tune_w, report_w = make_world(rd.tune, seed), make_world(rd.report, seed + 1)
+    if arm_mode == "model":
+        tune_w.arm_x, report_w.arm_x = model_arm_rows(rd.tune), model_arm_rows(rd.report)
     feat = Featurizer(SPEC, USER_DIM)
     seg_u = segment_vectors(feat)
     distinct = len({tuple(v) for v in seg_u}) == len(SEGMENTS)
     out: dict[str, Any] = {
         "benchmark": {"segments": list(SEGMENTS), "segment_share": 1 / len(SEGMENTS), "factor_range": FACTOR_RANGE,
                       "noise_fields": NOISE_FIELDS, "user_dim": USER_DIM, "arm_dim": ARM_DIM,
-                      "d": USER_DIM * ARM_DIM, "arm_features": "slot (dummy-coded)",
+                      "d": USER_DIM * ARM_DIM, "arm_features": "slot (dummy-coded)" if arm_mode == "slot" else
+                      f"model: [1, first {ARM_DIM - 1} of {rd.description.get('linucb_features')}]",
                       "segments_hash_to_distinct_features": distinct, "reps": reps, "tune_reps": tune_reps,
                       "seed": seed, "taus": list(taus)},
         "data": rd.description, "per_tau": {}}

@@ -29,6 +29,7 @@ from lola.replay.report import Improvement, improvement_table, results_rows
 from lola.replay.sim import simulate_batch
 from lola.data.upworthy import HeadlineTest, headline_tests, load_packages, split_packages
 from lola.errors import ConfigError
+from lola.export.projection import DEFAULT_DIM, SCALE_EPS, fit_projection
 from lola.stream.warm_start import WARM_START_WEIGHT
 
 ProgressFn = Callable[[int], None]
@@ -103,43 +104,41 @@ class ReplayData:
     prior_quality: dict
 
 
-def _features_fn(prior: PriorTable, train_texts: Sequence[str], dim: int = 16):
-    """LLM-LinUCB arm features: [1, prior CTR (scaled), SVD of the model's embedding or of TF-IDF].
+#: The columns of :func:`_features_fn`'s rows that hold the reduced text (model embedding or TF-IDF).
+Z_COLUMNS = slice(2, None)
 
-    The projection is fitted on the warm-start (train) texts only.
+
+def _features_fn(prior: PriorTable, train_texts: Sequence[str], dim: int = DEFAULT_DIM):
+    """LLM-LinUCB arm features: [1, prior CTR (scaled), the model's projected embedding or SVD of TF-IDF].
+
+    The projection is fitted on the warm-start (train) texts only, with the one recipe the model
+    artifact stores for the worker (:func:`lola.export.projection.fit_projection`).
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     if prior.embeddings:
         keys = [t for t in train_texts if t in prior.embeddings]
-        E = np.stack([prior.embeddings[t] for t in keys])
-        dim = max(1, min(dim, E.shape[1], E.shape[0] - 1))
-        mean = E.mean(axis=0)
-        _, _, vt = np.linalg.svd(E - mean, full_matrices=False)
-        proj = vt[:dim].T
+        proj = fit_projection(np.stack([prior.embeddings[t] for t in keys]), dim)
 
-        def embed(texts):
-            Z = (np.stack([prior.embeddings[t] for t in texts]) - mean) @ proj
-            return Z
+        def reduced(texts):
+            return proj.transform(np.stack([prior.embeddings[t] for t in texts]))
 
-        source = "model embeddings (SVD)"
+        source = "model embeddings (lola.export.projection, fitted on the train texts)"
     else:
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train_texts) > 200 else 1, sublinear_tf=True)
         X = vec.fit_transform(train_texts)
         dim = max(1, min(dim, X.shape[1] - 1, X.shape[0] - 1))
         svd = TruncatedSVD(n_components=dim, random_state=0).fit(X)
+        scale = svd.transform(vec.transform(list(train_texts))).std(axis=0) + SCALE_EPS
 
-        def embed(texts):
-            return svd.transform(vec.transform(texts))
+        def reduced(texts):
+            return svd.transform(vec.transform(texts)) / scale / math.sqrt(dim)
 
         source = "TF-IDF SVD (no model embeddings)"
-    Z_train = embed(list(train_texts))
-    scale = Z_train.std(axis=0) + 1e-9
 
     def features(texts):
-        Z = embed(list(texts)) / scale / math.sqrt(dim)
-        return np.column_stack([np.ones(len(texts)), prior.lookup(texts) * 50.0, Z])
+        return np.column_stack([np.ones(len(texts)), prior.lookup(texts) * 50.0, reduced(list(texts))])
 
     return features, source
 

@@ -74,8 +74,11 @@ class ContextualSettings(BaseModel):
     n_aux: float = Field(100.0, ge=0, le=1e9, allow_inf_nan=False)
     #: "slot": dummy-coded arms (a_k = [1, e_k], the last of the first arm_dim arms [1, 0]): full rank,
     #: each arm learns its own user weights (Li et al.'s disjoint model); "text": a hashed bag of words
-    #: of the variant text (arms share what they learn, but few buckets can make two arms collide).
-    arm_features: Literal["slot", "text"] = "slot"
+    #: of the variant text (arms share what they learn, but few buckets can make two arms collide);
+    #: "model": the prior model's projected embedding ([1, z], lola.stream.features.model_features),
+    #: set when the arm's prior arrives (hashed text until then, and for good with a model without
+    #: a projection); observations before that stay in A and b under the hashed row.
+    arm_features: Literal["slot", "text", "model"] = "slot"
     features: FeatureSpec = Field(default_factory=FeatureSpec)
 
     def params(self) -> ContextualParams:

@@ -7,9 +7,11 @@ counts and snapshots still go through the shard's BanditState row as for any exp
 
 Arm features (``arm_dim`` long, setting ``arm_features``): ``slot`` dummy-codes the arm
 (``[1, e_slot]``; full rank for up to arm_dim arms), ``text`` is
-:func:`lola.stream.features.text_features` (intercept and a signed hashed bag of words). The
-LLM prior enters as ``n_aux`` pseudo-impressions when it arrives
-(:meth:`ContextualState.set_prior`).
+:func:`lola.stream.features.text_features` (intercept and a signed hashed bag of words),
+``model`` starts as ``text`` and becomes :func:`lola.stream.features.model_features` (the prior
+model's projected embedding) when the arm's prior arrives with it; updates before that stay in
+A and b under the hashed row. The LLM prior enters as ``n_aux`` pseudo-impressions when it
+arrives (:meth:`ContextualState.set_prior`), after the model's features, so at ``[1, z]``.
 
 FALCON oracles are refit on one background thread (a d x d Cholesky solve over a copy of
 the Gram matrix), never on the decision path: an epoch boundary marks the row, the next
@@ -27,7 +29,7 @@ import numpy as np
 
 from lola.kernels.contextual_state import ContextualState
 from lola.stream.context import ContextualSettings, Featurizer
-from lola.stream.features import text_features
+from lola.stream.features import model_features, text_features
 from lola.stream.join import JoinWindow
 
 POLICY_NAMES = {"linucb": "ctx_linucb", "falcon": "ctx_falcon"}
@@ -35,7 +37,8 @@ POLICY_NAMES = {"linucb": "ctx_linucb", "falcon": "ctx_falcon"}
 
 def arm_features(mode: str, slot: int, text: str, arm_dim: int) -> np.ndarray:
     """a of a new arm: the dummy-coded slot (``[1, e_slot]``, the arm_dim-th arm ``[1, 0, ...]``;
-    arms beyond arm_dim fall back to text) or the hashed text."""
+    arms beyond arm_dim fall back to text) or the hashed text (``text``, and ``model`` until the
+    model's features arrive: :meth:`ContextualShard.set_model_features`)."""
     if mode == "slot" and slot < arm_dim:
         a = np.zeros(arm_dim)
         a[0] = 1.0
@@ -110,6 +113,15 @@ class ContextualShard:
 
     def retire_arm(self, experiment_id: str, slot: int) -> None:
         self.state.retire_arm(self.experiments[experiment_id].row, slot)
+
+    def set_model_features(self, experiment_id: str, slot: int, z: np.ndarray) -> bool:
+        """Arm ``slot``'s features from the prior model's projected embedding, in ``model`` mode
+        (call before :meth:`set_prior`, whose pseudo-impressions use the arm's row). True if set."""
+        exp = self.experiments[experiment_id]
+        if exp.settings.arm_features != "model":
+            return False
+        self.state.set_arm_features(exp.row, slot, model_features(z, self.arm_dim))
+        return True
 
     def set_prior(self, experiment_id: str, slot: int, prior: float) -> None:
         self.state.set_prior(self.experiments[experiment_id].row, slot, prior)

@@ -9,8 +9,16 @@ added, so an arm is servable at once and needs no model:
 the bucket and the sign of a token come from its BLAKE2b-64 digest (deterministic
 across processes and Python versions, unlike ``hash()``). The leading 1 is the
 intercept. ``llm_linucb`` adds the LLM prior CTR through the prior path (``n_aux``),
-like the other ``llm_`` policies; the model's own embeddings are not used in the
-stream (see docs/stream.md).
+like the other ``llm_`` policies.
+
+``llm_linucb`` arms (and contextual arms with ``arm_features: "model"``) then switch to the
+prior model's own features when the prior arrives with them (:func:`model_features`):
+
+    x = [1, z_1, ..., z_{d-1}]    z = the model's projected embedding (lola.export.projection)
+
+``z`` has k components (16 by default); the first ``d - 1`` are used, zeros follow when
+``d - 1 > k``. A model without a projection (exported before it) sends no ``z``: the arm
+keeps its hashed row (docs/policies.md).
 
 Hand-written rather than scikit-learn's ``HashingVectorizer`` because scikit-learn is
 only an optional extra (``analysis``), not a worker dependency.
@@ -50,4 +58,17 @@ def text_features(text: str, dim: int) -> np.ndarray:
     norm = float(np.sqrt(h @ h))
     if norm > 0:
         h /= norm
+    return x
+
+
+def model_features(z: np.ndarray, dim: int) -> np.ndarray:
+    """float64[dim] arm features from the prior model's projected embedding ``z`` (float[k],
+    :meth:`lola.export.projection.EmbeddingProjection.transform`): ``[1, z[:dim-1], 0...]``."""
+    if dim < 1:
+        raise ValueError("dim must be >= 1")
+    z = np.asarray(z, dtype=np.float64).reshape(-1)
+    x = np.zeros(dim)
+    x[0] = 1.0
+    n = min(dim - 1, z.shape[0])
+    x[1:1 + n] = z[:n]
     return x

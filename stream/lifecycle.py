@@ -30,7 +30,7 @@ from lola.errors import CapacityError, ConfigError, EventError, KernelInputError
 from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.stream import events as ev
-from lola.stream.features import text_features
+from lola.stream.features import model_features, text_features
 from lola.stream.shard import BatchOutput, Experiment, PriorRequest
 from lola.stream.warm_start import linear_setup
 
@@ -176,6 +176,20 @@ def create_experiment(proc: Shard, experiment_id: str, settings_in: dict | None)
     proc.experiments[exp.experiment_id] = exp
     proc.by_row[row] = exp
     return exp
+
+
+def set_model_features(proc: Shard, exp: Experiment, slot: int, z: Any) -> None:
+    """The prior model's arm features (``z``, its projected embedding) for ``llm_linucb`` arms and
+    contextual arms in ``model`` mode, set when the arm's prior arrives (docs/policies.md):
+    updates before that stay in A and b under the hashed text row, later ones use the model's.
+    Plain ``linucb`` keeps hashed text features (the baseline without the LLM). ``z=None``: nothing."""
+    if z is None:
+        return
+    p = POLICY_TABLE[exp.policy]
+    if p.needs_features and p.uses_prior and proc.state.feature_dim:
+        proc.state.set_features(exp.row, slot, model_features(z, proc.state.feature_dim))
+    if exp.experiment_id in proc.ctx:
+        proc.ctx.set_model_features(exp.experiment_id, slot, z)
 
 
 def set_state(proc: Shard, exp: Experiment, slot: int, state: str, reason: str | None) -> bool:

@@ -140,6 +140,9 @@ class OnnxModelProvider:
         if not first:
             self.reloads += 1
         log.info("prior model loaded", extra={"model_dir": str(self.model_dir), "reload": not first})
+        if getattr(model, "projection", True) is None:  # once per loaded model (issue 20)
+            log.warning("prior model has no embedding projection (exported before it; `lola priors projection` "
+                        "adds one): LLM-LinUCB arms keep hashed text features", extra={"model_dir": str(self.model_dir)})
 
     @property
     def model_version(self) -> str | None:
@@ -152,6 +155,17 @@ class OnnxModelProvider:
             raise ModelIntegrityError(f"no prior model loaded from {self.model_dir} (retrying after a back-off)")
         return np.asarray(self._model.predict(texts), dtype=np.float64)
 
+    def predict_with_features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """CTRs and the model's arm features (float64[n, k], None without a projection): one pass."""
+        self.maybe_reload()
+        if self._model is None:
+            raise ModelIntegrityError(f"no prior model loaded from {self.model_dir} (retrying after a back-off)")
+        with_features = getattr(self._model, "predict_with_features", None)
+        if with_features is None:  # a custom loader's model
+            return np.asarray(self._model.predict(texts), dtype=np.float64), None
+        ctr, z = with_features(texts)
+        return np.asarray(ctr, dtype=np.float64), z
+
 
 @dataclass(frozen=True)
 class PriorResult:
@@ -159,6 +173,9 @@ class PriorResult:
     experiment_id: str
     variant_id: str
     prior: float
+    #: The model's projected embedding (LLM-LinUCB arm features, lola.export.projection); None
+    #: when the provider gives none (no projection, a plugin, a constant prior).
+    features: np.ndarray | None = None
 
 
 class PriorService:
@@ -261,11 +278,18 @@ class PriorService:
                 requests = [r for _, r in live]
                 # predict_requests: providers that also want ids and sibling texts (prior_plugins.py)
                 predict_requests = getattr(self.provider, "predict_requests", None)
-                raw = predict_requests(requests) if predict_requests is not None else \
-                    self.provider.predict([r.text for r in requests])
+                with_features = getattr(self.provider, "predict_with_features", None)  # issue 20: arm features
+                feats = None
+                if predict_requests is not None:
+                    raw = predict_requests(requests)
+                elif with_features is not None:
+                    raw, feats = with_features([r.text for r in requests])
+                else:
+                    raw = self.provider.predict([r.text for r in requests])
                 preds = np.asarray(raw, dtype=np.float64)
                 if preds.shape != (len(live),):
                     raise ValueError(f"provider returned shape {preds.shape}, expected ({len(live)},)")
+                feats = _checked_features(feats, len(live))
             except Exception as exc:  # a failing model must never take the worker down
                 self._on_latency(time.monotonic() - t_call)
                 log.error("prior provider failed", extra={"error": str(exc)[:300]})
@@ -273,7 +297,7 @@ class PriorService:
                 continue
             done = time.monotonic()
             self._on_latency(done - t_call)
-            for (deadline, req), p in zip(live, preds.tolist()):
+            for i, ((deadline, req), p) in enumerate(zip(live, preds.tolist())):
                 if done > deadline:
                     self._fallback("timeout")
                 elif p != p:  # NaN: the provider declined this one
@@ -282,4 +306,17 @@ class PriorService:
                     self._fallback("out_of_range")
                 else:
                     self.delivered += 1
-                    self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p))
+                    self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p,
+                                              None if feats is None else feats[i]))
+
+
+def _checked_features(feats: Any, n: int) -> np.ndarray | None:
+    """The provider's arm features as float64[n, k] (1 <= k <= 64, finite); anything else is
+    logged and dropped (the priors still apply, the arms keep hashed text features)."""
+    if feats is None:
+        return None
+    z = np.asarray(feats, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] != n or not 1 <= z.shape[1] <= 64 or not np.isfinite(z).all():
+        log.error("prior provider returned unusable arm features; dropped", extra={"shape": list(z.shape)})
+        return None
+    return z

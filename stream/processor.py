@@ -326,7 +326,7 @@ class ShardProcessor:
             if entry[0] == 0:
                 self._process(entry[1], entry[2], entry[3])
             elif entry[0] == 1:
-                self._apply_prior(entry[1], entry[2], entry[3])
+                self._apply_prior(*entry[1:])
             elif entry[0] == 2:
                 self.next_offset = max(self.next_offset, entry[1] + 1)
             elif entry[0] == 4:
@@ -438,16 +438,17 @@ class ShardProcessor:
                 exp.version, now)))
 
     # ------------------------------------------------------------------ priors
-    def apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
-        """Apply a prior that arrived from the prior provider; False if the arm is gone."""
-        self._journal.append((1, experiment_id, variant_id, prior))
-        return self._apply_prior(experiment_id, variant_id, prior)
+    def apply_prior(self, experiment_id: str, variant_id: str, prior: float, features: Any = None) -> bool:
+        """Apply a prior (with the model's arm features, if any) from the prior provider; False if the arm is gone."""
+        self._journal.append((1, experiment_id, variant_id, prior, features))
+        return self._apply_prior(experiment_id, variant_id, prior, features)
 
-    def _apply_prior(self, experiment_id: str, variant_id: str, prior: float) -> bool:
+    def _apply_prior(self, experiment_id: str, variant_id: str, prior: float, features: Any = None) -> bool:
         exp = self.experiments.get(experiment_id)
         slot = exp.slots.get(variant_id) if exp else None
         if slot is None:
             return False
+        lifecycle.set_model_features(self, exp, slot, features)  # first: the contextual prior uses the arm's row
         self.state.set_prior(exp.row, slot, float(prior))
         if experiment_id in self.ctx:
             self.ctx.set_prior(experiment_id, slot, float(prior))

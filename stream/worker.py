@@ -393,7 +393,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
     def _apply_priors(self) -> None:
         for res in self.priors.results():
             shard = self.shards.get(res.partition)
-            if shard is not None and shard.apply_prior(res.experiment_id, res.variant_id, res.prior):
+            if shard is not None and shard.apply_prior(res.experiment_id, res.variant_id, res.prior, res.features):
                 self.metrics.priors_applied.inc()
                 self.dirty_experiments.setdefault(res.partition, set()).add(res.experiment_id)
 

@@ -54,7 +54,7 @@ def test_card_lists_every_file_with_sha256(exported_tiny):
 
     card = json.loads((exported_tiny / "model_card.json").read_text())
     on_disk = {p.name for p in exported_tiny.iterdir() if p.name != "model_card.json"}
-    assert set(card["files"]) == on_disk == {"model.onnx", "model.int8.onnx", "tokenizer.json"}
+    assert set(card["files"]) == on_disk == {"model.onnx", "model.int8.onnx", "tokenizer.json", "projection.json"}
     for name, entry in card["files"].items():
         assert entry["sha256"] == file_sha256(exported_tiny / name)
     for key in ("base", "data", "hyperparameters", "metrics", "target_scaling", "validation"):

@@ -33,7 +33,8 @@ def test_fit_writes_a_hashed_file_and_a_card_entry(with_readout):
     assert card["readout"] == entry
     assert card["files"]["readout.json"]["sha256"] == file_sha256(out / "readout.json")
     # every other file is still listed with its hash
-    assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "tokenizer.json", "readout.json"}
+    assert set(card["files"]) == {"model.onnx", "model.int8.onnx", "tokenizer.json", "projection.json", "readout.json"}
+    assert card["projection"]["file"] == "projection.json"  # kept by the readout's card rewrite
     grid = {g["alpha"]: g["tune_weighted_mse"] for g in entry["grid"]}
     assert sorted(grid) == sorted(RIDGE_ALPHAS)
     assert entry["alpha"] == min(grid, key=grid.get)  # chosen on tune MSE

@@ -172,7 +172,8 @@ def test_rejected_int8_fails_export_or_ships_without_it(tmp_path, trained_tiny):
     assert not (tmp_path / "strict").exists() and not (tmp_path / "strict.partial").exists()
     card = export_model(trained_tiny, tmp_path / "optional", ("int8",), int8_optional=True, int8_config=strict)
     assert card.variants == {"fp32": "model.onnx"} and "int8 disagrees" in card.validation["int8"]["rejected"]
-    assert sorted(p.name for p in (tmp_path / "optional").iterdir()) == ["model.onnx", "model_card.json", "tokenizer.json"]
+    shipped = sorted(p.name for p in (tmp_path / "optional").iterdir())
+    assert shipped == ["model.onnx", "model_card.json", "projection.json", "tokenizer.json"]
 
 
 @pytest.mark.parametrize("overrides, fragment", [

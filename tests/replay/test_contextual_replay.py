@@ -50,3 +50,25 @@ def test_paired_ci_contains_the_mean_difference():
     b = rng.uniform(0, 1, 200)
     ci = C.paired_ci(b + 0.1 + rng.normal(0, 0.01, 200), b)
     assert ci["ci95"][0] < 0.1 < ci["ci95"][1] and ci["pct"] > 0
+
+
+def test_model_arm_features_are_the_workers_rows_of_the_reduced_text(files):  # noqa: F811
+    """--arm-features model: each arm's row is lola.stream.features.model_features of the reduced
+    text the LinUCB replay uses (TF-IDF SVD here, with --priors), as the worker's 'model' mode."""
+    from lola.replay import run
+    from lola.stream.features import model_features
+
+    data, tune, priors, _ = files
+    rd = run.load_replay_data(data, priors, None, tune, want_features=True)
+    rows = C.model_arm_rows(rd.report)
+    b = rd.report
+    for i in range(len(b)):
+        for k in range(int(b.n_arms[i])):
+            np.testing.assert_array_equal(rows[i, k], model_features(b.features[i, k, 2:], C.ARM_DIM))
+        assert (rows[i, int(b.n_arms[i]):] == 0).all()
+    res = invoke("contextual", "--data", data, "--priors", priors, "--tune-data", tune, "--taus", "5",
+                 "--reps", 1, "--policies", "LLM-LinUCB", "--arm-features", "model", "--json", "--no-progress")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output)
+    assert doc["benchmark"]["arm_features"].startswith("model: [1, first 3 of TF-IDF SVD")
+    assert 0 < doc["per_tau"]["5"]["report"]["LLM-LinUCB"]["fraction_of_oracle"] < 2
