@@ -51,11 +51,13 @@ def _rss_mb(pid: int) -> float | None:
 
 
 def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (``/proc/PID/stat`` utime + stime)."""
     try:
-        f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return round((int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
 
 
 def _metrics(port: int) -> dict[str, float]:
