@@ -8,7 +8,12 @@ records the worker's and the broker's resident memory separately (``/proc/PID/st
 the consumer lag and the checkpoint bytes written (both from the worker's ``/metrics``).
 After the load it measures how long the lag takes to drain to 0.
 
-Reported: the samples, the worker's RSS growth from the first minute to the end, the drain
+The embedded broker runs in a named configuration (``--broker-config``, default
+``memory-batched``: :data:`lola.stream.broker.BROKER_CONFIGS`), whose client settings the load
+producer and the worker both use; the JSON's ``broker`` names it, with the Tansu version.
+
+Reported: the samples, the worker's RSS growth from the first minute to the end, worker and
+broker RSS summaries kept apart, the broker's CPU seconds, the drain
 time, the rate sent, the machine and its load average. Nothing is judged here; the issue's
 targets (RSS growth < 5 % after the first minute, drain within 60 s) are printed beside.
 """
@@ -31,6 +36,7 @@ import typer
 
 SAMPLE_S = 10.0
 DRAIN_LIMIT_S = 120.0
+READY_LIMIT_S = 300.0  # worker start (imports, JIT, group join) on a busy machine
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -42,6 +48,16 @@ def _rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (``/proc/PID/stat`` utime + stime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -120,7 +136,7 @@ class Load:
         from lola.stream import kafka as kf
 
         try:
-            producer = Producer(kf.producer_config(self.settings))
+            producer = Producer(kf.producer_config(self.settings))  # linger.ms: the broker configuration's
             topic = self.settings.events_topic
             t0 = time.monotonic()
             step = 0
@@ -140,18 +156,23 @@ class Load:
 
 
 def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments: int, arms: int,
-             seed: int) -> dict[str, Any]:
+             seed: int, broker_config: str = "memory-batched") -> dict[str, Any]:
     from confluent_kafka import Producer
 
     from lola.bench.stream_bench import _loadavg_1m, _machine, _settings, stop_process
     from lola.stream import kafka as kf
     from lola.stream.broker import EmbeddedBroker, free_port
+    from lola.stream.broker import broker_config as named_config
 
     machine = _machine()
-    broker = None if bootstrap else EmbeddedBroker().start()
+    config = named_config(broker_config)
+    broker = None if bootstrap else EmbeddedBroker(config=config.name).start()
     boot = bootstrap or broker.bootstrap
     port = free_port()
-    s = _settings(boot, f"soak-{uuid.uuid4().hex[:6]}", partitions=4).model_copy(update={"metrics_port": port})
+    # The load producer and the worker (through its environment) both use the configuration's
+    # client settings; with --bootstrap (an external broker) the project's defaults apply.
+    client = {} if bootstrap else config.client_settings
+    s = _settings(boot, f"soak-{uuid.uuid4().hex[:6]}", partitions=4, **client).model_copy(update={"metrics_port": port})
     kf.ensure_topics(s)
     load = Load(s, rate, experiments, arms, minutes * 60.0, seed)
     producer = Producer(kf.producer_config(s))
@@ -166,8 +187,8 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
     try:
         t_ready = time.monotonic()
         while _metrics(port).get("lola_assigned_partitions", 0) < 4:
-            if worker.poll() is not None or time.monotonic() - t_ready > 120:
-                raise RuntimeError("the worker did not own 4 partitions within 120 s")
+            if worker.poll() is not None or time.monotonic() - t_ready > READY_LIMIT_S:
+                raise RuntimeError(f"the worker did not own 4 partitions within {READY_LIMIT_S:.0f} s")
             time.sleep(0.5)
         load.thread.start()
         t0 = time.monotonic()
@@ -179,6 +200,7 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
             ck = m.get("lola_checkpoint_bytes_total", last["ckpt"])
             row = {"t_s": round(t, 1), "phase": phase, "worker_rss_mb": _rss_mb(worker.pid),
                    "broker_rss_mb": _rss_mb(broker.process.pid) if broker is not None else None,
+                   "broker_cpu_s": _cpu_s(broker.process.pid) if broker is not None else None,
                    "lag": int(m.get("lola_consumer_lag", -1)), "sent": load.sent,
                    "records": int(m.get("lola_records_total", 0)),
                    "dead_letters": int(m.get("lola_dead_letters_total", 0)),
@@ -212,16 +234,24 @@ def run_soak(bootstrap: Optional[str], minutes: float, rate: float, experiments:
     growth = None
     if after_1m and after_1m[0]["worker_rss_mb"]:
         growth = round((load_rows[-1]["worker_rss_mb"] - after_1m[0]["worker_rss_mb"]) / after_1m[0]["worker_rss_mb"], 4)
+
+    def rss(key: str) -> dict[str, Any]:
+        values = [r[key] for r in samples if r[key] is not None]
+        first_minute = next((r[key] for r in after_1m), None)
+        return {"first_sample": values[0] if values else None, "at_first_minute": first_minute,
+                "end_of_load": load_rows[-1][key] if load_rows else None, "max": max(values, default=None)}
     sent_s = load_rows[-1]["t_s"] if load_rows else 0.0
     machine["loadavg_1m_at_end"] = _loadavg_1m()
     return {"benchmark": "soak", "minutes": minutes, "target_rate": rate, "experiments": experiments, "arms": arms,
             "sent": load.sent, "duplicates_sent": load.duplicates, "malformed_sent": load.malformed,
             "achieved_send_rate": round(load.sent / max(sent_s, 1e-9)), "samples": samples,
             "worker_rss_growth_after_first_minute": growth, "drain_s": drain_s,
+            "worker_rss_mb": rss("worker_rss_mb"), "broker_rss_mb": rss("broker_rss_mb"),
+            "broker_cpu_s": samples[-1]["broker_cpu_s"] if samples else None,
             "mean_checkpoint_bytes_per_s": round(sum(r["checkpoint_bytes_per_s"] for r in load_rows) / max(len(load_rows), 1)),
             "targets": {"worker_rss_growth_after_first_minute": "< 0.05", "drain_s": "<= 60"},
             "worker_log": log.name, "worker_log_tail": open(log.name).read()[-2000:],
-            "broker": bootstrap or "tansu 0.6 (embedded, memory storage; postgres:// is not compiled into this build)",
+            "broker": ({"config": "external", "bootstrap": bootstrap} if bootstrap else config.describe()),
             "machine": machine}
 
 
@@ -237,11 +267,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="print only the JSON result"),
         bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="external broker (default: embedded Tansu)"),
+        broker_config: str = typer.Option("memory-batched", "--broker-config",
+                                          help="embedded broker configuration (lola broker --config)"),
     ) -> None:
         """Fixed-rate soak: worker and broker RSS every 10 s, lag, checkpoint bytes/s, drain time."""
         from lola.errors import ConfigError
 
         if not 0 < minutes <= 24 * 60 or not 0 < rate <= 1e6 or experiments < 1 or not 1 <= arms <= 256:
             raise ConfigError("need 0 < --minutes <= 1440, 0 < --rate <= 1e6, --experiments >= 1, 1 <= --arms <= 256")
-        typer.echo(json.dumps(run_soak(bootstrap, minutes, rate, experiments, arms, seed),
+        typer.echo(json.dumps(run_soak(bootstrap, minutes, rate, experiments, arms, seed, broker_config),
                               indent=None if as_json else 2))

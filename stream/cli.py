@@ -32,21 +32,29 @@ def broker(
     port: Optional[int] = typer.Option(None, "--port", help="TCP port (default: a free loopback port)"),
     host: str = typer.Option("127.0.0.1", "--host", help="listen and advertised host"),
     log_file: Optional[Path] = typer.Option(None, "--log-file", help="file for the broker's own log"),
+    config: str = typer.Option("memory", "--config",
+                               help="broker configuration: memory (tests, demos) or memory-batched (long runs)"),
 ) -> None:
     """Start a Tansu Kafka-protocol broker (memory storage) in the foreground.
 
-    Prints ``bootstrap=HOST:PORT`` once it answers metadata requests; Ctrl-C or
-    SIGTERM stops it.
+    Prints ``bootstrap=HOST:PORT`` once it answers metadata requests, then the
+    ``LOLA_*=value`` client settings of the configuration (export them for the worker and
+    producers); Ctrl-C or SIGTERM stops it.
     """
     import signal
     import threading
 
-    from lola.stream.broker import EmbeddedBroker
+    from lola.stream.broker import EmbeddedBroker, broker_config
+    from lola.stream.settings import StreamSettings
 
+    env_names = StreamSettings.env_var_names()
+    client_env = {env_names[k]: v for k, v in broker_config(config).client_settings.items()}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmbeddedBroker(port=port, host=host, log_path=log_file) as b:
+    with EmbeddedBroker(port=port, host=host, log_path=log_file, config=config) as b:
         typer.echo(f"bootstrap={b.bootstrap}", nl=True)
+        for name, value in client_env.items():
+            typer.echo(f"{name}={value}")
         sys.stdout.flush()
         try:
             while not stop.wait(0.5):

@@ -47,7 +47,7 @@ PRODUCER_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 def producer_config(settings: Any, **extra: Any) -> dict[str, Any]:
     # compression: LOLA_COMPRESSION (default gzip, which every Kafka client reads; docs/clients.md).
-    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": 2,
+    conf = {**settings.kafka_config(), "partitioner": PARTITIONER, "linger.ms": settings.producer_linger_ms,
             "compression.type": settings.compression,
             "batch.num.messages": 10_000, "queue.buffering.max.messages": 1_000_000,
             "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES}

@@ -126,6 +126,11 @@ class StreamSettings(BaseSettings):
         "gzip", validation_alias=AliasChoices("compression", "LOLA_COMPRESSION"),
         description="compression.type of everything the worker produces; gzip is read by every Kafka client "
                     "(kafkajs cannot read lz4, snappy or zstd without a plug-in; docs/clients.md)")
+    producer_linger_ms: int = Field(
+        2, ge=0, le=10_000, validation_alias=AliasChoices("producer_linger_ms", "LOLA_PRODUCER_LINGER_MS"),
+        description="linger.ms of the worker's producers (and lola bench soak's load); Tansu's memory "
+                    "storage slows with the number of stored batches, so long runs on it use 100 "
+                    "(lola broker --config memory-batched, docs/operations/checkpoints.md)")
 
     # --- topics ------------------------------------------------------------------------
     events_topic: str = Field("lola.events", validation_alias=AliasChoices("events_topic", "LOLA_EVENTS_TOPIC"))

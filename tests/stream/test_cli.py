@@ -26,6 +26,7 @@ BAD_ARGS = [
     (["experiments", "list", "--bootstrap", "127.0.0.1:9", "--status", "gone"], "--status must be one of"),
     (["experiments", "show", "e"], "no broker"),
     (["experiments", "archive", "x" * 300, "--bootstrap", "127.0.0.1:9"], "not a valid archive event"),
+    (["broker", "--config", "postgres"], "unknown broker configuration 'postgres'; known: memory, memory-batched"),
 ]
 
 
