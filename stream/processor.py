@@ -43,6 +43,7 @@ from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 from lola.stream import lifecycle
 from lola.stream.dedup import DedupWindow, dedup_key
+from lola.stream.delta import ChainTracker, apply_delta, encode_delta
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.edge import EdgePlanner
 from lola.stream.contextual_shard import ContextualShard
@@ -90,7 +91,9 @@ class ShardProcessor:
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
         # for "fresh at _restore_offset") and everything applied since, in order.
         self._restore_blob = restore_point
+        self._restore_deltas: list[bytes] = []  # incremental checkpoints applied after it (lola.stream.delta)
         self._restore_offset = next_offset
+        self.marks = 0  # full restore points taken (a delta never follows one it did not see)
         self._journal: list[tuple] = []
         self._journal_records = 0
         self.rollbacks = 0
@@ -203,7 +206,7 @@ class ShardProcessor:
                                 if n_clicks >= cap:
                                     raise EventError("click_cap", f"impression {event.impression_id[:80]} has "
                                                                   f"{n_clicks} click(s) (max_clicks_per_impression)")
-                                seen.clicks[ikey] = n_clicks + 1
+                                seen.add_click(ikey)
                         seen_put(dkey, event.ts)
                         if exp.status != "running":
                             counts["ignored"] = counts.get("ignored", 0) + 1
@@ -303,25 +306,61 @@ class ShardProcessor:
         self.next_offset = offset
         self._journal.append((3, offset))
 
-    def mark(self, topic: str = "") -> bytes:
-        """Serialise the shard (a checkpoint record) and make it the restore point."""
-        blob = self.to_checkpoint(topic)
+    def mark(self, topic: str = "", chain: dict[str, Any] | None = None) -> bytes:
+        """Serialise the shard (a checkpoint record, a chain's base with ``chain``) and make
+        it the restore point."""
+        blob = self.to_checkpoint(topic, chain)
         self._restore_blob = blob
+        self._restore_deltas = []
+        self.marks += 1
         self._journal = []
         self._journal_records = 0
         return blob
+
+    def mark_delta(self, tracker: ChainTracker, head: dict[str, Any]) -> bytes | None:
+        """Serialise what changed since ``tracker`` (a delta record, lola.stream.delta) and
+        append it to the restore point; None if only a full record can express it."""
+        blob = encode_delta(self, tracker, head)
+        if blob is not None:
+            self._restore_deltas.append(blob)
+            self._journal = []
+            self._journal_records = 0
+        return blob
+
+    def apply_delta(self, blob: bytes) -> None:
+        """Apply the next delta of a restored chain (see :func:`lola.stream.delta.apply_delta`)."""
+        apply_delta(self, blob)
+        self._restore_deltas.append(blob)
+
+    def finish_restore(self) -> None:
+        """After a chain's last delta: this reader's window limits (as a full restore applies them)."""
+        self.seen._expire()
+        self.imp_by_request.truncate()
+        self.decided.truncate()
+
+    @classmethod
+    def from_chain(cls, base: bytes, deltas: list[bytes], config: ProcessorConfig | None = None,
+                   gate: VariantGate | None = None) -> "ShardProcessor":
+        """A base checkpoint and the deltas that follow it (each must follow; LolaError if not)."""
+        proc = cls.from_checkpoint(base, config, gate=gate, expire=not deltas)
+        for blob in deltas:
+            proc.apply_delta(blob)
+        if deltas:
+            proc.finish_restore()
+        return proc
 
     def _rollback(self) -> None:
         """Back to the restore point, then re-apply the journal (its outputs were emitted already)."""
         if self._restore_blob is None:
             fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset, gate=self.gate)
         else:
-            fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config, gate=self.gate)
+            fresh = ShardProcessor.from_chain(self._restore_blob, self._restore_deltas, self.config, gate=self.gate)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        marks = self.marks
         fresh.stats = self.stats  # statistics and declared winners are outputs, not state
         self.ctx.close()
         self.__dict__.update(fresh.__dict__)
-        self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
+        self._restore_blob, self._restore_offset, self.rollbacks, self.marks = blob, start, rollbacks + 1, marks
         for entry in journal:
             if entry[0] == 0:
                 self._process(entry[1], entry[2], entry[3])
@@ -508,13 +547,17 @@ class ShardProcessor:
         return snap
 
     # ------------------------------------------------------------------ checkpoints
-    def to_checkpoint(self, topic: str) -> bytes:
-        """One self-consistent record: the state exactly as of input offset ``next_offset``."""
-        meta = {"version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
+    def to_checkpoint(self, topic: str, chain: dict[str, Any] | None = None) -> bytes:
+        """One self-consistent record: the state exactly as of input offset ``next_offset``.
+
+        ``chain``: the epoch and owner of an incremental chain this record is the base of
+        (lola.stream.delta); readers without chains ignore them.
+        """
+        meta = {**(chain or {}), "version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
                 "next_offset": self.next_offset, "created": time.time(),
                 "experiments": [e.to_json() for e in self.experiments.values()],
                 "dedup": self.seen.to_json(), "imp_by_request": self.imp_by_request.items(),
-                "decided": self.decided.items(), "clock": self.clock if math.isfinite(self.clock) else None,
+                "decided": self.decided.items(), "imp_seq": self.imp_by_request.seq, "decided_seq": self.decided.seq, "clock": self.clock if math.isfinite(self.clock) else None,
                 "legacy_seen": None if self.legacy_seen is None else self.legacy_seen.items(),
                 "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None,
                 "contextual": self.ctx.to_json() if self.ctx.experiments else None}
@@ -528,13 +571,15 @@ class ShardProcessor:
 
     @classmethod
     def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None,
-                        gate: VariantGate | None = None) -> "ShardProcessor":
+                        gate: VariantGate | None = None, expire: bool = True) -> "ShardProcessor":
         """Restore a checkpoint of this build (version 2) or of main before issue 19 (version 1).
 
         Version 1 upgrade: variant states come from the arms' active flags (active, else
         retired, with no eviction clock); its de-duplication ids (bare event ids) are kept
         as a legacy window, consulted besides the new one until the de-duplication horizon
         passes the newest ts they hold (then any re-send of them is ``stale`` anyway).
+        ``expire=False`` (the base of a chain, see :meth:`from_chain`) keeps the writer's
+        windows whole until :meth:`finish_restore`.
         """
         from lola.kernels import BanditState
 
@@ -553,14 +598,16 @@ class ShardProcessor:
             proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["seen"])
             proc.legacy_until = max((v for v in meta["seen"][1] if v >= 0), default=math.inf)
         else:
-            proc.seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"])
+            proc.seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"], expire)
             proc.clock = -math.inf if meta["clock"] is None else meta["clock"]
             if meta["legacy_seen"] is not None:
                 proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["legacy_seen"])
                 proc.legacy_until = math.inf if meta["legacy_until"] is None else meta["legacy_until"]
-        proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"])
+        proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"],
+                                                  meta.get("imp_seq"), expire)
         keys, values = meta["decided"]
-        proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
+        proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]],
+                                           meta.get("decided_seq"), expire)
         if meta.get("contextual"):
             proc.ctx = ContextualShard.from_json(meta["contextual"], proc.config.join_window_s,
                                                  proc.config.join_window_bytes)

@@ -1,0 +1,227 @@
+"""Incremental checkpoints (lola.stream.delta): base + deltas restore what a full checkpoint restores."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+
+from lola.errors import LolaError
+from lola.kernels.compaction import SERIALISED
+from lola.stream.delta import ChainTracker, delta_meta
+from lola.stream.processor import ShardProcessor, _split_checkpoint
+from lola.stream.shard import ProcessorConfig
+
+HEAD = {"epoch": 1, "owner": "t", "topic": "events"}
+
+
+def canon(proc: ShardProcessor) -> tuple:
+    """Everything a checkpoint holds, comparable (the creation time left out)."""
+    meta, _ = _split_checkpoint(proc.to_checkpoint("events"))
+    meta.pop("created")
+    st = proc.state
+    n = st.n_experiments
+    arrays = {name: getattr(st, name)[:n].tobytes() for name in SERIALISED}
+    tail = {name: bool(np.any(getattr(st, name)[n:])) for name in SERIALISED}  # rows beyond n are clear
+    return (orjson.dumps(meta, option=orjson.OPT_SORT_KEYS), arrays, [st.params(r) for r in range(n)],
+            (st.capacity_experiments, st.capacity_arms, st.feature_dim), tail)
+
+
+def full_restore(proc: ShardProcessor, config: ProcessorConfig) -> ShardProcessor:
+    return ShardProcessor.from_checkpoint(proc.to_checkpoint("events"), config)
+
+
+class Workload:
+    """Seeded random events over many experiments: adds, counts, clicks on impressions,
+    re-sent ids, request ids, archives (evictions move rows), retirements, pauses, priors."""
+
+    def __init__(self, seed: int, experiments: int = 12) -> None:
+        self.rng = random.Random(seed)
+        self.offset = 0
+        self.ts = 1_000.0
+        self.n_exp = experiments
+        self.imps: list[tuple[str, str, str]] = []
+        self.requests: list[str] = []
+        self.created = 0
+        self.archived: set[str] = set()
+
+    def _rec(self, **event) -> tuple[int, bytes, bytes]:
+        r = (self.offset, event["experiment_id"].encode(), orjson.dumps(event))
+        self.offset += 1
+        return r
+
+    def batch(self, n: int) -> tuple[list, list[float]]:
+        rng, out = self.rng, []
+        for _ in range(n):
+            self.ts += rng.choice((0.05, 0.1, 0.5, 3.0))
+            e = f"e{rng.randrange(self.n_exp)}"
+            k = rng.random()
+            if k < 0.1:
+                out.append(self._rec(type="variant", experiment_id=e, variant_id=f"v{rng.randrange(4)}",
+                                     text=f"headline {rng.randrange(99)}"))
+            elif k < 0.45:
+                eid = f"i{self.offset}"
+                rid = rng.choice(self.requests) if self.requests and rng.random() < 0.3 else f"r{self.offset}"
+                v = f"v{rng.randrange(3)}"
+                out.append(self._rec(type="impression", experiment_id=e, variant_id=v, event_id=eid, ts=self.ts,
+                                     request_id=rid))
+                self.imps.append((e, v, eid))
+            elif k < 0.6 and self.imps:
+                e2, v, iid = rng.choice(self.imps[-40:])
+                out.append(self._rec(type="click", experiment_id=e2, variant_id=v, event_id=f"c{self.offset}",
+                                     impression_id=iid, ts=self.ts))
+            elif k < 0.65 and self.imps:  # an exact re-send
+                e2, v, iid = rng.choice(self.imps[-40:])
+                out.append(self._rec(type="impression", experiment_id=e2, variant_id=v, event_id=iid, ts=self.ts))
+            elif k < 0.72:
+                out.append(self._rec(type="conversion", experiment_id=e, variant_id=f"v{rng.randrange(3)}",
+                                     event_id=f"k{self.offset}", ts=self.ts, value=rng.random()))
+            elif k < 0.85:
+                rid = rng.choice(self.requests) if self.requests and rng.random() < 0.2 else f"q{self.offset}"
+                self.requests.append(rid)
+                out.append(self._rec(type="decision_request", experiment_id=e, request_id=rid))
+            elif k < 0.88:
+                out.append(self._rec(type="experiment", experiment_id=e,
+                                     action=rng.choice(("pause", "resume", "stop", "update")),
+                                     **({"settings": {"attribution_window_s": 30}} if rng.random() < 0.3 else {})))
+            elif k < 0.9:
+                out.append(self._rec(type="experiment", experiment_id=e, action="archive"))
+            elif k < 0.93:
+                out.append(self._rec(type="variant", experiment_id=e, variant_id=f"v{rng.randrange(5)}",
+                                     text="x", action="retire"))
+            else:
+                self.ts += 20.0  # log time passes: evictions and frees
+                out.append(self._rec(type="impression", experiment_id=e, variant_id="v0", event_id=f"t{self.offset}",
+                                     ts=self.ts))
+        return out, [self.ts] * len(out)
+
+
+def small_config() -> ProcessorConfig:
+    # a small de-duplication budget and id windows: the fronts drop inside every round
+    return ProcessorConfig(dedup_budget_bytes=6_000, dedup_window_s=40.0, dedup_window=60, request_memory=30,
+                           attribution_window_s=25.0)
+
+
+def step(proc: ShardProcessor, wl: Workload, n: int, rng: random.Random) -> None:
+    recs, ts = wl.batch(n)
+    out = proc.process(recs, now=wl.ts, timestamps=ts)
+    for pr in out.prior_requests:
+        if rng.random() < 0.7:
+            proc.apply_prior(pr.experiment_id, pr.variant_id, rng.random() * 0.2)
+    if proc.experiments and rng.random() < 0.2:
+        e = rng.choice(sorted(proc.experiments))
+        exp = proc.experiments[e]
+        if exp.variant_ids:
+            proc.set_variant_state(e, rng.choice(exp.variant_ids), rng.choice(("active", "blocked", "pending")))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_base_plus_deltas_equals_a_full_checkpoint_at_every_chain_end(seed):
+    cfg = small_config()
+    rng = random.Random(100 + seed)
+    wl = Workload(seed)
+    proc = ShardProcessor(0, cfg)
+    step(proc, wl, 30, rng)
+    base = proc.mark("events", HEAD)
+    tracker = ChainTracker(proc)
+    deltas: list[bytes] = []
+    saw = {"evicted": 0, "front": 0, "new": 0, "archived": 0}
+    for j in range(1, 25):
+        step(proc, wl, rng.randrange(1, 60), rng)
+        blob = proc.mark_delta(tracker, {**HEAD, "j": j})
+        assert blob is not None, f"round {j}: the workload keeps 4 arms and 64 rows, a delta expresses it"
+        tracker = ChainTracker(proc)
+        meta = delta_meta(blob)
+        saw["evicted"] += len(meta["evicted"])
+        saw["front"] += meta["dedup"]["front"] > meta["dedup"]["from"] - 200  # fronts move
+        saw["new"] += sum(1 for d in meta["experiments"] if d["version"] <= 1)
+        saw["archived"] += sum(1 for d in meta["experiments"] if d["status"] == "archived")
+        deltas.append(blob)
+        chained = ShardProcessor.from_chain(base, deltas, cfg)
+        assert canon(chained) == canon(full_restore(proc, cfg)), f"chain end {j}"
+        assert chained.next_offset == proc.next_offset
+    assert saw["evicted"] or saw["archived"], saw  # the workload did exercise the lifecycle paths
+    assert proc.seen.seq - len(proc.seen.order) > 0  # and the window's front dropped
+
+
+def test_evictions_move_rows_and_the_delta_addresses_rows_by_experiment_id():
+    cfg = ProcessorConfig(attribution_window_s=10.0)
+    wl = Workload(1)
+    proc = ShardProcessor(0, cfg)
+    recs = [wl._rec(type="variant", experiment_id=f"e{i}", variant_id=v, text=f"t{v}") for i in range(6) for v in "ab"]
+    recs += [wl._rec(type="impression", experiment_id=f"e{i}", variant_id="a", event_id=f"i{i}", ts=100.0)
+             for i in range(6)]
+    proc.process(recs, now=100.0, timestamps=[100.0] * len(recs))
+    base = proc.mark("events", HEAD)
+    tracker = ChainTracker(proc)
+    row_of_last = proc.experiments["e5"].row
+    recs = [wl._rec(type="experiment", experiment_id="e1", action="archive"),
+            wl._rec(type="impression", experiment_id="e0", variant_id="b", event_id="late", ts=200.0)]
+    proc.process(recs, now=200.0, timestamps=[150.0, 200.0])
+    assert "e1" not in proc.experiments and proc.experiments["e5"].row != row_of_last  # moved into the freed row
+    blob = proc.mark_delta(tracker, {**HEAD, "j": 1})
+    meta = delta_meta(blob)
+    assert meta["evicted"] == ["e1"]
+    assert {d["id"] for d in meta["experiments"]} == {"e0", "e5"}  # changed + moved; the others not sent
+    assert canon(ShardProcessor.from_chain(base, [blob], cfg)) == canon(full_restore(proc, cfg))
+
+
+def test_a_delta_is_refused_where_it_does_not_follow():
+    cfg = small_config()
+    rng = random.Random(3)
+    wl = Workload(3)
+    proc = ShardProcessor(0, cfg)
+    step(proc, wl, 40, rng)
+    base = proc.mark("events", HEAD)
+    t = ChainTracker(proc)
+    step(proc, wl, 20, rng)
+    d1 = proc.mark_delta(t, {**HEAD, "j": 1})
+    t = ChainTracker(proc)
+    step(proc, wl, 20, rng)
+    d2 = proc.mark_delta(t, {**HEAD, "j": 2})
+    with pytest.raises(LolaError, match="does not follow"):
+        ShardProcessor.from_chain(base, [d2], cfg)  # d1 missing: a gap
+    with pytest.raises(LolaError):
+        ShardProcessor.from_chain(base, [d1, d1], cfg)
+    with pytest.raises(LolaError, match="bad magic"):
+        delta_meta(base)
+
+
+def test_a_rollback_or_a_capacity_change_makes_the_next_record_a_base():
+    cfg = small_config()
+    rng = random.Random(4)
+    wl = Workload(4)
+    proc = ShardProcessor(0, cfg)
+    step(proc, wl, 20, rng)
+    proc.mark("events", HEAD)
+    t = ChainTracker(proc)
+    proc.rollbacks += 1  # as after fault isolation (its touched sets were rebuilt)
+    assert proc.mark_delta(t, {**HEAD, "j": 1}) is None
+    t = ChainTracker(proc)
+    proc.mark()  # the journal's own restore point (not written): the chain cannot follow it
+    assert proc.mark_delta(t, {**HEAD, "j": 1}) is None
+    t = ChainTracker(proc)
+    recs = [wl._rec(type="variant", experiment_id=f"grow{i}", variant_id="a", text="t") for i in range(80)]
+    proc.process(recs, now=wl.ts, timestamps=[wl.ts] * len(recs))  # 64 rows -> 128: arrays regrown
+    assert proc.mark_delta(t, {**HEAD, "j": 1}) is None
+
+
+def test_a_version_1_checkpoint_with_its_legacy_window_chains_and_drops_it():
+    from pathlib import Path
+
+    blob = (Path(__file__).parent / "data" / "main_checkpoint_v1.bin").read_bytes()
+    cfg = ProcessorConfig()
+    proc = ShardProcessor.from_checkpoint(blob, cfg)
+    assert proc.legacy_seen is not None
+    base = proc.mark("events", HEAD)
+    t = ChainTracker(proc)
+    exp = next(iter(proc.experiments.values()))
+    recs = [(proc.next_offset + i, exp.experiment_id.encode(), orjson.dumps(
+        {"type": "impression", "experiment_id": exp.experiment_id, "variant_id": exp.variant_ids[0],
+         "event_id": f"n{i}", "ts": 4e9 + i * 1e6})) for i in range(3)]  # far later: the legacy ids expire
+    proc.process(recs, now=4e9 + 3e6, timestamps=[4e9 + i * 1e6 for i in range(3)])
+    assert proc.legacy_seen is None
+    d = proc.mark_delta(t, {**HEAD, "j": 1})
+    assert canon(ShardProcessor.from_chain(base, [d], cfg)) == canon(full_restore(proc, cfg))
