@@ -630,6 +630,11 @@ def warm_up() -> None:
     ShardProcessor.from_checkpoint(proc.to_checkpoint("w"))
 
 
+def checkpoint_meta(blob: bytes) -> dict[str, Any]:
+    """The header of a full checkpoint record (offset, epoch and owner of a chain's base, ...)."""
+    return _split_checkpoint(blob)[0]
+
+
 def _split_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
     if not blob or not blob.startswith(CHECKPOINT_MAGIC) or len(blob) < len(CHECKPOINT_MAGIC) + 4:
         raise LolaError("not a lola checkpoint record (bad magic)")
