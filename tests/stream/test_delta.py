@@ -10,6 +10,7 @@ import pytest
 
 from lola.errors import LolaError
 from lola.kernels.compaction import SERIALISED
+from lola.stream.chain import Chain, delta_key, restore, select_chain
 from lola.stream.delta import ChainTracker, delta_meta
 from lola.stream.processor import ShardProcessor, _split_checkpoint
 from lola.stream.shard import ProcessorConfig
@@ -225,3 +226,115 @@ def test_a_version_1_checkpoint_with_its_legacy_window_chains_and_drops_it():
     assert proc.legacy_seen is None
     d = proc.mark_delta(t, {**HEAD, "j": 1})
     assert canon(ShardProcessor.from_chain(base, [d], cfg)) == canon(full_restore(proc, cfg))
+
+
+# ---------------------------------------------------------------------- the restore chain walk (crash table)
+KEY = b"g:events:0"
+
+
+class History:
+    """One shard's records as the checkpointer writes them, with the full state at each."""
+
+    def __init__(self, seed: int = 7) -> None:
+        self.cfg = small_config()
+        self.rng = random.Random(seed)
+        self.wl = Workload(seed)
+        self.proc = ShardProcessor(0, self.cfg)
+        self.tracker: ChainTracker | None = None
+        self.truth: dict[int, tuple] = {}  # next_offset -> canon of a full restore there
+        self.j = 0
+
+    def base(self, epoch: int, owner: str = "A") -> tuple[bytes, bytes]:
+        step(self.proc, self.wl, 25, self.rng)
+        blob = self.proc.mark("events", {"epoch": epoch, "owner": owner})
+        self.tracker, self.j = ChainTracker(self.proc), 0
+        self.truth[self.proc.next_offset] = canon(full_restore(self.proc, self.cfg))
+        return KEY, blob
+
+    def delta(self, epoch: int, owner: str = "A") -> tuple[bytes, bytes]:
+        step(self.proc, self.wl, 25, self.rng)
+        self.j += 1
+        blob = self.proc.mark_delta(self.tracker, {"epoch": epoch, "owner": owner, "j": self.j, "topic": "events"})
+        assert blob is not None
+        self.tracker = ChainTracker(self.proc)
+        self.truth[self.proc.next_offset] = canon(full_restore(self.proc, self.cfg))
+        return delta_key(KEY, self.j), blob
+
+
+def restored(records, h: History) -> tuple[Chain, ShardProcessor]:
+    chain = select_chain(records, KEY)
+    proc = restore(chain, h.cfg)
+    assert proc.next_offset == chain.next_offset
+    assert canon(proc) == h.truth[chain.next_offset]  # exactly the state a full checkpoint there restores
+    return chain, proc
+
+
+def test_chain_walk_takes_the_base_and_its_deltas_while_they_follow():
+    h = History()
+    b1, d1, d2, d3 = h.base(1), h.delta(1), h.delta(1), h.delta(1)
+    foreign = (b"other:events:0", b1[1])
+    chain, _ = restored([b1, foreign, d1, d2, d3], h)
+    assert len(chain.deltas) == 3 and chain.max_epoch == 1
+    # crash after producing D(1,3), before its ack: it may be missing; either end is exact
+    chain, _ = restored([b1, d1, d2], h)
+    assert len(chain.deltas) == 2
+    # a missing delta (a gap): stop before it, replay from D(1,1)'s end
+    chain, _ = restored([b1, d1, d3], h)
+    assert len(chain.deltas) == 1
+    # the first delta missing: the base alone
+    chain, _ = restored([b1, d2, d3], h)
+    assert chain.deltas == []
+
+
+def test_a_new_base_supersedes_and_old_epoch_deltas_are_ignored():
+    h = History()
+    b1, d11, d12, d13 = h.base(1), h.delta(1), h.delta(1), h.delta(1)
+    # crash while writing B(2): B(1) and its deltas (not overwritten before B(2) is acked)
+    chain, _ = restored([b1, d11, d12, d13], h)
+    assert (chain.epoch, len(chain.deltas)) == (1, 3)
+    b2 = h.base(2)
+    # B(2) acked, no delta of epoch 2 yet: leftover epoch-1 deltas in slots 1..3 are ignored
+    chain, _ = restored([b1, d11, d12, d13, b2], h)
+    assert (chain.epoch, chain.deltas) == (2, [])
+    d21 = h.delta(2)
+    # compaction keeps the newest record per key: slot 1 now holds D(2,1), slots 2, 3 old ones
+    chain, _ = restored([d12, d13, b2, d21], h)
+    assert (chain.epoch, len(chain.deltas), chain.max_epoch) == (2, 1, 2)
+    # an unreadable record is skipped, not fatal
+    chain, _ = restored([(KEY, b"garbage"), (delta_key(KEY, 2), b"LOLADLT1\x00"), b2, d21], h)
+    assert len(chain.deltas) == 1
+
+
+def test_two_owners_chains_never_interleave():
+    h = History()
+    b1 = h.base(3, owner="A")
+    d1 = h.delta(3, owner="A")
+    zombie = History(seed=99)
+    zb = zombie.base(3, owner="Z")  # another owner, the same epoch, less input
+    zd1 = zombie.delta(3, owner="Z")
+    records = [b1, zb, d1, zd1] if zombie.proc.next_offset < h.proc.next_offset else [zb, b1, zd1, d1]
+    chain = select_chain(records, KEY)
+    winner = h if chain.base == b1[1] else zombie
+    assert chain.deltas == [(d1 if winner is h else zd1)[1]]  # only the base's own owner's deltas
+    assert canon(restore(chain, winner.cfg)) == winner.truth[chain.next_offset]
+
+
+def test_a_corrupt_delta_restores_from_the_chain_before_it():
+    h = History()
+    b1, d1, d2 = h.base(1), h.delta(1), h.delta(1)
+    meta = delta_meta(d2[1])
+    bad = d2[1][:len(d2[1]) - 40] + b"\x00" * 40  # header intact, arrays corrupt
+    assert delta_meta(bad) == meta
+    chain = select_chain([b1, d1, (d2[0], bad)], KEY)
+    assert len(chain.deltas) == 2
+    proc = restore(chain, h.cfg)
+    assert canon(proc) == h.truth[delta_meta(d1[1])["to_offset"]]
+
+
+def test_a_checkpoint_written_by_main_is_a_base_of_epoch_0():
+    from pathlib import Path
+
+    blob = (Path(__file__).parent / "data" / "main_checkpoint_v1.bin").read_bytes()
+    chain = select_chain([(KEY, blob)], KEY)
+    assert (chain.epoch, chain.max_epoch, chain.deltas) == (0, 0, [])
+    assert restore(chain).next_offset == ShardProcessor.checkpoint_offset(blob)
