@@ -35,7 +35,7 @@ from typing import Any
 
 from lola.errors import BrokerError
 from lola.stream import kafka as kf
-from lola.stream.chain import delta_key
+from lola.stream.chain import DELTA_KEY_INFIX, delta_key
 from lola.stream.delta import ChainTracker
 
 log = logging.getLogger("lola.stream.worker")
@@ -75,6 +75,27 @@ class ShardChain:
         self.tracker: ChainTracker | None = None
         self.broken = True             # only a base continues (set until the first base)
 
+    def next_record(self, shard: Any, key: bytes, topic: str, owner: str, deltas: bool,
+                    max_chain: int) -> tuple[bytes, bytes]:
+        """Serialise the shard's next record of this chain: ``(key, record)``; the chain
+        policy of the module docstring. The chain moves on at once (rounds are sequential:
+        a record that is then not acknowledged marks the chain broken)."""
+        if deltas and not self.broken and self.tracker is not None and self.j < max_chain:
+            blob = shard.mark_delta(self.tracker, {"epoch": self.epoch, "owner": owner, "j": self.j + 1,
+                                                   "topic": topic})
+            if blob is not None and self.chain_bytes + len(blob) <= self.base_bytes // 2:
+                self.j += 1
+                self.chain_bytes += len(blob)
+                self.tracker = ChainTracker(shard)
+                return delta_key(key, self.j), blob
+        self.epoch += 1
+        self.j = self.chain_bytes = 0
+        self.broken = False
+        blob = shard.mark(topic, {"epoch": self.epoch, "owner": owner})
+        self.base_bytes = len(blob)
+        self.tracker = ChainTracker(shard) if deltas else None
+        return key, blob
+
 
 class Checkpointer:
     """Both checkpoint paths of one worker (see module docstring); ``w`` is the Worker
@@ -102,22 +123,8 @@ class Checkpointer:
         """Step 1 for one shard: ``(key, record)``, a delta where the chain allows one, else a base."""
         s = self.w.settings
         ch = self.chains.setdefault(p, ShardChain(0))
-        key = self.w._checkpoint_key(p)
-        if s.checkpoint_deltas and not ch.broken and ch.tracker is not None and ch.j < s.checkpoint_delta_max_chain:
-            blob = shard.mark_delta(ch.tracker, {"epoch": ch.epoch, "owner": self.owner, "j": ch.j + 1,
-                                                 "topic": self.w.topic})
-            if blob is not None and ch.chain_bytes + len(blob) <= ch.base_bytes // 2:
-                ch.j += 1
-                ch.chain_bytes += len(blob)
-                ch.tracker = ChainTracker(shard)
-                return delta_key(key, ch.j), blob
-        ch.epoch += 1
-        ch.j = ch.chain_bytes = 0
-        ch.broken = False
-        blob = shard.mark(self.w.topic, {"epoch": ch.epoch, "owner": self.owner})
-        ch.base_bytes = len(blob)
-        ch.tracker = ChainTracker(shard) if s.checkpoint_deltas else None
-        return key, blob
+        return ch.next_record(shard, self.w._checkpoint_key(p), self.w.topic, self.owner, s.checkpoint_deltas,
+                              s.checkpoint_delta_max_chain)
 
     def _broken(self, partitions: Any) -> None:
         for p in partitions:
@@ -211,7 +218,8 @@ class Checkpointer:
         shard is not tried again for :data:`REFUSED_RETRY_S` (serialising costs).
         """
         w = self.w
-        w.metrics.state_bytes.labels(str(p)).set(len(blob))
+        if DELTA_KEY_INFIX not in key:  # the full size (a base) is what the limit alert watches
+            w.metrics.state_bytes.labels(str(p)).set(len(blob))
         if len(blob) > w.checkpoint_limit:
             w.metrics.checkpoints_refused.labels("oversized").inc()
             self.refused_until[p] = time.monotonic() + REFUSED_RETRY_S

@@ -338,3 +338,46 @@ def test_a_checkpoint_written_by_main_is_a_base_of_epoch_0():
     chain = select_chain([(KEY, blob)], KEY)
     assert (chain.epoch, chain.max_epoch, chain.deltas) == (0, 0, [])
     assert restore(chain).next_offset == ShardProcessor.checkpoint_offset(blob)
+
+
+def test_fault_isolation_rolls_back_to_base_plus_deltas_with_exact_counts(monkeypatch):
+    """A kernel bug after a base and two deltas: the rollback restores the chain, then the journal."""
+    import lola.kernels
+    from lola.stream import events as ev
+    from lola.stream.loadgen import open_stream
+    from lola.stream.snapshot import counts_view
+
+    stream = open_stream(1200, 3, 3, seed=5, duplicate_rate=0.05, malformed_rate=0.0)
+    recs = [(i, k, v) for i, (k, v) in enumerate(stream.records)]
+    victim = next(i for i, (_, _, v) in enumerate(recs) if i > 900 and b'"click"' in v)
+    real_update, real_decode = lola.kernels.update, ev.decode
+    armed = {"on": False}
+
+    def decode(value, key=None, max_bytes=65_536):
+        armed["on"] = armed["on"] or value == recs[victim][2]
+        return real_decode(value, key, max_bytes)
+
+    def buggy_update(*args):
+        real_update(*args)
+        if armed["on"]:
+            armed["on"] = False
+            raise ZeroDivisionError("kernel bug")
+
+    monkeypatch.setattr(ev, "decode", decode)
+    monkeypatch.setattr(lola.kernels, "update", buggy_update)
+    proc = ShardProcessor(0)
+    proc.process(recs[:300], now=2e9)
+    proc.mark("events", HEAD)
+    tracker = ChainTracker(proc)
+    for j, (a, b) in enumerate(((300, 600), (600, 850)), start=1):
+        proc.process(recs[a:b], now=2e9)
+        assert proc.mark_delta(tracker, {**HEAD, "j": j}) is not None
+        tracker = ChainTracker(proc)
+    out = proc.process(recs[850:], now=2e9)
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(victim, "processing_error")]
+    assert proc.rollbacks >= 1 and len(proc._restore_deltas) == 0  # isolation took a full restore point
+    truth = stream.truth
+    event = orjson.loads(recs[victim][2])
+    truth[event["experiment_id"]][event["variant_id"]]["clicks"] -= 1
+    assert counts_view({e: proc.snapshot(e) for e in proc.experiments}) == truth
+    assert proc.mark_delta(tracker, {**HEAD, "j": 3}) is None  # after a rollback the chain needs a base
