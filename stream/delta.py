@@ -6,9 +6,11 @@ base + deltas restores the same state as a full checkpoint written at the last d
 ``to_offset`` (docs/operations/checkpoints.md has the design, the crash table and the
 measured sizes):
 
-* registry entries, parameters and every serialised array row of each experiment that
-  changed (new, updated, moved by an eviction: rows are addressed by experiment id, the
-  row number travels in the registry entry), the ids evicted and the new row count;
+* every serialised array row of each experiment that changed (new, updated, moved by an
+  eviction: rows are addressed by experiment id, the row number travels with them), its
+  registry entry (in full only if more than its version, newest ts and row changed: one
+  event changes just those) and its parameters (only if they or its row changed), the
+  ids evicted and the new row count;
 * the de-duplication window and the two request-id windows as "entries appended (still
   kept) + where the kept entries begin now + values changed in place" (all three are
   FIFO, so this is exact);
@@ -53,7 +55,7 @@ class ChainTracker:
     ``max_experiments_per_partition``), and clears the windows' ``touched`` sets.
     """
 
-    __slots__ = ("arrays", "shape", "rows", "order", "params", "seen_seq", "imp_seq", "decided_seq",
+    __slots__ = ("arrays", "shape", "rows", "order", "params", "entries", "seen_seq", "imp_seq", "decided_seq",
                  "rollbacks", "marks", "legacy", "next_offset")
 
     def __init__(self, proc: Shard) -> None:
@@ -63,6 +65,7 @@ class ChainTracker:
         self.rows = {eid: (e.row, e.version) for eid, e in proc.experiments.items()}
         self.order = list(proc.experiments)
         self.params = [st.params(r) for r in range(st.n_experiments)]
+        self.entries = {eid: _entry(e) for eid, e in proc.experiments.items()}
         self.seen_seq = proc.seen.seq
         self.imp_seq = proc.imp_by_request.seq
         self.decided_seq = proc.decided.seq
@@ -72,6 +75,13 @@ class ChainTracker:
         self.marks = proc.marks
         self.legacy = proc.legacy_seen is not None
         self.next_offset = proc.next_offset
+
+
+def _entry(e: Experiment) -> tuple:
+    """A registry entry without its hot fields (version, newest ts, row): when this is unchanged,
+    a delta carries only those (the fields of Experiment.to_json, as tuples)."""
+    return (e.policy, e.attribution_window_s, tuple(e.variant_ids), tuple(e.texts), tuple(e.states),
+            tuple(e.reasons), tuple(e.retired_at.items()), e.status, e.status_reason, e.best, e.archived_at)
 
 
 def _dirty(proc: Shard, tr: ChainTracker) -> list[str] | None:
@@ -115,12 +125,24 @@ def encode_delta(proc: Shard, tr: ChainTracker, head: dict[str, Any]) -> bytes |
     exps = proc.experiments
     rows = [exps[eid].row for eid in ids]
     arrays = st.take_rows(rows)
+    full, hot, params = [], [], []
+    for eid, row in zip(ids, rows):
+        e = exps[eid]
+        if _entry(e) != tr.entries.get(eid):
+            full.append(e.to_json())
+            hot.append(None)
+        else:  # [row, version, max_ts]: the rest of the entry the reader has
+            full.append(None)
+            hot.append([row, e.version, e.max_ts if math.isfinite(e.max_ts) else None])
+        ref = tr.rows.get(eid)
+        p = st.params(row)
+        same = ref is not None and ref[0] == row and row < len(tr.params) and (tr.params[row] is p or tr.params[row] == p)
+        params.append(None if same else params_to_json(p))
     meta = {**head, "kind": "delta", "version": DELTA_VERSION, "partition": proc.partition,
             "from_offset": tr.next_offset, "to_offset": proc.next_offset, "created": time.time(),
             "n": st.n_experiments, "shape": list(tr.shape),
             "evicted": [eid for eid in tr.order if eid not in exps],
-            "experiments": [exps[eid].to_json() for eid in ids],
-            "params": [params_to_json(st.params(r)) for r in rows],
+            "ids": ids, "experiments": full, "hot": hot, "params": params,
             "dedup": proc.seen.delta_since(tr.seen_seq),
             "imp_by_request": proc.imp_by_request.delta_since(tr.imp_seq),
             "decided": proc.decided.delta_since(tr.decided_seq),
@@ -128,7 +150,7 @@ def encode_delta(proc: Shard, tr: ChainTracker, head: dict[str, Any]) -> bytes |
             "legacy": proc.legacy_seen is not None,
             "contextual": proc.ctx.to_json() if proc.ctx.experiments else None}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # counts and flags compress well (zlib; numpy reads both forms)
     meta_bytes = orjson.dumps(meta)
     return DELTA_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + buf.getvalue()
 
@@ -182,8 +204,20 @@ def apply_delta(proc: Shard, blob: bytes) -> None:
             arrays = {name: z[name] for name in SERIALISED}
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the same clear error
         raise LolaError(f"unreadable delta checkpoint arrays: {exc}") from None
-    exps = [Experiment.from_json(d) for d in meta["experiments"]]
-    st.put_rows(meta["n"], [e.row for e in exps], arrays, [params_from_json(d) for d in meta["params"]])
+    exps, params = [], []
+    for eid, d, hot, p in zip(meta["ids"], meta["experiments"], meta["hot"], meta["params"]):
+        old = proc.experiments.get(eid)
+        if d is not None:
+            exp = Experiment.from_json(d)
+        elif old is None:
+            raise LolaError(f"delta updates unknown experiment {eid[:80]}")
+        else:
+            exp = Experiment.from_json({**old.to_json(), "row": hot[0], "version": hot[1], "max_ts": hot[2]})
+        if p is None and (old is None or old.row != exp.row):
+            raise LolaError(f"delta moves experiment {eid[:80]} without its parameters")
+        exps.append(exp)
+        params.append(st.params(exp.row) if p is None else params_from_json(p))
+    st.put_rows(meta["n"], [e.row for e in exps], arrays, params)
     for eid in meta["evicted"]:
         del proc.experiments[eid]
     for exp in exps:

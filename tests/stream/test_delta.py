@@ -128,7 +128,7 @@ def test_base_plus_deltas_equals_a_full_checkpoint_at_every_chain_end(seed):
     base = proc.mark("events", HEAD)
     tracker = ChainTracker(proc)
     deltas: list[bytes] = []
-    saw = {"evicted": 0, "front": 0, "new": 0, "archived": 0}
+    saw = {"evicted": 0, "front": 0, "new": 0, "archived": 0, "hot": 0}
     for j in range(1, 25):
         step(proc, wl, rng.randrange(1, 60), rng)
         blob = proc.mark_delta(tracker, {**HEAD, "j": j})
@@ -137,13 +137,14 @@ def test_base_plus_deltas_equals_a_full_checkpoint_at_every_chain_end(seed):
         meta = delta_meta(blob)
         saw["evicted"] += len(meta["evicted"])
         saw["front"] += meta["dedup"]["front"] > meta["dedup"]["from"] - 200  # fronts move
-        saw["new"] += sum(1 for d in meta["experiments"] if d["version"] <= 1)
-        saw["archived"] += sum(1 for d in meta["experiments"] if d["status"] == "archived")
+        saw["new"] += sum(1 for d in meta["experiments"] if d is not None and d["version"] <= 1)
+        saw["archived"] += sum(1 for d in meta["experiments"] if d is not None and d["status"] == "archived")
+        saw["hot"] += sum(1 for d in meta["hot"] if d is not None)
         deltas.append(blob)
         chained = ShardProcessor.from_chain(base, deltas, cfg)
         assert canon(chained) == canon(full_restore(proc, cfg)), f"chain end {j}"
         assert chained.next_offset == proc.next_offset
-    assert saw["evicted"] or saw["archived"], saw  # the workload did exercise the lifecycle paths
+    assert (saw["evicted"] or saw["archived"]) and saw["hot"], saw  # the workload exercised both entry kinds
     assert proc.seen.seq - len(proc.seen.order) > 0  # and the window's front dropped
 
 
@@ -165,7 +166,9 @@ def test_evictions_move_rows_and_the_delta_addresses_rows_by_experiment_id():
     blob = proc.mark_delta(tracker, {**HEAD, "j": 1})
     meta = delta_meta(blob)
     assert meta["evicted"] == ["e1"]
-    assert {d["id"] for d in meta["experiments"]} == {"e0", "e5"}  # changed + moved; the others not sent
+    assert set(meta["ids"]) == {"e0", "e5"}  # changed + moved; the others not sent
+    assert meta["experiments"] == [None, None] and meta["params"][meta["ids"].index("e0")] is None  # hot only
+    assert meta["params"][meta["ids"].index("e5")] is not None  # moved: its parameters travel
     assert canon(ShardProcessor.from_chain(base, [blob], cfg)) == canon(full_restore(proc, cfg))
 
 
