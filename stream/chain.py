@@ -22,7 +22,8 @@ from typing import Iterable
 from lola.errors import LolaError
 from lola.stream.delta import delta_meta
 from lola.stream.lifecycle import VariantGate
-from lola.stream.processor import ShardProcessor, checkpoint_meta
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard_checkpoint import checkpoint_meta
 from lola.stream.shard import ProcessorConfig
 
 log = logging.getLogger("lola.stream.worker")

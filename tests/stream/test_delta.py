@@ -12,7 +12,8 @@ from lola.errors import LolaError
 from lola.kernels.compaction import SERIALISED
 from lola.stream.chain import Chain, delta_key, restore, select_chain
 from lola.stream.delta import ChainTracker, delta_meta
-from lola.stream.processor import ShardProcessor, _split_checkpoint
+from lola.stream.processor import ShardProcessor
+from lola.stream.shard_checkpoint import _split_checkpoint
 from lola.stream.shard import ProcessorConfig
 
 HEAD = {"epoch": 1, "owner": "t", "topic": "events"}
