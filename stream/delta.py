@@ -211,22 +211,33 @@ def apply_delta(proc: Shard, blob: bytes) -> None:
             exp = Experiment.from_json(d)
         elif old is None:
             raise LolaError(f"delta updates unknown experiment {eid[:80]}")
-        else:
-            exp = Experiment.from_json({**old.to_json(), "row": hot[0], "version": hot[1], "max_ts": hot[2]})
-        if p is None and (old is None or old.row != exp.row):
+        else:  # updated in place below (few allocations: this runs for most changed experiments)
+            exp = old
+        row = exp.row if hot is None else hot[0]
+        if p is None and (old is None or old.row != row):
             raise LolaError(f"delta moves experiment {eid[:80]} without its parameters")
-        exps.append(exp)
-        params.append(st.params(exp.row) if p is None else params_from_json(p))
-    st.put_rows(meta["n"], [e.row for e in exps], arrays, params)
+        exps.append((exp, hot))
+        params.append(st.params(row) if p is None else params_from_json(p))
+    n = meta["n"]
+    st.put_rows(n, [e.row if hot is None else hot[0] for e, hot in exps], arrays, params)
     for eid in meta["evicted"]:
         del proc.experiments[eid]
-    for exp in exps:
+        proc.expiring.discard(eid)
+    by_row = proc.by_row
+    for r in [r for r in by_row if r >= n]:
+        del by_row[r]
+    for exp, hot in exps:
+        if hot is not None:
+            exp.row, exp.version = hot[0], hot[1]
+            exp.max_ts = -math.inf if hot[2] is None else hot[2]
         proc.experiments[exp.experiment_id] = exp  # in place if known, else appended (registry order)
-    proc.by_row = {e.row: e for e in proc.experiments.values()}
-    if len(proc.by_row) != meta["n"] or len(proc.experiments) != meta["n"]:
-        raise LolaError(f"delta leaves {len(proc.experiments)} experiments on {len(proc.by_row)} rows, "
-                        f"expected {meta['n']}")
-    proc.expiring = {eid for eid, e in proc.experiments.items() if e.archived_at is not None or e.retired_at}
+        by_row[exp.row] = exp  # every experiment that moved is in the delta; the others keep their rows
+        if exp.archived_at is not None or exp.retired_at:
+            proc.expiring.add(exp.experiment_id)
+        else:
+            proc.expiring.discard(exp.experiment_id)
+    if len(by_row) != n or len(proc.experiments) != n or any(by_row[e.row] is not e for e, _ in exps):
+        raise LolaError(f"delta leaves {len(proc.experiments)} experiments on {len(by_row)} rows, expected {n}")
     proc.seen.apply_delta(meta["dedup"])
     proc.imp_by_request.apply_delta(meta["imp_by_request"])
     proc.decided.apply_delta(meta["decided"], tuple)

@@ -28,7 +28,8 @@ def canon(proc: ShardProcessor) -> tuple:
     arrays = {name: getattr(st, name)[:n].tobytes() for name in SERIALISED}
     tail = {name: bool(np.any(getattr(st, name)[n:])) for name in SERIALISED}  # rows beyond n are clear
     return (orjson.dumps(meta, option=orjson.OPT_SORT_KEYS), arrays, [st.params(r) for r in range(n)],
-            (st.capacity_experiments, st.capacity_arms, st.feature_dim), tail)
+            (st.capacity_experiments, st.capacity_arms, st.feature_dim), tail,
+            sorted((r, e.experiment_id, e.row) for r, e in proc.by_row.items()), sorted(proc.expiring))
 
 
 def full_restore(proc: ShardProcessor, config: ProcessorConfig) -> ShardProcessor:
