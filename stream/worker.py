@@ -200,7 +200,7 @@ class Worker(GuardedApplyMixin):
             return None
         low, high = ends
         want_key = self._checkpoint_key(partition)
-        prefix = chains.delta_key(want_key, 0)[:-1]
+        prefix = want_key + chains.DELTA_KEY_INFIX
         tail = max(RESTORE_TAIL, 2 * (self.settings.checkpoint_delta_max_chain + 2))
         start = max(low, high - tail)
         best = None

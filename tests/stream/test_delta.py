@@ -386,3 +386,28 @@ def test_fault_isolation_rolls_back_to_base_plus_deltas_with_exact_counts(monkey
     truth[event["experiment_id"]][event["variant_id"]]["clicks"] -= 1
     assert counts_view({e: proc.snapshot(e) for e in proc.experiments}) == truth
     assert proc.mark_delta(tracker, {**HEAD, "j": 3}) is None  # after a rollback the chain needs a base
+
+
+def test_a_version_2_checkpoint_without_chain_fields_restores_the_same_state():
+    """Main's version-2 record is this build's base less epoch, owner and the windows' sequence numbers."""
+    import struct
+
+    h = History()
+    _, blob = h.base(4)
+    meta, state = _split_checkpoint(blob)
+    for field in ("epoch", "owner", "imp_seq", "decided_seq"):
+        meta.pop(field)
+    meta["dedup"].pop("seq")
+    body = orjson.dumps(meta)
+    old = b"LOLACKP1" + struct.pack(">I", len(body)) + body + state
+    chain = select_chain([(KEY, old)], KEY)
+    assert chain.epoch == 0
+
+    def unnumbered(proc):  # the windows' sequence numbers start at their length on an old record
+        meta, state = _split_checkpoint(proc.to_checkpoint("events"))
+        for field in ("created", "epoch", "owner", "imp_seq", "decided_seq"):
+            meta.pop(field, None)
+        meta["dedup"].pop("seq")
+        return meta, state
+
+    assert unnumbered(restore(chain, h.cfg)) == unnumbered(ShardProcessor.from_checkpoint(blob, h.cfg))
