@@ -411,3 +411,29 @@ def test_a_version_2_checkpoint_without_chain_fields_restores_the_same_state():
         return meta, state
 
     assert unnumbered(restore(chain, h.cfg)) == unnumbered(ShardProcessor.from_checkpoint(blob, h.cfg))
+
+
+def test_contextual_experiments_travel_in_full_in_each_delta():
+    spec = {"algorithm": "linucb", "alpha": 0.3, "n_aux": 0,
+            "features": {"numeric": {"age": {"mean": 30, "scale": 10}}, "categorical": ["segment"]}}
+    wl = Workload(8)
+    cfg = ProcessorConfig()
+    proc = ShardProcessor(0, cfg)
+    recs = [wl._rec(type="variant", experiment_id="c", variant_id=v, text=f"headline {v}",
+                    settings={"contextual": spec}) for v in "ab"]
+    proc.process(recs, now=1000.0, timestamps=[1000.0] * 2)
+    base = proc.mark("events", HEAD)
+    tracker = ChainTracker(proc)
+    reqs = [wl._rec(type="decision_request", experiment_id="c", request_id=f"r{i}",
+                    context={"segment": "young" if i % 2 else "old", "age": 20.0 + i}) for i in range(10)]
+    out = proc.process(reqs, now=1001.0, timestamps=[1001.0] * 10)
+    imps = [wl._rec(type="impression", experiment_id="c", variant_id=orjson.loads(v)["variant_id"],
+                    event_id=f"i{i}", request_id=orjson.loads(v)["request_id"], ts=1001.0)
+            for i, (_, v) in enumerate(out.decisions)]
+    proc.process(imps, now=1002.0, timestamps=[1002.0] * len(imps))
+    d1 = proc.mark_delta(tracker, {**HEAD, "j": 1})
+    assert delta_meta(d1)["contextual"] is not None
+    back = ShardProcessor.from_chain(base, [d1], cfg)
+    assert canon(back) == canon(full_restore(proc, cfg))
+    np.testing.assert_array_equal(back.ctx.state.theta[:1], proc.ctx.state.theta[:1])
+    assert len(back.ctx.join.entries) == len(proc.ctx.join.entries) > 0
