@@ -1,4 +1,4 @@
-"""CLI commands of lola.bench: ``lola bench kernels|stream|priors|soak|stats|ope``.
+"""CLI commands of lola.bench: ``lola bench kernels|stream|priors|soak|stats|ope|checkpoints``.
 
 Each benchmark module owns its command: it exposes ``register(bench_app)`` and keeps
 its heavy imports inside the command body.
@@ -16,8 +16,10 @@ bench_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     """Add ``lola bench ...`` to the root app."""
-    from lola.bench import kernels_bench, ope_bench, priors_bench, serve_bench, soak, stats_bench, stream_bench
+    from lola.bench import (checkpoint_bench, kernels_bench, ope_bench, priors_bench, serve_bench, soak, stats_bench,
+                            stream_bench)
 
-    for module in (kernels_bench, stream_bench, priors_bench, soak, stats_bench, ope_bench, serve_bench):
+    for module in (kernels_bench, stream_bench, priors_bench, soak, stats_bench, ope_bench, serve_bench,
+                   checkpoint_bench):
         module.register(bench_app)
     app.add_typer(bench_app, name="bench")

@@ -13,11 +13,12 @@ slot one to the left. Callers keep their own row/slot maps in step.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from lola.errors import ConfigError
+from lola.errors import ConfigError, KernelInputError
 from lola.kernels.params import ExperimentParams
 from lola.kernels.policy_table import family
 
@@ -29,6 +30,21 @@ MIN_CAPACITY_ARMS = 4
 
 _PER_ROW = ("policy", "n_arms", "bai_done", "ec_committed", "exp_f", "ucb", "features", "z", "ainv", "bvec",
             "stamp", "alloc", "impressions", "clicks", "conversions", "mu_aux", "has_prior", "active", "candidate")
+
+#: The arrays a checkpoint holds: BanditState.to_bytes, and the rows of an incremental
+#: checkpoint (lola.stream.delta). The allocation cache and stamps are not state.
+SERIALISED = ("impressions", "clicks", "conversions", "mu_aux", "has_prior", "active", "candidate",
+              "exp_f", "ucb", "policy", "n_arms", "bai_done", "ec_committed", "features", "z", "ainv", "bvec")
+
+
+def params_to_json(p: ExperimentParams) -> dict[str, Any]:
+    """An experiment's parameters as JSON (non-finite floats as their repr)."""
+    return {k: (repr(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in p.to_dict().items()}
+
+
+def params_from_json(d: dict[str, Any]) -> ExperimentParams:
+    """Inverse of :func:`params_to_json`."""
+    return ExperimentParams(**{k: (float(v) if k == "n_aux" and isinstance(v, str) else v) for k, v in d.items()})
 
 
 class CompactionMixin:
@@ -135,3 +151,70 @@ class CompactionMixin:
     def nbytes(self: Any) -> int:
         """Bytes held by the state's arrays (a gauge, and the compaction tests' measure)."""
         return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+    # ------------------------------------------------------------------ rows of incremental checkpoints
+    def copy_rows(self: Any) -> dict[str, np.ndarray]:
+        """A copy of the serialised arrays' used rows (the reference :meth:`changed_rows` compares with)."""
+        n = self._n
+        return {name: getattr(self, name)[:n].copy() for name in SERIALISED}
+
+    def changed_rows(self: Any, reference: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows below both row counts whose serialised values differ bitwise from ``reference``'s."""
+        m = min(self._n, len(reference["policy"]))
+        changed = np.zeros(m, dtype=np.bool_)
+        if m == 0:
+            return np.flatnonzero(changed)
+        for name in SERIALISED:
+            a, b = getattr(self, name)[:m], reference[name][:m]
+            if a.shape != b.shape:
+                raise KernelInputError(f"reference array {name} has shape {b.shape}, the state {a.shape}")
+            if a.size == 0:
+                continue
+            a, b = a.reshape(m, -1), b.reshape(m, -1)
+            if a.dtype == np.float64:  # bitwise: NaN equals itself, -0.0 differs from 0.0
+                a, b = a.view(np.int64), b.view(np.int64)
+            changed |= (a != b).any(axis=1)
+        return np.flatnonzero(changed)
+
+    def take_rows(self: Any, rows: Any) -> dict[str, np.ndarray]:
+        """The serialised arrays' values of ``rows`` (copies), for :meth:`put_rows`."""
+        idx = np.asarray(rows, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+            raise KernelInputError(f"rows must be in [0, {self._n}), got {idx.min()}..{idx.max()}")
+        return {name: getattr(self, name)[idx] for name in SERIALISED}
+
+    def put_rows(self: Any, n: int, rows: Any, arrays: dict[str, np.ndarray], params: list) -> None:
+        """Make the state hold ``n`` rows, with ``rows`` set to ``arrays`` / ``params``.
+
+        Rows below ``n`` not in ``rows`` must already hold their values (an incremental
+        checkpoint's unchanged experiments); rows from ``n`` up are cleared, as after a
+        restore from :meth:`to_bytes`. Everything is validated before anything changes.
+        """
+        idx = np.asarray(rows, dtype=np.int64)
+        if not 0 <= n <= self.capacity_experiments:
+            raise KernelInputError(f"n must be in [0, {self.capacity_experiments}], got {n}")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise KernelInputError(f"rows must be in [0, {n})")
+        if len(params) != idx.size or not all(isinstance(p, ExperimentParams) for p in params):
+            raise KernelInputError("put_rows needs one ExperimentParams per row")
+        for name in SERIALISED:
+            a = arrays.get(name)
+            want = (idx.size,) + getattr(self, name).shape[1:]
+            if a is None or a.shape != want or a.dtype != getattr(self, name).dtype:
+                raise KernelInputError(f"put_rows: {name} must have shape {want}, got "
+                                       f"{None if a is None else (a.shape, a.dtype)}")
+        plist = self._params[:n] + [None] * (n - len(self._params[:n]))
+        for r, p in zip(idx.tolist(), params):
+            plist[r] = p
+        if any(p is None for p in plist):
+            raise KernelInputError("put_rows: a row beyond the old row count was not given")
+        old_n = self._n
+        for name in SERIALISED:
+            getattr(self, name)[idx] = arrays[name]
+        for name in _PER_ROW:
+            if old_n > n:
+                getattr(self, name)[n:old_n] = 0
+        self.alloc_stamp[:max(n, old_n)] = -1
+        self.stamp[idx] += 1
+        self._n = n
+        self._params = plist

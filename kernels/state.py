@@ -29,7 +29,7 @@ import numpy as np
 from lola.errors import CapacityError, ConfigError, KernelInputError
 from lola.kernels import core, policies, rng
 from lola.kernels.adaptive import adaptive_n_aux
-from lola.kernels.compaction import CompactionMixin
+from lola.kernels.compaction import SERIALISED, CompactionMixin, params_from_json, params_to_json
 from lola.kernels.params import POLICIES, ExperimentParams
 from lola.kernels.policy_table import TABLE, family
 
@@ -524,11 +524,9 @@ class BanditState(CompactionMixin):
             "capacity_experiments": self.capacity_experiments,
             "capacity_arms": self.capacity_arms,
             "feature_dim": self.feature_dim,
-            "params": [{k: (repr(v) if isinstance(v, float) and not math.isfinite(v) else v)
-                        for k, v in p.to_dict().items()} for p in self._params],
+            "params": [params_to_json(p) for p in self._params],
         }
-        arrays = {name: getattr(self, name)[:n] for name in _ARM_F64 + _ARM_BOOL + (
-            "exp_f", "ucb", "policy", "n_arms", "bai_done", "ec_committed", "features", "z", "ainv", "bvec")}
+        arrays = {name: getattr(self, name)[:n] for name in SERIALISED}
         buf = io.BytesIO()
         np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return buf.getvalue()
@@ -559,7 +557,6 @@ class BanditState(CompactionMixin):
         for name, arr in arrays.items():
             getattr(state, name)[:n] = arr
         state._n = n
-        state._params = [ExperimentParams(**{k: (float(v) if k == "n_aux" and isinstance(v, str) else v)
-                                             for k, v in d.items()}) for d in meta["params"]]
+        state._params = [params_from_json(d) for d in meta["params"]]
         assert all(p.policy in POLICIES for p in state._params)
         return state

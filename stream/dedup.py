@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
+
+from lola.errors import LolaError
 
 #: Estimated bytes of one entry besides its key's characters: the key object, a float
 #: value, its dict slot and its deque slot (CPython 3.11, 64-bit; docs/operations/limits.md).
@@ -40,7 +43,7 @@ class DedupWindow:
     """(experiment, type, id) -> ts, for ``window_s`` of event time, within ``budget_bytes``."""
 
     __slots__ = ("window_s", "budget_bytes", "map", "order", "bytes", "clock", "dropped_ts", "budget_evictions",
-                 "clicks")
+                 "clicks", "seq", "touched")
 
     def __init__(self, window_s: float, budget_bytes: int) -> None:
         self.window_s = float(window_s)
@@ -52,6 +55,10 @@ class DedupWindow:
         self.clock = -math.inf
         self.dropped_ts = -math.inf
         self.budget_evictions = 0
+        # Incremental checkpoints (lola.stream.delta): entries ever appended (the first kept
+        # entry is number ``seq - len(order)``) and impression keys whose click count changed.
+        self.seq = 0
+        self.touched: set[str] = set()
 
     @property
     def horizon(self) -> float:
@@ -69,31 +76,75 @@ class DedupWindow:
             return
         self.map[key] = ts
         self.order.append(key)
+        self.seq += 1
         self.bytes += len(key) + ENTRY_OVERHEAD_BYTES
         if ts > self.clock:
             self.clock = ts
         self._expire()
 
+    def add_click(self, key: str) -> None:
+        """One more click attributed to the impression ``key`` (the per-impression cap)."""
+        self.clicks[key] = self.clicks.get(key, 0) + 1
+        self.touched.add(key)
+
+    def _pop_front(self) -> None:
+        key = self.order.popleft()
+        ts = self.map.pop(key)
+        self.clicks.pop(key, None)
+        self.touched.discard(key)  # so touched stays within the window (bounded)
+        self.bytes -= len(key) + ENTRY_OVERHEAD_BYTES
+        if ts >= self.clock - self.window_s:
+            self.budget_evictions += 1
+        if ts > self.dropped_ts:
+            self.dropped_ts = ts
+
     def _expire(self) -> None:
         order, m = self.order, self.map
         oldest_kept = self.clock - self.window_s
         while order and (m[order[0]] < oldest_kept or self.bytes > self.budget_bytes):
-            key = order.popleft()
-            ts = m.pop(key)
-            self.clicks.pop(key, None)
-            self.bytes -= len(key) + ENTRY_OVERHEAD_BYTES
-            if ts >= oldest_kept:
-                self.budget_evictions += 1
-            if ts > self.dropped_ts:
-                self.dropped_ts = ts
+            self._pop_front()
 
     def to_json(self) -> dict:
         return {"keys": list(self.map), "ts": list(self.map.values()), "clicks": self.clicks,
                 "clock": self.clock if math.isfinite(self.clock) else None,
+                "dropped": self.dropped_ts if math.isfinite(self.dropped_ts) else None, "seq": self.seq}
+
+    def delta_since(self, from_seq: int) -> dict:
+        """What changed since the window held entries up to number ``from_seq``: the entries
+        appended since (those still kept, in order), where the kept entries now begin, and
+        the click counts changed (``touched``); :meth:`apply_delta` is the inverse."""
+        front = self.seq - len(self.order)
+        n_new = self.seq - max(from_seq, front)
+        tail = list(islice(reversed(self.order), n_new))[::-1]
+        m = self.map
+        return {"from": from_seq, "seq": self.seq, "front": front, "keys": tail, "ts": [m[k] for k in tail],
+                "clicks": {k: self.clicks[k] for k in self.touched if k in self.clicks},
+                "clock": self.clock if math.isfinite(self.clock) else None,
                 "dropped": self.dropped_ts if math.isfinite(self.dropped_ts) else None}
 
+    def apply_delta(self, d: dict) -> None:
+        """Apply :meth:`delta_since`'s record; raises LolaError if it does not follow this window."""
+        if d["from"] != self.seq:
+            raise LolaError(f"de-duplication delta starts at entry {d['from']}, the window is at {self.seq}")
+        n_drop = min(len(self.order), max(0, d["front"] - (self.seq - len(self.order))))
+        for _ in range(n_drop):
+            self._pop_front()
+        for key, ts in zip(d["keys"], d["ts"]):
+            if key in self.map:
+                raise LolaError("de-duplication delta appends a key the window holds")
+            self.map[key] = ts
+            self.order.append(key)
+            self.bytes += len(key) + ENTRY_OVERHEAD_BYTES
+        self.seq = d["seq"]
+        for key, n in d["clicks"].items():
+            if key in self.map:
+                self.clicks[key] = int(n)
+        self.clock = -math.inf if d["clock"] is None else d["clock"]
+        if d["dropped"] is not None and d["dropped"] > self.dropped_ts:
+            self.dropped_ts = d["dropped"]
+
     @classmethod
-    def from_json(cls, window_s: float, budget_bytes: int, d: dict) -> "DedupWindow":
+    def from_json(cls, window_s: float, budget_bytes: int, d: dict, expire: bool = True) -> "DedupWindow":
         w = cls(window_s, budget_bytes)
         w.map = dict(zip(d["keys"], d["ts"]))
         w.order = deque(d["keys"])
@@ -101,5 +152,7 @@ class DedupWindow:
         w.bytes = sum(len(k) for k in w.map) + ENTRY_OVERHEAD_BYTES * len(w.map)
         w.clock = -math.inf if d["clock"] is None else d["clock"]
         w.dropped_ts = -math.inf if d["dropped"] is None else d["dropped"]
-        w._expire()  # a smaller window or budget than the writer's applies at once
+        w.seq = int(d.get("seq", len(w.map)))  # checkpoints before incremental ones: numbered from here
+        if expire:  # a chain restore (base + deltas) expires once, after its last delta
+            w._expire()  # a smaller window or budget than the writer's applies at once
         return w

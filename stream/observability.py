@@ -115,8 +115,8 @@ class WorkerMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.prior_seconds = Histogram("lola_prior_seconds", "Duration of one prior provider call (a batch of variants)",
                                        registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.state_bytes = Gauge("lola_state_bytes", "Size of the partition's last serialised checkpoint (state + "
-                                 "dedup window)", ["partition"], registry=r)
+        self.state_bytes = Gauge("lola_state_bytes", "Size of the partition's last serialised full checkpoint "
+                                 "(a chain's base: state + dedup window)", ["partition"], registry=r)
         self.checkpoint_limit_bytes = Gauge("lola_checkpoint_limit_bytes", "Largest checkpoint the state topic "
                                             "takes (max.message.bytes less overhead)", registry=r)
         self.experiments = Gauge("lola_experiments", "Experiments held by this worker's partitions", registry=r)

@@ -30,12 +30,10 @@ newest event time seen for its experiment. Late events go to dead letters
 from __future__ import annotations
 
 import math
-import struct
 import time
 from typing import Any
 
 import numpy as np
-import orjson
 
 from lola.errors import EventError, LolaError
 from lola.kernels.policy_table import TABLE as POLICY_TABLE
@@ -47,19 +45,15 @@ from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.edge import EdgePlanner
 from lola.stream.contextual_shard import ContextualShard
 from lola.stream.shard import BatchOutput, DeadLetter, Experiment, PriorRequest, ProcessorConfig, IdWindow
+from lola.stream.shard_checkpoint import ShardCheckpoints
 from lola.stream.stats import StatsCache, WinnerRule
 
-CHECKPOINT_MAGIC = b"LOLACKP1"
-CHECKPOINT_VERSION = 2
-#: Checkpoint versions this build restores (1: main before issue 19; its de-duplication
-#: ids had no experiment or type and are kept as a legacy window, see from_checkpoint).
-READABLE_VERSIONS = (1, 2)
 #: Records applied since the last restore point after which the shard takes a new one
 #: itself (normally the worker's checkpoint, every checkpoint_interval_s, takes it).
 JOURNAL_MAX_RECORDS = 500_000
 
 
-class ShardProcessor:
+class ShardProcessor(ShardCheckpoints):
     """State and processing of one partition of the events topic (see module docstring)."""
 
     def __init__(self, partition: int, config: ProcessorConfig | None = None, *,
@@ -90,7 +84,9 @@ class ShardProcessor:
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
         # for "fresh at _restore_offset") and everything applied since, in order.
         self._restore_blob = restore_point
+        self._restore_deltas: list[bytes] = []  # incremental checkpoints applied after it (lola.stream.delta)
         self._restore_offset = next_offset
+        self.marks = 0  # full restore points taken (a delta never follows one it did not see)
         self._journal: list[tuple] = []
         self._journal_records = 0
         self.rollbacks = 0
@@ -203,7 +199,7 @@ class ShardProcessor:
                                 if n_clicks >= cap:
                                     raise EventError("click_cap", f"impression {event.impression_id[:80]} has "
                                                                   f"{n_clicks} click(s) (max_clicks_per_impression)")
-                                seen.clicks[ikey] = n_clicks + 1
+                                seen.add_click(ikey)
                         seen_put(dkey, event.ts)
                         if exp.status != "running":
                             counts["ignored"] = counts.get("ignored", 0) + 1
@@ -303,25 +299,18 @@ class ShardProcessor:
         self.next_offset = offset
         self._journal.append((3, offset))
 
-    def mark(self, topic: str = "") -> bytes:
-        """Serialise the shard (a checkpoint record) and make it the restore point."""
-        blob = self.to_checkpoint(topic)
-        self._restore_blob = blob
-        self._journal = []
-        self._journal_records = 0
-        return blob
-
     def _rollback(self) -> None:
         """Back to the restore point, then re-apply the journal (its outputs were emitted already)."""
         if self._restore_blob is None:
             fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset, gate=self.gate)
         else:
-            fresh = ShardProcessor.from_checkpoint(self._restore_blob, self.config, gate=self.gate)
+            fresh = ShardProcessor.from_chain(self._restore_blob, self._restore_deltas, self.config, gate=self.gate)
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        marks = self.marks
         fresh.stats = self.stats  # statistics and declared winners are outputs, not state
         self.ctx.close()
         self.__dict__.update(fresh.__dict__)
-        self._restore_blob, self._restore_offset, self.rollbacks = blob, start, rollbacks + 1
+        self._restore_blob, self._restore_offset, self.rollbacks, self.marks = blob, start, rollbacks + 1, marks
         for entry in journal:
             if entry[0] == 0:
                 self._process(entry[1], entry[2], entry[3])
@@ -508,66 +497,6 @@ class ShardProcessor:
             snap["contextual"] = self.ctx.snapshot(experiment_id)
         return snap
 
-    # ------------------------------------------------------------------ checkpoints
-    def to_checkpoint(self, topic: str) -> bytes:
-        """One self-consistent record: the state exactly as of input offset ``next_offset``."""
-        meta = {"version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
-                "next_offset": self.next_offset, "created": time.time(),
-                "experiments": [e.to_json() for e in self.experiments.values()],
-                "dedup": self.seen.to_json(), "imp_by_request": self.imp_by_request.items(),
-                "decided": self.decided.items(), "clock": self.clock if math.isfinite(self.clock) else None,
-                "legacy_seen": None if self.legacy_seen is None else self.legacy_seen.items(),
-                "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None,
-                "contextual": self.ctx.to_json() if self.ctx.experiments else None}
-        meta_bytes = orjson.dumps(meta)
-        return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
-
-    @staticmethod
-    def checkpoint_offset(blob: bytes) -> int:
-        meta, _ = _split_checkpoint(blob)
-        return int(meta["next_offset"])
-
-    @classmethod
-    def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None,
-                        gate: VariantGate | None = None) -> "ShardProcessor":
-        """Restore a checkpoint of this build (version 2) or of main before issue 19 (version 1).
-
-        Version 1 upgrade: variant states come from the arms' active flags (active, else
-        retired, with no eviction clock); its de-duplication ids (bare event ids) are kept
-        as a legacy window, consulted besides the new one until the de-duplication horizon
-        passes the newest ts they hold (then any re-send of them is ``stale`` anyway).
-        """
-        from lola.kernels import BanditState
-
-        meta, state_blob = _split_checkpoint(blob)
-        proc = cls(int(meta["partition"]), config, state=BanditState.from_bytes(state_blob),
-                   next_offset=int(meta["next_offset"]), restore_point=blob, gate=gate)
-        for d in meta["experiments"]:
-            k = len(d["variants"])
-            exp = Experiment.from_json(d, proc.state.active[d["row"], :k].tolist())
-            proc.experiments[exp.experiment_id] = exp
-            proc.by_row[exp.row] = exp
-            if exp.archived_at is not None or exp.retired_at:
-                proc.expiring.add(exp.experiment_id)
-        cfg = proc.config
-        if meta["version"] == 1:
-            proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["seen"])
-            proc.legacy_until = max((v for v in meta["seen"][1] if v >= 0), default=math.inf)
-        else:
-            proc.seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"])
-            proc.clock = -math.inf if meta["clock"] is None else meta["clock"]
-            if meta["legacy_seen"] is not None:
-                proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["legacy_seen"])
-                proc.legacy_until = math.inf if meta["legacy_until"] is None else meta["legacy_until"]
-        proc.imp_by_request = IdWindow.from_items(proc.config.dedup_window, meta["imp_by_request"])
-        keys, values = meta["decided"]
-        proc.decided = IdWindow.from_items(proc.config.request_memory, [keys, [tuple(v) for v in values]])
-        if meta.get("contextual"):
-            proc.ctx = ContextualShard.from_json(meta["contextual"], proc.config.join_window_s,
-                                                 proc.config.join_window_bytes)
-        return proc
-
-
 def warm_up() -> None:
     """Compile (or load from Numba's disk cache) every kernel the processor calls.
 
@@ -582,14 +511,3 @@ def warm_up() -> None:
     proc.apply_prior("w", "b", 0.5)
     proc.snapshot("w")
     ShardProcessor.from_checkpoint(proc.to_checkpoint("w"))
-
-
-def _split_checkpoint(blob: bytes) -> tuple[dict[str, Any], bytes]:
-    if not blob or not blob.startswith(CHECKPOINT_MAGIC) or len(blob) < len(CHECKPOINT_MAGIC) + 4:
-        raise LolaError("not a lola checkpoint record (bad magic)")
-    (n,) = struct.unpack(">I", blob[8:12])
-    meta = orjson.loads(blob[12:12 + n])
-    if meta.get("version") not in READABLE_VERSIONS:
-        raise LolaError(f"checkpoint version {meta.get('version')} is not supported "
-                        f"(this build reads {', '.join(map(str, READABLE_VERSIONS))})")
-    return meta, blob[12 + n:]

@@ -169,6 +169,13 @@ class StreamSettings(BaseSettings):
     poll_timeout_s: float = Field(0.005, gt=0, le=10, validation_alias=AliasChoices("poll_timeout_s", "LOLA_POLL_TIMEOUT_S"))
     checkpoint_interval_s: float = Field(1.0, gt=0, le=3600,
                                          validation_alias=AliasChoices("checkpoint_interval_s", "LOLA_CHECKPOINT_INTERVAL_S"))
+    checkpoint_deltas: bool = Field(True, validation_alias=AliasChoices("checkpoint_deltas", "LOLA_CHECKPOINT_DELTAS"),
+                                    description="incremental checkpoints: between full base records, write only what "
+                                                "changed (docs/operations/checkpoints.md); false: every round in full")
+    checkpoint_delta_max_chain: int = Field(
+        50, ge=1, le=1000, validation_alias=AliasChoices("checkpoint_delta_max_chain", "LOLA_CHECKPOINT_DELTA_MAX_CHAIN"),
+        description="most deltas after a base before a new base (also: a new base once the deltas exceed half the "
+                    "base's bytes); a restore reads and applies at most this many")
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
     # Snapshot statistics and the winner rule (lola.stream.stats, docs/reports.md).

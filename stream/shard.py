@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from typing import Any
 
+from lola.errors import LolaError
 from lola.stream.context import redact
 
 
@@ -160,14 +162,21 @@ class BatchOutput:
 
 
 class IdWindow:
-    """A bounded FIFO map: the newest ``size`` keys are remembered (dedup, attribution)."""
+    """A bounded FIFO map: the newest ``size`` keys are remembered (dedup, attribution).
 
-    __slots__ = ("size", "map", "order")
+    For incremental checkpoints (lola.stream.delta) it numbers the keys it ever appended
+    (``seq``; the oldest kept key is number ``seq - len(order)``) and remembers the kept
+    keys whose value was replaced (``touched``, a subset of the kept keys: bounded).
+    """
+
+    __slots__ = ("size", "map", "order", "seq", "touched")
 
     def __init__(self, size: int, items: list | None = None) -> None:
         self.size = size
         self.map: dict[str, Any] = {}
         self.order: deque[str] = deque()
+        self.seq = 0
+        self.touched: set[str] = set()
         for k, v in items or ():
             self.put(k, v)
 
@@ -182,21 +191,63 @@ class IdWindow:
             return
         if key not in self.map:
             self.order.append(key)
+            self.seq += 1
             if len(self.order) > self.size:
-                del self.map[self.order.popleft()]
+                self._pop_front()
+        else:
+            self.touched.add(key)
         self.map[key] = value
+
+    def _pop_front(self) -> None:
+        key = self.order.popleft()
+        del self.map[key]
+        self.touched.discard(key)
+
+    def truncate(self) -> None:
+        """Keep the newest ``size`` keys (a reader configured smaller than the writer)."""
+        while len(self.order) > max(self.size, 0):
+            self._pop_front()
 
     def items(self) -> list:
         # The dict's insertion order is the deque's order (keys are only appended, and
         # evicted oldest-first), so keys and values serialise without a per-item loop.
         return [list(self.map), list(self.map.values())]
 
+    def delta_since(self, from_seq: int) -> dict:
+        """Keys appended since key number ``from_seq`` (still kept), where the kept keys begin
+        now, and the replaced values; :meth:`apply_delta` is the inverse."""
+        front = self.seq - len(self.order)
+        tail = list(islice(reversed(self.order), self.seq - max(from_seq, front)))[::-1]
+        m = self.map
+        touched = [k for k in self.touched if k in m]
+        return {"from": from_seq, "seq": self.seq, "front": front, "keys": tail, "values": [m[k] for k in tail],
+                "tkeys": touched, "tvalues": [m[k] for k in touched]}
+
+    def apply_delta(self, d: dict, convert: Any = None) -> None:
+        """Apply :meth:`delta_since`'s record (``convert``: applied to each value read)."""
+        if d["from"] != self.seq:
+            raise LolaError(f"id window delta starts at key {d['from']}, the window is at {self.seq}")
+        n_drop = min(len(self.order), max(0, d["front"] - (self.seq - len(self.order))))
+        for _ in range(n_drop):
+            self._pop_front()
+        conv = convert or (lambda v: v)
+        for key, value in zip(d["keys"], d["values"]):
+            if key in self.map:
+                raise LolaError("id window delta appends a key the window holds")
+            self.order.append(key)
+            self.map[key] = conv(value)
+        for key, value in zip(d["tkeys"], d["tvalues"]):
+            if key in self.map:
+                self.map[key] = conv(value)
+        self.seq = d["seq"]
+
     @classmethod
-    def from_items(cls, size: int, items: list) -> "IdWindow":
+    def from_items(cls, size: int, items: list, seq: int | None = None, truncate: bool = True) -> "IdWindow":
         keys, values = items
         w = cls(size)
-        if len(keys) > size:
-            keys, values = keys[len(keys) - size:], values[len(values) - size:]
         w.map = dict(zip(keys, values))
         w.order = deque(keys)
+        w.seq = len(keys) if seq is None else int(seq)
+        if truncate:  # a chain restore (base + deltas) truncates once, after its last delta
+            w.truncate()
         return w

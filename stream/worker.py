@@ -12,10 +12,14 @@ Exactly-once counts without broker transactions
   offset the state reflects) is ONE record written to partition ``p`` of the compacted
   state topic, as its own produce request, after every output of the batch before it
   has been acknowledged. A checkpoint is self-consistent by construction.
-* On assignment the worker reads the tail of state partition ``p``, keeps the record
-  that reflects the most input (highest ``next_offset``: with deterministic processing
-  a later checkpoint, even one written by a zombie owner, is the more advanced copy of
-  the same history) and seeks the events partition to that offset. Committed group
+* Checkpoints are incremental (lola.stream.delta): a full base record now and then, and
+  between bases small delta records of what changed, each one written like the base
+  (one record, after the outputs before it were acknowledged). On assignment the worker
+  reads the tail of state partition ``p``, takes the base that reflects the most input
+  (highest ``(epoch, next_offset)``: with deterministic processing a later checkpoint,
+  even one written by a zombie owner, is the more advanced copy of the same history),
+  applies the deltas of its chain while they follow each other (lola.stream.chain) and
+  seeks the events partition to the chain's end. Committed group
   offsets are written too, but only for lag monitoring; the checkpoint is the truth.
 * A crash therefore replays the events after the last checkpoint into the state of
   that checkpoint: nothing lost, nothing counted twice. Outputs produced after the
@@ -37,11 +41,12 @@ import threading
 import time
 from typing import Any
 
-from lola.errors import BrokerError, ConfigError, LolaError
+from lola.errors import BrokerError, ConfigError
 from lola.stream import events as ev
 from lola.stream import kafka as kf
 from lola.stream.breaker import PartitionBreaker
-from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, CheckpointMixin, PendingCheckpoint
+from lola.stream import chain as chains
+from lola.stream.checkpoints import RECORD_OVERHEAD_BYTES, Checkpointer
 from lola.stream.compliance import WorkerCompliance
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.lifecycle import VariantGate
@@ -64,7 +69,7 @@ RESTORE_TAIL = 16
 TEST_CRASH_ENV = "LOLA_TEST_CRASH_TOKEN"
 
 
-class Worker(CheckpointMixin, GuardedApplyMixin):
+class Worker(GuardedApplyMixin):
     """One member of the worker consumer group.
 
     Parameters
@@ -125,11 +130,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                                    on_latency=self.metrics.prior_seconds.observe,
                                    watch_interval_s=settings.model_watch_interval_s)
         self.shards: dict[int, ShardProcessor] = {}
-        self.checkpointed_at: dict[int, float] = {}
-        self.checkpointed_offset: dict[int, int] = {}
         self.dirty_experiments: dict[int, set[str]] = {}
-        self._pending: PendingCheckpoint | None = None  # the periodic checkpoint in progress
-        self._refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
+        self.checkpointer = Checkpointer(self)  # both checkpoint paths (lola.stream.checkpoints)
         self._first_assigned_at: float | None = None
         self._state_requests: queue.SimpleQueue = queue.SimpleQueue()  # request_variant_state -> the loop
         self._budget_evictions: dict[int, int] = {}  # partition -> dedup budget evictions already counted
@@ -167,18 +169,30 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
     def ready(self) -> bool:
         return self._ready and self.healthy()
 
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, partitions: list[int] | None = None, commit_sync: bool = False) -> int:
+        """Synchronous checkpoint of ``partitions`` (all): see :meth:`Checkpointer.checkpoint`."""
+        return self.checkpointer.checkpoint(partitions, commit_sync)
+
+    def begin_checkpoint(self) -> bool:
+        return self.checkpointer.begin()
+
+    def advance_checkpoint(self) -> None:
+        self.checkpointer.advance()
+
     # ------------------------------------------------------------------ rebalance
     def _checkpoint_key(self, partition: int) -> bytes:
         # One writer group per state topic is the intended setup; the key still names
         # group and topic so a second group never restores another group's state.
         return f"{self.settings.group_id}:{self.topic}:{partition}".encode()
 
-    def _best_checkpoint(self, topic: str, partition: int, must_exist: bool = True) -> bytes | None:
-        """This group's newest checkpoint of ``partition`` in ``topic`` (None if it has none).
+    def _read_chain(self, topic: str, partition: int, must_exist: bool = True) -> chains.Chain | None:
+        """This group's newest checkpoint chain of ``partition`` in ``topic`` (None if it has none).
 
-        The tail first; if it holds none of this group's checkpoints (a state topic shared
-        on purpose with busier groups), the whole partition. With ``must_exist=False`` a
-        missing topic reads as empty instead of an error (the legacy topic, see _restore).
+        The tail first (long enough for a base and a full chain of deltas); if it holds no
+        base of this group (a state topic shared on purpose with busier groups, or a chain
+        interleaved with others), the whole partition. With ``must_exist=False`` a missing
+        topic reads as empty instead of an error (the legacy topic, see _restore).
         """
         conf = kf.consumer_config(self.settings, f"{self.settings.group_id}.restore")
         ends = kf.watermarks(conf, topic, partition, must_exist)
@@ -186,20 +200,14 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
             return None
         low, high = ends
         want_key = self._checkpoint_key(partition)
-        best: bytes | None = None
-        best_offset = -1
-        start = max(low, high - RESTORE_TAIL)
+        prefix = want_key + chains.DELTA_KEY_INFIX
+        tail = max(RESTORE_TAIL, 2 * (self.settings.checkpoint_delta_max_chain + 2))
+        start = max(low, high - tail)
+        best = None
         for begin in ((start, low) if start > low else (start,)) if high > low else ():
-            for msg in kf.read_partition_to_end(conf, topic, partition, begin):
-                if msg.key() != want_key or not msg.value():
-                    continue
-                try:
-                    offset = ShardProcessor.checkpoint_offset(msg.value())
-                except LolaError as exc:
-                    log.error("unreadable checkpoint skipped", extra={"partition": partition, "error": str(exc)})
-                    continue
-                if offset > best_offset:
-                    best, best_offset = msg.value(), offset
+            records = [(msg.key(), msg.value()) for msg in kf.read_partition_to_end(conf, topic, partition, begin)
+                       if msg.key() == want_key or (msg.key() or b"").startswith(prefix)]
+            best = chains.select_chain(records, want_key)
             if best is not None:
                 break
         return best
@@ -213,11 +221,11 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         topic is read for this group's key (group, events topic, partition), so a rolling
         upgrade keeps exact counts; the next checkpoint goes to the new topic.
         """
-        best = self._best_checkpoint(self.settings.state_topic, partition)
+        best = self._read_chain(self.settings.state_topic, partition)
         legacy = self.settings.legacy_state_topic
         from_legacy = False
         if best is None and legacy and legacy != self.settings.state_topic:
-            best = self._best_checkpoint(legacy, partition, must_exist=False)
+            best = self._read_chain(legacy, partition, must_exist=False)
             from_legacy = best is not None
             if from_legacy:
                 self.metrics.legacy_restores.inc()
@@ -227,7 +235,9 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         if best is None:
             shard = ShardProcessor(partition, self.config, gate=self.gate)
         else:
-            shard = ShardProcessor.from_checkpoint(best, self.config, gate=self.gate)
+            shard = chains.restore(best, self.config, gate=self.gate)
+        cp = self.checkpointer
+        cp.restored(partition, best.max_epoch if best is not None and not from_legacy else 0)
         breaker = PartitionBreaker(partition, self.settings.poison_after_deaths, self.markers.read(partition),
                                    shard.next_offset)
         self.breakers[partition] = breaker
@@ -238,15 +248,16 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         if from_legacy:
             # Not in the group's own topic yet: the next periodic checkpoint copies it
             # there, so the legacy topic is needed once only and may then be deleted.
-            self.checkpointed_offset.pop(partition, None)
-            self.checkpointed_at.pop(partition, None)
+            cp.checkpointed_offset.pop(partition, None)
+            cp.checkpointed_at.pop(partition, None)
         else:
-            self.checkpointed_offset[partition] = shard.next_offset
-            self.checkpointed_at[partition] = time.time()
+            cp.checkpointed_offset[partition] = shard.next_offset
+            cp.checkpointed_at[partition] = time.time()
         for req in shard.missing_priors():
             self.priors.submit(req)
         log.info("shard restored", extra={"partition": partition, "next_offset": shard.next_offset,
-                                          "experiments": len(shard.experiments), "from_checkpoint": best is not None})
+                                          "experiments": len(shard.experiments), "from_checkpoint": best is not None,
+                                          "deltas": len(best.deltas) if best is not None else 0})
         return shard
 
     def _guarded(self, what: str, handler):
@@ -305,8 +316,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.shards.pop(partition, None)
         self.breakers.pop(partition, None)
         self.dirty_experiments.pop(partition, None)
-        self.checkpointed_at.pop(partition, None)
-        self.checkpointed_offset.pop(partition, None)
+        self.checkpointer.drop(partition)
         self._budget_evictions.pop(partition, None)
         for gauge in (self.metrics.lag, self.metrics.state_bytes):
             try:
@@ -407,8 +417,8 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
         self.metrics.prior_model.info({"provider": type(provider).__name__ if provider is not None else "none",
                                        "model_version": str(version) if version is not None else "none"})
         now = time.time()
-        if self.checkpointed_at:
-            self.metrics.checkpoint_age.set(now - min(self.checkpointed_at.values()))
+        if self.checkpointer.checkpointed_at:
+            self.metrics.checkpoint_age.set(now - min(self.checkpointer.checkpointed_at.values()))
         for p, shard in self.shards.items():
             join = shard.ctx.join  # contextual experiments (docs/contextual.md)
             self.metrics.context_never_joined.labels(str(p)).set(sum(join.never_joined.values()))
@@ -495,7 +505,7 @@ class Worker(CheckpointMixin, GuardedApplyMixin):
                 if now - last_snapshot >= s.snapshot_interval_s:
                     self._publish_snapshots()
                     last_snapshot = now
-                if now - last_checkpoint >= s.checkpoint_interval_s and self._pending is None:
+                if now - last_checkpoint >= s.checkpoint_interval_s and self.checkpointer.pending is None:
                     self.begin_checkpoint()
                     last_checkpoint = now
                 else:

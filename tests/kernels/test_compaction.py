@@ -63,3 +63,41 @@ def test_set_params_keeps_counts_and_set_arm_active_toggles_serving():
     assert set(chosen.tolist()) == {1}
     st.set_arm_active(0, 0, True)
     assert st.active[0, 0]
+
+
+def test_rows_of_incremental_checkpoints_copy_compare_and_put_back_exactly():
+    import pytest
+
+    from lola.errors import KernelInputError
+    from lola.kernels.compaction import SERIALISED
+
+    src = _filled(6, 3, seed=1)
+    ref = src.copy_rows()
+    assert src.changed_rows(ref).tolist() == []
+    src.mu_aux[2, 0] = np.nan
+    ref = src.copy_rows()
+    assert src.changed_rows(ref).tolist() == []  # bitwise: NaN equals itself
+    src.impressions[4, 1] += 1.0
+    src.ucb[1, 0, 0] = -0.0 if src.ucb[1, 0, 0] == 0.0 else 0.0  # a sign of zero is a change too
+    assert src.changed_rows(ref).tolist() == [1, 4]
+    # a copy that then lost its last row: put the changed rows back and the row count down
+    dst = BanditState.from_bytes(src.to_bytes())
+    moved = src.remove_experiment(0)  # the last row (5) moves into row 0
+    assert moved == 5
+    rows = [0, 1, 4]
+    dst.put_rows(src.n_experiments, rows, src.take_rows(rows), [src.params(r) for r in rows])
+    assert dst.n_experiments == src.n_experiments == 5
+    for name in SERIALISED:
+        np.testing.assert_array_equal(getattr(dst, name)[:5], getattr(src, name)[:5])
+        assert not np.any(getattr(dst, name)[5:])  # cleared beyond the row count, as from_bytes leaves it
+    before = {name: getattr(dst, name).copy() for name in SERIALISED}
+    bad = src.take_rows([1])
+    bad["clicks"] = bad["clicks"][:, :1]
+    with pytest.raises(KernelInputError, match="clicks"):
+        dst.put_rows(5, [1], bad, [src.params(1)])
+    with pytest.raises(KernelInputError, match="beyond the old row count"):
+        dst.put_rows(6, [1], src.take_rows([1]), [src.params(1)])
+    with pytest.raises(KernelInputError):
+        dst.take_rows([5])
+    for name in SERIALISED:  # refused before anything changed
+        np.testing.assert_array_equal(getattr(dst, name), before[name])

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from lola.stream import kafka as kf
+from lola.stream.chain import restore as restore_chain
+from lola.stream.chain import select_chain
 from lola.stream.loadgen import open_stream, send
 from lola.stream.processor import ShardProcessor
 
@@ -150,12 +152,15 @@ def test_a_checkpoint_beyond_the_partition_end_is_detected_and_reset(stream_sett
 
     s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 600, seed=4)
     conf = kf.consumer_config(s, "test-state")
-    last = [m for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)][-1]
-    # As if the events topic had been recreated: the stored checkpoint is far beyond its end.
-    proc = ShardProcessor.from_checkpoint(last.value())
+    key = f"{s.group_id}:{s.events_topic}:0".encode()
+    chain = select_chain([(m.key(), m.value()) for m in kf.read_partition_to_end(conf, s.state_topic, 0, 0)], key)
+    # As if the events topic had been recreated: the stored checkpoint is far beyond its end
+    # (a base in a newer epoch, as the next owner would write it).
+    proc = restore_chain(chain)
     proc.next_offset = 10_000_000
     p = _producer(s)
-    p.produce(s.state_topic, proc.to_checkpoint(s.events_topic), last.key(), partition=0)
+    p.produce(s.state_topic, proc.to_checkpoint(s.events_topic, {"epoch": chain.max_epoch + 1, "owner": "test"}), key,
+              partition=0)
     p.flush(10)
     extra = [_ev(type="impression", experiment_id="exp-0", variant_id="v0", event_id=f"new{i}", ts=1.7e9)
              for i in range(5)]
@@ -191,10 +196,10 @@ def test_each_group_gets_its_own_state_topic_and_a_shared_one_still_restores(str
     b = StreamSettings(bootstrap_servers="h:1", group_id="gb")
     assert a.state_topic == "lola.state.ga" != b.state_topic == "lola.state.gb"
     assert a.inflight_topic == "lola.inflight.ga"
-    # Shared on purpose: another group's records push ours out of the 16-record tail.
+    # Shared on purpose: another group's records push ours out of the tail read first.
     s, stream = _one_partition_counted(stream_settings, thread_worker, helpers, 300, seed=8)
     p = _producer(s)
-    for i in range(40):
+    for i in range(2 * (s.checkpoint_delta_max_chain + 2) + 10):
         p.produce(s.state_topic, ShardProcessor(0).to_checkpoint("other"), b"other-group:x:0", partition=0)
         p.flush(10)
     tw2 = thread_worker(s)
