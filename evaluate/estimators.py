@@ -24,12 +24,13 @@ sum(num) / sum(den) (den = 1 for all but SNIPS), whose influence values are
 v - t*_(a/2) se]``. Why not the percentile interval (``interval="percentile"``, obp's): the
 importance-weighted terms are heavy-tailed (a rarely shown variant carries weight up to
 1 / min_traffic), so when few of those rounds clicked the estimate is low *and* its spread
-looks small; the percentile interval is then too short on the side the truth is on. The
-studentised one is second-order accurate for smooth functions of means and carries that
-dependence of spread on level (docs/evaluation.md: coverage before and after, ``lola bench
-ope``). Rounds of one experiment are not independent under an adaptive logging policy; with
-the logged propensities the weighted terms are martingale differences, whose sum has the
-variance the round bootstrap estimates.
+looks small; the percentile interval ignores that dependence of spread on level, the
+studentised one is second-order accurate for smooth functions of means and carries it. At
+large n the two agree (docs/evaluation.md: coverage of both, ``lola bench ope``).
+
+Rounds of one experiment are not independent under an adaptive logging policy; with the
+logged propensities the weighted terms minus the policy's value are martingale differences,
+whose sum has the variance the round bootstrap estimates.
 """
 
 from __future__ import annotations
