@@ -8,7 +8,10 @@ noise), decision requests in batches, and for each decision an impression and a 
 click at the true CTR, all as event records. The decisions and events are then joined by
 :func:`lola.stream.decision_log.join_stream` (the path ``lola evaluate`` takes on the topics) and
 ``uniform`` is evaluated; its true value is the mean true CTR over the logged rounds'
-experiments. Reported: the share of runs whose interval covers the truth, per estimator.
+experiments (the expected value of ``uniform`` on the logged contexts: what IPS is unbiased
+for). Reported: the share of runs whose interval covers the truth, per estimator and per
+interval method (the studentised bootstrap of ``lola evaluate`` and obp's percentile one, on
+the same streams and resamples), the side of each miss and the mean width.
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ def closed_loop(seed: int, experiments: int, arms: int, rounds: int, min_traffic
 
 
 def one_run(seed: int, experiments: int, arms: int, rounds: int, resamples: int, min_traffic: float) -> dict:
-    from lola.evaluate.estimators import Feedback, evaluate
+    """One closed loop, ``uniform`` evaluated with each interval of :data:`INTERVALS` (same resample seed)."""
+    from lola.evaluate.estimators import INTERVALS, Feedback, delta_se, evaluate, round_values
     from lola.evaluate.policies import matrix, policy_table, reward_model
     from lola.stream.decision_log import join_stream
 
@@ -93,27 +97,57 @@ def one_run(seed: int, experiments: int, arms: int, rounds: int, resamples: int,
     snapshots = {e: {"arms": {v: {"prior": p} for v, p in arms_.items()}} for e, arms_ in loop.priors.items()}
     pi = matrix(log, policy_table(log, "uniform", None))
     fb = Feedback(log.action, log.reward, log.pscore, pi, reward_model(log, snapshots))
-    est = evaluate(fb, resamples, seed)
+    est = {iv: evaluate(fb, resamples, seed, interval=iv) for iv in INTERVALS}
     truth = float(np.mean([loop.ctr[int(e[1:])].mean() for e in log.experiment]))
+    # the propensity check: IPS with each round's reward replaced by its true CTR has no click noise and
+    # is unbiased for the truth exactly when the logged propensities are the policy's real probabilities
+    true_ctr = np.array([loop.ctr[int(e[1:]), int(log.variants[e][a][1:])] for e, a in zip(log.experiment, log.action)])
     return {"truth": truth, "logged": float(log.reward.mean()), "estimates": est,
-            "covered": {n: bool(v["ci"][0] <= truth <= v["ci"][1]) for n, v in est.items()}}
+            "se": {n: delta_se(*round_values(fb, n)) for n in est[INTERVALS[0]]},
+            "mean_weight": float(fb.weights.mean()), "noise_free_ips": float((fb.weights * true_ctr).mean()),
+            "covered": {iv: {n: bool(v["ci"][0] <= truth <= v["ci"][1]) for n, v in e.items()} for iv, e in est.items()}}
 
 
 def run_benchmark(runs: int, experiments: int, arms: int, rounds: int, resamples: int, seed: int,
                   min_traffic: float = 0.05) -> dict:
+    """Coverage, error and interval width per estimator; ``intervals`` per interval method (the studentised
+    bootstrap, the default of ``lola evaluate``, and obp's percentile bootstrap as the peer)."""
     results = [one_run(seed + r, experiments, arms, rounds, resamples, min_traffic) for r in range(runs)]
-    names = list(results[0]["covered"])
+    intervals = list(results[0]["covered"])
+    names = list(results[0]["covered"][intervals[0]])
+    first = results[0]["estimates"][intervals[0]]
+
+    def err(r: dict, n: str) -> float:
+        return r["estimates"][intervals[0]][n]["value"] - r["truth"]
+
+    per_interval = {}
+    for iv in intervals:
+        covered = {n: sum(r["covered"][iv][n] for r in results) for n in names}
+        per_interval[iv] = {
+            "coverage": {n: c / runs for n, c in covered.items()},
+            # truth above the interval (the estimate too low) and below it, in runs
+            "misses_truth_above": {n: sum(r["truth"] > r["estimates"][iv][n]["ci"][1] for r in results) for n in names},
+            "misses_truth_below": {n: sum(r["truth"] < r["estimates"][iv][n]["ci"][0] for r in results) for n in names},
+            "mean_ci_width": {n: float(np.mean([r["estimates"][iv][n]["ci"][1] - r["estimates"][iv][n]["ci"][0]
+                                                for r in results])) for n in names},
+        }
     return {
         "benchmark": "OPE interval coverage, target uniform, logging llm_ts", "min_traffic": min_traffic,
-        "runs": runs, "experiments": experiments, "arms": arms, "rounds_per_experiment": rounds,
-        "resamples": resamples, "nominal": 0.95,
-        "coverage": {n: sum(r["covered"][n] for r in results) / runs for n in names},
-        "mean_error": {n: float(np.mean([r["estimates"][n]["value"] - r["truth"] for r in results])) for n in names},
-        "sd_error": {n: float(np.std([r["estimates"][n]["value"] - r["truth"] for r in results])) for n in names},
-        "mean_abs_error": {n: float(np.mean([abs(r["estimates"][n]["value"] - r["truth"]) for r in results]))
-                           for n in names},
-        "mean_ci_width": {n: float(np.mean([r["estimates"][n]["ci"][1] - r["estimates"][n]["ci"][0]
-                                            for r in results])) for n in names},
+        "runs": runs, "first_seed": seed, "experiments": experiments, "arms": arms, "rounds_per_experiment": rounds,
+        "resamples": resamples, "nominal": 0.95, "estimators": list(first),
+        "intervals": per_interval,
+        "mean_error": {n: float(np.mean([err(r, n) for r in results])) for n in names},
+        "sd_error": {n: float(np.std([err(r, n) for r in results])) for n in names},
+        "mean_abs_error": {n: float(np.mean([abs(err(r, n)) for r in results])) for n in names},
+        # > 0: a low estimate comes with a small standard error (rare heavily weighted clicks), which
+        # is what makes the percentile interval miss on one side
+        "corr_error_se": {n: float(np.corrcoef([err(r, n) for r in results], [r["se"][n] for r in results])[0, 1])
+                          for n in names} if runs > 2 else None,
+        "propensity_check": {
+            "mean_weight": float(np.mean([r["mean_weight"] for r in results])),
+            "noise_free_ips_bias": float(np.mean([r["noise_free_ips"] - r["truth"] for r in results])),
+            "noise_free_ips_bias_se": float(np.std([r["noise_free_ips"] - r["truth"] for r in results]) / np.sqrt(runs)),
+        },
         "mean_truth": float(np.mean([r["truth"] for r in results])),
         "mean_logged_reward": float(np.mean([r["logged"] for r in results])),
     }
@@ -137,7 +171,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Coverage of the OPE intervals on closed-loop streams with a known truth (JSON)."""
         out = run_benchmark(runs, experiments, arms, rounds, resamples, seed, min_traffic)
-        emit(out, json_out, ", ".join(f"{n} {100 * c:.0f} %" for n, c in out["coverage"].items()) + f" of {runs} runs")
+        emit(out, json_out, "; ".join(f"{iv}: " + ", ".join(f"{n} {100 * c:.0f} %" for n, c in v["coverage"].items())
+                                      for iv, v in out["intervals"].items()) + f" of {runs} runs")
 
 
 def register_heldout(app: typer.Typer) -> None:

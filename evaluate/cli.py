@@ -32,7 +32,7 @@ def load_log(log: str, bootstrap: Optional[str], topic_prefix: Optional[str], se
 
 
 def run(log: Any, snapshots: dict | None, obd: bool, policy: str, resamples: int, seed: int, tau: float,
-        experiment: Optional[str]) -> dict[str, Any]:
+        experiment: Optional[str], interval: str = "studentized") -> dict[str, Any]:
     """The ``lola evaluate`` JSON for one policy."""
     from lola.evaluate.estimators import Feedback, estimate, evaluate
     from lola.evaluate.policies import matrix, policy_table, replay, reward_model
@@ -44,15 +44,16 @@ def run(log: Any, snapshots: dict | None, obd: bool, policy: str, resamples: int
         fb = Feedback(np.zeros(len(rewards), dtype=np.int64), rewards, np.ones(len(rewards)),
                       np.ones((len(rewards), 1)))
         out.update(n=int(len(rewards)), n_logged=int(log.action.shape[0]), method="replay (Li et al. 2011)",
-                   estimates={"replay": estimate(fb, "ips", resamples, np.random.default_rng(seed))})
+                   estimates={"replay": estimate(fb, "ips", resamples, np.random.default_rng(seed), interval=interval)})
     else:
         pi = matrix(log, policy_table(log, policy, snapshots))
         fb = Feedback(log.action, log.reward, log.pscore, pi, reward_model(log, snapshots, obd))
-        out.update(n=int(log.action.shape[0]), estimates=evaluate(fb, resamples, seed, tau), switch_tau=tau)
+        out.update(n=int(log.action.shape[0]), estimates=evaluate(fb, resamples, seed, tau, interval), switch_tau=tau)
     unsupported = sorted(e for e in log.variants if not ((snapshots or {}).get(e, {}).get("ope") or {}).get("supported", True))
     if unsupported:  # the snapshot says some variant had propensity 0: IPS-type estimates are biased there
         out["warnings"] = [f"{len(unsupported)} experiment(s) logged by a policy without a positive propensity for "
                            f"every variant (snapshot ope.supported false; give it min_traffic): {', '.join(unsupported[:5])}"]
+    out["interval"] = interval
     out["logged_mean_reward"] = float(log.reward.mean())
     out["health"] = log.health
     return out
@@ -69,6 +70,8 @@ def register(app: typer.Typer) -> None:
         resamples: int = typer.Option(1000, "--resamples", help="bootstrap resamples for the intervals (0: none)"),
         experiment: Optional[str] = typer.Option(None, "--experiment", help="evaluate one experiment only"),
         seed: int = typer.Option(0, help="bootstrap (and replay) seed"),
+        interval: str = typer.Option("studentized", "--interval",
+                                     help="bootstrap interval: studentized (bootstrap-t) or percentile (obp's)"),
         tau: float = typer.Option(20.0, help="switch-DR: importance weights above this keep the model term only"),
         max_records: int = typer.Option(5_000_000, help="most records read per topic"),
         topic_prefix: Optional[str] = typer.Option(None, "--topic-prefix"),
@@ -81,10 +84,14 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--resamples must be in [0, {MAX_RESAMPLES}], got {resamples}")
         if not tau > 0:
             raise ConfigError(f"--tau must be > 0, got {tau}")
+        from lola.evaluate.estimators import INTERVALS
+
+        if interval not in INTERVALS:
+            raise ConfigError(f"--interval must be one of {', '.join(INTERVALS)}, got {interval!r}")
         if max_records < 1:
             raise ConfigError("--max-records must be >= 1")
         logged, snapshots, obd = load_log(log, bootstrap, topic_prefix, settings_file, max_records)
-        result = run(logged, snapshots, obd, policy, resamples, seed, tau, experiment)
+        result = run(logged, snapshots, obd, policy, resamples, seed, tau, experiment, interval)
         text = json.dumps(result, indent=2)
         if out is not None:
             out.write_text(text + "\n")

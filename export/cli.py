@@ -210,13 +210,15 @@ def score_cmd(
     output_csv: Path = typer.Option(..., "--out", help="Output CSV: headline,prior_ctr, one row per input row."),
     variant: str = typer.Option("auto", "--variant", help="auto, fp32, int8 or fp16."),
     provider: str = typer.Option("auto", "--provider", help="auto, cpu or cuda."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache file (.npz), e.g. the readout's "
+                                                               "runs/emb.npz: cached headlines are not run again."),
 ) -> None:
     """Write a prior CTR for every row of a CSV."""
     _need_file(input_csv, "--in CSV")
     _logging()
     from lola.export.scoring import score_csv
 
-    summary = score_csv(model, input_csv, output_csv, variant=variant, provider=provider)
+    summary = score_csv(model, input_csv, output_csv, variant=variant, provider=provider, cache=cache)
     typer.echo(json.dumps(summary))
 
 

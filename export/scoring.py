@@ -14,13 +14,15 @@ log = logging.getLogger("lola.export.scoring")
 
 
 def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Path,
-              variant: str = "auto", provider: str = "auto") -> dict:
+              variant: str = "auto", provider: str = "auto", cache: str | Path | None = None) -> dict:
     """Write ``headline,prior_ctr`` with one row per input row, in input order.
 
     Rows with an empty headline get an empty ``prior_ctr`` (counted in the summary),
     so the output still lines up with the input. A model trained on the
     ``level_deviation`` target adds the level of the row's ``test_week`` (archive
-    ``YYYYWW``) when the CSV has one, else the most recent level it knows.
+    ``YYYYWW``) when the CSV has one, else the most recent level it knows. With ``cache`` (an
+    embedding cache, :mod:`lola.export.embcache`, e.g. the one ``lola priors readout`` filled)
+    headlines already embedded by this network are not run again; the scores are the same.
     """
     from lola.export.serve import OnnxPriorModel
 
@@ -43,7 +45,13 @@ def score_csv(model_dir: str | Path, input_csv: str | Path, output_csv: str | Pa
         keys.append((headline, context if model.text_mode == "headline_context" else "", week if uses_week else -1))
     unique = sorted({k for k in keys if k[0].strip()})
     weeks = [None if k[2] < 0 else k[2] for k in unique] if uses_week else None
-    preds = model.predict([k[0] for k in unique], [k[1] for k in unique], weeks) if unique else []
+    if unique and cache is not None:
+        from lola.export.embcache import cached_outputs
+
+        z, emb = cached_outputs(model, [k[0] for k in unique], [k[1] for k in unique], cache)
+        preds = model.to_ctr(z, weeks, emb)
+    else:
+        preds = model.predict([k[0] for k in unique], [k[1] for k in unique], weeks) if unique else []
     by_key = dict(zip(unique, preds))
     preds_by_row = [float(by_key[key]) if key in by_key else None for key in keys]
     write_priors_csv(output_csv, [headline for headline, *_ in rows], preds_by_row, fmt=repr)

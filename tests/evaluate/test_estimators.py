@@ -94,6 +94,46 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate():
     assert estimate(fb, "snips", 0, np.random.default_rng(0))["ci"] is None
 
 
+def test_percentile_interval_is_seeded_too_and_an_unknown_interval_is_refused():
+    fb = synthetic(3)
+    a = evaluate(fb, bootstrap=300, seed=5, interval="percentile")
+    assert a == evaluate(fb, bootstrap=300, seed=5, interval="percentile")
+    assert a["dr"]["value"] == evaluate(fb, bootstrap=300, seed=5)["dr"]["value"]
+    with pytest.raises(LolaError, match="interval"):
+        estimate(fb, "ips", 10, np.random.default_rng(0), interval="bca")
+
+
+def _mean_feedback(x: np.ndarray) -> Feedback:
+    """A log whose IPS estimate is mean(x): one action, propensity 1, reward x."""
+    n = x.shape[0]
+    return Feedback(np.zeros(n, dtype=np.int64), x, np.ones(n), np.ones((n, 1)))
+
+
+def test_studentized_interval_is_the_t_interval_for_a_symmetric_mean_and_leans_right_for_a_skewed_one():
+    rng = np.random.default_rng(11)
+    # symmetric terms: close to mean +- 1.96 se (se by the delta method = sd / sqrt(n))
+    x = rng.normal(0.0, 1.0, 4000)
+    est = estimate(_mean_feedback(x), "ips", 2000, np.random.default_rng(1))
+    se = x.std(ddof=1) / np.sqrt(x.shape[0])
+    lo, hi = est["ci"]
+    assert lo == pytest.approx(x.mean() - 1.96 * se, abs=0.15 * se)
+    assert hi == pytest.approx(x.mean() + 1.96 * se, abs=0.15 * se)
+    # rare large terms (an importance weight of 20 on a 2 % event): the interval reaches further up than down,
+    # and further up than the percentile interval does (which leans the way of the bootstrap distribution)
+    y = 20.0 * (rng.random(400) < 0.02)
+    fb = _mean_feedback(y)
+    stud = estimate(fb, "ips", 4000, np.random.default_rng(2))["ci"]
+    perc = estimate(fb, "ips", 4000, np.random.default_rng(2), interval="percentile")["ci"]
+    assert stud[1] - y.mean() > 1.2 * (y.mean() - stud[0])
+    assert stud[1] > perc[1]
+
+
+def test_an_interval_without_spread_has_zero_width():
+    fb = _mean_feedback(np.full(50, 0.25))
+    for interval in ("studentized", "percentile"):
+        assert estimate(fb, "ips", 100, np.random.default_rng(0), interval=interval)["ci"] == [0.25, 0.25]
+
+
 def test_a_zero_propensity_or_bad_shape_is_refused():
     fb = synthetic(0, n=10)
     with pytest.raises(LolaError, match="propensity"):

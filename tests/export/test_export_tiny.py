@@ -173,6 +173,12 @@ def test_score_csv_one_row_per_input_row(tmp_path, exported_tiny):
     assert rows[0]["prior_ctr"] == rows[2]["prior_ctr"] and rows[3]["prior_ctr"] == ""
     assert all(0 <= float(r["prior_ctr"]) <= 1 for r in rows[:3])
     assert summary["rows"] == 4 and summary["empty_headlines"] == 1
+    # through an embedding cache: the same scores, and a second run finds every headline cached
+    cache = tmp_path / "emb.npz"
+    for _ in range(2):
+        score_csv(exported_tiny, src, tmp_path / "cached.csv", cache=cache)
+        assert list(csv.DictReader((tmp_path / "cached.csv").open())) == rows
+    assert any(p.name.startswith("emb.") for p in tmp_path.iterdir())
 
 
 def test_serving_never_imports_torch(exported_tiny, fresh_serving_run):
