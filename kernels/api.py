@@ -46,9 +46,11 @@ def _engine(mode: int, state: BanditState, rows: np.ndarray, *, steps: int = 1, 
             true_ctr: np.ndarray = _NO_CTR, out_slots: np.ndarray = _NO_I64,
             out_prop: np.ndarray = _NO_F64) -> tuple[float, float]:
     # Always the same argument types, so the engine compiles (and caches) exactly once.
-    return core.engine(np.int64(mode), rows, np.int64(steps), keys, uniforms, bool(have_uniforms), np.uint64(seed),
-                       bool(want_propensity), slots, w, c, v, true_ctr, *state.update_args(), out_slots, out_prop,
-                       core.TABLES)
+    total, psum, n_quad = core.engine(np.int64(mode), rows, np.int64(steps), keys, uniforms, bool(have_uniforms),
+                                      np.uint64(seed), bool(want_propensity), slots, w, c, v, true_ctr,
+                                      *state.update_args(), out_slots, out_prop, core.TABLES)
+    state.ts_quadratures += int(n_quad)
+    return total, psum
 
 
 def _check_rows(state: BanditState, rows: Any) -> np.ndarray:
@@ -120,17 +122,13 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
     slots = np.empty(n, dtype=np.int64)
     prop = np.empty(n, dtype=np.float64)
     if n:
-        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, want_propensity=False,
+        # TS: the chosen arm's probability from the reference posterior's cached allocation
+        # (one quadrature per experiment and reference, however many decisions read it)
+        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, want_propensity=True,
                 out_slots=slots, out_prop=prop)
         if slots.min() < 0:
             bad = rows[slots < 0][0]
             raise KernelInputError(f"experiment row {int(bad)} has no active arm to select")
-        # TS: the chosen arm's probability from the allocation cache (one quadrature per
-        # experiment and state version, however many decisions read it)
-        ts = np.isnan(prop)
-        if ts.any():
-            ts_rows = rows[ts]
-            prop[ts] = state.allocations(ts_rows)[ts_rows, slots[ts]]
     return slots, prop
 
 

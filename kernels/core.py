@@ -21,14 +21,15 @@ import numba
 import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
-from lola.kernels.allocation import ts_row_allocation
+from lola.kernels.allocation import GL_S, GL_T, GL_W, ts_allocation
 from lola.kernels.numba_config import NJIT
 from lola.kernels.policies import (
     bai_interval,
     linear_discount,
     linear_update,
     linucb_scores,
-    ts_theta,
+    ts_beta_params,
+    ts_draw,
     ts_thetas,
     ucb2_scores,
     ucb_cache_values,
@@ -39,7 +40,7 @@ from lola.kernels.rng import GOLDEN, mix64, uniform
 
 
 # Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
-# experiment keeps everything a decision reads about its experiment in three 64-byte cache lines (21 float64).
+# experiment keeps everything a decision reads about its experiment in three 64-byte cache lines (23 float64).
 F_ALPHA = 0
 F_N_AUX = 1
 F_GAMMA = 2
@@ -61,11 +62,21 @@ F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
 F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
 F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
 F_BAI_BERNSTEIN = 20  # 1.0: Algorithm 2 with the empirical-Bernstein radius, 0.0: Hoeffding
-N_EXP_F = 21
+F_TS_REFRESH = 21  # ts_refresh: relative move of an arm's Beta (a, b) that refreshes TS's reference posterior
+F_TS_REF = 22  # TS reference state: REF_NONE, REF_POSTERIOR (ucb rows U_TS_A/B current) or REF_ALLOCATION (+ U_TS_P)
+N_EXP_F = 23
 
-# Rows of the LLM-2UCBs cache ``ucb[E, 4, K]`` (per arm, refreshed whenever the arm's
+REF_NONE = 0.0
+REF_POSTERIOR = 1.0
+REF_ALLOCATION = 2.0
+
+# Rows of the per-arm policy cache ``ucb[E, N_UCB, K]``. LLM-2UCBs (refreshed whenever the arm's
 # statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
 U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
+# TS / LLM-TS reference posterior (ts_reference): Beta (a, b) per arm as of the last refresh
+# (a = -1: point mass at mu), and its allocation P(arm's draw is the largest), the propensity.
+U_TS_A, U_TS_B, U_TS_P = 4, 5, 6
+N_UCB = 7
 
 # Policy codes, from the one policy table (Numba freezes these module globals as constants).
 P_LLM2UCB = POLICY_CODE["llm2ucb"]
@@ -319,6 +330,57 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
         cand[e, k] = active[e, k] and (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0) == best
 
 
+@numba.njit(**NJIT)
+def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
+    """Keep TS's reference posterior of experiment ``e`` (``ucb[e, U_TS_A/U_TS_B, :K]``) current.
+
+    The one TS refresh rule (docs/policies.md, "TS refresh"): the reference is replaced by
+    the current :func:`ts_beta_params` of every arm when there is none (``F_TS_REF`` is
+    REF_NONE: a new experiment, or arms, prior or settings changed) or when an active arm's
+    posterior moved, ``|a - a_ref| + |b - b_ref| > ts_refresh (a_ref + b_ref)`` (counts,
+    prior and discount included; a point mass appearing or vanishing always counts). With
+    ``ts_refresh = 0`` any change refreshes: the reference is the current posterior.
+    Deterministic in the state, so when it is checked does not change what a decision sees
+    beyond the bound. Returns True when it refreshed (the cached allocation is then stale).
+    """
+    n_aux = exp_f[e, F_N_AUX]
+    a0 = exp_f[e, F_TS_A0]
+    b0 = exp_f[e, F_TS_B0]
+    lam = exp_f[e, F_LAMBDA]
+    theta = exp_f[e, F_TS_REFRESH]
+    stale = exp_f[e, F_TS_REF] == REF_NONE
+    if not stale:
+        for k in range(K):
+            if active[e, k]:
+                pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux,
+                                        a0, b0)
+                ra = ucb[e, U_TS_A, k]
+                rb = ucb[e, U_TS_B, k]
+                if (pa < 0.0) != (ra < 0.0) or (pa >= 0.0 and abs(pa - ra) + abs(pb - rb) > theta * (ra + rb)):
+                    stale = True
+                    break
+    if not stale:
+        return False
+    for k in range(K):
+        pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux, a0, b0)
+        ucb[e, U_TS_A, k] = pa
+        ucb[e, U_TS_B, k] = pb
+    exp_f[e, F_TS_REF] = REF_POSTERIOR
+    return True
+
+
+@numba.njit(**NJIT)
+def ts_reference_allocation(e, K, exp_f, mu, active, ucb):
+    """``ucb[e, U_TS_P, :K]``: P(arm k's draw from the reference posterior is the largest), by
+    quadrature (:func:`lola.kernels.allocation.ts_allocation`), computed once per reference.
+    Call after :func:`ts_reference`. Returns True when it ran the quadrature."""
+    if exp_f[e, F_TS_REF] == REF_ALLOCATION:
+        return False
+    ts_allocation(K, ucb[e, U_TS_A], ucb[e, U_TS_B], mu[e], active[e], GL_T, GL_W, GL_S, ucb[e, U_TS_P])
+    exp_f[e, F_TS_REF] = REF_ALLOCATION
+    return True
+
+
 # --------------------------------------------------------------------------- batch kernels
 
 
@@ -364,7 +426,6 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     kcap = imp.shape[1]
     usable = np.empty(kcap, dtype=np.bool_)
     scores = np.empty(kcap, dtype=np.float64)
-    wins = np.empty(kcap, dtype=np.float64)
     ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
     base = np.uint64(seed)
     n_rows = rows.shape[0]
@@ -375,6 +436,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     block = SIM_BLOCK if mode == MODE_SIMULATE else max(n_rows, 1)
     total = 0.0
     psum = 0.0
+    n_quad = 0
     for block_start in range(0, n_rows, block):
         block_end = min(block_start + block, n_rows)
         for rep in range(reps):
@@ -410,13 +472,11 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 scores[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k],
                                                       ucb[e, U_S2, k], a_t)
                         elif policy == P_TS or policy == P_LLM_TS:
-                            ts_n = exp_f[e, F_N_AUX]
-                            ts_a0 = exp_f[e, F_TS_A0]
-                            ts_b0 = exp_f[e, F_TS_B0]
-                            ts_lam = exp_f[e, F_LAMBDA]
-                            for k in range(K):  # inline ts_thetas: no array-passing call per decision
-                                scores[k], j = ts_theta(imp[e, k], clk[e, k] + ts_lam * conv[e, k], mu[e, k],
-                                                        has_prior[e, k], active[e, k], ts_n, ts_a0, ts_b0, key, j)
+                            # a draw from the reference posterior (refreshed per the TS refresh rule)
+                            ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb)
+                            for k in range(K):
+                                scores[k], j = ts_draw(ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], mu[e, k], active[e, k],
+                                                       key, j)
                             stochastic = True
                         elif policy == P_LINUCB or policy == P_LLM_LINUCB:
                             linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)
@@ -438,11 +498,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 p_pol = 1.0 / nt if scores[slot] == best else 0.0
                                 prop = floor + (1.0 - mass) * p_pol
                             elif want_propensity:
-                                # one quadrature per decision (simulate only: select reads the cache)
-                                ts_row_allocation(K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
-                                                  exp_f[e, F_LAMBDA], imp[e], clk[e], conv[e], mu[e], has_prior[e],
-                                                  active[e], wins)
-                                prop = floor + (1.0 - mass) * wins[slot]
+                                # the reference's allocation: one quadrature per reference, not per decision
+                                if ts_reference_allocation(e, K, exp_f, mu, active, ucb):
+                                    n_quad += 1
+                                prop = floor + (1.0 - mass) * ucb[e, U_TS_P, slot]
                             else:
                                 prop = np.nan
                     if mode == MODE_SELECT:
@@ -503,7 +562,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                 elif policy == P_BAI or policy == P_LLM_BAI:
                     if not bai_done[e]:
                         bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
-    return total, psum
+    return total, psum, n_quad
 
 
 @numba.njit(**NJIT)
@@ -535,8 +594,10 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
     policy = policy_arr[e]
     if policy == P_TS or policy == P_LLM_TS:
-        ts_row_allocation(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], row_f[F_LAMBDA], imp[e], clk[e], conv[e],
-                          mu[e], has_prior[e], active[e], out)
+        ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb)
+        ts_reference_allocation(e, K, exp_f, mu, active, ucb)
+        for k in range(K):
+            out[k] = ucb[e, U_TS_P, k]
     else:
         policy_scores(e, np.uint64(0), 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb, feats,
                       z, bvec, bai_done, usable, scores)
