@@ -398,7 +398,8 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
 
     ``MODE_SELECT``: decision ``i`` for experiment ``rows[i]`` with key ``keys[i]``
     (uniforms from the key stream, or ``uniforms[i]``); writes ``out_slots``/``out_prop``
-    and never touches the state, so a batch sees the state as of the call start.
+    and never touches the statistics, so a batch sees the state as of the call start (TS
+    may take a new reference posterior: a cache, see below).
     ``MODE_UPDATE``: applies ``(in_slots, in_w, in_c, in_v)[i]`` to ``rows[i]`` in array
     order. ``MODE_SIMULATE``: each experiment in ``rows`` runs ``steps`` decisions in
     turn, each immediately followed by its update, clicks ~ Bernoulli(true_ctr).
@@ -412,10 +413,12 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     broken by ``u_1``; with a floor ``f = min(min_traffic, 1/K_active)`` a uniform active
     arm is played instead when ``u_0 < K_active f``; propensity
     ``f + (1 - K_active f) p_policy(slot)``, where ``p_policy = 1/#tied`` for
-    deterministic indices and for TS P(slot's draw is the largest) by quadrature
-    (:func:`allocation_row`'s definition; computed here only in ``MODE_SIMULATE`` with
-    ``want_propensity``, NaN otherwise: :func:`lola.kernels.select` fills TS propensities
-    from the per-state-version cache).
+    deterministic indices. TS/LLM-TS draw from the reference posterior
+    (:func:`ts_reference`: the posterior as of the last refresh, refreshed when an arm
+    moved by more than ``ts_refresh``; with 0 it is the current one) and ``p_policy`` is
+    P(slot's draw from that reference is the largest), by quadrature once per reference
+    (:func:`ts_reference_allocation`; with ``want_propensity``, NaN otherwise). Returns
+    (clicks, sum of propensities, allocation quadratures run).
 
     Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first,
     the prior's weight ``n_aux`` included (a finite one);
@@ -573,9 +576,10 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     The one definition of a policy's allocation (docs/kernels.md, "Allocation"): burn-in
     is uniform over active arms; otherwise ``floor + (1 - K_active floor) p_policy(k)``
     with ``p_policy = 1/#tied`` on the argmax of a deterministic index (UCB family,
-    E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's posterior draw is the largest) by
-    quadrature (:mod:`lola.kernels.allocation`). Inactive arms get 0. The decision
-    kernel's propensities are this function's value at the chosen arm.
+    E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's draw from the reference posterior is
+    the largest) by quadrature (:func:`ts_reference`, refreshed here exactly as a decision
+    would; :mod:`lola.kernels.allocation`). Inactive arms get 0. The decision kernel's
+    propensities are this function's value at the chosen arm.
     """
     K = n_arms_arr[e]
     kcap = imp.shape[1]
