@@ -331,6 +331,16 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
 
 
 @numba.njit(**NJIT)
+def ts_moved(pa, pb, ra, rb, theta):
+    """The TS refresh rule for one active arm: its posterior Beta(pa, pb) moved away from the
+    reference Beta(ra, rb) by more than ``theta``, ``|pa - ra| + |pb - rb| > theta (ra + rb)``
+    (a point mass, ``a < 0``, appearing or vanishing always counts). Scalars only (inlined)."""
+    if (pa < 0.0) != (ra < 0.0):
+        return True
+    return pa >= 0.0 and abs(pa - ra) + abs(pb - rb) > theta * (ra + rb)
+
+
+@numba.njit(**NJIT)
 def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
     """Keep TS's reference posterior of experiment ``e`` (``ucb[e, U_TS_A/U_TS_B, :K]``) current.
 
@@ -354,9 +364,7 @@ def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
             if active[e, k]:
                 pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux,
                                         a0, b0)
-                ra = ucb[e, U_TS_A, k]
-                rb = ucb[e, U_TS_B, k]
-                if (pa < 0.0) != (ra < 0.0) or (pa >= 0.0 and abs(pa - ra) + abs(pb - rb) > theta * (ra + rb)):
+                if ts_moved(pa, pb, ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], theta):
                     stale = True
                     break
     if not stale:
@@ -429,6 +437,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     kcap = imp.shape[1]
     usable = np.empty(kcap, dtype=np.bool_)
     scores = np.empty(kcap, dtype=np.float64)
+    wins = np.empty(kcap, dtype=np.float64)
     ubuf = np.empty(max(bvec.shape[1], 1), dtype=np.float64)
     base = np.uint64(seed)
     n_rows = rows.shape[0]
@@ -475,8 +484,26 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 scores[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k],
                                                       ucb[e, U_S2, k], a_t)
                         elif policy == P_TS or policy == P_LLM_TS:
-                            # a draw from the reference posterior (refreshed per the TS refresh rule)
-                            ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb)
+                            # a draw from the reference posterior: ts_reference inlined (no array-passing
+                            # call per decision), the current (a, b) held in scores/wins meanwhile
+                            ts_n = exp_f[e, F_N_AUX]
+                            ts_a0 = exp_f[e, F_TS_A0]
+                            ts_b0 = exp_f[e, F_TS_B0]
+                            ts_lam = exp_f[e, F_LAMBDA]
+                            ts_th = exp_f[e, F_TS_REFRESH]
+                            stale = exp_f[e, F_TS_REF] == REF_NONE
+                            for k in range(K):
+                                pa, pb = ts_beta_params(imp[e, k], clk[e, k] + ts_lam * conv[e, k], mu[e, k],
+                                                        has_prior[e, k], ts_n, ts_a0, ts_b0)
+                                scores[k] = pa
+                                wins[k] = pb
+                                stale = stale or (active[e, k] and ts_moved(pa, pb, ucb[e, U_TS_A, k],
+                                                                            ucb[e, U_TS_B, k], ts_th))
+                            if stale:
+                                for k in range(K):
+                                    ucb[e, U_TS_A, k] = scores[k]
+                                    ucb[e, U_TS_B, k] = wins[k]
+                                exp_f[e, F_TS_REF] = REF_POSTERIOR
                             for k in range(K):
                                 scores[k], j = ts_draw(ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], mu[e, k], active[e, k],
                                                        key, j)
