@@ -104,15 +104,17 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
         Chosen arm slot per decision.
     propensity : float64[n]
         Probability the chosen arm had of being chosen by this decision: ``1/#tied``
-        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI), P(the arm's
-        posterior draw is the largest) by quadrature for TS/LLM-TS (absolute error at most
-        :data:`lola.kernels.allocation.TS_ALLOCATION_ERROR`), with the min-traffic floor and
-        burn-in folded in: always ``state.allocation(row)[slot]`` for the state the batch saw.
+        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI); for TS/LLM-TS
+        P(the arm's draw from the reference posterior is the largest), the posterior the
+        decision drew from (``ts_refresh``: docs/kernels.md), by quadrature once per reference
+        (absolute error at most :data:`lola.kernels.allocation.TS_ALLOCATION_ERROR`), with the
+        min-traffic floor and burn-in folded in: always ``state.allocation(row)[slot]`` for the
+        state the batch saw.
 
     Notes
     -----
     Batch semantics: every decision of a batch sees the state as of the call start
-    (``select`` never writes to the state), so repeated rows of a deterministic
+    (``select`` never writes statistics; it may take TS's reference posterior, a cache), so repeated rows of a deterministic
     policy in one batch go to the same arm unless there is a tie. Keep batches short
     (or interleave ``update``) when that matters.
     """
@@ -179,7 +181,8 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
     Bernoulli with
     ``true_ctr[row, slot]``. Runs the same engine loop as :func:`select` and
     :func:`update`. ``propensities=False`` skips TS's propensity (one quadrature per
-    decision here, since every decision sees a new state). Returns ``(total clicks, sum of propensities)``.
+    reference posterior: per decision with ``ts_refresh = 0``); TS's decisions do not depend
+    on it. Returns ``(total clicks, sum of propensities)``.
     """
     rows = _check_rows(state, rows)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
