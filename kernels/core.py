@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
-from lola.kernels.allocation import GL_S, GL_T, GL_W, ts_allocation
+from lola.kernels.allocation import GL_S, GL_T, GL_W, ts_allocation, ts_row_allocation
 from lola.kernels.numba_config import NJIT
 from lola.kernels.policies import (
     bai_interval,
@@ -341,6 +341,24 @@ def ts_moved(pa, pb, ra, rb, theta):
 
 
 @numba.njit(**NJIT)
+def ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
+    """Whether the next TS decision of ``e`` takes a new reference (:func:`ts_reference`'s rule)."""
+    if exp_f[e, F_TS_REF] == REF_NONE:
+        return True
+    n_aux = exp_f[e, F_N_AUX]
+    a0 = exp_f[e, F_TS_A0]
+    b0 = exp_f[e, F_TS_B0]
+    lam = exp_f[e, F_LAMBDA]
+    theta = exp_f[e, F_TS_REFRESH]
+    for k in range(K):
+        if active[e, k]:
+            pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux, a0, b0)
+            if ts_moved(pa, pb, ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], theta):
+                return True
+    return False
+
+
+@numba.njit(**NJIT)
 def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
     """Keep TS's reference posterior of experiment ``e`` (``ucb[e, U_TS_A/U_TS_B, :K]``) current.
 
@@ -349,26 +367,15 @@ def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
     REF_NONE: a new experiment, or arms, prior or settings changed) or when an active arm's
     posterior moved, ``|a - a_ref| + |b - b_ref| > ts_refresh (a_ref + b_ref)`` (counts,
     prior and discount included; a point mass appearing or vanishing always counts). With
-    ``ts_refresh = 0`` any change refreshes: the reference is the current posterior.
-    Deterministic in the state, so when it is checked does not change what a decision sees
-    beyond the bound. Returns True when it refreshed (the cached allocation is then stale).
+    ``ts_refresh = 0`` any change refreshes: the reference is the current posterior. Returns True when it refreshed (the cached allocation is then stale).
+    Only decisions call it (the engine inlines it); :func:`allocation_row` only looks.
     """
+    if not ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
+        return False
     n_aux = exp_f[e, F_N_AUX]
     a0 = exp_f[e, F_TS_A0]
     b0 = exp_f[e, F_TS_B0]
     lam = exp_f[e, F_LAMBDA]
-    theta = exp_f[e, F_TS_REFRESH]
-    stale = exp_f[e, F_TS_REF] == REF_NONE
-    if not stale:
-        for k in range(K):
-            if active[e, k]:
-                pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux,
-                                        a0, b0)
-                if ts_moved(pa, pb, ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], theta):
-                    stale = True
-                    break
-    if not stale:
-        return False
     for k in range(K):
         pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux, a0, b0)
         ucb[e, U_TS_A, k] = pa
@@ -604,8 +611,8 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     is uniform over active arms; otherwise ``floor + (1 - K_active floor) p_policy(k)``
     with ``p_policy = 1/#tied`` on the argmax of a deterministic index (UCB family,
     E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's draw from the reference posterior is
-    the largest) by quadrature (:func:`ts_reference`, refreshed here exactly as a decision
-    would; :mod:`lola.kernels.allocation`). Inactive arms get 0. The decision kernel's
+    the largest) by quadrature (the reference the next decision would use, :func:`ts_reference`,
+    without taking it; :mod:`lola.kernels.allocation`). Inactive arms get 0. The decision kernel's
     propensities are this function's value at the chosen arm.
     """
     K = n_arms_arr[e]
@@ -625,10 +632,15 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
     policy = policy_arr[e]
     if policy == P_TS or policy == P_LLM_TS:
-        ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb)
-        ts_reference_allocation(e, K, exp_f, mu, active, ucb)
-        for k in range(K):
-            out[k] = ucb[e, U_TS_P, k]
+        # what the next decision would draw from, without taking the reference (snapshots must
+        # not move it: decisions alone do, so they do not depend on when snapshots are taken)
+        if ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
+            ts_row_allocation(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], row_f[F_LAMBDA], imp[e], clk[e],
+                              conv[e], mu[e], has_prior[e], active[e], out)
+        else:
+            ts_reference_allocation(e, K, exp_f, mu, active, ucb)
+            for k in range(K):
+                out[k] = ucb[e, U_TS_P, k]
     else:
         policy_scores(e, np.uint64(0), 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb, feats,
                       z, bvec, bai_done, usable, scores)

@@ -243,9 +243,10 @@ class Twin:
         """Arms, prior or settings of ``row`` changed by hand: TS takes a new reference."""
         self.exps[row].ts_ref = None
 
-    def ts_reference(self, e: Exp) -> tuple[list, list, list]:
-        """The TS refresh rule as docs/policies.md states it: keep the reference posterior
-        unless there is none or an active arm's (a, b) moved by more than ts_refresh (a + b)."""
+    def ts_reference(self, e: Exp, take: bool = True) -> tuple[list, list, list]:
+        """The TS refresh rule as docs/kernels.md states it: keep the reference posterior
+        unless there is none or an active arm's (a, b) moved by more than ts_refresh (a + b).
+        ``take=False``: the posterior the next decision would use, without taking it."""
         now = self.ts_posteriors(e)
         if e.ts_ref is not None:
             ra, rb, _ = e.ts_ref
@@ -256,7 +257,8 @@ class Twin:
                 for k, arm in enumerate(e.arms))
             if not moved:
                 return e.ts_ref
-        e.ts_ref = now
+        if take:
+            e.ts_ref = now
         return now
 
     def ts_thetas(self, e: Exp, key: int, j: int) -> tuple[list[float], int]:
@@ -379,9 +381,9 @@ class Twin:
             a_.append(pa); b_.append(pb); pt.append(0.0)
         return a_, b_, pt
 
-    def ts_allocation(self, e: Exp) -> list[float]:
+    def ts_allocation(self, e: Exp, take: bool = True) -> list[float]:
         """P(each arm's draw from the reference posterior is the largest), SciPy quadrature."""
-        return ts_allocation_reference(*self.ts_reference(e), [a.active for a in e.arms])
+        return ts_allocation_reference(*self.ts_reference(e, take), [a.active for a in e.arms])
 
     def allocation(self, row: int) -> list[float]:
         """P(next decision picks each arm): burn-in, floor, ties, TS by SciPy quadrature."""
@@ -392,10 +394,10 @@ class Twin:
             return [0.0] * len(e.arms)
         if e.steps < e.p.burn_in:
             return [1.0 / n_act if x else 0.0 for x in act]
-        scores, stochastic, _ = self.index(e, 0)
-        if stochastic:
-            p = self.ts_allocation(e)
+        if e.p.policy in ("ts", "llm_ts"):
+            p = self.ts_allocation(e, take=False)  # looking does not move the reference
         else:
+            scores, _, _ = self.index(e, 0)
             ties = self.tied(scores)
             p = [1.0 / len(ties) if k in ties else 0.0 for k in range(len(e.arms))]
         floor = min(e.p.min_traffic, 1.0 / n_act) if e.p.min_traffic > 0 else 0.0

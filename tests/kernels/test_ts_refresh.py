@@ -19,13 +19,16 @@ from lola.kernels.policies import ts_beta_params
 THRESHOLDS = (0.0, 0.02, 0.3)
 
 
-def reference_within_threshold(state, twin):
-    """The allocation (what the next decision would use) matches the twin's, and its reference
-    is within ts_refresh of the current posterior (asking refreshes it like a decision does)."""
+def allocations_match(state, twin):
+    """What the next decision of each TS row would use matches the twin's (looking moves nothing)."""
     for r in range(state.n_experiments):
-        if state.policy[r] not in (core.P_TS, core.P_LLM_TS):
-            continue
-        np.testing.assert_allclose(state.allocation(r), twin.allocation(r), atol=TS_ALLOCATION_ERROR, rtol=0)
+        if state.policy[r] in (core.P_TS, core.P_LLM_TS):
+            np.testing.assert_allclose(state.allocation(r), twin.allocation(r), atol=TS_ALLOCATION_ERROR, rtol=0)
+
+
+def assert_reference_within_threshold(state, rows):
+    """Right after a decision, its row's reference is within ts_refresh of the current posterior."""
+    for r in np.unique(rows):
         f = state.exp_f[r]
         for k in range(int(state.n_arms[r])):
             if not state.active[r, k]:
@@ -50,7 +53,40 @@ def test_seeded_sequences_match_the_twin(policy, threshold):
              for n, a0, b0, g, lam, mt in ((1200.0, 1.38, 96.11, 1.0, 0.0, 0.0), (0.0, 1.0, 1.0, 0.97, 0.5, 0.1),
                                            (math.inf, 0.5, 0.7, 1.0, 0.0, 0.0), (30.0, 1.0, 1.0, 0.99, 0.0, 0.05))]
     state, twin = build(specs)
-    drive(state, twin, rng, steps=25, batch=8, with_conversions=True, check=reference_within_threshold)
+    drive(state, twin, rng, steps=25, batch=8, with_conversions=True, check=allocations_match)
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_every_decision_draws_from_a_reference_within_the_threshold(threshold):
+    rng = np.random.default_rng(31)
+    state = BanditState(6, 3)
+    for g, n_aux in ((1.0, 0.0), (0.95, 0.0), (1.0, 500.0)):
+        for _ in range(2):
+            r = state.add_experiment(ExperimentParams(policy="llm_ts" if n_aux else "ts", n_aux=n_aux, gamma=g,
+                                                      ts_refresh=threshold))
+            for k in range(3):
+                state.add_arm(r, float(rng.uniform(0.01, 0.1)) if n_aux else None)
+    rows = np.arange(6, dtype=np.int64)
+    for step in range(60):
+        slots, prop = select(state, rows, step)
+        assert_reference_within_threshold(state, rows)
+        np.testing.assert_array_equal(prop, [state.allocation(int(r))[s] for r, s in zip(rows, slots)])
+        update(state, rows, slots, np.ones(6), (rng.random(6) < 0.2) * 1.0, np.zeros(6))
+
+
+def test_looking_does_not_move_the_reference():
+    # snapshots (allocation) must not change what decisions draw from
+    state = BanditState(1, 2)
+    r = state.add_experiment(ExperimentParams(policy="ts", ts_refresh=0.05))
+    state.add_arm(r)
+    state.add_arm(r)
+    select(state, np.zeros(1, np.int64), 1)
+    ref = state.ucb[r, core.U_TS_A:core.U_TS_B + 1].copy()
+    update(state, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([50.0]), np.array([2.0]), np.zeros(1))
+    moved = state.allocation(r)  # the next decision will take a new reference: this is its allocation...
+    np.testing.assert_array_equal(state.ucb[r, core.U_TS_A:core.U_TS_B + 1], ref)  # ...not yet taken
+    slots, prop = select(state, np.zeros(200, np.int64), 2)
+    np.testing.assert_array_equal(prop, moved[slots])
 
 
 def test_lifecycle_changes_take_a_new_reference():
