@@ -21,7 +21,12 @@ import numba
 import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
-from lola.kernels.allocation import GL_S, GL_T, GL_W, ts_allocation, ts_row_allocation
+from lola.kernels.allocation import ts_row_allocation
+from lola.kernels.layout import (  # noqa: F401 - the layout is read as core.F_* / core.U_* too
+    F_ALPHA, F_N_AUX, F_GAMMA, F_LAMBDA, F_HORIZON, F_EXPLORE_N, F_MIN_TRAFFIC, F_BURN_IN, F_TS_A0, F_TS_B0,
+    F_EB_STRENGTH, F_LIN_ALPHA, F_RIDGE, F_BAI_EPS, F_BAI_GAMMA, F_BAI_DELTA, F_PROP_DRAWS, F_T, F_STEPS,
+    F_SQRT_LOG_T, F_BAI_BERNSTEIN, F_TS_REFRESH, F_TS_REF, N_EXP_F, REF_NONE, REF_POSTERIOR, REF_ALLOCATION, U_M1,
+    U_S1, U_M2, U_S2, U_TS_A, U_TS_B, U_TS_P, N_UCB)
 from lola.kernels.numba_config import NJIT
 from lola.kernels.policies import (
     bai_interval,
@@ -37,46 +42,9 @@ from lola.kernels.policies import (
 )
 from lola.kernels.policy_table import POLICY_CODE
 from lola.kernels.rng import GOLDEN, mix64, uniform
+from lola.kernels.ts_reference import ts_moved, ts_reference_allocation, ts_reference_stale
 
 
-# Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
-# experiment keeps everything a decision reads about its experiment in three 64-byte cache lines (23 float64).
-F_ALPHA = 0
-F_N_AUX = 1
-F_GAMMA = 2
-F_LAMBDA = 3
-F_HORIZON = 4
-F_EXPLORE_N = 5
-F_MIN_TRAFFIC = 6
-F_BURN_IN = 7
-F_TS_A0 = 8
-F_TS_B0 = 9
-F_EB_STRENGTH = 10
-F_LIN_ALPHA = 11
-F_RIDGE = 12
-F_BAI_EPS = 13
-F_BAI_GAMMA = 14
-F_BAI_DELTA = 15
-F_PROP_DRAWS = 16  # propensity_draws: unused since #20 (quadrature), kept so the layout and format stay
-F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
-F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
-F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
-F_BAI_BERNSTEIN = 20  # 1.0: Algorithm 2 with the empirical-Bernstein radius, 0.0: Hoeffding
-F_TS_REFRESH = 21  # ts_refresh: relative move of an arm's Beta (a, b) that refreshes TS's reference posterior
-F_TS_REF = 22  # TS reference state: REF_NONE, REF_POSTERIOR (ucb rows U_TS_A/B current) or REF_ALLOCATION (+ U_TS_P)
-N_EXP_F = 23
-
-REF_NONE = 0.0
-REF_POSTERIOR = 1.0
-REF_ALLOCATION = 2.0
-
-# Rows of the per-arm policy cache ``ucb[E, N_UCB, K]``. LLM-2UCBs (refreshed whenever the arm's
-# statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
-U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
-# TS / LLM-TS reference posterior (ts_reference): Beta (a, b) per arm as of the last refresh
-# (a = -1: point mass at mu), and its allocation P(arm's draw is the largest), the propensity.
-U_TS_A, U_TS_B, U_TS_P = 4, 5, 6
-N_UCB = 7
 
 # Policy codes, from the one policy table (Numba freezes these module globals as constants).
 P_LLM2UCB = POLICY_CODE["llm2ucb"]
@@ -330,72 +298,6 @@ def ec_commit(e, exp_f, n_arms_arr, imp, clk, conv, active, cand):
         cand[e, k] = active[e, k] and (clk[e, k] + lam * conv[e, k]) / max(imp[e, k], 1.0) == best
 
 
-@numba.njit(**NJIT)
-def ts_moved(pa, pb, ra, rb, theta):
-    """The TS refresh rule for one active arm: its posterior Beta(pa, pb) moved away from the
-    reference Beta(ra, rb) by more than ``theta``, ``|pa - ra| + |pb - rb| > theta (ra + rb)``
-    (a point mass, ``a < 0``, appearing or vanishing always counts). Scalars only (inlined)."""
-    if (pa < 0.0) != (ra < 0.0):
-        return True
-    return pa >= 0.0 and abs(pa - ra) + abs(pb - rb) > theta * (ra + rb)
-
-
-@numba.njit(**NJIT)
-def ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
-    """Whether the next TS decision of ``e`` takes a new reference (:func:`ts_reference`'s rule)."""
-    if exp_f[e, F_TS_REF] == REF_NONE:
-        return True
-    n_aux = exp_f[e, F_N_AUX]
-    a0 = exp_f[e, F_TS_A0]
-    b0 = exp_f[e, F_TS_B0]
-    lam = exp_f[e, F_LAMBDA]
-    theta = exp_f[e, F_TS_REFRESH]
-    for k in range(K):
-        if active[e, k]:
-            pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux, a0, b0)
-            if ts_moved(pa, pb, ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], theta):
-                return True
-    return False
-
-
-@numba.njit(**NJIT)
-def ts_reference(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
-    """Keep TS's reference posterior of experiment ``e`` (``ucb[e, U_TS_A/U_TS_B, :K]``) current.
-
-    The one TS refresh rule (docs/policies.md, "TS refresh"): the reference is replaced by
-    the current :func:`ts_beta_params` of every arm when there is none (``F_TS_REF`` is
-    REF_NONE: a new experiment, or arms, prior or settings changed) or when an active arm's
-    posterior moved, ``|a - a_ref| + |b - b_ref| > ts_refresh (a_ref + b_ref)`` (counts,
-    prior and discount included; a point mass appearing or vanishing always counts). With
-    ``ts_refresh = 0`` any change refreshes: the reference is the current posterior. Returns True when it refreshed (the cached allocation is then stale).
-    Only decisions call it (the engine inlines it); :func:`allocation_row` only looks.
-    """
-    if not ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
-        return False
-    n_aux = exp_f[e, F_N_AUX]
-    a0 = exp_f[e, F_TS_A0]
-    b0 = exp_f[e, F_TS_B0]
-    lam = exp_f[e, F_LAMBDA]
-    for k in range(K):
-        pa, pb = ts_beta_params(imp[e, k], clk[e, k] + lam * conv[e, k], mu[e, k], has_prior[e, k], n_aux, a0, b0)
-        ucb[e, U_TS_A, k] = pa
-        ucb[e, U_TS_B, k] = pb
-    exp_f[e, F_TS_REF] = REF_POSTERIOR
-    return True
-
-
-@numba.njit(**NJIT)
-def ts_reference_allocation(e, K, exp_f, mu, active, ucb):
-    """``ucb[e, U_TS_P, :K]``: P(arm k's draw from the reference posterior is the largest), by
-    quadrature (:func:`lola.kernels.allocation.ts_allocation`), computed once per reference.
-    Call after :func:`ts_reference`. Returns True when it ran the quadrature."""
-    if exp_f[e, F_TS_REF] == REF_ALLOCATION:
-        return False
-    ts_allocation(K, ucb[e, U_TS_A], ucb[e, U_TS_B], mu[e], active[e], GL_T, GL_W, GL_S, ucb[e, U_TS_P])
-    exp_f[e, F_TS_REF] = REF_ALLOCATION
-    return True
-
-
 # --------------------------------------------------------------------------- batch kernels
 
 
@@ -429,10 +331,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     arm is played instead when ``u_0 < K_active f``; propensity
     ``f + (1 - K_active f) p_policy(slot)``, where ``p_policy = 1/#tied`` for
     deterministic indices. TS/LLM-TS draw from the reference posterior
-    (:func:`ts_reference`: the posterior as of the last refresh, refreshed when an arm
+    (:func:`lola.kernels.ts_reference.ts_reference`: the posterior as of the last refresh, refreshed when an arm
     moved by more than ``ts_refresh``; with 0 it is the current one) and ``p_policy`` is
     P(slot's draw from that reference is the largest), by quadrature once per reference
-    (:func:`ts_reference_allocation`; with ``want_propensity``, NaN otherwise). Returns
+    (:func:`~lola.kernels.ts_reference.ts_reference_allocation`; with ``want_propensity``, NaN otherwise). Returns
     (clicks, sum of propensities, allocation quadratures run).
 
     Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first,
@@ -611,7 +513,7 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     is uniform over active arms; otherwise ``floor + (1 - K_active floor) p_policy(k)``
     with ``p_policy = 1/#tied`` on the argmax of a deterministic index (UCB family,
     E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's draw from the reference posterior is
-    the largest) by quadrature (the reference the next decision would use, :func:`ts_reference`,
+    the largest) by quadrature (the reference the next decision would use, :mod:`lola.kernels.ts_reference`,
     without taking it; :mod:`lola.kernels.allocation`). Inactive arms get 0. The decision kernel's
     propensities are this function's value at the chosen arm.
     """
