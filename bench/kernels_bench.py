@@ -7,10 +7,18 @@ clicks. Each figure is select+update per second, measured in the same run:
 * ``numba_per_s``: :func:`lola.kernels.simulate` (the fused engine loop the worker's
   ``select``/``update`` also run), one thread, experiment-major order;
 * ``numba_batch_api_per_s``: the worker-facing path, ``select`` then ``update`` on
-  batches of one decision per experiment (validation included): every decision meets a
-  new state version, so TS computes one allocation quadrature per decision (worst case);
-* ``worker_batch_per_s``: the same with ``PER_VERSION`` decisions per experiment per
-  batch, as the worker answers a batch's requests after applying its events;
+  batches of one decision per experiment (validation included), so every decision meets
+  a new state version. Measured warm: every arm first gets ``API_WARM`` impressions
+  (Binomial clicks, one aggregated ``update``), one untimed ``select`` per experiment
+  takes TS's reference posterior (a running worker has one), then ``API_STEPS`` timed
+  steps. TS (``ts_batch_api``): at the default ``ts_refresh`` a decision needs a new
+  allocation quadrature only when an arm's posterior moved past the threshold; the same
+  loop at ``ts_refresh = 0`` (one quadrature per decision) and from an empty state (cold:
+  early decisions move the posterior most) are reported beside it, each with its
+  quadratures per decision;
+* ``worker_batch_per_s``: ``PER_VERSION`` decisions per experiment per batch from an
+  empty state, first ``WORKER_STEPS`` steps, as the worker answers a batch's requests after
+  applying its events;
 * ``propensity`` (TS only): microseconds per experiment and state version of the
   quadrature vs the replaced 64-draw Monte Carlo propensity, and the Monte Carlo error;
 * ``numpy_per_s``: a vectorised NumPy implementation of the same policy, one step
@@ -35,7 +43,12 @@ from typing import Any
 import typer
 
 D_LINUCB = 32
-API_STEPS = 2
+#: Timed steps (one decision per experiment each) of ``numba_batch_api_per_s``.
+API_STEPS = 20
+#: Impressions per arm before the timed steps of ``numba_batch_api_per_s`` (an experiment mid-run).
+API_WARM = 100
+#: Steps of ``worker_batch_per_s`` (from an empty state).
+WORKER_STEPS = 2
 #: Decisions per experiment and state version in the ``worker_batch_per_s`` figure.
 PER_VERSION = 16
 #: Posterior draws of the Monte Carlo propensity the quadrature replaced (#20).
@@ -87,23 +100,24 @@ def _workload(n_exp: int, k: int, seed: int):
     return ctr, prior, feats
 
 
-def _params(policy: str):
+def _params(policy: str, ts_refresh: float | None = None):
     from lola.kernels import ExperimentParams
 
+    ts = ExperimentParams(policy="ts") if ts_refresh is None else ExperimentParams(policy="ts", ts_refresh=ts_refresh)
     return {
         "llm2ucb": ExperimentParams(policy="llm2ucb", alpha=0.08, n_aux=1000.0),
-        "ts": ExperimentParams(policy="ts"),
+        "ts": ts,
         "linucb": ExperimentParams(policy="linucb", linucb_alpha=1.0, ridge=1.0),
     }[policy]
 
 
-def _fresh_state(policy: str, ctr, prior, feats):
+def _fresh_state(policy: str, ctr, prior, feats, ts_refresh: float | None = None):
     from lola.kernels import BanditState
 
     n_exp, k = ctr.shape
     d = D_LINUCB if policy == "linucb" else 0
     state = BanditState(capacity_experiments=n_exp, capacity_arms=k, feature_dim=d)
-    state.add_experiments(_params(policy), prior, feats if d else None)
+    state.add_experiments(_params(policy, ts_refresh), prior, feats if d else None)
     return state
 
 
@@ -129,29 +143,57 @@ def _time_numba(policy, ctr, prior, feats, steps, repeats, seed):
     return n / best, n / max(best_cpu, 1e-9), clicks / n
 
 
-def _time_batch_api(policy, ctr, prior, feats, seed, per_version=1):
-    """Worker path: ``select`` then ``update`` for the first ``API_STEPS`` steps, on batches of
-    ``per_version`` decisions per experiment (one state version each: the worker applies a
-    batch's events, then answers its requests with one ``select``); validation included.
-    With ``per_version = 1`` TS computes one allocation quadrature per decision."""
+def _time_batch_api(policy, ctr, prior, feats, seed, per_version=1, steps=API_STEPS, warm_impressions=API_WARM,
+                    ts_refresh=None):
+    """Worker path: ``select`` then ``update`` for ``steps`` steps, on batches of ``per_version``
+    decisions per experiment (one state version each: the worker applies a batch's events, then
+    answers its requests with one ``select``); validation included. With ``warm_impressions``
+    every arm first gets that many impressions and one untimed ``select`` per experiment runs
+    (TS takes its reference posterior). Returns (decisions per second, TS quadratures per decision, decisions per CPU second)."""
     import numpy as np
 
     from lola.kernels import select, update
 
-    rows = np.repeat(np.arange(ctr.shape[0], dtype=np.int64), per_version)
+    n_exp, k = ctr.shape
+    rows = np.repeat(np.arange(n_exp, dtype=np.int64), per_version)
     n = rows.shape[0]
     rng = np.random.default_rng(seed)
-    state = _fresh_state(policy, ctr, prior, feats)
+    state = _fresh_state(policy, ctr, prior, feats, ts_refresh)
     ones, zeros = np.ones(n), np.zeros(n)
-    warm = _fresh_state(policy, ctr[:4], prior[:4], feats[:4])
-    s, _ = select(warm, rows[:4], 0)
-    update(warm, rows[:4], s, ones[:4], zeros[:4], zeros[:4])
-    t0 = time.perf_counter()
-    for step in range(API_STEPS):
+    jit = _fresh_state(policy, ctr[:4], prior[:4], feats[:4], ts_refresh)
+    s, _ = select(jit, rows[:4], 0)
+    update(jit, rows[:4], s, ones[:4], zeros[:4], zeros[:4])
+    if warm_impressions:
+        w_rows = np.repeat(np.arange(n_exp, dtype=np.int64), k)
+        w_slots = np.tile(np.arange(k, dtype=np.int64), n_exp)
+        w_imp = np.full(n_exp * k, float(warm_impressions))
+        w_clk = rng.binomial(warm_impressions, ctr.reshape(-1)).astype(np.float64)
+        update(state, w_rows, w_slots, w_imp, w_clk, np.zeros(n_exp * k))
+        select(state, rows[::per_version], seed + 10_000)
+    q0 = state.ts_quadratures
+    t0, c0 = time.perf_counter(), time.process_time()
+    for step in range(steps):
         slots, _prop = select(state, rows, seed + step)
         clicks = (rng.random(n) < ctr[rows, slots]).astype(np.float64)
         update(state, rows, slots, ones, clicks, zeros)
-    return n * API_STEPS / (time.perf_counter() - t0)
+    rate = n * steps / (time.perf_counter() - t0)
+    cpu_rate = n * steps / max(time.process_time() - c0, 1e-9)
+    return rate, (state.ts_quadratures - q0) / (n * steps), cpu_rate
+
+
+def _ts_batch_api(ctr, prior, feats, seed):
+    """TS's one-decision-per-version figures: default ts_refresh warm, ts_refresh 0 warm, default cold
+    (``*_cpu_per_s``: the same decisions per CPU second of this process, less sensitive to a shared machine)."""
+    from lola.kernels.params import SETTINGS
+
+    default = SETTINGS["ts_refresh"].default
+    out = {"ts_refresh": default, "warm_impressions_per_arm": API_WARM, "steps": API_STEPS}
+    for name, kw in (("default", {}), ("ts_refresh_0", {"ts_refresh": 0.0}), ("cold", {"warm_impressions": 0})):
+        rate, quad, cpu_rate = _time_batch_api("ts", ctr, prior, feats, seed, **kw)
+        out[f"{name}_per_s"] = round(rate)
+        out[f"{name}_cpu_per_s"] = round(cpu_rate)
+        out[f"{name}_quadratures_per_decision"] = round(quad, 4)
+    return out
 
 
 def _mc_propensity_kernel():
@@ -335,8 +377,9 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
         for k in arms:
             ctr, prior, feats = _workload(n_exp, k, seed)
             numba_rate, numba_cpu_rate, numba_ctr = _time_numba(policy, ctr, prior, feats, steps, repeats, seed)
-            api_rate = _time_batch_api(policy, ctr, prior, feats, seed)
-            worker_rate = _time_batch_api(policy, ctr, prior, feats, seed, PER_VERSION)
+            ts_api = _ts_batch_api(ctr, prior, feats, seed) if policy == "ts" else None
+            api_rate = ts_api["default_per_s"] if ts_api else _time_batch_api(policy, ctr, prior, feats, seed)[0]
+            worker_rate, _, _ = _time_batch_api(policy, ctr, prior, feats, seed, PER_VERSION, WORKER_STEPS, 0)
             numpy_rate, numpy_ctr = _numpy_run(policy, ctr, prior, feats, steps, seed)
             m = min(mabwiser_experiments, n_exp)
             mab_rate, mab_n = _mabwiser_run(policy, ctr[:m], feats[:m], steps, seed)
@@ -360,6 +403,7 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                 "mean_reward_numpy": round(numpy_ctr, 5),
             })
             if policy == "ts":
+                results[-1]["ts_batch_api"] = ts_api
                 results[-1]["propensity"] = _propensity_comparison(ctr, prior, feats, seed)
             del ctr, prior, feats
     ctx = contextual_bench.run(seed=seed, repeats=repeats, **contextual) if contextual is not None else None
@@ -374,13 +418,20 @@ def run_benchmark(experiments: int = 100_000, decisions: int = 2_000_000, arms: 
                               "step-major batches for numba_batch_api_per_s and numpy",
                      "timing": f"wall clock, best of {repeats} for numba_per_s, single run otherwise; "
                                "numba_cpu_per_s uses this process's CPU time (less sensitive to a loaded machine)",
-                     "batch_api": f"first {API_STEPS} steps: select+update on batches of one decision per "
-                                  "experiment, validation included",
-                     "worker_batch": f"first {API_STEPS} steps: select+update on batches of {PER_VERSION} "
-                                     "decisions per experiment (one state version each), validation included",
-                     "propensities": "every select returns them: 1/#tied (with floor) for index policies; TS by "
-                                     "quadrature, once per experiment and state version, absolute error <= "
-                                     "1e-6 (kernels/allocation.py); off in simulate (numba_per_s)"},
+                     "batch_api": f"warm state ({API_WARM} impressions per arm, Binomial clicks; one untimed "
+                                  f"select per experiment), then {API_STEPS} timed steps: select+update on "
+                                  "batches of one decision per experiment (every decision sees a new state "
+                                  "version), validation included; TS at its default ts_refresh "
+                                  "(ts_batch_api: also ts_refresh 0 and from an empty state, with quadratures "
+                                  "per decision)",
+                     "worker_batch": f"first {WORKER_STEPS} steps from an empty state: select+update on batches "
+                                     f"of {PER_VERSION} decisions per experiment (one state version each), "
+                                     "validation included",
+                     "propensities": "every select returns them: 1/#tied (with floor) for index policies; TS: "
+                                     "the allocation of the reference posterior the decision drew from, by "
+                                     "quadrature once per experiment and reference, absolute error <= 1e-6 "
+                                     "(kernels/allocation.py); the reference's delay (ts_refresh) is a policy "
+                                     "property, not an error; off in simulate (numba_per_s)"},
         "results": results,
         "contextual": ctx,
     }

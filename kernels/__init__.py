@@ -24,7 +24,8 @@ API
     needs features/horizon, accepted settings with their bounds.
 ``ExperimentParams(policy, alpha, n_aux, gamma, conversion_weight, horizon,
 explore_fraction, min_traffic, burn_in, ts_alpha0, ts_beta0, eb_strength,
-linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_draws)``
+linucb_alpha, ridge, bai_epsilon, bai_gamma, bai_delta, bai_radius, propensity_draws,
+ts_refresh)``
     Frozen; each broken rule raises ``ConfigError`` with one message; a setting the
     policy does not read (a BAI setting on ``llm2ucb``) is one too.
 ``BanditState(capacity_experiments=1024, capacity_arms=4, feature_dim=0)``

@@ -46,9 +46,11 @@ def _engine(mode: int, state: BanditState, rows: np.ndarray, *, steps: int = 1, 
             true_ctr: np.ndarray = _NO_CTR, out_slots: np.ndarray = _NO_I64,
             out_prop: np.ndarray = _NO_F64) -> tuple[float, float]:
     # Always the same argument types, so the engine compiles (and caches) exactly once.
-    return core.engine(np.int64(mode), rows, np.int64(steps), keys, uniforms, bool(have_uniforms), np.uint64(seed),
-                       bool(want_propensity), slots, w, c, v, true_ctr, *state.update_args(), out_slots, out_prop,
-                       core.TABLES)
+    total, psum, n_quad = core.engine(np.int64(mode), rows, np.int64(steps), keys, uniforms, bool(have_uniforms),
+                                      np.uint64(seed), bool(want_propensity), slots, w, c, v, true_ctr,
+                                      *state.update_args(), out_slots, out_prop, core.TABLES)
+    state.ts_quadratures += int(n_quad)
+    return total, psum
 
 
 def _check_rows(state: BanditState, rows: Any) -> np.ndarray:
@@ -102,15 +104,17 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
         Chosen arm slot per decision.
     propensity : float64[n]
         Probability the chosen arm had of being chosen by this decision: ``1/#tied``
-        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI), P(the arm's
-        posterior draw is the largest) by quadrature for TS/LLM-TS (absolute error at most
-        :data:`lola.kernels.allocation.TS_ALLOCATION_ERROR`), with the min-traffic floor and
-        burn-in folded in: always ``state.allocation(row)[slot]`` for the state the batch saw.
+        for deterministic indices (LLM-2UCBs, UCB, pure LLM, E&C, LinUCB, BAI); for TS/LLM-TS
+        P(the arm's draw from the reference posterior is the largest), the posterior the
+        decision drew from (``ts_refresh``: docs/kernels.md), by quadrature once per reference
+        (absolute error at most :data:`lola.kernels.allocation.TS_ALLOCATION_ERROR`), with the
+        min-traffic floor and burn-in folded in: always ``state.allocation(row)[slot]`` for the
+        state the batch saw.
 
     Notes
     -----
     Batch semantics: every decision of a batch sees the state as of the call start
-    (``select`` never writes to the state), so repeated rows of a deterministic
+    (``select`` never writes statistics; it may take TS's reference posterior, a cache), so repeated rows of a deterministic
     policy in one batch go to the same arm unless there is a tie. Keep batches short
     (or interleave ``update``) when that matters.
     """
@@ -120,17 +124,13 @@ def select(state: BanditState, rows: np.ndarray, randomness: Any) -> tuple[np.nd
     slots = np.empty(n, dtype=np.int64)
     prop = np.empty(n, dtype=np.float64)
     if n:
-        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, want_propensity=False,
+        # TS: the chosen arm's probability from the reference posterior's cached allocation
+        # (one quadrature per experiment and reference, however many decisions read it)
+        _engine(core.MODE_SELECT, state, rows, keys=keys, uniforms=u, have_uniforms=have_u, want_propensity=True,
                 out_slots=slots, out_prop=prop)
         if slots.min() < 0:
             bad = rows[slots < 0][0]
             raise KernelInputError(f"experiment row {int(bad)} has no active arm to select")
-        # TS: the chosen arm's probability from the allocation cache (one quadrature per
-        # experiment and state version, however many decisions read it)
-        ts = np.isnan(prop)
-        if ts.any():
-            ts_rows = rows[ts]
-            prop[ts] = state.allocations(ts_rows)[ts_rows, slots[ts]]
     return slots, prop
 
 
@@ -181,7 +181,8 @@ def simulate(state: BanditState, rows: np.ndarray, steps: int, true_ctr: np.ndar
     Bernoulli with
     ``true_ctr[row, slot]``. Runs the same engine loop as :func:`select` and
     :func:`update`. ``propensities=False`` skips TS's propensity (one quadrature per
-    decision here, since every decision sees a new state). Returns ``(total clicks, sum of propensities)``.
+    reference posterior: per decision with ``ts_refresh = 0``); TS's decisions do not depend
+    on it. Returns ``(total clicks, sum of propensities)``.
     """
     rows = _check_rows(state, rows)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:

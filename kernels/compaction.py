@@ -139,7 +139,7 @@ class CompactionMixin:
         for name in ("policy", "n_arms", "bai_done", "ec_committed", "stamp"):
             setattr(self, name, cut(getattr(self, name), (E,)))
         self.exp_f = cut(self.exp_f, (E, self.exp_f.shape[1]))
-        self.ucb = cut(self.ucb, (E, 4, K))
+        self.ucb = cut(self.ucb, (E, self.ucb.shape[1], K))
         self.features = cut(self.features, (E, K, d))
         self.z = cut(self.z, (E, K, d))
         self.ainv = cut(self.ainv, (E, d, d))

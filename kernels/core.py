@@ -22,13 +22,19 @@ import numpy as np
 
 from lola.kernels.adaptive import adaptive_n_aux
 from lola.kernels.allocation import ts_row_allocation
+from lola.kernels.layout import (  # noqa: F401 - the layout is read as core.F_* / core.U_* too
+    F_ALPHA, F_N_AUX, F_GAMMA, F_LAMBDA, F_HORIZON, F_EXPLORE_N, F_MIN_TRAFFIC, F_BURN_IN, F_TS_A0, F_TS_B0,
+    F_EB_STRENGTH, F_LIN_ALPHA, F_RIDGE, F_BAI_EPS, F_BAI_GAMMA, F_BAI_DELTA, F_PROP_DRAWS, F_T, F_STEPS,
+    F_SQRT_LOG_T, F_BAI_BERNSTEIN, F_TS_REFRESH, F_TS_REF, N_EXP_F, REF_NONE, REF_POSTERIOR, REF_ALLOCATION, U_M1,
+    U_S1, U_M2, U_S2, U_TS_A, U_TS_B, U_TS_P, N_UCB)
 from lola.kernels.numba_config import NJIT
 from lola.kernels.policies import (
     bai_interval,
     linear_discount,
     linear_update,
     linucb_scores,
-    ts_theta,
+    ts_beta_params,
+    ts_draw,
     ts_thetas,
     ucb2_scores,
     ucb_cache_values,
@@ -36,36 +42,9 @@ from lola.kernels.policies import (
 )
 from lola.kernels.policy_table import POLICY_CODE
 from lola.kernels.rng import GOLDEN, mix64, uniform
+from lola.kernels.ts_reference import ts_moved, ts_reference_allocation, ts_reference_stale
 
 
-# Columns of the per-experiment parameter/clock matrix ``exp_f[E, N_EXP_F]``. One row per
-# experiment keeps everything a decision reads about its experiment in three 64-byte cache lines (21 float64).
-F_ALPHA = 0
-F_N_AUX = 1
-F_GAMMA = 2
-F_LAMBDA = 3
-F_HORIZON = 4
-F_EXPLORE_N = 5
-F_MIN_TRAFFIC = 6
-F_BURN_IN = 7
-F_TS_A0 = 8
-F_TS_B0 = 9
-F_EB_STRENGTH = 10
-F_LIN_ALPHA = 11
-F_RIDGE = 12
-F_BAI_EPS = 13
-F_BAI_GAMMA = 14
-F_BAI_DELTA = 15
-F_PROP_DRAWS = 16  # propensity_draws: unused since #20 (quadrature), kept so the layout and format stay
-F_T = 17  # 1 + (discounted) impressions so far: Algorithm 1's t
-F_STEPS = 18  # raw impressions so far (burn-in, E&C phase)
-F_SQRT_LOG_T = 19  # sqrt(log t), cached by update for the UCB family
-F_BAI_BERNSTEIN = 20  # 1.0: Algorithm 2 with the empirical-Bernstein radius, 0.0: Hoeffding
-N_EXP_F = 21
-
-# Rows of the LLM-2UCBs cache ``ucb[E, 4, K]`` (per arm, refreshed whenever the arm's
-# statistics or prior change): index = min(m1 + a s1, m2 + a s2), a = alpha sqrt(log t).
-U_M1, U_S1, U_M2, U_S2 = 0, 1, 2, 3
 
 # Policy codes, from the one policy table (Numba freezes these module globals as constants).
 P_LLM2UCB = POLICY_CODE["llm2ucb"]
@@ -336,7 +315,8 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
 
     ``MODE_SELECT``: decision ``i`` for experiment ``rows[i]`` with key ``keys[i]``
     (uniforms from the key stream, or ``uniforms[i]``); writes ``out_slots``/``out_prop``
-    and never touches the state, so a batch sees the state as of the call start.
+    and never touches the statistics, so a batch sees the state as of the call start (TS
+    may take a new reference posterior: a cache, see below).
     ``MODE_UPDATE``: applies ``(in_slots, in_w, in_c, in_v)[i]`` to ``rows[i]`` in array
     order. ``MODE_SIMULATE``: each experiment in ``rows`` runs ``steps`` decisions in
     turn, each immediately followed by its update, clicks ~ Bernoulli(true_ctr).
@@ -350,10 +330,12 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     broken by ``u_1``; with a floor ``f = min(min_traffic, 1/K_active)`` a uniform active
     arm is played instead when ``u_0 < K_active f``; propensity
     ``f + (1 - K_active f) p_policy(slot)``, where ``p_policy = 1/#tied`` for
-    deterministic indices and for TS P(slot's draw is the largest) by quadrature
-    (:func:`allocation_row`'s definition; computed here only in ``MODE_SIMULATE`` with
-    ``want_propensity``, NaN otherwise: :func:`lola.kernels.select` fills TS propensities
-    from the per-state-version cache).
+    deterministic indices. TS/LLM-TS draw from the reference posterior
+    (:func:`lola.kernels.ts_reference.ts_reference`: the posterior as of the last refresh, refreshed when an arm
+    moved by more than ``ts_refresh``; with 0 it is the current one) and ``p_policy`` is
+    P(slot's draw from that reference is the largest), by quadrature once per reference
+    (:func:`~lola.kernels.ts_reference.ts_reference_allocation`; with ``want_propensity``, NaN otherwise). Returns
+    (clicks, sum of propensities, allocation quadratures run).
 
     Update rule. With gamma < 1 the experiment is discounted by ``gamma ** w`` first,
     the prior's weight ``n_aux`` included (a finite one);
@@ -375,6 +357,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
     block = SIM_BLOCK if mode == MODE_SIMULATE else max(n_rows, 1)
     total = 0.0
     psum = 0.0
+    n_quad = 0
     for block_start in range(0, n_rows, block):
         block_end = min(block_start + block, n_rows)
         for rep in range(reps):
@@ -410,13 +393,29 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 scores[k] = ucb_index(ucb[e, U_M1, k], ucb[e, U_S1, k], ucb[e, U_M2, k],
                                                       ucb[e, U_S2, k], a_t)
                         elif policy == P_TS or policy == P_LLM_TS:
+                            # a draw from the reference posterior: ts_reference inlined (no array-passing
+                            # call per decision), the current (a, b) held in scores/wins meanwhile
                             ts_n = exp_f[e, F_N_AUX]
                             ts_a0 = exp_f[e, F_TS_A0]
                             ts_b0 = exp_f[e, F_TS_B0]
                             ts_lam = exp_f[e, F_LAMBDA]
-                            for k in range(K):  # inline ts_thetas: no array-passing call per decision
-                                scores[k], j = ts_theta(imp[e, k], clk[e, k] + ts_lam * conv[e, k], mu[e, k],
-                                                        has_prior[e, k], active[e, k], ts_n, ts_a0, ts_b0, key, j)
+                            ts_th = exp_f[e, F_TS_REFRESH]
+                            stale = exp_f[e, F_TS_REF] == REF_NONE
+                            for k in range(K):
+                                pa, pb = ts_beta_params(imp[e, k], clk[e, k] + ts_lam * conv[e, k], mu[e, k],
+                                                        has_prior[e, k], ts_n, ts_a0, ts_b0)
+                                scores[k] = pa
+                                wins[k] = pb
+                                stale = stale or (active[e, k] and ts_moved(pa, pb, ucb[e, U_TS_A, k],
+                                                                            ucb[e, U_TS_B, k], ts_th))
+                            if stale:
+                                for k in range(K):
+                                    ucb[e, U_TS_A, k] = scores[k]
+                                    ucb[e, U_TS_B, k] = wins[k]
+                                exp_f[e, F_TS_REF] = REF_POSTERIOR
+                            for k in range(K):
+                                scores[k], j = ts_draw(ucb[e, U_TS_A, k], ucb[e, U_TS_B, k], mu[e, k], active[e, k],
+                                                       key, j)
                             stochastic = True
                         elif policy == P_LINUCB or policy == P_LLM_LINUCB:
                             linucb_scores(e, K, exp_f[e, F_LIN_ALPHA], feats, z, bvec, active, scores)
@@ -438,11 +437,10 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                                 p_pol = 1.0 / nt if scores[slot] == best else 0.0
                                 prop = floor + (1.0 - mass) * p_pol
                             elif want_propensity:
-                                # one quadrature per decision (simulate only: select reads the cache)
-                                ts_row_allocation(K, exp_f[e, F_N_AUX], exp_f[e, F_TS_A0], exp_f[e, F_TS_B0],
-                                                  exp_f[e, F_LAMBDA], imp[e], clk[e], conv[e], mu[e], has_prior[e],
-                                                  active[e], wins)
-                                prop = floor + (1.0 - mass) * wins[slot]
+                                # the reference's allocation: one quadrature per reference, not per decision
+                                if ts_reference_allocation(e, K, exp_f, mu, active, ucb):
+                                    n_quad += 1
+                                prop = floor + (1.0 - mass) * ucb[e, U_TS_P, slot]
                             else:
                                 prop = np.nan
                     if mode == MODE_SELECT:
@@ -503,7 +501,7 @@ def engine(mode, rows, steps, keys, uniforms, have_uniforms, seed, want_propensi
                 elif policy == P_BAI or policy == P_LLM_BAI:
                     if not bai_done[e]:
                         bai_eliminate(e, exp_f, n_arms_arr, imp, clk, conv, mu, has_prior, active, cand, bai_done)
-    return total, psum
+    return total, psum, n_quad
 
 
 @numba.njit(**NJIT)
@@ -514,9 +512,10 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     The one definition of a policy's allocation (docs/kernels.md, "Allocation"): burn-in
     is uniform over active arms; otherwise ``floor + (1 - K_active floor) p_policy(k)``
     with ``p_policy = 1/#tied`` on the argmax of a deterministic index (UCB family,
-    E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's posterior draw is the largest) by
-    quadrature (:mod:`lola.kernels.allocation`). Inactive arms get 0. The decision
-    kernel's propensities are this function's value at the chosen arm.
+    E&C, LinUCB, BAI) and, for TS/LLM-TS, P(arm k's draw from the reference posterior is
+    the largest) by quadrature (the reference the next decision would use, :mod:`lola.kernels.ts_reference`,
+    without taking it; :mod:`lola.kernels.allocation`). Inactive arms get 0. The decision kernel's
+    propensities are this function's value at the chosen arm.
     """
     K = n_arms_arr[e]
     kcap = imp.shape[1]
@@ -535,8 +534,15 @@ def allocation_row(e, policy_arr, exp_f, n_arms_arr, imp, clk, conv, mu, has_pri
     floor, mass = traffic_floor(row_f[F_MIN_TRAFFIC], k_act)
     policy = policy_arr[e]
     if policy == P_TS or policy == P_LLM_TS:
-        ts_row_allocation(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], row_f[F_LAMBDA], imp[e], clk[e], conv[e],
-                          mu[e], has_prior[e], active[e], out)
+        # what the next decision would draw from, without taking the reference (snapshots must
+        # not move it: decisions alone do, so they do not depend on when snapshots are taken)
+        if ts_reference_stale(e, K, exp_f, imp, clk, conv, mu, has_prior, active, ucb):
+            ts_row_allocation(K, row_f[F_N_AUX], row_f[F_TS_A0], row_f[F_TS_B0], row_f[F_LAMBDA], imp[e], clk[e],
+                              conv[e], mu[e], has_prior[e], active[e], out)
+        else:
+            ts_reference_allocation(e, K, exp_f, mu, active, ucb)
+            for k in range(K):
+                out[k] = ucb[e, U_TS_P, k]
     else:
         policy_scores(e, np.uint64(0), 2, policy, exp_f, K, imp, clk, conv, mu, has_prior, active, cand, ucb, feats,
                       z, bvec, bai_done, usable, scores)

@@ -20,7 +20,7 @@ from lola.errors import ConfigError
 from lola.kernels.policy_table import (  # noqa: E402,F401
     BAI_RADII, MAX_ALPHA, MAX_BAI_GAP, MAX_BURN_IN, MAX_CONVERSION_WEIGHT, MAX_EB_STRENGTH, MAX_HORIZON,
     MAX_LINUCB_ALPHA, MAX_N_AUX, MAX_PROPENSITY_DRAWS, MAX_RIDGE, MAX_TS_PRIOR, MIN_BAI_DELTA, MIN_GAMMA,
-    MIN_RIDGE, POLICIES, POLICY_CODE, SETTINGS, TABLE)
+    MAX_TS_REFRESH, MIN_RIDGE, POLICIES, POLICY_CODE, SETTINGS, TABLE)
 
 #: Policies that randomise every decision (Thompson sampling): each arm keeps a positive
 #: propensity. The others argmax a deterministic index, so an arm off the argmax has
@@ -68,6 +68,12 @@ class ExperimentParams:
         Confidence radius of Algorithm 2: ``"hoeffding"`` (the paper's) or
         ``"bernstein"`` (empirical Bernstein: far tighter at low CTRs; clicks only,
         so it needs ``conversion_weight`` 0).
+    ts_refresh : float
+        TS / LLM-TS: a decision draws from the posterior as of the last refresh, which is
+        redone when an active arm's Beta (a, b) moved (L1) by more than ``ts_refresh`` x
+        (a + b) of the reference, or the arms, prior or settings changed; 0 = every state
+        version (plain TS). The cached allocation of that posterior is the propensity
+        (docs/policies.md, "TS refresh").
     propensity_draws : int
         Unused since #20 (TS propensities are computed by quadrature,
         :mod:`lola.kernels.allocation`); still accepted, and stored, for compatibility.
@@ -92,6 +98,7 @@ class ExperimentParams:
     bai_delta: float = SETTINGS["bai_delta"].default
     bai_radius: str = SETTINGS["bai_radius"].default
     propensity_draws: int = SETTINGS["propensity_draws"].default
+    ts_refresh: float = SETTINGS["ts_refresh"].default
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or self.policy not in POLICY_CODE:

@@ -148,6 +148,15 @@ def ts_theta(n, c, mu, has_prior, active, prior_n, a0, b0, key, j):
     if not active:
         return -np.inf, j
     pa, pb = ts_beta_params(n, c, mu, has_prior, prior_n, a0, b0)
+    return ts_draw(pa, pb, mu, True, key, j)
+
+
+@numba.njit(**NJIT)
+def ts_draw(pa, pb, mu, active, key, j):
+    """A draw from Beta(pa, pb) (:func:`ts_beta_params`'s output; ``mu`` for a point mass,
+    ``pa < 0``; -inf for an inactive arm). Returns (draw, next counter)."""
+    if not active:
+        return -np.inf, j
     if pa < 0.0:  # point mass (a0 > 0 is enforced, so a real posterior never has a < 0)
         return mu, j
     return beta_draw(pa, pb, key, j)

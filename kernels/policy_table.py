@@ -32,6 +32,7 @@ MIN_RIDGE = 1e-12
 MAX_BAI_GAP = 1e6         # bai_epsilon, bai_gamma
 MIN_BAI_DELTA = 1e-12
 MAX_PROPENSITY_DRAWS = 100_000
+MAX_TS_REFRESH = 1.0      # ts_refresh: a relative change of the effective counts
 BAI_RADII: tuple[str, ...] = ("hoeffding", "bernstein")
 
 
@@ -102,6 +103,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("ts_beta0", "number", 1.0, "Beta prior beta of TS (paper fit 96.11)", 0.0, MAX_TS_PRIOR, lo_open=True),
     Setting("propensity_draws", "integer", 64, "extra posterior draws per TS decision (Monte Carlo propensity)",
             1, MAX_PROPENSITY_DRAWS),
+    Setting("ts_refresh", "number", 0.05, "TS: the decision posterior (and its cached allocation) is refreshed when "
+            "an active arm's Beta (a, b) moved by more than this fraction of a + b (0 = every state version)",
+            0.0, MAX_TS_REFRESH),
     Setting("eb_strength", "number", 4.0, "empirical-Bayes hyperprior strength", 0.0, MAX_EB_STRENGTH),
     Setting("linucb_alpha", "number", 1.0, "LinUCB confidence scale", 0.0, MAX_LINUCB_ALPHA),
     Setting("ridge", "number", 1.0, "LinUCB ridge lambda (A starts at ridge * I)", MIN_RIDGE, MAX_RIDGE),
@@ -114,7 +118,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 
 #: Settings every policy accepts: they act outside the policy's index.
 COMMON: tuple[str, ...] = ("gamma", "conversion_weight", "horizon", "min_traffic", "burn_in")
-_TS = ("ts_alpha0", "ts_beta0", "propensity_draws")
+_TS = ("ts_alpha0", "ts_beta0", "propensity_draws", "ts_refresh")
 _LIN = ("linucb_alpha", "ridge")
 _BAI = ("bai_epsilon", "bai_gamma", "bai_delta", "bai_radius")
 

@@ -33,10 +33,13 @@ from lola.kernels.compaction import SERIALISED, CompactionMixin, params_from_jso
 from lola.kernels.params import POLICIES, ExperimentParams
 from lola.kernels.policy_table import TABLE, family
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Width of ``exp_f`` in each readable format: version 1 predates F_BAI_BERNSTEIN, the one
-# column version 2 appended; its 0.0 (Hoeffding) is what version 1 always did.
-_EXP_F_WIDTH = {1: core.F_BAI_BERNSTEIN, 2: core.N_EXP_F}
+# column version 2 appended; its 0.0 (Hoeffding) is what version 1 always did. Version 3
+# appended F_TS_REFRESH and F_TS_REF and the TS rows of ``ucb`` (4 -> N_UCB rows): an older
+# blob gets its experiments' ts_refresh and no TS reference (refreshed at the next decision).
+_EXP_F_WIDTH = {1: core.F_BAI_BERNSTEIN, 2: core.F_TS_REFRESH, 3: core.N_EXP_F}
+_UCB_ROWS = {1: 4, 2: 4, 3: core.N_UCB}
 _MAGIC = "lola.kernels.BanditState"
 
 _ARM_F64 = ("impressions", "clicks", "conversions", "mu_aux")
@@ -84,7 +87,7 @@ class BanditState(CompactionMixin):
         self.has_prior = np.zeros((E, K), dtype=np.bool_)
         self.active = np.zeros((E, K), dtype=np.bool_)
         self.candidate = np.zeros((E, K), dtype=np.bool_)
-        self.ucb = np.zeros((E, 4, K))
+        self.ucb = np.zeros((E, core.N_UCB, K))
         self.exp_f = np.zeros((E, core.N_EXP_F))
         self.policy = np.zeros(E, dtype=np.int64)
         self.n_arms = np.zeros(E, dtype=np.int64)
@@ -99,6 +102,9 @@ class BanditState(CompactionMixin):
         self.stamp = np.zeros(E, dtype=np.int64)
         self.alloc_stamp = np.full(E, -1, dtype=np.int64)
         self.alloc = np.zeros((E, K))
+        #: TS allocation quadratures run by ``select`` and ``simulate`` (one per experiment and
+        #: reference posterior that a decision needed a propensity from): a gauge, not serialised.
+        self.ts_quadratures = 0
 
     # ------------------------------------------------------------------ capacity
     @property
@@ -133,7 +139,7 @@ class BanditState(CompactionMixin):
         for name in ("policy", "n_arms", "bai_done", "ec_committed"):
             setattr(self, name, grown(getattr(self, name), (E,)))
         self.exp_f = grown(self.exp_f, (E, core.N_EXP_F))
-        self.ucb = grown(self.ucb, (E, 4, K))
+        self.ucb = grown(self.ucb, (E, core.N_UCB, K))
         self.features = grown(self.features, (E, K, d))
         self.z = grown(self.z, (E, K, d))
         self.ainv = grown(self.ainv, (E, d, d))
@@ -192,6 +198,7 @@ class BanditState(CompactionMixin):
         f[core.F_BAI_DELTA] = params.bai_delta
         f[core.F_BAI_BERNSTEIN] = 1.0 if params.bai_radius == "bernstein" else 0.0
         f[core.F_PROP_DRAWS] = params.propensity_draws
+        f[core.F_TS_REFRESH] = params.ts_refresh
 
     def add_experiments(self, params: ExperimentParams, prior_ctr: Any, features: Any = None) -> np.ndarray:
         """Register many experiments with the same parameters at once (replays, benchmarks).
@@ -397,6 +404,7 @@ class BanditState(CompactionMixin):
 
     def _refresh(self, row: int) -> None:
         self.stamp[row] += 1
+        self.exp_f[row, core.F_TS_REF] = core.REF_NONE  # arms, prior or settings changed: TS refreshes
         core.refresh_experiment(row, self.exp_f, self.n_arms, self.impressions, self.clicks, self.conversions,
                                 self.mu_aux, self.has_prior, self.active, self.ucb, core.TABLES)
 
@@ -554,9 +562,16 @@ class BanditState(CompactionMixin):
             raise KernelInputError(f"not a BanditState blob: exp_f has shape {shape}, "
                                    f"format version {version} has {width} columns")
         arrays["exp_f"] = np.pad(arrays["exp_f"], ((0, 0), (0, core.N_EXP_F - width)))  # appended columns: 0.0
+        rows_ucb = _UCB_ROWS[version]
+        if "ucb" not in arrays or arrays["ucb"].shape[1:2] != (rows_ucb,):
+            raise KernelInputError(f"not a BanditState blob: ucb has shape {arrays.get('ucb', np.empty(0)).shape}, "
+                                   f"format version {version} has {rows_ucb} rows")
+        arrays["ucb"] = np.pad(arrays["ucb"], ((0, 0), (0, core.N_UCB - rows_ucb), (0, 0)))
         for name, arr in arrays.items():
             getattr(state, name)[:n] = arr
         state._n = n
         state._params = [params_from_json(d) for d in meta["params"]]
+        if version < 3:  # the column did not exist: the experiments' (default) ts_refresh
+            state.exp_f[:n, core.F_TS_REFRESH] = [p.ts_refresh for p in state._params]
         assert all(p.policy in POLICIES for p in state._params)
         return state

@@ -331,6 +331,39 @@ def edge(
     typer.echo(json.dumps(doc) if as_json else E.markdown_edge(doc))
 
 
+@replay_app.command("ts-refresh")
+def ts_refresh(
+    data: Path = typer.Option(..., "--data", help="Upworthy package CSV (its tune split is replayed)."),
+    thresholds: str = typer.Option("0,0.01,0.05,0.1", "--thresholds", help="ts_refresh values, comma-separated."),
+    taus: str = typer.Option("100,1000", "--taus", help="Impressions per headline; T = tau * K."),
+    reps: int = typer.Option(10, "--reps"),
+    seed: int = typer.Option(20240501, "--seed"),
+    as_json: bool = typer.Option(False, "--json"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON result to this file."),
+) -> None:
+    """Clicks, regret and quadratures of TS at each refresh threshold, paired against threshold 0 (tune tests)."""
+    _require_file(data, "--data")
+    if reps < 2:
+        raise ConfigError(f"--reps must be >= 2, got {reps}")
+    from lola.kernels.policy_table import SETTINGS
+    from lola.replay import protocol as P
+    from lola.replay import ts_refresh as R
+
+    try:
+        values = [float(x) for x in thresholds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--thresholds must be comma-separated numbers, got {thresholds!r}") from None
+    bad = [v for v in values if SETTINGS["ts_refresh"].check(v)]
+    if not values or bad:
+        raise ConfigError(f"--thresholds: ts_refresh {SETTINGS['ts_refresh'].check(bad[0]) if bad else 'missing'}")
+    doc = json_safe(R.run_ts_refresh(R.load_tune_batch(data), P.parse_taus(taus), values, reps, seed))
+    doc["data"] = str(data)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+    typer.echo(json.dumps(doc) if as_json else R.markdown_ts_refresh(doc))
+
+
 @replay_app.command("contextual")
 def contextual(
     data: Path = typer.Option(..., "--data", help="Upworthy package CSV (archive columns)."),
@@ -387,5 +420,5 @@ def contextual(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``lola replay`` (and its ``bai``, ``baseline-prior``, ``synthetic-prior`` and ``ideal-observer`` subcommands) to the root app."""
+    """Add ``lola replay`` (and its ``bai``, ``ts-refresh``, ``baseline-prior``, ``synthetic-prior`` and ``ideal-observer`` subcommands) to the root app."""
     app.add_typer(replay_app, name="replay")

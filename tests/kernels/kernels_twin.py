@@ -172,6 +172,7 @@ class Exp:
     n_aux_now: float | None = None  # effective n_aux, discounted with the data when gamma < 1
     A: np.ndarray | None = None
     b: np.ndarray | None = None
+    ts_ref: tuple | None = None  # TS reference posterior (a, b, point) as of its last refresh
 
 
 class Twin:
@@ -193,6 +194,7 @@ class Twin:
         e = self.exps[row]
         e.arms.append(Arm(prior, None if x is None else np.asarray(x, float),
                           candidate=e.p.policy in ("bai", "llm_bai")))
+        e.ts_ref = None
         if e.p.policy in ("bai", "llm_bai"):
             e.bai_done = False
         return len(e.arms) - 1
@@ -237,23 +239,40 @@ class Twin:
             out.append(s if a.active else -math.inf)
         return out
 
+    def changed(self, row: int) -> None:
+        """Arms, prior or settings of ``row`` changed by hand: TS takes a new reference."""
+        self.exps[row].ts_ref = None
+
+    def ts_reference(self, e: Exp, take: bool = True) -> tuple[list, list, list]:
+        """The TS refresh rule as docs/kernels.md states it: keep the reference posterior
+        unless there is none or an active arm's (a, b) moved by more than ts_refresh (a + b).
+        ``take=False``: the posterior the next decision would use, without taking it."""
+        now = self.ts_posteriors(e)
+        if e.ts_ref is not None:
+            ra, rb, _ = e.ts_ref
+            th = e.p.ts_refresh
+            moved = any(
+                arm.active and ((now[0][k] < 0) != (ra[k] < 0) or (now[0][k] >= 0 and abs(now[0][k] - ra[k])
+                                                                   + abs(now[1][k] - rb[k]) > th * (ra[k] + rb[k])))
+                for k, arm in enumerate(e.arms))
+            if not moved:
+                return e.ts_ref
+        if take:
+            e.ts_ref = now
+        return now
+
     def ts_thetas(self, e: Exp, key: int, j: int) -> tuple[list[float], int]:
-        n_aux = self.prior_n(e)
+        """One draw per arm from the reference posterior (the current one when ts_refresh = 0)."""
+        ra, rb, pt = self.ts_reference(e)
         out = []
-        for a in e.arms:
+        for k, a in enumerate(e.arms):
             if not a.active:
                 out.append(-math.inf)
-                continue
-            c = self.reward(e, a)
-            if a.prior is not None and math.isinf(n_aux):
-                out.append(a.prior)
-                continue
-            pa, pb = e.p.ts_alpha0 + c, e.p.ts_beta0 + max(a.n - c, 0.0)
-            if a.prior is not None:
-                pa += n_aux * a.prior
-                pb += n_aux * (1.0 - a.prior)
-            th, j = beta_draw(pa, pb, key, j)
-            out.append(th)
+            elif ra[k] < 0:
+                out.append(pt[k])
+            else:
+                th, j = beta_draw(ra[k], rb[k], key, j)
+                out.append(th)
         return out, j
 
     def linucb_index(self, e: Exp) -> list[float]:
@@ -362,8 +381,9 @@ class Twin:
             a_.append(pa); b_.append(pb); pt.append(0.0)
         return a_, b_, pt
 
-    def ts_allocation(self, e: Exp) -> list[float]:
-        return ts_allocation_reference(*self.ts_posteriors(e), [a.active for a in e.arms])
+    def ts_allocation(self, e: Exp, take: bool = True) -> list[float]:
+        """P(each arm's draw from the reference posterior is the largest), SciPy quadrature."""
+        return ts_allocation_reference(*self.ts_reference(e, take), [a.active for a in e.arms])
 
     def allocation(self, row: int) -> list[float]:
         """P(next decision picks each arm): burn-in, floor, ties, TS by SciPy quadrature."""
@@ -374,10 +394,10 @@ class Twin:
             return [0.0] * len(e.arms)
         if e.steps < e.p.burn_in:
             return [1.0 / n_act if x else 0.0 for x in act]
-        scores, stochastic, _ = self.index(e, 0)
-        if stochastic:
-            p = self.ts_allocation(e)
+        if e.p.policy in ("ts", "llm_ts"):
+            p = self.ts_allocation(e, take=False)  # looking does not move the reference
         else:
+            scores, _, _ = self.index(e, 0)
             ties = self.tied(scores)
             p = [1.0 / len(ties) if k in ties else 0.0 for k in range(len(e.arms))]
         floor = min(e.p.min_traffic, 1.0 / n_act) if e.p.min_traffic > 0 else 0.0

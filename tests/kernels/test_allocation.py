@@ -15,6 +15,7 @@ from kernels_twin import Twin, ts_allocation_reference
 
 from lola.kernels import BanditState, ExperimentParams, POLICIES, select, update
 from lola.kernels import allocation as al
+from lola.kernels import core
 
 BOUND = al.TS_ALLOCATION_ERROR
 
@@ -127,18 +128,34 @@ def test_every_policy_matches_the_twin_and_select(policy):
         twin.update(rows, slots, np.ones(6), c, np.zeros(6))
 
 
-def test_cache_is_computed_once_per_state_version():
-    state, _, r = build("ts", [0.02, 0.03])
-    rows = np.zeros(4, np.int64)
-    select(state, rows, 1)
-    version = int(state.alloc_stamp[r])
-    assert version == int(state.stamp[r])
-    state.alloc[r, 0] = 0.123  # a poisoned cache entry is served while the version stands...
+def test_ts_allocation_is_computed_once_per_reference():
+    # ts_refresh 0.05: the reference posterior (and its cached allocation, the propensity) stands
+    # until an arm's Beta (a, b) moved by more than 5 % of a + b
+    state, _, r = build("ts", [0.02, 0.03], ts_refresh=0.05)
+    update(state, np.zeros(2, np.int64), np.arange(2), np.array([100.0, 100.0]), np.array([3.0, 4.0]), np.zeros(2))
+    select(state, np.zeros(4, np.int64), 1)
+    assert state.exp_f[r, core.F_TS_REF] == core.REF_ALLOCATION
+    state.ucb[r, core.U_TS_P, 0] = 0.123  # a poisoned cache entry is served while the reference stands...
     slots, prop = select(state, np.zeros(64, np.int64), 2)
     assert (slots == 0).any() and set(prop[slots == 0].tolist()) == {0.123}
-    assert state.allocation(r)[0] == 0.123
-    update(state, rows[:1], np.zeros(1, np.int64), np.ones(1), np.zeros(1), np.zeros(1))
-    assert state.allocation(r)[0] != 0.123  # ...and recomputed after an update
+    one = np.ones(1)
+    update(state, np.zeros(1, np.int64), np.zeros(1, np.int64), 5 * one, np.zeros(1), np.zeros(1))  # 5 / 102 < 5 %
+    slots, prop = select(state, np.zeros(64, np.int64), 3)
+    assert set(prop[slots == 0].tolist()) == {0.123}  # ...also after a move within the threshold...
+    update(state, np.zeros(1, np.int64), np.zeros(1, np.int64), one, np.zeros(1), np.zeros(1))  # 6 / 102 > 5 %
+    slots, prop = select(state, np.zeros(64, np.int64), 4)
+    assert 0.123 not in prop and np.all(prop == state.allocation(r)[slots])  # ...and recomputed past it
+    np.testing.assert_array_equal(state.ucb[r, core.U_TS_A, :2], [1.0 + 3.0, 1.0 + 4.0])  # the new reference
+    np.testing.assert_array_equal(state.ucb[r, core.U_TS_B, :2], [1.0 + 106.0 - 3.0, 1.0 + 100.0 - 4.0])
+
+
+def test_ts_refresh_zero_recomputes_at_every_state_version():
+    state, _, r = build("ts", [0.02, 0.03], ts_refresh=0.0)
+    select(state, np.zeros(4, np.int64), 1)
+    state.ucb[r, core.U_TS_P, 0] = 0.123
+    update(state, np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1), np.zeros(1), np.zeros(1))
+    slots, prop = select(state, np.zeros(64, np.int64), 2)
+    assert 0.123 not in prop and np.all(prop == state.allocation(r)[slots])
 
 
 def test_ts_decisions_follow_the_allocation():

@@ -97,9 +97,11 @@ class TestState:
         with pytest.raises(KernelInputError, match="version 999"):
             BanditState.from_bytes(buf.getvalue())
 
-    def test_blob_from_before_the_bernstein_column_still_loads(self):
-        """Checkpoints written before F_BAI_BERNSTEIN was appended to exp_f (20 columns, no
-        ``bai_radius`` in the params) load as Hoeffding experiments and behave identically."""
+    @pytest.mark.parametrize("version", [1, 2])
+    def test_blob_from_before_the_appended_columns_still_loads(self, version):
+        """Checkpoints written before F_BAI_BERNSTEIN (version 1: 20 columns, no ``bai_radius``)
+        or before the TS refresh (version 2: 21 columns, 4 ucb rows, no ``ts_refresh``) load with
+        those settings' defaults and without a TS reference, and behave identically otherwise."""
         import io
 
         from lola.kernels import core
@@ -107,18 +109,24 @@ class TestState:
         state = populated()
         with np.load(io.BytesIO(state.to_bytes())) as z:
             arrays = {k: z[k] for k in z.files}
-        arrays["exp_f"] = arrays["exp_f"][:, : core.F_BAI_BERNSTEIN]
+        arrays["exp_f"] = arrays["exp_f"][:, : core.F_BAI_BERNSTEIN if version == 1 else core.F_TS_REFRESH]
+        arrays["ucb"] = arrays["ucb"][:, :4]
         meta = json.loads(arrays["__meta__"].tobytes())
-        meta["version"] = 1
+        meta["version"] = version
         for p in meta["params"]:
-            p.pop("bai_radius")
+            p.pop("ts_refresh")
+            if version == 1:
+                p.pop("bai_radius")
         arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         old = BanditState.from_bytes(buf.getvalue())
         n = state.n_experiments
-        assert np.array_equal(old.exp_f[:n], state.exp_f[:n], equal_nan=True)
+        assert np.array_equal(old.exp_f[:n, :core.F_TS_REF], state.exp_f[:n, :core.F_TS_REF], equal_nan=True)
+        assert np.all(old.exp_f[:n, core.F_TS_REF] == core.REF_NONE)  # TS takes a reference at its next decision
+        assert np.array_equal(old.ucb[:n, :4], state.ucb[:n, :4], equal_nan=True)
         assert all(old.params(r).bai_radius == "hoeffding" for r in range(n))
+        assert all(old.params(r).ts_refresh == ExperimentParams().ts_refresh for r in range(n))
 
     def test_experiment_summary_is_json_ready(self):
         state = populated()
