@@ -131,8 +131,8 @@ def generate_cmd(
 @variants_app.command("eval")
 def eval_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter to evaluate (default: the base model)."),
-    stories: int = typer.Option(20, "--stories", help="Test-split stories (headline tests with a lede)."),
-    n: int = typer.Option(16, "--n", help="Candidates per story."),
+    stories: int = typer.Option(40, "--stories", help="Test-split stories (headline tests with a lede)."),
+    n: int = typer.Option(8, "--n", help="Candidates per story (one batch; the same for every generator)."),
     lam: float = typer.Option(0.3, "--lambda"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
@@ -155,13 +155,14 @@ def eval_cmd(
     if baseline is not None and not baseline.is_file():
         raise ConfigError(f"--compare {baseline}: no such file (run the base evaluation first)")
     rules = load_policy(policy)
-    items, train = ev.stories(data or upworthy_csv(), "test", stories)
-    judge = ev.judge_for(train)
+    items, parts = ev.stories(data or upworthy_csv(), "test", stories)
+    judge = ev.judge_for(parts["train"])
     prior, note = open_prior(model)
     generator = Generator(adapter=adapter)
     head = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "prior": note, "n": n,
             "lambda": lam, "seed": seed, "judge": "TF-IDF ridge (word 1-2 + char 3-5 grams), train split",
-            "note": "judge CTRs are predictions, not measured clicks"}
+            "note": "judge CTRs are predictions, not measured clicks",
+            "judge_check_tune_split": ev.judge_check(judge, parts["tune"])}
     partial = out.with_suffix(".partial.json")
     rows = ev.evaluate_generator(generator, items, judge, rules, prior, n, lam, seed,
                                  log=lambda m: typer.echo(m, err=True),

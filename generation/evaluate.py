@@ -25,7 +25,7 @@ import numpy as np
 from lola.comply import Policy
 from lola.data.upworthy import HeadlineTest, headline_tests, load_packages, split_packages
 from lola.errors import DataError
-from lola.export.metrics import paired_bootstrap
+from lola.export.metrics import paired_bootstrap, pairwise_accuracy, top1_accuracy
 from lola.export.text import clean_text
 from lola.generation.model import Generator
 from lola.generation.pipeline import PriorScorer, generate
@@ -33,8 +33,8 @@ from lola.generation.score import distinct_n
 from lola.replay.priors import fit_tfidf_ridge
 
 
-def stories(csv_path: str | Path, split: str, limit: int) -> tuple[list[tuple[HeadlineTest, str]], list]:
-    """``(test, brief)`` for the first ``limit`` tests of ``split`` (sorted by id) with a lede; and the train packages."""
+def stories(csv_path: str | Path, split: str, limit: int) -> tuple[list[tuple[HeadlineTest, str]], dict]:
+    """``(test, brief)`` for the first ``limit`` tests of ``split`` (sorted by id) with a lede; and the packages per split."""
     packages, _ = load_packages(csv_path)
     parts = split_packages(packages)
     out = []
@@ -46,7 +46,7 @@ def stories(csv_path: str | Path, split: str, limit: int) -> tuple[list[tuple[He
             break
     if not out:
         raise DataError(f"no {split}-split test with a lede in {csv_path}")
-    return out, parts["train"]
+    return out, parts
 
 
 def evaluate_generator(generator: Generator, items: Sequence[tuple[HeadlineTest, str]], judge, policy: Policy,
@@ -84,6 +84,8 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "judge_human_mean_mean": float(np.mean([r["judge_human_mean"] for r in rows])),
         "top_vs_human_best": paired_bootstrap(np.array([r["judge_top"] for r in judged]),
                                               np.array([r["judge_human_best"] for r in judged])) if judged else None,
+        "judge_human_best_above_mean_share": float(np.mean([r["judge_human_best"] > r["judge_human_mean"]
+                                                            for r in rows])),
         "top_beats_human_mean_share": float(np.mean([r["judge_top"] > r["judge_human_mean"] for r in judged]))
         if judged else None,
         "compliance_pass_rate": sum(r["compliant"] for r in rows) / checked if checked else None,
@@ -112,6 +114,18 @@ def compare(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]]) -> 
 def judge_for(train_packages) -> Any:
     """The judge: TF-IDF ridge on the train split (a different family from the LLM prior)."""
     return fit_tfidf_ridge(train_packages)
+
+
+def judge_check(judge, packages) -> dict[str, Any]:
+    """How well the judge orders headlines *within* a test, on the tests of ``packages`` (pass the
+    tune split: never the test split the evaluation reports on). Pairwise accuracy on significant
+    pairs and top-1 accuracy, as :mod:`lola.export.metrics` defines them (0.5 and 1/arms: chance)."""
+    tests = headline_tests(packages)
+    predict = lambda t: judge(list(t.headlines))  # noqa: E731
+    acc, pairs = pairwise_accuracy(tests, predict)
+    return {"tests": len(tests), "pairwise_accuracy": acc, "significant_pairs": pairs,
+            "top1_accuracy": top1_accuracy(tests, predict),
+            "top1_chance": float(np.mean([1.0 / t.n_arms for t in tests])) if tests else None}
 
 
 def write(path: str | Path, payload: dict[str, Any]) -> None:
