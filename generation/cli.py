@@ -179,8 +179,8 @@ def eval_cmd(
 def register(app: typer.Typer) -> None:
     """Add ``lola variants ...`` and ``lola bench generate``."""
     from lola.bench.cli import bench_app
-    from lola.generation import bench, tune
+    from lola.generation import bench, tune_cli
 
-    tune.register(variants_app)
+    tune_cli.register(variants_app)
     bench.register(bench_app)
     app.add_typer(variants_app, name="variants")

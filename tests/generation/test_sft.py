@@ -13,7 +13,8 @@ from lola.data.upworthy import Package, split_packages
 from lola.errors import ConfigError
 from lola.generation.model import adapter_stages
 from lola.generation.sft import Example, sft_examples
-from lola.generation.tune import Pair, parse_stages, preference_pairs
+from lola.generation.tune import Pair, preference_pairs
+from lola.generation.tune_cli import parse_stages
 
 POLICY = parse_policy("max_length: 120\n")
 
