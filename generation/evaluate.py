@@ -63,6 +63,7 @@ def evaluate_generator(generator: Generator, items: Sequence[tuple[HeadlineTest,
         row = {"test_id": test.test_id, "eyecatcher_id": test.eyecatcher_id, "brief": brief[:200],
                "top": ranked[0] if ranked else None,
                "judge_top": float(judge([ranked[0]])[0]) if ranked else None,
+               "judge_candidates_mean": float(np.mean(judge(ranked))) if ranked else None,
                "judge_human_best": float(human[test.best]), "judge_human_mean": float(human.mean()),
                "human_best": test.headlines[test.best], "checked": checked, "compliant": len(ranked),
                "distinct_1": distinct_n(ranked, 1), "distinct_2": distinct_n(ranked, 2),
@@ -80,6 +81,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "stories": len(rows), "stories_with_a_candidate": len(judged),
         "judge_top_mean": float(np.mean([r["judge_top"] for r in judged])) if judged else None,
+        "judge_candidates_mean": float(np.mean([r["judge_candidates_mean"] for r in judged])) if judged else None,
         "judge_human_best_mean": float(np.mean([r["judge_human_best"] for r in rows])),
         "judge_human_mean_mean": float(np.mean([r["judge_human_mean"] for r in rows])),
         "top_vs_human_best": paired_bootstrap(np.array([r["judge_top"] for r in judged]),
@@ -103,12 +105,14 @@ def compare(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]]) -> 
     if not pairs:
         raise DataError("the two evaluations share no story")
 
-    def top(r):
-        return r["judge_top"] if r["judge_top"] is not None else r["judge_human_mean"]
+    def filled(r, key):
+        return r[key] if r.get(key) is not None else r["judge_human_mean"]
 
-    return {"judge_top_tuned_minus_base": paired_bootstrap(np.array([top(t) for _, t in pairs]),
-                                                           np.array([top(b) for b, _ in pairs])),
-            "stories": len(pairs)}
+    def diff(key):
+        return paired_bootstrap(np.array([filled(t, key) for _, t in pairs]), np.array([filled(b, key) for b, _ in pairs]))
+
+    return {"judge_top_tuned_minus_base": diff("judge_top"),
+            "judge_candidates_mean_tuned_minus_base": diff("judge_candidates_mean"), "stories": len(pairs)}
 
 
 def judge_for(train_packages) -> Any:
