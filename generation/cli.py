@@ -176,6 +176,22 @@ def eval_cmd(
                           indent=1))
 
 
+@variants_app.command("compare")
+def compare_cmd(
+    base: Path = typer.Argument(..., help="Eval JSON of the base generator (a .partial.json of a running one too)."),
+    tuned: Path = typer.Argument(..., help="Eval JSON of the tuned generator."),
+) -> None:
+    """Both generators on the stories both evaluations reached, the paired tuned-minus-base
+    differences of the judge's CTRs (predictions) and the success criterion's parts."""
+    from lola.generation import evaluate as ev
+
+    for path in (base, tuned):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (run lola variants eval first)")
+    typer.echo(json.dumps(ev.paired_report(json.loads(base.read_text())["rows"], json.loads(tuned.read_text())["rows"]),
+                          indent=1))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``lola variants ...`` and ``lola bench generate``."""
     from lola.bench.cli import bench_app

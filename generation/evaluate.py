@@ -30,6 +30,7 @@ from lola.export.text import clean_text
 from lola.generation.model import Generator
 from lola.generation.pipeline import PriorScorer, generate
 from lola.generation.score import distinct_n
+from lola.generation.tune import TRAIN_BRIEF_CHARS
 from lola.replay.priors import fit_tfidf_ridge
 
 
@@ -56,7 +57,8 @@ def evaluate_generator(generator: Generator, items: Sequence[tuple[HeadlineTest,
     rows = []
     for i, (test, brief) in enumerate(items):
         t = time.monotonic()
-        result = generate(generator, brief, (), policy, n=n, seed=seed + i, lam=lam, prior=prior)
+        # The brief as the tuned generator saw it in training (the lede's first 300 characters).
+        result = generate(generator, brief[:TRAIN_BRIEF_CHARS], (), policy, n=n, seed=seed + i, lam=lam, prior=prior)
         ranked = [c["text"] for c in result.candidates if c["rank"] is not None]
         checked = len(result.candidates)
         human = judge(list(test.headlines))
@@ -118,6 +120,23 @@ def compare(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]]) -> 
 def judge_for(train_packages) -> Any:
     """The judge: TF-IDF ridge on the train split (a different family from the LLM prior)."""
     return fit_tfidf_ridge(train_packages)
+
+
+def paired_report(base: Sequence[dict[str, Any]], tuned: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Both generators summarised on the stories both evaluations reached (complete or partial
+    runs), with the paired tuned-minus-base differences and the success criterion's three parts."""
+    keys = {(r["test_id"], r["eyecatcher_id"]) for r in base} & {(r["test_id"], r["eyecatcher_id"]) for r in tuned}
+    b = [r for r in base if (r["test_id"], r["eyecatcher_id"]) in keys]
+    t = [r for r in tuned if (r["test_id"], r["eyecatcher_id"]) in keys]
+    if not keys:
+        raise DataError("the two evaluations share no story")
+    sb, st, paired = summarise(b), summarise(t), compare(b, t)
+    top = paired["judge_top_tuned_minus_base"]
+    return {"base": sb, "tuned": st, "paired": paired,
+            "criterion": {"judge_prefers_tuned_interval_above_zero": bool(top["lo"] > 0),
+                          "tuned_compliance_at_least_99pct": bool((st["compliance_pass_rate"] or 0) >= 0.99),
+                          "distinct_2_change": st["distinct_2"] / sb["distinct_2"] - 1 if sb["distinct_2"] else None,
+                          "diversity_within_10pct": bool(st["distinct_2"] >= 0.9 * sb["distinct_2"])}}
 
 
 def judge_check(judge, packages) -> dict[str, Any]:

@@ -46,3 +46,17 @@ def test_judge_check_reads_the_judges_order_within_tests():
     assert right["tests"] == 5 and right["significant_pairs"] == 5
     assert right["pairwise_accuracy"] == 1.0 and right["top1_accuracy"] == 1.0
     assert wrong["pairwise_accuracy"] == 0.0 and wrong["top1_accuracy"] == 0.0 and right["top1_chance"] == 0.5
+
+
+def test_paired_report_uses_the_common_stories_and_reads_the_criterion():
+    from lola.generation.evaluate import paired_report
+
+    base = [row(s, 0.01, 0.01) for s in "abcdef"]
+    tuned = [row(s, 0.02, 0.015) for s in "abcd"]            # a partial run: 4 of the 6 stories
+    out = paired_report(base, tuned)
+    assert out["paired"]["stories"] == 4 and out["base"]["stories"] == 4
+    assert out["criterion"]["judge_prefers_tuned_interval_above_zero"]      # +1 point on every story
+    assert out["criterion"]["tuned_compliance_at_least_99pct"] and out["criterion"]["diversity_within_10pct"]
+    worse = paired_report(base, [row(s, 0.005, 0.01, compliant=3) for s in "abcd"])
+    assert not worse["criterion"]["judge_prefers_tuned_interval_above_zero"]
+    assert not worse["criterion"]["tuned_compliance_at_least_99pct"]
