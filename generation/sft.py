@@ -81,7 +81,7 @@ def train_sft(examples: Sequence[Example], out: Path, minutes: float, max_steps:
         return float(np.mean(vals))
 
     before = held_nll()
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     losses, steps, order, at = [], 0, rng.permutation(len(examples)), 0
     model.train()
     while steps < max_steps and time.monotonic() - t0 < 60 * minutes:
@@ -97,14 +97,15 @@ def train_sft(examples: Sequence[Example], out: Path, minutes: float, max_steps:
         steps += 1
         if steps % 20 == 0:
             log(f"sft step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
-    train_seconds = time.monotonic() - t0
+    train_seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
     after = held_nll()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     card = {"stage": "sft", "method": "LoRA SFT on the train-split winners (mean token NLL)",
             "base": gen.ref.describe(), "examples": len(examples), "steps": steps, "batch_size": batch_size,
             "lr": lr, "lora_rank": rank, "lora_targets": list(SFT_TARGETS), "seed": seed, "budget_minutes": minutes,
-            "train_seconds": round(train_seconds, 1), "examples_seen": steps * batch_size,
+            "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1), "examples_seen": steps * batch_size,
             "epochs": round(steps * batch_size / len(examples), 3),
             "loss_first_20": float(np.mean(losses[:20])), "loss_last_20": float(np.mean(losses[-20:])),
             "held_out_examples": len(held_out), "held_out_nll_before": before, "held_out_nll_after": after}

@@ -144,7 +144,7 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
         model.train()
         return float(np.mean(wins))
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     losses, steps = [], 0
     model.train()
     order = rng.permutation(len(pairs))
@@ -162,14 +162,14 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
         steps += 1
         if steps % 20 == 0:
             log(f"step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
-    train_seconds = time.monotonic() - t0
+    train_seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
     held = preference_accuracy(held_out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     card = {"stage": "dpo", "method": "LoRA DPO (hand-written loss, reference = adapter disabled)",
             "base": gen.ref.describe(), "reference": str(reference) if reference else "base model",
             "pairs": len(pairs), "steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta, "lora_rank": rank,
-            "seed": seed, "budget_minutes": minutes, "train_seconds": round(train_seconds, 1),
+            "seed": seed, "budget_minutes": minutes, "train_seconds": round(train_seconds, 1), "train_cpu_seconds": round(cpu_seconds, 1),
             "pairs_seen": steps * batch_size, "loss_first_20": float(np.mean(losses[:20])),
             "loss_last_20": float(np.mean(losses[-20:])), "held_out_pairs": len(held_out),
             "held_out_preference_accuracy": held}
