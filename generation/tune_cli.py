@@ -63,6 +63,7 @@ def register(variants_app: typer.Typer) -> None:
         echo(f"{len(pairs)} train pairs, {len(tune_pairs)} held-out tune pairs; stages {','.join(todo)}")
         cards, done = {}, []
         out.mkdir(parents=True, exist_ok=True)
+        (out / "stages.json").unlink(missing_ok=True)  # a re-run lists only the stages it finished
         if "sft" in todo:
             cards["sft"] = train_sft(sft_examples(pairs), out / "sft", sft_minutes, max_steps, sft_batch_size, sft_lr,
                                      seed=seed, held_out=sft_examples(tune_pairs), log=echo)
