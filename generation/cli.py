@@ -131,8 +131,8 @@ def generate_cmd(
 @variants_app.command("eval")
 def eval_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter to evaluate (default: the base model)."),
-    stories: int = typer.Option(20, "--stories", help="Test-split stories (headline tests with a lede)."),
-    n: int = typer.Option(16, "--n", help="Candidates per story."),
+    stories: int = typer.Option(40, "--stories", help="Test-split stories (headline tests with a lede)."),
+    n: int = typer.Option(8, "--n", help="Candidates per story (one batch; the same for every generator)."),
     lam: float = typer.Option(0.3, "--lambda"),
     seed: int = typer.Option(0, "--seed"),
     data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
@@ -155,13 +155,14 @@ def eval_cmd(
     if baseline is not None and not baseline.is_file():
         raise ConfigError(f"--compare {baseline}: no such file (run the base evaluation first)")
     rules = load_policy(policy)
-    items, train = ev.stories(data or upworthy_csv(), "test", stories)
-    judge = ev.judge_for(train)
+    items, parts = ev.stories(data or upworthy_csv(), "test", stories)
+    judge = ev.judge_for(parts["train"])
     prior, note = open_prior(model)
     generator = Generator(adapter=adapter)
     head = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "prior": note, "n": n,
             "lambda": lam, "seed": seed, "judge": "TF-IDF ridge (word 1-2 + char 3-5 grams), train split",
-            "note": "judge CTRs are predictions, not measured clicks"}
+            "note": "judge CTRs are predictions, not measured clicks",
+            "judge_check_tune_split": ev.judge_check(judge, parts["tune"])}
     partial = out.with_suffix(".partial.json")
     rows = ev.evaluate_generator(generator, items, judge, rules, prior, n, lam, seed,
                                  log=lambda m: typer.echo(m, err=True),
@@ -175,11 +176,27 @@ def eval_cmd(
                           indent=1))
 
 
+@variants_app.command("compare")
+def compare_cmd(
+    base: Path = typer.Argument(..., help="Eval JSON of the base generator (a .partial.json of a running one too)."),
+    tuned: Path = typer.Argument(..., help="Eval JSON of the tuned generator."),
+) -> None:
+    """Both generators on the stories both evaluations reached, the paired tuned-minus-base
+    differences of the judge's CTRs (predictions) and the success criterion's parts."""
+    from lola.generation import evaluate as ev
+
+    for path in (base, tuned):
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file (run lola variants eval first)")
+    typer.echo(json.dumps(ev.paired_report(json.loads(base.read_text())["rows"], json.loads(tuned.read_text())["rows"]),
+                          indent=1))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``lola variants ...`` and ``lola bench generate``."""
     from lola.bench.cli import bench_app
-    from lola.generation import bench, tune
+    from lola.generation import bench, tune_cli
 
-    tune.register(variants_app)
+    tune_cli.register(variants_app)
     bench.register(bench_app)
     app.add_typer(variants_app, name="variants")

@@ -3,6 +3,7 @@ with a LoRA adapter from ``lola variants tune``; torch eager, CPU. Nothing is do
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,21 @@ class Sample:
     seconds: float
 
 
+def adapter_stages(adapter: str | Path) -> list[Path]:
+    """The LoRA folders to merge, in order: ``adapter`` itself if it is one, else the stages
+    its ``stages.json`` lists (``lola variants tune`` writes ``sft/`` and ``dpo/`` and that list)."""
+    root = Path(adapter)
+    if (root / "adapter_config.json").is_file():
+        return [root]
+    listed = root / "stages.json"
+    if listed.is_file():
+        folders = [root / name for name in json.loads(listed.read_text())]
+        if folders and all((f / "adapter_config.json").is_file() for f in folders):
+            return folders
+    raise ConfigError(f"--adapter {adapter}: no adapter_config.json and no complete stages.json "
+                      "(write one with lola variants tune)")
+
+
 class Generator:
     """Sample headline candidates for a brief; ``adapter`` is a LoRA folder written by ``lola variants tune``."""
 
@@ -46,9 +62,8 @@ class Generator:
         if adapter is not None:
             from peft import PeftModel
 
-            if not (Path(adapter) / "adapter_config.json").is_file():
-                raise ConfigError(f"--adapter {adapter}: no adapter_config.json (write one with lola variants tune)")
-            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            for folder in adapter_stages(adapter):  # SFT first, then DPO on top of it
+                model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
         self.model = model.eval()
         self.adapter = str(adapter) if adapter is not None else None
         self.load_seconds = time.monotonic() - t

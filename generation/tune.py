@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import typer
 
 from lola.comply import Policy, check_text
 from lola.data.upworthy import headline_tests
@@ -70,8 +69,9 @@ def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float):
     return -F.logsigmoid(margin).mean(), margin
 
 
-def sequence_logprobs(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]):
-    """Sum of the response tokens' log-probabilities given the prompt (prompt tokens masked).
+def sequence_logprobs(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], with_counts: bool = False):
+    """Sum of the response tokens' log-probabilities given the prompt (prompt tokens masked);
+    with ``with_counts`` also the number of response tokens of each sequence.
 
     The vocabulary projection runs only at the response positions: over a ~49k-token
     vocabulary the full logits of every prompt token would be most of the step's time.
@@ -94,13 +94,19 @@ def sequence_logprobs(model, tokenizer, prompts: Sequence[str], responses: Seque
     rows, cols = target.nonzero(as_tuple=True)
     logits = causal_lm.lm_head(hidden[rows, cols]).float()
     token_logp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:][rows, cols].unsqueeze(-1)).squeeze(-1)
-    return torch.zeros(len(ids), dtype=token_logp.dtype).index_add(0, rows, token_logp)
+    sums = torch.zeros(len(ids), dtype=token_logp.dtype).index_add(0, rows, token_logp)
+    if with_counts:
+        return sums, torch.bincount(rows, minlength=len(ids)).to(token_logp.dtype)
+    return sums
 
 
 def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, batch_size: int = 4,
               lr: float = 5e-4, beta: float = 0.1, rank: int = 8, seed: int = 0, held_out: Sequence[Pair] = (),
-              log=print) -> dict:
-    """LoRA DPO within a wall-clock budget; writes the adapter and ``tune_card.json`` to ``out``."""
+              reference: Optional[Path] = None, base: Optional[str] = None, log=print) -> dict:
+    """LoRA DPO within a wall-clock budget; writes the adapter and ``tune_card.json`` to ``out``.
+
+    ``reference``: an SFT adapter folder, merged into the base first; the DPO adapter is
+    trained on top of it and the reference model (adapter disabled) is then the SFT model."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -109,7 +115,7 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
     if not pairs:
         raise ConfigError("no preference pairs to train on")
     torch.manual_seed(seed)
-    gen = Generator()
+    gen = Generator(base=base, adapter=reference)
     tok = gen.tokenizer
     model = get_peft_model(gen.model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -138,7 +144,7 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
         model.train()
         return float(np.mean(wins))
 
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     losses, steps = [], 0
     model.train()
     order = rng.permutation(len(pairs))
@@ -156,47 +162,17 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
         steps += 1
         if steps % 20 == 0:
             log(f"step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
-    train_seconds = time.monotonic() - t0
+    train_seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
     held = preference_accuracy(held_out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
-    card = {"method": "LoRA DPO (hand-written loss, reference = adapter disabled)", "base": gen.ref.describe(),
+    card = {"stage": "dpo", "method": "LoRA DPO (hand-written loss, reference = adapter disabled)",
+            "base": gen.ref.describe(), "reference": str(reference) if reference else "base model",
             "pairs": len(pairs), "steps": steps, "batch_size": batch_size, "lr": lr, "beta": beta, "lora_rank": rank,
             "seed": seed, "budget_minutes": minutes, "train_seconds": round(train_seconds, 1),
+            "train_cpu_seconds": round(cpu_seconds, 1),
             "pairs_seen": steps * batch_size, "loss_first_20": float(np.mean(losses[:20])),
             "loss_last_20": float(np.mean(losses[-20:])), "held_out_pairs": len(held_out),
             "held_out_preference_accuracy": held}
     (out / "tune_card.json").write_text(json.dumps(card, indent=1))
     return card
-
-
-def register(variants_app: typer.Typer) -> None:
-    @variants_app.command("tune")
-    def tune(
-        out: Path = typer.Option(Path("models/generator-dpo"), "--out", help="Adapter folder (never commit it)."),
-        minutes: float = typer.Option(15.0, "--minutes", help="Wall-clock training budget."),
-        max_steps: int = typer.Option(10_000, "--max-steps"),
-        batch_size: int = typer.Option(4, "--batch-size", help="Preference pairs per step."),
-        lr: float = typer.Option(5e-4, "--lr"),
-        beta: float = typer.Option(0.1, "--beta", help="DPO temperature."),
-        held_out: int = typer.Option(64, "--held-out", help="Tune-split pairs for the held-out preference accuracy."),
-        data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
-        policy: Optional[Path] = typer.Option(None, "--policy"),
-        seed: int = typer.Option(0, "--seed"),
-    ) -> None:
-        """LoRA DPO of the generator on train-split preference pairs (same test, significantly different CTRs)."""
-        from lola.comply import load_policy
-        from lola.data.upworthy import load_packages, split_packages
-        from lola.paths import upworthy_csv
-
-        if minutes <= 0 or max_steps < 1 or batch_size < 1 or held_out < 0:
-            raise ConfigError("--minutes must be > 0, --max-steps and --batch-size >= 1, --held-out >= 0")
-        rules = load_policy(policy)
-        packages, _ = load_packages(data or upworthy_csv())
-        parts = split_packages(packages)
-        pairs = preference_pairs(parts["train"], rules)
-        tune_pairs = preference_pairs(parts["tune"], rules)[:held_out]
-        typer.echo(f"{len(pairs)} train pairs, {len(tune_pairs)} held-out tune pairs; budget {minutes} min", err=True)
-        card = train_dpo(pairs, out, minutes, max_steps, batch_size, lr, beta, seed=seed, held_out=tune_pairs,
-                         log=lambda m: typer.echo(m, err=True))
-        typer.echo(json.dumps(card, indent=1))

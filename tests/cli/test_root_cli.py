@@ -28,7 +28,7 @@ def test_every_command_path(lola_commands):
             "experiments list", "experiments show", "experiments archive",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors projection", "priors readout-study",
             "priors build-default", "bench generate", "comply check", "variants generate", "variants tune",
-            "variants eval",
+            "variants eval", "variants compare",
             "config reference", *ROOT_COMMANDS} == lola_commands
 
 

@@ -16,6 +16,8 @@ from lola.cli import main
     (["variants", "eval", "--stories", "0"], "--stories must be >= 1"),
     (["variants", "eval", "--compare", "/nonexistent.json"], "--compare /nonexistent.json: no such file"),
     (["variants", "tune", "--minutes", "0"], "--minutes must be > 0"),
+    (["variants", "tune", "--stages", "sft,rl"], "--stages must name some of sft, dpo"),
+    (["variants", "compare", "/nonexistent.json", "/nonexistent2.json"], "/nonexistent.json: no such file"),
     (["bench", "generate", "--rounds", "0"], "--n and --rounds must be >= 1"),
 ])
 def test_bad_arguments_are_one_line(capsys, args, message):
@@ -26,4 +28,4 @@ def test_bad_arguments_are_one_line(capsys, args, message):
 
 
 def test_the_commands_exist(lola_commands):
-    assert {"variants generate", "variants tune", "variants eval", "bench generate", "comply check"} <= lola_commands
+    assert {"variants generate", "variants tune", "variants eval", "variants compare", "bench generate", "comply check"} <= lola_commands
