@@ -60,7 +60,8 @@ from lola.stream.warm_start import load_dir as load_warm_starts
 
 log = logging.getLogger("lola.stream.worker")
 
-#: How many records at the tail of a state partition are examined on restore.
+#: How many records at the tail of a state partition are examined on restore with deltas
+#: off (with them on: ``2 x (checkpoint_delta_max_chain + 2)``, at least this many).
 RESTORE_TAIL = 16
 #: TEST ONLY: a worker started with this variable set to a token of at least 16
 #: characters exits at once (os._exit, like a segfault) before applying a record whose
