@@ -118,6 +118,10 @@ class Checkpointer:
     def drop(self, partition: int) -> None:
         for d in (self.checkpointed_at, self.checkpointed_offset, self.chains):
             d.pop(partition, None)
+        pc = self.pending
+        if pc is not None:  # the round's record of the shard dropped is never produced (or waited for)
+            pc.blobs.pop(partition, None)
+            pc.sent.discard(partition)
 
     def _serialise(self, p: int, shard: Any) -> tuple[bytes, bytes]:
         """Step 1 for one shard: ``(key, record)``, a delta where the chain allows one, else a base."""

@@ -127,8 +127,10 @@ class DedupWindow:
         if d["from"] != self.seq:
             raise LolaError(f"de-duplication delta starts at entry {d['from']}, the window is at {self.seq}")
         n_drop = min(len(self.order), max(0, d["front"] - (self.seq - len(self.order))))
+        evictions = self.budget_evictions
         for _ in range(n_drop):
             self._pop_front()
+        self.budget_evictions = evictions  # the writer's drops, counted where they happened
         for key, ts in zip(d["keys"], d["ts"]):
             if key in self.map:
                 raise LolaError("de-duplication delta appends a key the window holds")

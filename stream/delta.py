@@ -15,14 +15,16 @@ measured sizes):
   kept) + where the kept entries begin now + values changed in place" (all three are
   FIFO, so this is exact);
 * the log clock, the legacy window's presence and the contextual experiments' state (in
-  full: they are few, and their models are not row-addressed).
+  full: their models are few and not row-addressed; their join window goes with them, up
+  to its byte budget, so a busy contextual partition's chain soon collapses to bases).
 
 What changed is found by comparison with a :class:`ChainTracker`, the reference taken
 when the previous record was serialised (a copy of the serialised array rows, each
-experiment's row, version and parameters, the windows' sequence numbers), not by trusting
+experiment's row, version, parameters and object, the windows' sequence numbers), not by trusting
 every code path to report its changes. Anything the comparison cannot express (a
-rollback, a change of array capacity, a re-created experiment id, the journal's own
-restore point) makes :func:`encode_delta` return None: the checkpointer writes a base.
+rollback, a change of array capacity, a re-created experiment id whose registry position
+moved, the journal's own restore point) makes :func:`encode_delta` return None: the
+checkpointer writes a base. A re-created id in place is a different object: sent in full.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class ChainTracker:
     ``max_experiments_per_partition``), and clears the windows' ``touched`` sets.
     """
 
-    __slots__ = ("arrays", "shape", "rows", "order", "params", "entries", "seen_seq", "imp_seq", "decided_seq",
-                 "rollbacks", "marks", "legacy", "next_offset")
+    __slots__ = ("arrays", "shape", "rows", "order", "params", "entries", "objects", "seen_seq", "imp_seq",
+                 "decided_seq", "rollbacks", "marks", "legacy", "next_offset")
 
     def __init__(self, proc: Shard) -> None:
         st = proc.state
@@ -66,6 +68,10 @@ class ChainTracker:
         self.order = list(proc.experiments)
         self.params = [st.params(r) for r in range(st.n_experiments)]
         self.entries = {eid: _entry(e) for eid, e in proc.experiments.items()}
+        # The registry's objects themselves (references, not copies): an id evicted and
+        # created again within one interval is a new object even where its rows, row,
+        # version and parameters all match the old one's, and is sent in full.
+        self.objects = dict(proc.experiments)
         self.seen_seq = proc.seen.seq
         self.imp_seq = proc.imp_by_request.seq
         self.decided_seq = proc.decided.seq
@@ -95,10 +101,10 @@ def _dirty(proc: Shard, tr: ChainTracker) -> list[str] | None:
     by_row = proc.by_row
     for r in st.changed_rows(tr.arrays).tolist():
         changed.add(by_row[r].experiment_id)
-    ref_rows, ref_params = tr.rows, tr.params
+    ref_rows, ref_params, ref_objects = tr.rows, tr.params, tr.objects
     out = []
     for eid, e in exps.items():
-        if eid in changed:
+        if eid in changed or ref_objects.get(eid) is not e:
             out.append(eid)
             continue
         ref = ref_rows.get(eid)
@@ -128,7 +134,7 @@ def encode_delta(proc: Shard, tr: ChainTracker, head: dict[str, Any]) -> bytes |
     full, hot, params = [], [], []
     for eid, row in zip(ids, rows):
         e = exps[eid]
-        if _entry(e) != tr.entries.get(eid):
+        if tr.objects.get(eid) is not e or _entry(e) != tr.entries.get(eid):
             full.append(e.to_json())
             hot.append(None)
         else:  # [row, version, max_ts]: the rest of the entry the reader has

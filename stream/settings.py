@@ -175,7 +175,8 @@ class StreamSettings(BaseSettings):
     checkpoint_delta_max_chain: int = Field(
         50, ge=1, le=1000, validation_alias=AliasChoices("checkpoint_delta_max_chain", "LOLA_CHECKPOINT_DELTA_MAX_CHAIN"),
         description="most deltas after a base before a new base (also: a new base once the deltas exceed half the "
-                    "base's bytes); a restore reads and applies at most this many")
+                    "base's bytes); a restore applies at most this many (a longer chain: its first ones, "
+                    "then replays the events after them)")
     snapshot_interval_s: float = Field(1.0, gt=0, le=3600,
                                        validation_alias=AliasChoices("snapshot_interval_s", "LOLA_SNAPSHOT_INTERVAL_S"))
     # Snapshot statistics and the winner rule (lola.stream.stats, docs/reports.md).

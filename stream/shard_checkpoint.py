@@ -29,6 +29,14 @@ CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 
+class DeltaNotApplied(LolaError):
+    """Delta ``index`` of a chain did not apply (the ones before it did)."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class ShardCheckpoints:
     """Checkpoint methods of ShardProcessor (see module docstring)."""
 
@@ -67,10 +75,15 @@ class ShardCheckpoints:
     @classmethod
     def from_chain(cls, base: bytes, deltas: list[bytes], config: ProcessorConfig | None = None,
                    gate: VariantGate | None = None) -> "ShardProcessor":
-        """A base checkpoint and the deltas that follow it (each must follow; LolaError if not)."""
+        """A base checkpoint and the deltas that follow it (each must follow: DeltaNotApplied,
+        with the index of the first that does not; LolaError if the base does not restore)."""
         proc = cls.from_checkpoint(base, config, gate=gate, expire=not deltas)
-        for blob in deltas:
-            proc.apply_delta(blob)
+        for i, blob in enumerate(deltas):
+            try:
+                proc.apply_delta(blob)
+            except LolaError as exc:
+                proc.ctx.close()
+                raise DeltaNotApplied(str(exc), i) from exc
         if deltas:
             proc.finish_restore()
         return proc

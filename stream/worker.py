@@ -60,7 +60,8 @@ from lola.stream.warm_start import load_dir as load_warm_starts
 
 log = logging.getLogger("lola.stream.worker")
 
-#: How many records at the tail of a state partition are examined on restore.
+#: How many records at the tail of a state partition are examined on restore with deltas
+#: off (with them on: ``2 x (checkpoint_delta_max_chain + 2)``, at least this many).
 RESTORE_TAIL = 16
 #: TEST ONLY: a worker started with this variable set to a token of at least 16
 #: characters exits at once (os._exit, like a segfault) before applying a record whose
@@ -201,13 +202,16 @@ class Worker(GuardedApplyMixin):
         low, high = ends
         want_key = self._checkpoint_key(partition)
         prefix = want_key + chains.DELTA_KEY_INFIX
-        tail = max(RESTORE_TAIL, 2 * (self.settings.checkpoint_delta_max_chain + 2))
-        start = max(low, high - tail)
+        max_chain = self.settings.checkpoint_delta_max_chain
+        tail = 2 * (max_chain + 2) if self.settings.checkpoint_deltas else RESTORE_TAIL
+        start = max(low, high - max(RESTORE_TAIL, tail))
         best = None
         for begin in ((start, low) if start > low else (start,)) if high > low else ():
-            records = [(msg.key(), msg.value()) for msg in kf.read_partition_to_end(conf, topic, partition, begin)
-                       if msg.key() == want_key or (msg.key() or b"").startswith(prefix)]
-            best = chains.select_chain(records, want_key)
+            # A generator: select_chain keeps only the best base and its deltas, never the
+            # records it reads (a whole-partition read can be the entire history).
+            records = ((msg.key(), msg.value()) for msg in kf.read_partition_to_end(conf, topic, partition, begin)
+                       if msg.key() == want_key or (msg.key() or b"").startswith(prefix))
+            best = chains.select_chain(records, want_key, max_chain)
             if best is not None:
                 break
         return best

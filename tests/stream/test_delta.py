@@ -437,3 +437,175 @@ def test_contextual_experiments_travel_in_full_in_each_delta():
     assert canon(back) == canon(full_restore(proc, cfg))
     np.testing.assert_array_equal(back.ctx.state.theta[:1], proc.ctx.state.theta[:1])
     assert len(back.ctx.join.entries) == len(proc.ctx.join.entries) > 0
+
+
+# ---------------------------------------------------------------- review fixes (delta-fixes)
+class _Value(bytearray):
+    """A record value the test can watch (weak references) to see what a restore keeps."""
+
+
+class _Msg:
+    def __init__(self, key, value):
+        self._k, self._v = key, value
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+
+def _fake_broker(monkeypatch, records, high):
+    from lola.stream import worker as worker_mod
+
+    seen = {"begins": [], "alive_at_end": None}
+
+    def read(conf, topic, partition, begin):
+        import gc
+        import weakref
+
+        seen["begins"].append(begin)
+        refs = []
+        for key, raw in records[begin:]:
+            v = _Value(raw)
+            refs.append(weakref.ref(v))
+            yield _Msg(key, v)
+            del v
+        gc.collect()
+        seen["alive_at_end"] = sum(r() is not None for r in refs)
+
+    monkeypatch.setattr(worker_mod.kf, "consumer_config", lambda *a: {})
+    monkeypatch.setattr(worker_mod.kf, "watermarks", lambda *a: (0, high))
+    monkeypatch.setattr(worker_mod.kf, "read_partition_to_end", read)
+    return seen
+
+
+def _fake_worker(deltas: bool):
+    from types import SimpleNamespace
+
+    from lola.stream.worker import Worker
+
+    w = SimpleNamespace(settings=SimpleNamespace(group_id="g", checkpoint_deltas=deltas, checkpoint_delta_max_chain=50),
+                        topic="events")
+    w._checkpoint_key = lambda p: Worker._checkpoint_key(w, p)
+    return w, Worker._read_chain
+
+
+def test_the_restore_read_keeps_only_the_best_base_and_its_deltas(monkeypatch):
+    h = History()
+    records = []
+    for epoch in range(1, 7):
+        records += [h.base(epoch), h.delta(epoch), h.delta(epoch)]
+    seen = _fake_broker(monkeypatch, records, len(records))
+    w, read_chain = _fake_worker(deltas=True)
+    chain = read_chain(w, "state", 0)
+    assert chain.epoch == 6 and len(chain.deltas) == 2
+    assert canon(restore(chain, h.cfg)) == h.truth[chain.next_offset]
+    # 18 records read; alive when the read ends: the best base and its two deltas (the last one read)
+    assert seen["alive_at_end"] <= 3
+
+
+def test_with_deltas_disabled_the_restore_reads_the_old_tail(monkeypatch):
+    from lola.stream.worker import RESTORE_TAIL
+
+    h = History()
+    records = [h.base(0)]
+    seen = _fake_broker(monkeypatch, records, 1000)  # the tail holds no base: then the whole partition
+    w, read_chain = _fake_worker(deltas=False)
+    assert read_chain(w, "state", 0) is not None
+    assert seen["begins"] == [1000 - RESTORE_TAIL, 0]
+
+
+def test_an_id_evicted_and_created_again_within_one_interval_travels_in_full():
+    """Reviewer's repro: same row, version, rows and parameters, but a different experiment."""
+    cfg = ProcessorConfig()
+    proc = ShardProcessor(0, cfg)
+    wl = Workload(3)
+    proc.process([wl._rec(type="variant", experiment_id="a", variant_id="v0", text="hello"),
+                  wl._rec(type="experiment", experiment_id="x", action="create")], now=1000.0, timestamps=[1000.0] * 2)
+    proc.process([wl._rec(type="experiment", experiment_id="x", action="archive")], now=1001.0, timestamps=[1001.0])
+    base = proc.mark("events", HEAD)
+    tracker = ChainTracker(proc)
+    t = 1001.0 + proc.experiments["x"].attribution_window_s + 10
+    out = proc.process([wl._rec(type="impression", experiment_id="a", variant_id="v0", event_id="i1", ts=t)],
+                       now=t, timestamps=[t])
+    assert "x" in out.evicted
+    proc.process([wl._rec(type="experiment", experiment_id="x", action="create"),
+                  wl._rec(type="experiment", experiment_id="x", action="pause")], now=t + 1, timestamps=[t + 1] * 2)
+    d1 = proc.mark_delta(tracker, {**HEAD, "j": 1})
+    assert "x" in delta_meta(d1)["ids"]
+    back = restore(Chain(base, [d1]), cfg)
+    assert back.experiments["x"].to_json() == proc.experiments["x"].to_json()
+    assert canon(back) == canon(full_restore(proc, cfg))
+
+
+def test_an_epoch_less_base_later_in_the_log_supersedes_older_chains():
+    """A build without deltas (rolling upgrade, rollback) writes bases without epoch or owner."""
+    h = History()
+    b5, d51 = h.base(5, owner="N"), h.delta(5, owner="N")
+    step(h.proc, h.wl, 25, h.rng)
+    old_build = (KEY, h.proc.to_checkpoint("events"))  # no chain fields
+    h.truth[h.proc.next_offset] = canon(full_restore(h.proc, h.cfg))
+    chain, _ = restored([b5, d51, old_build], h)
+    assert (chain.base, chain.deltas, chain.epoch, chain.max_epoch) == (old_build[1], [], 5, 5)
+    # a new-build base after it (the epoch above) supersedes it again
+    b6 = h.base(6, owner="M")
+    chain, _ = restored([b5, d51, old_build, b6], h)
+    assert chain.base == b6[1]
+
+
+def test_a_shard_dropped_while_a_round_is_pending_is_not_produced_after_its_new_restore():
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from lola.stream.checkpoints import Checkpointer, PendingCheckpoint
+
+    produced = []
+    w = SimpleNamespace(shards={3: object()}, metrics=MagicMock(), topic="events",
+                        deliveries=SimpleNamespace(cleared=lambda: True, barrier_failed=False, release=lambda: None))
+    cp = Checkpointer(w)
+    cp._produce = lambda p, key, blob, cb: produced.append(p) or True
+    cp._commit = lambda *a, **k: None
+    cp.pending = PendingCheckpoint({3: (KEY, b"old round", 10)}, 0.0, 0.0)
+    cp.drop(3)  # lost; then assigned again to this process and restored
+    cp.restored(3, 0)
+    cp.advance()
+    assert produced == []
+
+
+def test_applying_a_dedup_delta_counts_no_budget_evictions():
+    from lola.stream.dedup import DedupWindow
+
+    writer = DedupWindow(10.0, 1 << 20)
+    for i in range(5):
+        writer.put(f"k{i}", 100.0 + i)
+    reader = DedupWindow.from_json(10.0, 1 << 20, writer.to_json(), expire=False)
+    seq = writer.seq
+    writer.put("late", 200.0)  # the others age out of the window: no budget involved
+    assert writer.budget_evictions == 0 and len(writer.order) == 1
+    reader.apply_delta(writer.delta_since(seq))
+    assert list(reader.order) == ["late"] and reader.budget_evictions == 0
+
+
+def test_a_failing_delta_costs_one_rebuild(monkeypatch):
+    h = History()
+    b1 = h.base(1)
+    ds = [h.delta(1) for _ in range(5)]
+    bad = ds[1][1][:len(ds[1][1]) - 40] + b"\x00" * 40  # header intact, arrays corrupt
+    chain = select_chain([b1, ds[0], (ds[1][0], bad), *ds[2:]], KEY)
+    assert len(chain.deltas) == 5
+    calls = []
+    real = ShardProcessor.from_chain.__func__
+    monkeypatch.setattr(ShardProcessor, "from_chain",
+                        classmethod(lambda cls, *a, **k: calls.append(len(a[1])) or real(cls, *a, **k)))
+    proc = restore(chain, h.cfg)
+    assert calls == [5, 1]
+    assert canon(proc) == h.truth[delta_meta(ds[0][1])["to_offset"]]
+
+
+def test_a_restore_takes_at_most_max_deltas():
+    h = History()
+    records = [h.base(1)] + [h.delta(1) for _ in range(4)]
+    chain = select_chain(records, KEY, max_deltas=2)
+    assert len(chain.deltas) == 2
+    assert canon(restore(chain, h.cfg)) == h.truth[chain.next_offset]
