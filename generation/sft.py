@@ -12,7 +12,6 @@ winning headline), in the same chat prompt the generator samples from.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 
 from lola.errors import ConfigError
 from lola.generation.model import Generator
-from lola.generation.tune import TRAIN_BRIEF_CHARS, Pair, sequence_logprobs
+from lola.generation.tune import TRAIN_BRIEF_CHARS, Pair, sequence_logprobs, train_steps
 
 #: LoRA targets of the SFT stage (all attention projections: the stage that moves the style).
 SFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -81,23 +80,17 @@ def train_sft(examples: Sequence[Example], out: Path, minutes: float, max_steps:
         return float(np.mean(vals))
 
     before = held_nll()
-    t0, cpu0 = time.monotonic(), time.process_time()
-    losses, steps, order, at = [], 0, rng.permutation(len(examples)), 0
-    model.train()
-    while steps < max_steps and time.monotonic() - t0 < 60 * minutes:
+    order, at = rng.permutation(len(examples)), 0
+
+    def sft_step(_step: int):
+        nonlocal order, at
         if at + batch_size > len(order):
             order, at = rng.permutation(len(examples)), 0
         batch = [examples[i] for i in order[at:at + batch_size]]
         at += batch_size
-        loss = mean_token_nll(model, tok, gen, batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        steps += 1
-        if steps % 20 == 0:
-            log(f"sft step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
-    train_seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
+        return mean_token_nll(model, tok, gen, batch)
+
+    losses, steps, train_seconds, cpu_seconds = train_steps(model, opt, sft_step, max_steps, minutes, log, "sft step")
     after = held_nll()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))

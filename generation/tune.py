@@ -100,6 +100,26 @@ def sequence_logprobs(model, tokenizer, prompts: Sequence[str], responses: Seque
     return sums
 
 
+def train_steps(model, opt, loss_of_step, max_steps: int, minutes: float, log, label: str) -> tuple[list, int, float, float]:
+    """The budgeted optimiser loop both tuning stages share: ``loss_of_step(step)`` builds the
+    step's batch and loss; stops at ``max_steps`` or ``minutes`` of wall time. Returns the losses,
+    the steps taken, and the wall and CPU seconds (this process) of training."""
+    t0, cpu0 = time.monotonic(), time.process_time()
+    losses: list[float] = []
+    steps = 0
+    model.train()
+    while steps < max_steps and time.monotonic() - t0 < 60 * minutes:
+        loss = loss_of_step(steps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        steps += 1
+        if steps % 20 == 0:
+            log(f"{label} {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
+    return losses, steps, time.monotonic() - t0, time.process_time() - cpu0
+
+
 def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, batch_size: int = 4,
               lr: float = 5e-4, beta: float = 0.1, rank: int = 8, seed: int = 0, held_out: Sequence[Pair] = (),
               reference: Optional[Path] = None, base: Optional[str] = None, log=print) -> dict:
@@ -144,25 +164,17 @@ def train_dpo(pairs: Sequence[Pair], out: Path, minutes: float, max_steps: int, 
         model.train()
         return float(np.mean(wins))
 
-    t0, cpu0 = time.monotonic(), time.process_time()
-    losses, steps = [], 0
-    model.train()
     order = rng.permutation(len(pairs))
-    while steps < max_steps and time.monotonic() - t0 < 60 * minutes:
-        idx = order[(steps * batch_size) % len(pairs):][:batch_size]
+
+    def dpo_step(step: int):
+        nonlocal order
+        idx = order[(step * batch_size) % len(pairs):][:batch_size]
         if len(idx) < batch_size:
             order = rng.permutation(len(pairs))
             idx = order[:batch_size]
-        pc, pr, rc, rr = batch_logps([pairs[i] for i in idx])
-        loss, margin = dpo_loss(pc, pr, rc, rr, beta)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        steps += 1
-        if steps % 20 == 0:
-            log(f"step {steps}: loss {np.mean(losses[-20:]):.4f} ({time.monotonic() - t0:.0f}s)")
-    train_seconds, cpu_seconds = time.monotonic() - t0, time.process_time() - cpu0
+        return dpo_loss(*batch_logps([pairs[i] for i in idx]), beta)[0]
+
+    losses, steps, train_seconds, cpu_seconds = train_steps(model, opt, dpo_step, max_steps, minutes, log, "step")
     held = preference_accuracy(held_out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
