@@ -78,6 +78,13 @@ def _progress_factory(enabled: bool):
     return factory, progress.stop
 
 
+def _write_json(out: Optional[Path], doc: dict) -> None:
+    """``--out``: also write the command's JSON result there (folders created)."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(doc, indent=1))
+
+
 def _require_file(path: Optional[Path], flag: str) -> None:
     """One-line error for a named input file that is not there (``None`` means not given)."""
     if path is not None and not path.is_file():
@@ -145,9 +152,7 @@ def replay(
     finally:
         stop()
     doc = json_safe(result.as_json())
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+    _write_json(out, doc)
     if worker_defaults is not None:
         from lola.data import worker_defaults as wd
 
@@ -325,9 +330,7 @@ def edge(
     doc = json_safe(E.run_edge(batch, tau_list, refreshes, reps, seed, method_list))
     doc["data"] = str(data)
     doc["prior_source"] = str(priors or model)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+    _write_json(out, doc)
     typer.echo(json.dumps(doc) if as_json else E.markdown_edge(doc))
 
 
@@ -358,9 +361,7 @@ def ts_refresh(
         raise ConfigError(f"--thresholds: ts_refresh {SETTINGS['ts_refresh'].check(bad[0]) if bad else 'missing'}")
     doc = json_safe(R.run_ts_refresh(R.load_tune_batch(data), P.parse_taus(taus), values, reps, seed))
     doc["data"] = str(data)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+    _write_json(out, doc)
     typer.echo(json.dumps(doc) if as_json else R.markdown_ts_refresh(doc))
 
 
@@ -404,9 +405,7 @@ def contextual(
                                                 advance, arm_features))
     finally:
         stop()
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(doc, indent=1))
+    _write_json(out, doc)
     if as_json:
         typer.echo(json.dumps(doc))
         return
