@@ -109,11 +109,16 @@ class Checkpointer:
         self.checkpointed_offset: dict[int, int] = {}
         self.refused_until: dict[int, float] = {}  # partition -> monotonic time of the next try
         self.chains: dict[int, ShardChain] = {}
+        # partition -> the highest epoch this process serialised a record in (kept when the
+        # partition is dropped): a record still in flight when its partition was lost may land
+        # after a restore by this same process, so the new chain starts above it.
+        self.epochs_written: dict[int, int] = {}
 
     # ------------------------------------------------------------------ shards
     def restored(self, partition: int, max_epoch: int) -> None:
-        """A shard was restored; its next record is a base in an epoch above every one seen."""
-        self.chains[partition] = ShardChain(max_epoch)
+        """A shard was restored; its next record is a base in an epoch above every one seen,
+        and above every one this process wrote (a late record of it then ranks below)."""
+        self.chains[partition] = ShardChain(max(max_epoch, self.epochs_written.get(partition, 0)))
 
     def drop(self, partition: int) -> None:
         for d in (self.checkpointed_at, self.checkpointed_offset, self.chains):
@@ -127,8 +132,10 @@ class Checkpointer:
         """Step 1 for one shard: ``(key, record)``, a delta where the chain allows one, else a base."""
         s = self.w.settings
         ch = self.chains.setdefault(p, ShardChain(0))
-        return ch.next_record(shard, self.w._checkpoint_key(p), self.w.topic, self.owner, s.checkpoint_deltas,
-                              s.checkpoint_delta_max_chain)
+        record = ch.next_record(shard, self.w._checkpoint_key(p), self.w.topic, self.owner, s.checkpoint_deltas,
+                                s.checkpoint_delta_max_chain)
+        self.epochs_written[p] = max(self.epochs_written.get(p, 0), ch.epoch)
+        return record
 
     def _broken(self, partitions: Any) -> None:
         for p in partitions:

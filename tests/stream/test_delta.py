@@ -13,7 +13,7 @@ from lola.kernels.compaction import SERIALISED
 from lola.stream.chain import Chain, delta_key, restore, select_chain
 from lola.stream.delta import ChainTracker, delta_meta
 from lola.stream.processor import ShardProcessor
-from lola.stream.shard_checkpoint import _split_checkpoint
+from lola.stream.shard_checkpoint import _split_checkpoint, checkpoint_meta
 from lola.stream.shard import ProcessorConfig
 
 HEAD = {"epoch": 1, "owner": "t", "topic": "events"}
@@ -571,6 +571,32 @@ def test_a_shard_dropped_while_a_round_is_pending_is_not_produced_after_its_new_
     cp.restored(3, 0)
     cp.advance()
     assert produced == []
+
+
+def test_a_restore_after_a_lost_round_starts_above_the_epoch_still_in_flight():
+    """A record of this process still in flight when its partition was lost may land after the
+    same process restored the partition again: the new chain's base must outrank it."""
+    from types import SimpleNamespace
+
+    from lola.stream.checkpoints import Checkpointer
+
+    h = History()
+    b1 = h.base(1)
+    w = SimpleNamespace(settings=SimpleNamespace(checkpoint_deltas=True, checkpoint_delta_max_chain=50),
+                        topic="events", _checkpoint_key=lambda p: KEY)
+    cp = Checkpointer(w)
+    cp.restored(3, 1)                        # restored from B(1): the next base is B(2)
+    step(h.proc, h.wl, 25, h.rng)
+    _, late = cp._serialise(3, h.proc)       # B(2) serialised and produced, never acknowledged
+    assert checkpoint_meta(late)["epoch"] == 2
+    cp.drop(3)                               # lost, assigned again, restored from the log (B(1))
+    again = ShardProcessor.from_checkpoint(b1[1], h.cfg)
+    cp.restored(3, 1)
+    _, new = cp._serialise(3, again)
+    assert checkpoint_meta(new)["epoch"] == 3
+    assert checkpoint_meta(new)["next_offset"] < checkpoint_meta(late)["next_offset"]
+    chain = select_chain([b1, (KEY, new), (KEY, late)], KEY)  # the old record lands last
+    assert chain.base == new
 
 
 def test_applying_a_dedup_delta_counts_no_budget_evictions():
