@@ -122,7 +122,7 @@ def run(experiments: int, partitions: int, arms: int, rate: int, seconds: int, i
     restore(Chain(*longest), cfg) if longest[0] is not None else None
     longest_restore_s = time.perf_counter() - t0
     n = proc.state.n_experiments
-    exact = bool(restored.next_offset == proc.next_offset and restored.seen.map == proc.seen.map
+    exact = bool(restored.next_offset == proc.next_offset and restored.seen.to_json() == proc.seen.to_json()
                  and all(np.array_equal(getattr(restored.state, a)[:n], getattr(proc.state, a)[:n])
                          for a in ("impressions", "clicks", "conversions", "mu_aux")))
     delta_sizes = [s for s, k in zip(sizes, kinds) if k == "delta"]
@@ -131,7 +131,7 @@ def run(experiments: int, partitions: int, arms: int, rate: int, seconds: int, i
     return {
         "experiments": experiments, "partitions": partitions, "experiments_per_partition": per, "arms": arms,
         "events_per_s_per_partition": rate, "interval_s": interval, "rounds": seconds,
-        "dedup_entries": len(proc.seen.map),
+        "dedup_entries": len(proc.seen),
         "full_record_bytes": int(full_mean),
         "full_bytes_per_s": round(partitions * full_mean / interval),
         "delta_bytes_per_s": round(partitions * sum(sizes) / len(sizes) / interval),

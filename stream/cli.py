@@ -83,6 +83,7 @@ def worker(
     # Until the worker installs its own handlers nothing has been consumed: a SIGTERM
     # that early is a clean exit 0, not a -15.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from lola.stream.memory import pin_mmap_threshold
     from lola.stream.observability import configure_json_logging
     from lola.stream.worker import Worker
 
@@ -94,6 +95,7 @@ def worker(
                   checkpoint_interval_s=checkpoint_interval, **_topics(topic_prefix, events_topic))
     s.require_bootstrap()
     configure_json_logging(s.log_level)
+    pin_mmap_threshold(s.malloc_mmap_threshold_bytes)
     w = Worker(s)
     w.install_signal_handlers()
     w.run()

@@ -54,7 +54,7 @@ class ChainTracker:
     """The reference a delta is computed against: the shard as its last record was serialised.
 
     Holds a copy of the serialised array rows (about the state's array bytes: bounded by
-    ``max_experiments_per_partition``), and clears the windows' ``touched`` sets.
+    ``max_experiments_per_partition``), and clears the windows' ``touched`` marks.
     """
 
     __slots__ = ("arrays", "shape", "rows", "order", "params", "entries", "objects", "seen_seq", "imp_seq",
@@ -76,7 +76,7 @@ class ChainTracker:
         self.imp_seq = proc.imp_by_request.seq
         self.decided_seq = proc.decided.seq
         for window in (proc.seen, proc.imp_by_request, proc.decided):
-            window.touched.clear()
+            window.clear_touched()
         self.rollbacks = proc.rollbacks
         self.marks = proc.marks
         self.legacy = proc.legacy_seen is not None

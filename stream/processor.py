@@ -40,7 +40,7 @@ from lola.kernels.policy_table import TABLE as POLICY_TABLE
 from lola.kernels.rng import mix_seed as _mix_seed
 from lola.stream import events as ev
 from lola.stream import lifecycle
-from lola.stream.dedup import DedupWindow, dedup_key
+from lola.stream.dedup import BatchView, DedupWindow, dedup_key
 from lola.stream.lifecycle import AllowAll, VariantGate
 from lola.stream.edge import EdgePlanner
 from lola.stream.contextual_shard import ContextualShard
@@ -57,8 +57,8 @@ class ShardProcessor(ShardCheckpoints):
     """State and processing of one partition of the events topic (see module docstring)."""
 
     def __init__(self, partition: int, config: ProcessorConfig | None = None, *,
-                 state: Any = None, next_offset: int = 0, restore_point: bytes | None = None,
-                 gate: VariantGate | None = None) -> None:
+                 state: Any = None, next_offset: int = 0, gate: VariantGate | None = None,
+                 seen: DedupWindow | None = None) -> None:
         from lola.kernels import BanditState
 
         self.partition = partition
@@ -69,7 +69,9 @@ class ShardProcessor(ShardCheckpoints):
         self.by_row: dict[int, Experiment] = {}
         self.next_offset = next_offset
         self.gate: VariantGate = gate if gate is not None else AllowAll()
-        self.seen = DedupWindow(self.config.dedup_window_s, self.config.dedup_budget_bytes)
+        self.seen = seen if seen is not None else DedupWindow(self.config.dedup_window_s,
+                                                              self.config.dedup_budget_bytes)
+        self._batch_seen: BatchView | None = None  # the window as the batch being processed sees it
         self.legacy_seen: IdWindow | None = None  # bare event ids of a version-1 checkpoint (until expired)
         self.legacy_until = -math.inf
         self.clock = -math.inf  # log time: the newest Kafka timestamp processed (lifecycle sweeps)
@@ -83,7 +85,8 @@ class ShardProcessor(ShardCheckpoints):
         self.stats = StatsCache(self.config.stats_interval_s, WinnerRule(*self.config.winner_rule))
         # Fault isolation (see process): the last restore point (a checkpoint blob, or None
         # for "fresh at _restore_offset") and everything applied since, in order.
-        self._restore_blob = restore_point
+        self._restore_blob: bytes | None = None  # held: without its window (lola.stream.shard_checkpoint)
+        self._restore_seen: DedupWindow | None = None  # the window at the restore point (allocated once)
         self._restore_deltas: list[bytes] = []  # incremental checkpoints applied after it (lola.stream.delta)
         self._restore_offset = next_offset
         self.marks = 0  # full restore points taken (a delta never follows one it did not see)
@@ -135,9 +138,6 @@ class ShardProcessor(ShardCheckpoints):
         requests: list[tuple[ev.DecisionRequest, Experiment, int, bytes | None, bytes | None, Any]] = []
         ctx = self.ctx
         counts = out.counts
-        seen = self.seen
-        seen_put = seen.put
-        seen_map = seen.map
         legacy = self.legacy_seen
         every = cfg.duplicate_dead_letter_every
         cap = cfg.max_clicks_per_impression
@@ -148,6 +148,34 @@ class ShardProcessor(ShardCheckpoints):
         max_bytes = cfg.max_message_bytes
         first_offset = None
         next_offset = self.next_offset
+        # Decode first, so the de-duplication window is asked about the whole batch at once.
+        events: list[Any] = []
+        event_keys: list[Any] = []  # per record: (its key, the key of the impression it names) or None
+        keys: list[str] = []
+        for offset, key, value in records:
+            if offset < next_offset:
+                events.append(None); event_keys.append(None)
+                continue
+            try:
+                event = decode(value, (key or b"") if check_key else None, max_bytes)
+            except EventError as exc:
+                events.append(exc); event_keys.append(None)
+                continue
+            events.append(event)
+            kind = type(event)
+            if kind is Impression or kind is Click or kind is Conversion:
+                dkey = dedup_key(event.experiment_id, kind.__struct_config__.tag, event.event_id)
+                keys.append(dkey)
+                ikey = None
+                if kind is not Impression and event.impression_id is not None:
+                    ikey = dedup_key(event.experiment_id, "impression", event.impression_id)
+                    keys.append(ikey)
+                event_keys.append((dkey, ikey))
+            else:
+                event_keys.append(None)
+        seen = self._batch_seen = self.seen.batch(keys)
+        present, fresh = seen.present, seen.fresh
+        dropped_ts, window_s = seen.dropped_ts, seen.window_s
         for i, (offset, key, value) in enumerate(records):
             if offset < next_offset:
                 continue
@@ -158,7 +186,9 @@ class ShardProcessor(ShardCheckpoints):
             if log_ts > self.clock:
                 self.clock = log_ts
             try:
-                event = decode(value, (key or b"") if check_key else None, max_bytes)
+                event = events[i]
+                if isinstance(event, EventError):
+                    raise event
                 exp = experiments.get(event.experiment_id)
                 kind = type(event)
                 if kind is Impression or kind is Click or kind is Conversion:
@@ -166,8 +196,8 @@ class ShardProcessor(ShardCheckpoints):
                         raise EventError("future_ts", f"ts {event.ts:.0f} is more than {skew:g}s ahead of "
                                                       f"{'now' if timestamps is None else 'its Kafka timestamp'}")
                     tag = kind.__struct_config__.tag
-                    dkey = dedup_key(event.experiment_id, tag, event.event_id)
-                    if dkey in seen_map or (legacy is not None and event.event_id in legacy.map):
+                    dkey, ikey = event_keys[i]
+                    if dkey in present or dkey in fresh or (legacy is not None and event.event_id in legacy.map):
                         out.duplicates[tag] = out.duplicates.get(tag, 0) + 1
                         self.duplicates_seen += 1
                         if every and self.duplicates_seen % every == 0:
@@ -179,9 +209,13 @@ class ShardProcessor(ShardCheckpoints):
                     slot = exp.slots.get(event.variant_id)
                     if slot is None:
                         raise EventError("unknown_variant", f"{event.experiment_id[:60]}/{event.variant_id[:60]}")
+                    ts = event.ts
                     if kind is Impression:
-                        self._check_stale(event.ts)
-                        seen_put(dkey, event.ts)
+                        if ts <= dropped_ts or ts <= seen.clock - window_s:
+                            self._check_stale(ts)  # raises "stale"
+                        fresh[dkey] = ts
+                        if ts > seen.clock:
+                            seen.clock = ts
                         if event.request_id is not None:
                             self.imp_by_request.put(event.request_id, event.ts)
                         if exp.status != "running":
@@ -191,16 +225,19 @@ class ShardProcessor(ShardCheckpoints):
                         if exp.experiment_id in ctx:
                             ctx.outcome(exp.experiment_id, slot, event.request_id, None, event.event_id, 1.0, 0.0)
                     else:
-                        ikey = self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion")
-                        self._check_stale(event.ts)
+                        self._check_attribution(event, exp, "late_click" if kind is Click else "late_conversion", ikey)
+                        if ts <= dropped_ts or ts <= seen.clock - window_s:
+                            self._check_stale(ts)  # raises "stale"
                         if kind is Click and ikey is not None:
-                            if ikey in seen_map:
-                                n_clicks = seen.clicks.get(ikey, 0)
+                            if ikey in present or ikey in fresh:
+                                n_clicks = seen.clicks(ikey)
                                 if n_clicks >= cap:
                                     raise EventError("click_cap", f"impression {event.impression_id[:80]} has "
                                                                   f"{n_clicks} click(s) (max_clicks_per_impression)")
                                 seen.add_click(ikey)
-                        seen_put(dkey, event.ts)
+                        fresh[dkey] = ts
+                        if ts > seen.clock:
+                            seen.clock = ts
                         if exp.status != "running":
                             counts["ignored"] = counts.get("ignored", 0) + 1
                             continue
@@ -230,6 +267,9 @@ class ShardProcessor(ShardCheckpoints):
                 counts[kind.__name__] = counts.get(kind.__name__, 0) + 1
             except EventError as exc:
                 out.dead_letters.append(DeadLetter(offset, key, value, exc.reason, exc.detail))
+        self.seen.commit(seen)
+        self._batch_seen = None
+        seen = self.seen
         if rows:
             n = len(rows)
             update(self.state, np.asarray(rows, dtype=np.int64), np.asarray(slots, dtype=np.int64),
@@ -247,7 +287,7 @@ class ShardProcessor(ShardCheckpoints):
         return out
 
     def _check_stale(self, ts: float) -> None:
-        horizon = self.seen.horizon
+        horizon = (self._batch_seen or self.seen).horizon
         if ts <= horizon:
             raise EventError("stale", f"ts {ts:.0f} is at or below the de-duplication horizon {horizon:.0f} "
                                       f"(dedup_window_s / dedup_budget_bytes)")
@@ -304,13 +344,16 @@ class ShardProcessor(ShardCheckpoints):
         if self._restore_blob is None:
             fresh = ShardProcessor(self.partition, self.config, next_offset=self._restore_offset, gate=self.gate)
         else:
-            fresh = ShardProcessor.from_chain(self._restore_blob, self._restore_deltas, self.config, gate=self.gate)
+            fresh = ShardProcessor.from_chain(self._restore_blob, self._restore_deltas, self.config, gate=self.gate,
+                                              held=self._restore_seen.copy())
         journal, blob, start, rollbacks = self._journal, self._restore_blob, self._restore_offset, self.rollbacks
+        backup = self._restore_seen
         marks = self.marks
         fresh.stats = self.stats  # statistics and declared winners are outputs, not state
         self.ctx.close()
         self.__dict__.update(fresh.__dict__)
         self._restore_blob, self._restore_offset, self.rollbacks, self.marks = blob, start, rollbacks + 1, marks
+        self._restore_seen = backup
         for entry in journal:
             if entry[0] == 0:
                 self._process(entry[1], entry[2], entry[3])
@@ -325,15 +368,14 @@ class ShardProcessor(ShardCheckpoints):
         self._journal = journal
         self._journal_records = sum(len(e[1]) for e in journal if e[0] == 0)
 
-    def _check_attribution(self, event: Any, exp: Experiment, reason: str) -> str | None:
-        """Raise ``reason`` for an outcome outside the attribution window; returns the de-dup key
-        of the impression it names (None without one), which the click cap reuses."""
+    def _check_attribution(self, event: Any, exp: Experiment, reason: str, ikey: str | None) -> None:
+        """Raise ``reason`` for an outcome outside the attribution window (``ikey``: the de-dup
+        key of the impression it names, None without one)."""
         window = exp.attribution_window_s
-        ref = ikey = None
+        ref = None
         impression_id = getattr(event, "impression_id", None)
-        if impression_id is not None:
-            ikey = dedup_key(event.experiment_id, "impression", impression_id)
-            ref = self.seen.get(ikey)
+        if ikey is not None:
+            ref = (self._batch_seen or self.seen).get(ikey)
             if ref is None and self.legacy_seen is not None:
                 ref = self.legacy_seen.get(impression_id)
                 if ref is not None and ref < 0:
@@ -346,7 +388,6 @@ class ShardProcessor(ShardCheckpoints):
                 raise EventError(reason, f"{event.ts - ref:.0f}s after its impression > window {window:g}s")
         elif event.ts < exp.max_ts - window:
             raise EventError(reason, f"{exp.max_ts - event.ts:.0f}s older than the newest event > window {window:g}s")
-        return ikey
 
     def _apply_variant(self, event: ev.Variant, exp: Experiment | None, out: BatchOutput) -> None:
         lifecycle.apply_variant(self, event, exp, out)

@@ -217,10 +217,18 @@ class StreamSettings(BaseSettings):
                                   validation_alias=AliasChoices("dedup_window_s", "LOLA_DEDUP_WINDOW_S"),
                                   description="event time for which (experiment, type, event_id) is remembered; "
                                               "older events are dead-lettered stale")
-    dedup_budget_bytes: int = Field(32 * 1024 * 1024, ge=1024, le=1 << 34,
+    dedup_budget_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1 << 34,
                                     validation_alias=AliasChoices("dedup_budget_bytes", "LOLA_DEDUP_BUDGET_BYTES"),
-                                    description="estimated memory of the de-duplication window per partition; "
-                                                "when it binds the window shrinks (lola_dedup_budget_evictions_total)")
+                                    description="memory of the de-duplication window per owned partition, allocated "
+                                                "in full when the partition is assigned (one entry per 44 bytes at "
+                                                "most); when it binds the window shrinks "
+                                                "(lola_dedup_budget_evictions_total)")
+    malloc_mmap_threshold_bytes: int = Field(
+        1024 * 1024, ge=0, le=32 * 1024 * 1024,
+        validation_alias=AliasChoices("malloc_mmap_threshold_bytes", "LOLA_MALLOC_MMAP_THRESHOLD_BYTES"),
+        description="glibc: buffers of at least this size are returned to the OS when freed (lola worker; "
+                    "0 = glibc's dynamic default, under which RSS keeps the high-water mark of checkpoint "
+                    "serialisation)")
     duplicate_dead_letter_every: int = Field(1000, ge=0, le=1_000_000_000,
                                              validation_alias=AliasChoices("duplicate_dead_letter_every",
                                                                            "LOLA_DUPLICATE_DEAD_LETTER_EVERY"),

@@ -180,6 +180,9 @@ class IdWindow:
         for k, v in items or ():
             self.put(k, v)
 
+    def clear_touched(self) -> None:
+        self.touched.clear()
+
     def __contains__(self, key: str) -> bool:
         return key in self.map
 

@@ -4,6 +4,12 @@ incremental records of lola.stream.delta applied on top of a base.
 
 A full record is ``CHECKPOINT_MAGIC``, a 4-byte header length, the JSON header (offsets,
 registry, windows; a chain's ``epoch`` and ``owner``) and the ``BanditState`` blob.
+
+The restore point (fault isolation rolls a shard back to it) is held in memory as the record
+*without* its de-duplication window (``"dedup": "held"``) plus a copy of the window in a
+second preallocated ring (:attr:`_restore_seen`): the window is most of a full record and
+grows as it fills, so holding it as bytes would make the worker's memory follow the
+window's fill; the copy is a fixed size from the first restore point on.
 """
 
 from __future__ import annotations
@@ -43,8 +49,9 @@ class ShardCheckpoints:
     def mark(self, topic: str = "", chain: dict[str, Any] | None = None) -> bytes:
         """Serialise the shard (a checkpoint record, a chain's base with ``chain``) and make
         it the restore point."""
-        blob = self.to_checkpoint(topic, chain)
-        self._restore_blob = blob
+        meta, state = self._checkpoint_meta(topic, chain), self.state.to_bytes()
+        blob = _assemble(meta, state)
+        self._hold_restore_point(meta, state)
         self._restore_deltas = []
         self.marks += 1
         self._journal = []
@@ -66,18 +73,27 @@ class ShardCheckpoints:
         apply_delta(self, blob)
         self._restore_deltas.append(blob)
 
+    def _hold_restore_point(self, meta: dict[str, Any], state: bytes) -> None:
+        """The restore point: the record less its window, and the window copied to the backup ring."""
+        self._restore_blob = _assemble({**meta, "dedup": HELD}, state)
+        backup = self._restore_seen
+        if backup is None or backup.capacity != self.seen.capacity:
+            backup = self._restore_seen = DedupWindow(self.seen.window_s, self.seen.budget_bytes)
+        backup.copy_from(self.seen)
+
     def finish_restore(self) -> None:
         """After a chain's last delta: this reader's window limits (as a full restore applies them)."""
-        self.seen._expire()
+        self.seen.expire()
         self.imp_by_request.truncate()
         self.decided.truncate()
 
     @classmethod
     def from_chain(cls, base: bytes, deltas: list[bytes], config: ProcessorConfig | None = None,
-                   gate: VariantGate | None = None) -> "ShardProcessor":
+                   gate: VariantGate | None = None, held: DedupWindow | None = None) -> "ShardProcessor":
         """A base checkpoint and the deltas that follow it (each must follow: DeltaNotApplied,
-        with the index of the first that does not; LolaError if the base does not restore)."""
-        proc = cls.from_checkpoint(base, config, gate=gate, expire=not deltas)
+        with the index of the first that does not; LolaError if the base does not restore).
+        ``held``: the window of a held restore point's base (a rollback; see from_checkpoint)."""
+        proc = cls.from_checkpoint(base, config, gate=gate, expire=not deltas, held=held)
         for i, blob in enumerate(deltas):
             try:
                 proc.apply_delta(blob)
@@ -94,16 +110,18 @@ class ShardCheckpoints:
         ``chain``: the epoch and owner of an incremental chain this record is the base of
         (lola.stream.delta); readers without chains ignore them.
         """
-        meta = {**(chain or {}), "version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
+        return _assemble(self._checkpoint_meta(topic, chain), self.state.to_bytes())
+
+    def _checkpoint_meta(self, topic: str, chain: dict[str, Any] | None, window: bool = True) -> dict[str, Any]:
+        """The record's header; ``window=False``: a held restore point's (no de-duplication window)."""
+        return {**(chain or {}), "version": CHECKPOINT_VERSION, "topic": topic, "partition": self.partition,
                 "next_offset": self.next_offset, "created": time.time(),
                 "experiments": [e.to_json() for e in self.experiments.values()],
-                "dedup": self.seen.to_json(), "imp_by_request": self.imp_by_request.items(),
+                "dedup": self.seen.to_json() if window else HELD, "imp_by_request": self.imp_by_request.items(),
                 "decided": self.decided.items(), "imp_seq": self.imp_by_request.seq, "decided_seq": self.decided.seq, "clock": self.clock if math.isfinite(self.clock) else None,
                 "legacy_seen": None if self.legacy_seen is None else self.legacy_seen.items(),
                 "legacy_until": self.legacy_until if math.isfinite(self.legacy_until) else None,
                 "contextual": self.ctx.to_json() if self.ctx.experiments else None}
-        meta_bytes = orjson.dumps(meta)
-        return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + self.state.to_bytes()
 
     @staticmethod
     def checkpoint_offset(blob: bytes) -> int:
@@ -112,7 +130,8 @@ class ShardCheckpoints:
 
     @classmethod
     def from_checkpoint(cls, blob: bytes, config: ProcessorConfig | None = None,
-                        gate: VariantGate | None = None, expire: bool = True) -> "ShardProcessor":
+                        gate: VariantGate | None = None, expire: bool = True,
+                        held: DedupWindow | None = None) -> "ShardProcessor":
         """Restore a checkpoint of this build (version 2) or of main before issue 19 (version 1).
 
         Version 1 upgrade: variant states come from the arms' active flags (active, else
@@ -120,13 +139,25 @@ class ShardCheckpoints:
         as a legacy window, consulted besides the new one until the de-duplication horizon
         passes the newest ts they hold (then any re-send of them is ``stale`` anyway).
         ``expire=False`` (the base of a chain, see :meth:`from_chain`) keeps the writer's
-        windows whole until :meth:`finish_restore`.
+        windows whole until :meth:`finish_restore`. ``held``: a held restore point's window
+        (its record says ``"dedup": "held"``; the shard takes this window as it is), and the
+        restored shard then keeps the caller's restore point (a rollback); otherwise the
+        restored shard's restore point is this record, held.
         """
         from lola.kernels import BanditState
 
         meta, state_blob = _split_checkpoint(blob)
-        proc = cls(int(meta["partition"]), config, state=BanditState.from_bytes(state_blob),
-                   next_offset=int(meta["next_offset"]), restore_point=blob, gate=gate)
+        cfg = config or ProcessorConfig()
+        if meta["version"] == 1:
+            seen = None
+        elif meta["dedup"] == HELD:
+            if held is None:
+                raise LolaError("a held restore point restores only with its window")
+            seen = held
+        else:
+            seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"], expire)
+        proc = cls(int(meta["partition"]), cfg, state=BanditState.from_bytes(state_blob),
+                   next_offset=int(meta["next_offset"]), gate=gate, seen=seen)
         for d in meta["experiments"]:
             k = len(d["variants"])
             exp = Experiment.from_json(d, proc.state.active[d["row"], :k].tolist())
@@ -139,7 +170,6 @@ class ShardCheckpoints:
             proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["seen"])
             proc.legacy_until = max((v for v in meta["seen"][1] if v >= 0), default=math.inf)
         else:
-            proc.seen = DedupWindow.from_json(cfg.dedup_window_s, cfg.dedup_budget_bytes, meta["dedup"], expire)
             proc.clock = -math.inf if meta["clock"] is None else meta["clock"]
             if meta["legacy_seen"] is not None:
                 proc.legacy_seen = IdWindow.from_items(cfg.dedup_window, meta["legacy_seen"])
@@ -152,7 +182,18 @@ class ShardCheckpoints:
         if meta.get("contextual"):
             proc.ctx = ContextualShard.from_json(meta["contextual"], proc.config.join_window_s,
                                                  proc.config.join_window_bytes)
+        if held is None:  # in this build's format (a version-1 record's window is the legacy one)
+            proc._hold_restore_point(proc._checkpoint_meta(meta.get("topic", ""), None, window=False), state_blob)
         return proc
+
+
+#: The de-duplication field of a held restore point (never written to Kafka).
+HELD = "held"
+
+
+def _assemble(meta: dict[str, Any], state: bytes) -> bytes:
+    meta_bytes = orjson.dumps(meta)
+    return CHECKPOINT_MAGIC + struct.pack(">I", len(meta_bytes)) + meta_bytes + state
 
 
 def checkpoint_meta(blob: bytes) -> dict[str, Any]:

@@ -156,3 +156,60 @@ def test_isolation_survives_an_exception_while_registering_a_variant(monkeypatch
     assert reasons(out) == [(o + 1, "processing_error")] and "RuntimeError" in out.dead_letters[0].detail
     assert counts(proc)["e"]["a"]["impressions"] == 1 and counts(proc)["e"]["b"]["impressions"] == 1
     assert "f" not in proc.experiments and proc.rollbacks == 2
+
+
+def test_a_rollback_to_a_held_restore_point_with_deltas_keeps_the_window_exact(monkeypatch):
+    """The restore point is held without its window (a copy in the backup ring instead) and
+    the deltas since: a rollback rebuilds both, so re-sent events stay duplicates."""
+    from lola.stream.delta import ChainTracker
+    from lola.stream.shard_checkpoint import HELD, checkpoint_meta
+
+    stream, recs = _stream_with_poison(seed=9)
+    victim = next(i for i, (_, _, v) in enumerate(recs) if i > 1000 and b'"impression"' in v)
+    victim_value = recs[victim][2]
+    real_update, real_decode = lola.kernels.update, ev.decode
+    armed = {"on": False}
+
+    def decode(value, key=None, max_bytes=65_536):
+        armed["on"] = armed["on"] or value == victim_value
+        return real_decode(value, key, max_bytes)
+
+    def buggy_update(*args):
+        real_update(*args)
+        if armed["on"]:
+            armed["on"] = False
+            raise ZeroDivisionError("kernel bug")
+
+    monkeypatch.setattr(ev, "decode", decode)
+    monkeypatch.setattr(lola.kernels, "update", buggy_update)
+    real_rollback, rolled_back_over = ShardProcessor._rollback, []
+
+    def rollback(self):
+        rolled_back_over.append(len(self._restore_deltas))
+        real_rollback(self)
+
+    monkeypatch.setattr(ShardProcessor, "_rollback", rollback)
+    proc = ShardProcessor(0)
+    letters, duplicates, held_sizes = [], 0, set()
+    tracker = None
+    for j, start in enumerate(range(0, len(recs), 100)):
+        out = proc.process(recs[start:start + 100], now=2e9)
+        letters += out.dead_letters
+        duplicates += sum(out.duplicates.values())
+        if j % 4 == 0:
+            proc.mark("events")
+            assert checkpoint_meta(proc._restore_blob)["dedup"] == HELD
+            held_sizes.add(len(proc._restore_blob) - len(proc.state.to_bytes()))
+            tracker = ChainTracker(proc)
+        elif tracker is not None:  # None: only a base follows a rollback (the chain policy)
+            if proc.mark_delta(tracker, {"epoch": 1, "owner": "t", "j": j, "topic": "events"}) is None:
+                proc.mark("events")
+            tracker = ChainTracker(proc)
+    assert [(d.offset, d.reason) for d in letters] == [(victim, "processing_error")]
+    assert proc.rollbacks == 2 and rolled_back_over[0] >= 1  # the first to a held base and deltas after it
+    assert duplicates == stream.summary["duplicates"]
+    event = orjson.loads(victim_value)
+    stream.truth[event["experiment_id"]][event["variant_id"]]["impressions"] -= 1
+    assert counts(proc) == stream.truth
+    # the held record's size does not follow the window's fill (registry and offsets only)
+    assert max(held_sizes) - min(held_sizes) < 200, held_sizes

@@ -73,15 +73,19 @@ def test_duplicates_within_the_time_window_are_dropped_older_events_are_stale():
     imp = lambda o, eid, ts: rec(o, type="impression", experiment_id="e", variant_id="a", event_id=eid, ts=ts)
     out = proc.process([imp(1, "x", 1.0), imp(2, "x", 1.0), imp(3, "y", 50.0), imp(4, "z", 200.0), imp(5, "x", 1.0),
                         imp(6, "w", 99.0), imp(7, "v", 101.0)])
-    assert out.duplicates == {"impression": 1}
-    # "x" and "y" left the 100 s window when z (ts 200) came: a re-sent x, and anything at or below
-    # the horizon 100, cannot be checked and is dead-lettered stale instead of being counted twice.
-    assert [(d.offset, d.reason) for d in out.dead_letters] == [(5, "stale"), (6, "stale")]
+    # The window is asked about a batch when it begins and evicts at its end: within the batch
+    # the re-sent x (offset 5) is still remembered, a duplicate; w (ts 99) is at or below the
+    # horizon 100 that z (ts 200) set, so it cannot be checked and is dead-lettered stale.
+    assert out.duplicates == {"impression": 2}
+    assert [(d.offset, d.reason) for d in out.dead_letters] == [(6, "stale")]
+    # x and y left the 100 s window at the batch's end: x re-sent now is stale, never counted twice.
+    again = proc.process([imp(8, "x", 1.0), imp(9, "z", 200.0)])
+    assert [(d.offset, d.reason) for d in again.dead_letters] == [(8, "stale")] and again.duplicates == {"impression": 1}
     assert counts(proc)["e"]["a"]["impressions"] == 4
 
 
 def test_dedup_keys_by_experiment_and_type_and_the_budget_shrinks_the_window():
-    proc = ShardProcessor(0, ProcessorConfig(dedup_budget_bytes=2000))
+    proc = ShardProcessor(0, ProcessorConfig(dedup_budget_bytes=1024))  # 23 entries
     proc.process([variant(0), rec(1, type="variant", experiment_id="f", variant_id="a", text="t")])
     same = [rec(2, type="impression", experiment_id="e", variant_id="a", event_id="id", ts=10.0),
             rec(3, type="impression", experiment_id="f", variant_id="a", event_id="id", ts=10.0),
@@ -91,7 +95,7 @@ def test_dedup_keys_by_experiment_and_type_and_the_budget_shrinks_the_window():
     many = [rec(5 + i, type="impression", experiment_id="e", variant_id="a", event_id=f"m{i}", ts=20.0 + i)
             for i in range(40)]
     out = proc.process(many)
-    assert out.budget_evictions > 0 and proc.seen.bytes <= 2000
+    assert out.budget_evictions > 0 and len(proc.seen) == proc.seen.capacity and proc.seen.nbytes <= 1024 + 80
     again = proc.process([rec(100, type="impression", experiment_id="e", variant_id="a", event_id="id", ts=10.0)])
     assert [d.reason for d in again.dead_letters] == ["stale"]  # dropped early by the budget: never counted twice
     assert counts(proc)["e"]["a"]["impressions"] == 41

@@ -1,18 +1,21 @@
-"""Writes main_checkpoint_v1.bin + main_checkpoint_v1.json with the checkpoint code of main
-(commit 1bcfd1f, before issue 19). Kept for the record; the committed .bin is what
-tests/stream/test_upgrade.py restores. Run once from the repository root of THAT commit:
+"""Writes NAME.bin + NAME.json with the checkpoint code of an older main. Kept for the record;
+the committed files are what tests/stream/test_upgrade.py restores. Run once from the
+repository root of THAT commit:
 
-    .venv/bin/python tests/stream/data/make_main_checkpoint.py
+    .venv/bin/python tests/stream/data/make_main_checkpoint.py                        # 1bcfd1f, before issue 19
+    .venv/bin/python tests/stream/data/make_main_checkpoint.py main_checkpoint_v2_keys  # 52d7908, keyed de-dup
 """
 
 import json
 import pathlib
+import sys
 
 import orjson
 
 from lola.stream.processor import ShardProcessor
 
 here = pathlib.Path(__file__).parent
+name = sys.argv[1] if len(sys.argv) > 1 else "main_checkpoint_v1"
 proc = ShardProcessor(3)
 recs = []
 for e in ("up-a", "up-b"):
@@ -36,11 +39,11 @@ for i in range(60):
 proc.process([(o, e.encode(), orjson.dumps(b)) for o, (e, b) in enumerate(recs)], now=1_700_001_000.0)
 proc.apply_prior("up-a", "v0", 0.125)
 blob = proc.to_checkpoint("lola.events")
-(here / "main_checkpoint_v1.bin").write_bytes(blob)
+(here / f"{name}.bin").write_bytes(blob)
 expect = {"next_offset": proc.next_offset, "experiments": {}}
 for exp_id, exp in proc.experiments.items():
     snap = proc.snapshot(exp_id, now=0.0)
     expect["experiments"][exp_id] = {v: {k: a[k] for k in ("impressions", "clicks", "conversions", "prior", "active")}
                                      for v, a in snap["arms"].items()}
-(here / "main_checkpoint_v1.json").write_text(json.dumps(expect, indent=1, sort_keys=True) + "\n")
+(here / f"{name}.json").write_text(json.dumps(expect, indent=1, sort_keys=True) + "\n")
 print(len(blob), expect["next_offset"])
