@@ -51,6 +51,7 @@ from lola.stream.compliance import WorkerCompliance
 from lola.stream.inflight import GuardedApplyMixin, InflightMarkers
 from lola.stream.lifecycle import VariantGate
 from lola.stream.observability import HealthServer, RateMeter, WorkerMetrics, observe_many
+from lola.stream.memory import HeapTrimmer
 from lola.stream.prior_plugins import RequestPriorProvider, provider_from_settings
 from lola.stream.priors import OnnxModelProvider, PriorProvider, PriorService
 from lola.stream.processor import ShardProcessor, warm_up
@@ -97,6 +98,7 @@ class Worker(GuardedApplyMixin):
         self.gate = self.compliance.gate if self.compliance is not None else gate
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.metrics = WorkerMetrics()
+        self.heap = HeapTrimmer()
         self.config = dataclasses.replace(ProcessorConfig.from_settings(settings),
                                           warm_starts=load_warm_starts(settings.warm_start_dir, settings.feature_dim))
         self.topic = settings.events_topic
@@ -389,6 +391,8 @@ class Worker(GuardedApplyMixin):
             self.deliveries.produce(self.producer, self.settings.snapshots_topic, None, key=exp_id.encode(),
                                     callback=self._on_output)
             m.evictions.inc()
+        if out.evicted:
+            self.heap.evicted_experiments(len(out.evicted))  # their memory back to the OS (stream/memory.py)
 
     def request_variant_state(self, experiment_id: str, variant_id: str, state: str, reason: str | None = None) -> None:
         """Thread-safe: move a variant to ``state`` (pending -> active/blocked after an off-path

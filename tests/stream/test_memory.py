@@ -1,0 +1,24 @@
+"""stream/memory.py: the mmap threshold and the heap trim after many evictions (glibc only)."""
+
+import pytest
+
+from lola.stream import memory
+
+
+def test_the_threshold_is_set_on_glibc_and_zero_leaves_the_default():
+    assert memory.pin_mmap_threshold(0) is False
+    assert memory.pin_mmap_threshold(1 << 20) is (memory._glibc() is not None)
+
+
+def test_the_heap_is_trimmed_after_enough_evictions_and_not_more_often_than_the_interval(monkeypatch):
+    trimmer = memory.HeapTrimmer()
+    if trimmer.libc is None:
+        pytest.skip("not glibc: nothing to trim")
+    calls = []
+    trimmer.libc = type("Libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})()
+    clock = iter([100.0, 101.0, 102.0, 115.0])
+    monkeypatch.setattr(memory.time, "monotonic", lambda: next(clock))
+    assert not trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS - 1)
+    assert trimmer.evicted_experiments(1) and calls == [0]
+    assert not trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS)  # 1 s later: too soon
+    assert trimmer.evicted_experiments(1) and trimmer.trims == 2          # 13 s later
