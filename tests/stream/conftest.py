@@ -215,3 +215,31 @@ def helpers():
         read_dead_letters = staticmethod(read_dead_letters)
 
     return H
+
+
+@pytest.fixture
+def kernel_bug_on(monkeypatch):
+    """``arm(value)``: from now on, ``lola.kernels.update`` raises ZeroDivisionError (after
+    writing its whole batch: the worst case, a half-applied batch) whenever the record whose
+    value is ``value`` was decoded since its last call: a kernel bug on one record."""
+    import lola.kernels
+    from lola.stream import events as ev
+
+    def arm(victim_value: bytes) -> None:
+        real_update, real_decode = lola.kernels.update, ev.decode
+        armed = {"on": False}
+
+        def decode(value, key=None, max_bytes=65_536):
+            armed["on"] = armed["on"] or value == victim_value
+            return real_decode(value, key, max_bytes)
+
+        def buggy_update(*args):
+            real_update(*args)
+            if armed["on"]:
+                armed["on"] = False
+                raise ZeroDivisionError("kernel bug")
+
+        monkeypatch.setattr(ev, "decode", decode)
+        monkeypatch.setattr(lola.kernels, "update", buggy_update)
+
+    return arm

@@ -347,31 +347,15 @@ def test_a_checkpoint_written_by_main_is_a_base_of_epoch_0():
     assert restore(chain).next_offset == ShardProcessor.checkpoint_offset(blob)
 
 
-def test_fault_isolation_rolls_back_to_base_plus_deltas_with_exact_counts(monkeypatch):
+def test_fault_isolation_rolls_back_to_base_plus_deltas_with_exact_counts(kernel_bug_on):
     """A kernel bug after a base and two deltas: the rollback restores the chain, then the journal."""
-    import lola.kernels
-    from lola.stream import events as ev
     from lola.stream.loadgen import open_stream
     from lola.stream.snapshot import counts_view
 
     stream = open_stream(1200, 3, 3, seed=5, duplicate_rate=0.05, malformed_rate=0.0)
     recs = [(i, k, v) for i, (k, v) in enumerate(stream.records)]
     victim = next(i for i, (_, _, v) in enumerate(recs) if i > 900 and b'"click"' in v)
-    real_update, real_decode = lola.kernels.update, ev.decode
-    armed = {"on": False}
-
-    def decode(value, key=None, max_bytes=65_536):
-        armed["on"] = armed["on"] or value == recs[victim][2]
-        return real_decode(value, key, max_bytes)
-
-    def buggy_update(*args):
-        real_update(*args)
-        if armed["on"]:
-            armed["on"] = False
-            raise ZeroDivisionError("kernel bug")
-
-    monkeypatch.setattr(ev, "decode", decode)
-    monkeypatch.setattr(lola.kernels, "update", buggy_update)
+    kernel_bug_on(recs[victim][2])
     proc = ShardProcessor(0)
     proc.process(recs[:300], now=2e9)
     proc.mark("events", HEAD)

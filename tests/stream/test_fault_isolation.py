@@ -5,8 +5,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-import lola.kernels
-from lola.stream import events as ev
 from lola.stream.loadgen import open_stream
 from lola.stream.processor import ShardProcessor
 from lola.stream.snapshot import counts_view
@@ -93,7 +91,7 @@ def _stream_with_poison(seed=5):
 
 
 @pytest.mark.parametrize("batch", [1, 37, 500, 5000])
-def test_a_batch_whose_update_raises_is_rolled_back_and_reapplied_record_by_record(monkeypatch, batch):
+def test_a_batch_whose_update_raises_is_rolled_back_and_reapplied_record_by_record(kernel_bug_on, batch):
     """A kernel bug on one record: that record is a processing_error, the rest count exactly once.
 
     The fake bug fires after the real update has written the whole batch into the state
@@ -102,21 +100,7 @@ def test_a_batch_whose_update_raises_is_rolled_back_and_reapplied_record_by_reco
     stream, recs = _stream_with_poison()
     victim = next(i for i, (_, _, v) in enumerate(recs) if i > 700 and b'"click"' in v)
     victim_value = recs[victim][2]
-    real_update, real_decode = lola.kernels.update, ev.decode
-    armed = {"on": False}
-
-    def decode(value, key=None, max_bytes=65_536):
-        armed["on"] = armed["on"] or value == victim_value
-        return real_decode(value, key, max_bytes)
-
-    def buggy_update(*args):
-        real_update(*args)
-        if armed["on"]:
-            armed["on"] = False
-            raise ZeroDivisionError("kernel bug")
-
-    monkeypatch.setattr(ev, "decode", decode)
-    monkeypatch.setattr(lola.kernels, "update", buggy_update)
+    kernel_bug_on(victim_value)
     proc = ShardProcessor(0)
     letters = []
     prior_at = 600 - 600 % batch
@@ -158,7 +142,7 @@ def test_isolation_survives_an_exception_while_registering_a_variant(monkeypatch
     assert "f" not in proc.experiments and proc.rollbacks == 2
 
 
-def test_a_rollback_to_a_held_restore_point_with_deltas_keeps_the_window_exact(monkeypatch):
+def test_a_rollback_to_a_held_restore_point_with_deltas_keeps_the_window_exact(monkeypatch, kernel_bug_on):
     """The restore point is held without its window (a copy in the backup ring instead) and
     the deltas since: a rollback rebuilds both, so re-sent events stay duplicates."""
     from lola.stream.delta import ChainTracker
@@ -167,21 +151,7 @@ def test_a_rollback_to_a_held_restore_point_with_deltas_keeps_the_window_exact(m
     stream, recs = _stream_with_poison(seed=9)
     victim = next(i for i, (_, _, v) in enumerate(recs) if i > 1000 and b'"impression"' in v)
     victim_value = recs[victim][2]
-    real_update, real_decode = lola.kernels.update, ev.decode
-    armed = {"on": False}
-
-    def decode(value, key=None, max_bytes=65_536):
-        armed["on"] = armed["on"] or value == victim_value
-        return real_decode(value, key, max_bytes)
-
-    def buggy_update(*args):
-        real_update(*args)
-        if armed["on"]:
-            armed["on"] = False
-            raise ZeroDivisionError("kernel bug")
-
-    monkeypatch.setattr(ev, "decode", decode)
-    monkeypatch.setattr(lola.kernels, "update", buggy_update)
+    kernel_bug_on(victim_value)
     real_rollback, rolled_back_over = ShardProcessor._rollback, []
 
     def rollback(self):
