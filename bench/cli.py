@@ -16,10 +16,10 @@ bench_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     """Add ``lola bench ...`` to the root app."""
-    from lola.bench import (checkpoint_bench, kernels_bench, ope_bench, priors_bench, serve_bench, soak, stats_bench,
-                            stream_bench)
+    from lola.bench import (checkpoint_bench, kernels_bench, lifecycle_bench, ope_bench, priors_bench, serve_bench, soak,
+                            stats_bench, stream_bench)
 
     for module in (kernels_bench, stream_bench, priors_bench, soak, stats_bench, ope_bench, serve_bench,
-                   checkpoint_bench):
+                   checkpoint_bench, lifecycle_bench):
         module.register(bench_app)
     app.add_typer(bench_app, name="bench")

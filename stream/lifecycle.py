@@ -289,6 +289,7 @@ def evict(proc: Shard, exp: Experiment) -> None:
     contextual model row too (lola.stream.contextual_shard; that row is reused, not moved)."""
     moved = proc.state.remove_experiment(exp.row)
     proc.ctx.remove_experiment(exp.experiment_id)
+    proc.stats.forget(exp.experiment_id)
     del proc.experiments[exp.experiment_id]
     del proc.by_row[exp.row]
     if moved is not None:

@@ -9,11 +9,12 @@ the high-water mark of every transient serialisation, which reads as growth. Set
 threshold explicitly fixes it (and turns off the dynamic adjustment, of the trim threshold
 too), so every buffer at or above it is unmapped when freed.
 
-Evicting many experiments frees their rows, registry entries and texts, but freed heap
-pages in the middle of the heap stay resident (fragmentation): :class:`HeapTrimmer` calls
+Evicting many experiments frees their rows, registry entries and texts, but objects in
+reference cycles wait for a full garbage collection, and freed pages in the middle of the
+heap stay resident (fragmentation): :class:`HeapTrimmer` runs a full collection, then
 ``malloc_trim(0)``, which gives every free page back, after a worker has evicted
-:data:`TRIM_AFTER_EVICTIONS` experiments, at most every :data:`TRIM_MIN_INTERVAL_S` (a trim
-walks the heap: milliseconds to tens of milliseconds on the loop).
+:data:`TRIM_AFTER_EVICTIONS` experiments, at most every :data:`TRIM_MIN_INTERVAL_S` (both
+walk the heap: tens to hundreds of milliseconds on the loop).
 
 Why by hand: these are two libc calls (``mallopt``, ``malloc_trim``); no maintained
 package wraps them. Other C libraries (musl, macOS) have no ``libc.so.6`` and are left as
@@ -23,6 +24,7 @@ they are.
 from __future__ import annotations
 
 import ctypes
+import gc
 import time
 
 #: mallopt parameter number of M_MMAP_THRESHOLD (glibc's malloc.h).
@@ -47,21 +49,26 @@ def pin_mmap_threshold(nbytes: int) -> bool:
 
 
 class HeapTrimmer:
-    """Gives free heap pages back after many evictions (see the module docstring)."""
+    """Gives free heap pages back after many evictions (see the module docstring): the loop
+    reports evictions and calls :meth:`tick` every second."""
 
     def __init__(self) -> None:
         self.libc = _glibc()
-        self.evicted = 0
+        self.pending = 0
         self.last = -TRIM_MIN_INTERVAL_S
         self.trims = 0
 
-    def evicted_experiments(self, n: int) -> bool:
-        """Count ``n`` evictions; True if this call trimmed the heap."""
-        self.evicted += n
+    def evicted_experiments(self, n: int) -> None:
+        self.pending += n
+
+    def tick(self) -> bool:
+        """Trim if :data:`TRIM_AFTER_EVICTIONS` evictions are pending and the last trim is
+        :data:`TRIM_MIN_INTERVAL_S` old; True if it trimmed."""
         now = time.monotonic()
-        if self.libc is None or self.evicted < TRIM_AFTER_EVICTIONS or now - self.last < TRIM_MIN_INTERVAL_S:
+        if self.libc is None or self.pending < TRIM_AFTER_EVICTIONS or now - self.last < TRIM_MIN_INTERVAL_S:
             return False
+        gc.collect()  # evicted objects in reference cycles wait for a full collection otherwise
         self.libc.malloc_trim(0)
-        self.evicted, self.last = 0, now
+        self.pending, self.last = 0, now
         self.trims += 1
         return True

@@ -159,7 +159,9 @@ class ShardProcessor(ShardCheckpoints):
             try:
                 event = decode(value, (key or b"") if check_key else None, max_bytes)
             except EventError as exc:
-                events.append(exc); event_keys.append(None)
+                # Kept as a new, never-raised error: the caught one's traceback (and its cause's)
+                # holds this frame, which holds ``events``: a cycle only a full GC would free.
+                events.append(EventError(exc.reason, exc.detail)); event_keys.append(None)
                 continue
             events.append(event)
             kind = type(event)
@@ -185,10 +187,11 @@ class ShardProcessor(ShardCheckpoints):
             log_ts = now if timestamps is None else timestamps[i]
             if log_ts > self.clock:
                 self.clock = log_ts
+            event = events[i]
+            if isinstance(event, EventError):  # decoding failed (not raised: see above)
+                out.dead_letters.append(DeadLetter(offset, key, value, event.reason, event.detail))
+                continue
             try:
-                event = events[i]
-                if isinstance(event, EventError):
-                    raise event
                 exp = experiments.get(event.experiment_id)
                 kind = type(event)
                 if kind is Impression or kind is Click or kind is Conversion:

@@ -134,6 +134,11 @@ class StatsCache:
         self.computed += 1
         return fresh
 
+    def forget(self, experiment_id: str) -> None:
+        """Drop an evicted experiment's cached statistics and winner (a re-created id starts over)."""
+        self._stats.pop(experiment_id, None)
+        self._winners.pop(experiment_id, None)
+
     def winner(self, experiment_id: str, version: int, now: float, stats: dict[str, Any],
                impressions: dict[str, float], active: dict[str, bool], bai: dict[str, Any] | None) -> dict[str, Any] | None:
         """The declared winner (sticky once declared), checked against the current statistics."""

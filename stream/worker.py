@@ -520,6 +520,7 @@ class Worker(GuardedApplyMixin):
                     self.advance_checkpoint()
                 if now - last_gauges >= 1.0:
                     self._update_gauges()
+                    self.heap.tick()
                     last_gauges = now
                 if max_records is not None and consumed >= max_records:
                     break

@@ -168,3 +168,35 @@ def test_created_and_archived_experiments_leave_memory_and_checkpoint_at_baselin
     assert len(out.evicted) == n and list(proc.experiments) == ["base"]
     assert proc.state.nbytes() <= 1.1 * base_state
     assert len(proc.to_checkpoint("t")) <= 1.1 * base_ckpt + 200  # + the one new dedup entry
+
+
+def test_eviction_drops_the_experiments_cached_statistics_and_winner():
+    proc = ShardProcessor(0)
+    proc.process([var(0, "a", exp="x", settings={"attribution_window_s": 1}), var(1, "b", exp="x"),
+                  var(2, "a", exp="base")], now=0.0)
+    proc.snapshot("x", now=1.0)  # computes and caches x's statistics
+    assert "x" in proc.stats._stats
+    proc.process([exp_ev(3, "archive", exp="x")], now=2.0)
+    out = proc.process([imp(4, "a", "late", 5.0, exp="base")], now=20.0)
+    assert out.evicted == ["x"] and "x" not in proc.stats._stats and "x" not in proc.stats._winners
+
+
+def test_a_record_that_does_not_decode_leaves_no_reference_cycle():
+    """Stored decode errors are dead-lettered, never re-raised: a raised exception's traceback
+    would hold the batch's frame, and with it every record of the batch, until a full GC."""
+    import gc
+
+    def garbage_after(batch):  # objects only a full collection frees, left by one batch
+        proc = ShardProcessor(0)
+        proc.process([var(0, "a", exp="e")], now=0.0)
+        gc.collect()
+        gc.disable()
+        try:
+            out = proc.process(batch, now=2.0)
+            return out, gc.collect()
+        finally:
+            gc.enable()
+
+    _, good = garbage_after([imp(1, "a", "i1", 1.0, exp="e"), imp(2, "a", "i2", 1.0, exp="e")])
+    out, bad = garbage_after([(1, b"e", b"{not json"), imp(2, "a", "i2", 1.0, exp="e")])
+    assert [d.reason for d in out.dead_letters] == ["invalid_json"] and bad <= good

@@ -18,7 +18,10 @@ def test_the_heap_is_trimmed_after_enough_evictions_and_not_more_often_than_the_
     trimmer.libc = type("Libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})()
     clock = iter([100.0, 101.0, 102.0, 115.0])
     monkeypatch.setattr(memory.time, "monotonic", lambda: next(clock))
-    assert not trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS - 1)
-    assert trimmer.evicted_experiments(1) and calls == [0]
-    assert not trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS)  # 1 s later: too soon
-    assert trimmer.evicted_experiments(1) and trimmer.trims == 2          # 13 s later
+    trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS - 1)
+    assert not trimmer.tick()                                  # not enough evictions yet
+    trimmer.evicted_experiments(1)
+    assert trimmer.tick() and calls == [0]
+    trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS)
+    assert not trimmer.tick()                                  # 1 s after the last trim: too soon
+    assert trimmer.tick() and trimmer.trims == 2               # 13 s after it
