@@ -24,7 +24,7 @@ def test_help_lists_every_command_in_order():
 
 def test_every_command_path(lola_commands):
     assert {"replay bai", "replay contextual", "replay baseline-prior", "replay synthetic-prior", "replay ideal-observer",
-            "bench kernels", "bench stream", "bench priors", "bench soak", "bench stats", "bench ope", "bench ope-heldout", "bench serve", "bench checkpoints", "replay edge", "replay ts-refresh", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
+            "bench kernels", "bench stream", "bench priors", "bench soak", "bench stats", "bench ope", "bench ope-heldout", "bench serve", "bench checkpoints", "bench lifecycle", "replay edge", "replay ts-refresh", "loadgen open", "loadgen closed", "dlq replay", "experiments warm-start",
             "experiments list", "experiments show", "experiments archive",
             "priors train", "priors export", "priors score", "priors eval", "priors readout", "priors projection", "priors readout-study",
             "priors build-default", "bench generate", "comply check", "variants generate", "variants tune",
