@@ -68,6 +68,10 @@ class EdgePlanner:
         rate = max(impressions - last[1], 0.0) / (now - last[0])
         return float(min(max(rate * self.interval_s, 1.0), MAX_HORIZON))
 
+    def forget(self, experiment_id: str) -> None:
+        """Drop an evicted experiment's last (ts, impressions)."""
+        self._last.pop(experiment_id, None)
+
     def block(self, state: Any, row: int, variant_ids: list[str], snap: dict[str, Any],
               best: str | None = None) -> dict[str, Any]:
         arms = snap["arms"]

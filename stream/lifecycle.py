@@ -290,6 +290,7 @@ def evict(proc: Shard, exp: Experiment) -> None:
     moved = proc.state.remove_experiment(exp.row)
     proc.ctx.remove_experiment(exp.experiment_id)
     proc.stats.forget(exp.experiment_id)
+    proc.edge.forget(exp.experiment_id)
     del proc.experiments[exp.experiment_id]
     del proc.by_row[exp.row]
     if moved is not None:

@@ -200,3 +200,42 @@ def test_a_record_that_does_not_decode_leaves_no_reference_cycle():
     _, good = garbage_after([imp(1, "a", "i1", 1.0, exp="e"), imp(2, "a", "i2", 1.0, exp="e")])
     out, bad = garbage_after([(1, b"e", b"{not json"), imp(2, "a", "i2", 1.0, exp="e")])
     assert [d.reason for d in out.dead_letters] == ["invalid_json"] and bad <= good
+
+
+def test_experiments_that_lived_and_were_evicted_leave_no_python_object_behind():
+    """Every per-experiment structure (registry, statistics cache, edge rates, ...) forgets an
+    evicted experiment: a few objects left per experiment pin whole allocator arenas, so the
+    worker's memory would stay at its peak after 100k experiments (bench lifecycle)."""
+    import gc
+    import sys
+
+    proc = ShardProcessor(0, ProcessorConfig(request_memory=100))  # the request window fills in the warm-up
+    proc.process([var(0, "a", exp="base"), var(1, "b", exp="base")], now=0.0)
+    o = 2
+
+    def live_and_evict(first: int, n: int, t: float) -> None:
+        nonlocal o
+        recs = []
+        for i in range(first, first + n):
+            e = f"x{i}"
+            recs += [var(o, "a", exp=e, settings={"attribution_window_s": 1}), var(o + 1, "b", exp=e),
+                     req(o + 2, f"r{i}", exp=e), imp(o + 3, "a", f"i{i}", t, exp=e)]
+            o += 4
+        proc.process(recs, now=t)
+        for i in range(first, first + n):
+            proc.snapshot(f"x{i}", now=t)  # what the worker publishes for each dirty experiment
+        proc.process([exp_ev(o + k, "archive", exp=f"x{i}") for k, i in enumerate(range(first, first + n))], now=t)
+        o += n
+        out = proc.process([imp(o, "a", f"late{first}", t + 5.0, exp="base")], now=t + 5.0)
+        o += 1
+        assert len(out.evicted) == n and list(proc.experiments) == ["base"]
+        proc.mark()  # a checkpoint: the fault-isolation journal lets go of the records
+
+    live_and_evict(0, 200, 10.0)  # warm: caches and windows that are bounded, not per experiment
+    gc.collect()
+    before = sys.getallocatedblocks()
+    n = 2000
+    live_and_evict(200, n, 20.0)
+    gc.collect()
+    left = sys.getallocatedblocks() - before
+    assert left < n // 10, f"{left} objects left by {n} evicted experiments"
