@@ -19,7 +19,8 @@ of polling and first lets a periodic round in progress finish.
 
 Chain policy (docs/operations/checkpoints.md): a new base ``B(e+1)`` when the chain's
 deltas would exceed half the base's bytes, when ``checkpoint_delta_max_chain`` deltas
-follow the base, when a delta cannot express the change, or after any record of the
+follow the base, when the shard holds fewer than half the experiments its base (of at
+least :data:`SHRUNK_BASE_MIN_BYTES`) held, when a delta cannot express the change, or after any record of the
 chain was not acknowledged (failed, refused, abandoned, given way): the chain is then
 *broken* and only a new base, in a new epoch, continues it. Rounds are sequential (a
 round is serialised only after the previous one was acknowledged or given up), so no
@@ -46,6 +47,10 @@ CHECKPOINT_TIMEOUT_S = 30.0
 RECORD_OVERHEAD_BYTES = 4096
 #: After a refused checkpoint the shard is not serialised again for this long.
 REFUSED_RETRY_S = 60.0
+#: A base at least this large is replaced once the shard holds fewer than half its experiments
+#: (after an archive wave): the worker holds its restore point's base and deltas in memory,
+#: and a restart would read them, so a large base of evicted experiments is not kept.
+SHRUNK_BASE_MIN_BYTES = 1 << 20
 
 
 class PendingCheckpoint:
@@ -65,12 +70,13 @@ class PendingCheckpoint:
 class ShardChain:
     """Where a partition's chain stands: epoch, owner, deltas since the base, the reference."""
 
-    __slots__ = ("epoch", "j", "base_bytes", "chain_bytes", "tracker", "broken")
+    __slots__ = ("epoch", "j", "base_bytes", "base_experiments", "chain_bytes", "tracker", "broken")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch             # the current base's (the next base takes epoch + 1)
         self.j = 0                     # deltas written after it
         self.base_bytes = 0
+        self.base_experiments = 0      # experiments the base held
         self.chain_bytes = 0
         self.tracker: ChainTracker | None = None
         self.broken = True             # only a base continues (set until the first base)
@@ -80,7 +86,8 @@ class ShardChain:
         """Serialise the shard's next record of this chain: ``(key, record)``; the chain
         policy of the module docstring. The chain moves on at once (rounds are sequential:
         a record that is then not acknowledged marks the chain broken)."""
-        if deltas and not self.broken and self.tracker is not None and self.j < max_chain:
+        shrunk = self.base_bytes >= SHRUNK_BASE_MIN_BYTES and 2 * len(shard.experiments) < self.base_experiments
+        if deltas and not self.broken and self.tracker is not None and self.j < max_chain and not shrunk:
             blob = shard.mark_delta(self.tracker, {"epoch": self.epoch, "owner": owner, "j": self.j + 1,
                                                    "topic": topic})
             if blob is not None and self.chain_bytes + len(blob) <= self.base_bytes // 2:
@@ -92,7 +99,7 @@ class ShardChain:
         self.j = self.chain_bytes = 0
         self.broken = False
         blob = shard.mark(topic, {"epoch": self.epoch, "owner": owner})
-        self.base_bytes = len(blob)
+        self.base_bytes, self.base_experiments = len(blob), len(shard.experiments)
         self.tracker = ChainTracker(shard) if deltas else None
         return key, blob
 

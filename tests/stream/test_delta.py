@@ -216,6 +216,38 @@ def test_a_rollback_or_a_capacity_change_makes_the_next_record_a_base():
     assert proc.mark_delta(t, {**HEAD, "j": 1}) is None
 
 
+
+def test_a_chain_whose_shard_lost_half_its_experiments_starts_a_new_base(monkeypatch):
+    """After an archive wave the worker would otherwise hold (and a restart read) a base of
+    evicted experiments until the deltas outgrow half of it."""
+    from lola.stream import checkpoints
+
+    monkeypatch.setattr(checkpoints, "SHRUNK_BASE_MIN_BYTES", 0)  # a real base must be >= 1 MiB
+    proc = ShardProcessor(0, small_config())
+
+    def rec(o, **event):
+        return (o, event["experiment_id"].encode(), orjson.dumps(event))
+
+    proc.process([rec(i, type="variant", experiment_id=f"x{i}", variant_id="a", text="t",
+                      settings={"attribution_window_s": 1}) for i in range(10)], now=100.0, timestamps=[100.0] * 10)
+    chain = checkpoints.ShardChain(0)
+    key, _ = chain.next_record(proc, b"g:events:0", "events", "t", deltas=True, max_chain=100)
+    assert key == b"g:events:0" and chain.epoch == 1 and chain.base_experiments == 10
+
+    def archive(ids, o, t):
+        recs = [rec(o + k, type="experiment", experiment_id=f"x{i}", action="archive") for k, i in enumerate(ids)]
+        recs.append(rec(o + len(ids), type="variant", experiment_id="tick", variant_id="a", text="t"))
+        proc.process(recs, now=t + 50, timestamps=[t] * len(ids) + [t + 50])  # the tick moves the clock
+        return o + len(recs)
+
+    o = archive(range(4), 10, 150.0)       # 10 -> 7 experiments (the tick adds one): a delta
+    key, _ = chain.next_record(proc, b"g:events:0", "events", "t", deltas=True, max_chain=100)
+    assert len(proc.experiments) == 7 and key != b"g:events:0" and chain.epoch == 1
+    archive(range(4, 8), o, 300.0)         # 7 -> 3 of the base's 10: a new base
+    key, _ = chain.next_record(proc, b"g:events:0", "events", "t", deltas=True, max_chain=100)
+    assert len(proc.experiments) == 3 and key == b"g:events:0" and chain.epoch == 2 and chain.base_experiments == 3
+
+
 def test_a_version_1_checkpoint_with_its_legacy_window_chains_and_drops_it():
     from pathlib import Path
 
