@@ -76,10 +76,14 @@ class ShardCheckpoints:
     def _hold_restore_point(self, meta: dict[str, Any], state: bytes) -> None:
         """The restore point: the record less its window, and the window copied to the backup ring."""
         self._restore_blob = _assemble({**meta, "dedup": HELD}, state)
-        backup = self._restore_seen
-        if backup is None or backup.capacity != self.seen.capacity:
-            backup = self._restore_seen = DedupWindow(self.seen.window_s, self.seen.budget_bytes)
-        backup.copy_from(self.seen)
+        self.reserve_restore_ring()
+        self._restore_seen.copy_from(self.seen)
+
+    def reserve_restore_ring(self) -> None:
+        """Allocate the restore point's window ring (the worker does at assignment, so the
+        de-duplication budget is resident from the first event, not from the first checkpoint)."""
+        if self._restore_seen is None or self._restore_seen.capacity != self.seen.capacity:
+            self._restore_seen = DedupWindow(self.seen.window_s, self.seen.budget_bytes)
 
     def finish_restore(self) -> None:
         """After a chain's last delta: this reader's window limits (as a full restore applies them)."""

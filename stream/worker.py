@@ -291,6 +291,7 @@ class Worker(GuardedApplyMixin):
                 continue
             shard = self._restore(tp.partition)
             self.shards[tp.partition] = shard
+            shard.reserve_restore_ring()
             beyond = self._events_end(tp.partition, shard.next_offset) if shard.next_offset > 0 else None
             if beyond is not None:
                 self._offset_reset(tp.partition, shard, beyond[0], end=beyond[1])

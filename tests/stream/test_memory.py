@@ -25,3 +25,17 @@ def test_the_heap_is_trimmed_after_enough_evictions_and_not_more_often_than_the_
     trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS)
     assert not trimmer.tick()                                  # 1 s after the last trim: too soon
     assert trimmer.tick() and trimmer.trims == 2               # 13 s after it
+
+
+def test_the_restore_ring_is_reserved_once_and_every_restore_point_reuses_it():
+    from lola.stream.processor import ShardProcessor
+
+    proc = ShardProcessor(0)
+    assert proc._restore_seen is None  # a bare processor (tests, replays) allocates it at its first mark
+    proc.reserve_restore_ring()  # the worker, at assignment
+    ring = proc._restore_seen
+    assert ring is not None and ring.capacity == proc.seen.capacity
+    proc.mark()
+    proc.mark()
+    proc.reserve_restore_ring()
+    assert proc._restore_seen is ring
