@@ -132,7 +132,9 @@ class CompactionMixin:
         d = self.feature_dim
 
         def cut(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-            return np.ascontiguousarray(a[tuple(slice(0, s) for s in shape)])
+            # a copy, always: a slice of leading rows is already contiguous, and
+            # ascontiguousarray would return that view, which keeps the whole old array alive
+            return a[tuple(slice(0, s) for s in shape)].copy()
 
         for name in ("impressions", "clicks", "conversions", "mu_aux", "has_prior", "active", "candidate"):
             setattr(self, name, cut(getattr(self, name), (E, K)))
@@ -149,8 +151,9 @@ class CompactionMixin:
         return True
 
     def nbytes(self: Any) -> int:
-        """Bytes held by the state's arrays (a gauge, and the compaction tests' measure)."""
-        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+        """Bytes held by the state's arrays (a gauge, and the compaction tests' measure): a view's
+        whole base counts, since it keeps the base alive."""
+        return sum((a if a.base is None else a.base).nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
 
     # ------------------------------------------------------------------ rows of incremental checkpoints
     def copy_rows(self: Any) -> dict[str, np.ndarray]:

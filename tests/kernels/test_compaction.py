@@ -53,6 +53,18 @@ def test_remove_arm_shifts_later_arms_and_shrink_returns_memory():
     assert big.nbytes() == BanditState(64, 4).nbytes()
 
 
+
+def test_removing_experiments_alone_gives_the_old_arrays_back():
+    """Only rows removed: a slice of leading rows is contiguous, so the shrunk arrays must be
+    copies (a view would keep the whole grown array alive while looking small)."""
+    big = _filled(300, 2)
+    for _ in range(299):
+        big.remove_experiment(0)
+    assert big.capacity_experiments == 64
+    arrays = {name: a for name, a in vars(big).items() if isinstance(a, np.ndarray)}
+    assert [name for name, a in arrays.items() if a.base is not None] == []
+    assert big.nbytes() == BanditState(64, big.capacity_arms).nbytes()
+
 def test_set_params_keeps_counts_and_set_arm_active_toggles_serving():
     st = _filled(2, 2)
     counts = st.impressions[0, :2].copy()
