@@ -72,6 +72,10 @@ class EdgePlanner:
         """Drop an evicted experiment's last (ts, impressions)."""
         self._last.pop(experiment_id, None)
 
+    def right_size(self) -> None:
+        """Rebuild the rate memory at its size (after many evictions: a dict never shrinks)."""
+        self._last = dict(self._last)
+
     def block(self, state: Any, row: int, variant_ids: list[str], snap: dict[str, Any],
               best: str | None = None) -> dict[str, Any]:
         arms = snap["arms"]

@@ -139,6 +139,10 @@ class StatsCache:
         self._stats.pop(experiment_id, None)
         self._winners.pop(experiment_id, None)
 
+    def right_size(self) -> None:
+        """Rebuild the caches at their size (after many evictions: a dict never shrinks)."""
+        self._stats, self._winners = dict(self._stats), dict(self._winners)
+
     def winner(self, experiment_id: str, version: int, now: float, stats: dict[str, Any],
                impressions: dict[str, float], active: dict[str, bool], bai: dict[str, Any] | None) -> dict[str, Any] | None:
         """The declared winner (sticky once declared), checked against the current statistics."""

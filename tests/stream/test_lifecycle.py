@@ -167,6 +167,9 @@ def test_created_and_archived_experiments_leave_memory_and_checkpoint_at_baselin
     out = proc.process([imp(o, "a", "late", 5.0, exp="base")], now=20.0)
     assert len(out.evicted) == n and list(proc.experiments) == ["base"]
     assert proc.state.nbytes() <= 1.1 * base_state
+    # the registry's dicts were rebuilt at their new size (a dict never shrinks by deletion)
+    import sys
+    assert max(map(sys.getsizeof, (proc.experiments, proc.by_row, proc.expiring, proc.stats._stats))) < 1024
     assert len(proc.to_checkpoint("t")) <= 1.1 * base_ckpt + 200  # + the one new dedup entry
 
 
