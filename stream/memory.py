@@ -13,7 +13,8 @@ Evicting many experiments frees their rows, registry entries and texts, but obje
 reference cycles wait for a full garbage collection, and freed pages in the middle of the
 heap stay resident (fragmentation): :class:`HeapTrimmer` runs a full collection, then
 ``malloc_trim(0)``, which gives every free page back, after a worker has evicted
-:data:`TRIM_AFTER_EVICTIONS` experiments, at most every :data:`TRIM_MIN_INTERVAL_S` (both
+:data:`TRIM_AFTER_EVICTIONS` experiments (and once more an interval later, for what the
+wave's aftermath freed), at most every :data:`TRIM_MIN_INTERVAL_S` (both
 walk the heap: tens to hundreds of milliseconds on the loop).
 
 Why by hand: these are two libc calls (``mallopt``, ``malloc_trim``); no maintained
@@ -57,18 +58,22 @@ class HeapTrimmer:
         self.pending = 0
         self.last = -TRIM_MIN_INTERVAL_S
         self.trims = 0
+        # one more trim an interval after a wave's: what the wave's aftermath freed (the
+        # rebuilt registry's old tables, the checkpoint of the shrunk shard) is given back too
+        self.follow_up = False
 
     def evicted_experiments(self, n: int) -> None:
         self.pending += n
 
     def tick(self) -> bool:
-        """Trim if :data:`TRIM_AFTER_EVICTIONS` evictions are pending and the last trim is
-        :data:`TRIM_MIN_INTERVAL_S` old; True if it trimmed."""
+        """Trim if :data:`TRIM_AFTER_EVICTIONS` evictions are pending (or the last trim was
+        such a wave's: once more) and the last trim is :data:`TRIM_MIN_INTERVAL_S` old; True if it trimmed."""
         now = time.monotonic()
-        if self.libc is None or self.pending < TRIM_AFTER_EVICTIONS or now - self.last < TRIM_MIN_INTERVAL_S:
+        wave = self.pending >= TRIM_AFTER_EVICTIONS
+        if self.libc is None or not (wave or self.follow_up) or now - self.last < TRIM_MIN_INTERVAL_S:
             return False
         gc.collect()  # evicted objects in reference cycles wait for a full collection otherwise
         self.libc.malloc_trim(0)
-        self.pending, self.last = 0, now
+        self.pending, self.last, self.follow_up = 0, now, wave
         self.trims += 1
         return True

@@ -16,7 +16,7 @@ def test_the_heap_is_trimmed_after_enough_evictions_and_not_more_often_than_the_
         pytest.skip("not glibc: nothing to trim")
     calls = []
     trimmer.libc = type("Libc", (), {"malloc_trim": staticmethod(lambda pad: calls.append(pad) or 1)})()
-    clock = iter([100.0, 101.0, 102.0, 115.0])
+    clock = iter([100.0, 101.0, 102.0, 115.0, 126.0, 140.0])
     monkeypatch.setattr(memory.time, "monotonic", lambda: next(clock))
     trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS - 1)
     assert not trimmer.tick()                                  # not enough evictions yet
@@ -25,6 +25,8 @@ def test_the_heap_is_trimmed_after_enough_evictions_and_not_more_often_than_the_
     trimmer.evicted_experiments(memory.TRIM_AFTER_EVICTIONS)
     assert not trimmer.tick()                                  # 1 s after the last trim: too soon
     assert trimmer.tick() and trimmer.trims == 2               # 13 s after it
+    assert trimmer.tick() and trimmer.trims == 3               # the wave's follow-up, without evictions
+    assert not trimmer.tick()                                  # and only one
 
 
 def test_the_restore_ring_is_reserved_once_and_every_restore_point_reuses_it():
