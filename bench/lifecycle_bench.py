@@ -53,7 +53,7 @@ def _rss(pid: int) -> float:
     return statistics.median(values)
 
 
-def run(bootstrap: Optional[str], experiments: int, partitions: int) -> dict[str, Any]:
+def run(bootstrap: Optional[str], experiments: int, partitions: int, allocator: str = "malloc") -> dict[str, Any]:
     import orjson
     from confluent_kafka import Producer
 
@@ -81,7 +81,7 @@ def run(bootstrap: Optional[str], experiments: int, partitions: int) -> dict[str
     send([{"type": "variant", "experiment_id": e, "variant_id": v, "text": f"headline {v} of {e}"}
           for e in base_ids for v in ("a", "b")])
     env = {**os.environ, **s.as_env(), "LOLA_LOG_LEVEL": "WARNING", "LOLA_PRIOR_PROVIDER": "constant",
-           "LOLA_CONSTANT_PRIOR": "0.05", "LOLA_MAX_EXPERIMENTS_PER_PARTITION": str(max(20_000, 2 * experiments // partitions))}
+           "LOLA_CONSTANT_PRIOR": "0.05", "PYTHONMALLOC": allocator, "LOLA_MAX_EXPERIMENTS_PER_PARTITION": str(max(20_000, 2 * experiments // partitions))}
     log = tempfile.NamedTemporaryFile("w+", prefix="lola-lifecycle-worker-", suffix=".log", delete=False)
     worker = subprocess.Popen([sys.executable, "-m", "lola.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
     out: dict[str, Any] = {}
@@ -115,7 +115,7 @@ def run(bootstrap: Optional[str], experiments: int, partitions: int) -> dict[str
         time.sleep(SETTLE_S)
         end = _rss(worker.pid)
         m = _metrics(port)
-        out = {"benchmark": "lifecycle", "experiments": experiments, "partitions": partitions,
+        out = {"benchmark": "lifecycle", "experiments": experiments, "partitions": partitions, "allocator": allocator,
                "worker_rss_mb": {"baseline": baseline, "peak": peak, "end": end,
                                  "end_over_baseline": round(end / baseline, 3)},
                "broker_rss_mb": _rss_mb(broker.process.pid) if broker is not None else None,
@@ -139,10 +139,14 @@ def register(app: typer.Typer) -> None:
         partitions: int = typer.Option(8, "--partitions", help="partitions of the events topic (the worker owns all)"),
         as_json: bool = typer.Option(False, "--json", help="print only the JSON result"),
         bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="external broker (default: embedded Tansu)"),
+        allocator: str = typer.Option("malloc", "--allocator", help="the worker's PYTHONMALLOC: malloc (as the "
+                                      "deploy images run it, docs/operations/limits.md) or pymalloc (CPython's default)"),
     ) -> None:
         """Create and archive N experiments through a worker: its RSS at baseline, peak and after eviction."""
         from lola.errors import ConfigError
 
         if not 1 <= experiments <= 1_000_000 or not 1 <= partitions <= 256:
             raise ConfigError("need 1 <= --experiments <= 1,000,000 and 1 <= --partitions <= 256")
-        typer.echo(json.dumps(run(bootstrap, experiments, partitions), indent=None if as_json else 2))
+        if allocator not in ("malloc", "pymalloc"):
+            raise ConfigError(f"--allocator must be malloc or pymalloc, got {allocator!r}")
+        typer.echo(json.dumps(run(bootstrap, experiments, partitions, allocator), indent=None if as_json else 2))

@@ -163,6 +163,9 @@ def test_dockerfile_is_multistage_pinned_non_root_with_healthcheck(name):
     assert is_non_root_user(final["user"]), f"final stage runs as {final['user']!r}"
     assert final["healthcheck"] and "/healthz" in final["healthcheck"]
     assert (DEPLOY / f"{name}.dockerignore").is_file()
+    # glibc's malloc instead of CPython's arenas: an archive wave's memory goes back to the
+    # system (docs/operations/limits.md; lola bench lifecycle measures both)
+    assert "PYTHONMALLOC" in final["env"]
 
 
 def test_cuda_image_is_cuda13_cudnn9_with_pinned_onnxruntime_gpu():
