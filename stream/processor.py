@@ -547,11 +547,28 @@ def warm_up() -> None:
     The worker calls this before it joins its group, so a JIT compile never stalls a
     batch while partitions are assigned; tests and benchmarks call it before timing.
     """
-    proc = ShardProcessor(0)
-    head = b'{"type":"variant","experiment_id":"w","variant_id":"%s","text":"t"}'
+    from lola.stream.delta import ChainTracker
+
+    proc = ShardProcessor(0, ProcessorConfig(dedup_window_s=10.0))
+    head = b'{"type":"variant","experiment_id":"w","variant_id":"%s","text":"t","settings":{"attribution_window_s":1}}'
     proc.process([(0, b"w", head % b"a"), (1, b"w", head % b"b"),
                   (2, b"w", b'{"type":"impression","experiment_id":"w","variant_id":"a","event_id":"i","ts":1}'),
-                  (3, b"w", b'{"type":"decision_request","experiment_id":"w","request_id":"r"}')])
+                  (3, b"w", b'{"type":"click","experiment_id":"w","variant_id":"a","event_id":"c","ts":1,'
+                            b'"impression_id":"i"}'),
+                  (4, b"w", b'{"type":"decision_request","experiment_id":"w","request_id":"r"}')], now=1.0)
     proc.apply_prior("w", "b", 0.5)
     proc.snapshot("w")
+    proc.mark()
+    tracker = ChainTracker(proc)
+    # the lifecycle's paths too (archive, the window's expiry, eviction and compaction, a
+    # delta): compiled here rather than in the middle of a batch, and paid before the
+    # worker's first checkpoint rather than at its first archive wave
+    proc.process([(5, b"w", b'{"type":"experiment","experiment_id":"w","action":"archive"}'),
+                  (6, b"v", b'{"type":"variant","experiment_id":"v","variant_id":"a","text":"t"}')],
+                 now=2.0, timestamps=[2.0, 2.0])
+    out = proc.process([(7, b"v", b'{"type":"impression","experiment_id":"v","variant_id":"a","event_id":"j",'
+                                  b'"ts":60}')], now=60.0, timestamps=[60.0])
+    delta = proc.mark_delta(tracker, {"epoch": 1, "owner": "w", "j": 1, "topic": "w"})
+    if out.evicted != ["w"] or delta is None:  # the warm-up's own check: it must reach those paths
+        raise LolaError("warm-up: the archive, eviction and delta paths did not run")
     ShardProcessor.from_checkpoint(proc.to_checkpoint("w"))
