@@ -131,7 +131,9 @@ def generate_cmd(
 @variants_app.command("eval")
 def eval_cmd(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter to evaluate (default: the base model)."),
-    stories: int = typer.Option(40, "--stories", help="Test-split stories (headline tests with a lede)."),
+    stories: int = typer.Option(40, "--stories", help="Stories of --split (headline tests with a lede)."),
+    split: str = typer.Option("test", "--split", help="test (the reported figures) or tune (choosing between "
+                              "generators without looking at the test split)."),
     n: int = typer.Option(8, "--n", help="Candidates per story (one batch; the same for every generator)."),
     lam: float = typer.Option(0.3, "--lambda"),
     seed: int = typer.Option(0, "--seed"),
@@ -142,8 +144,8 @@ def eval_cmd(
                                             "adds the paired tuned-minus-base difference."),
     out: Path = typer.Option(Path("runs/variants-eval.json"), "--out"),
 ) -> None:
-    """Judge generated headlines of test-split stories with the TF-IDF ridge fitted on the train split
-    (predictions, not measured CTRs)."""
+    """Judge generated headlines of test-split (or tune-split) stories with the TF-IDF ridge fitted on
+    the train split (predictions, not measured CTRs)."""
     from lola.comply import load_policy
     from lola.generation import evaluate as ev
     from lola.generation.model import Generator
@@ -152,14 +154,16 @@ def eval_cmd(
 
     if stories < 1:
         raise ConfigError(f"--stories must be >= 1, got {stories}")
+    if split not in ("test", "tune"):
+        raise ConfigError(f"--split must be test or tune, got {split!r}")
     if baseline is not None and not baseline.is_file():
         raise ConfigError(f"--compare {baseline}: no such file (run the base evaluation first)")
     rules = load_policy(policy)
-    items, parts = ev.stories(data or upworthy_csv(), "test", stories)
+    items, parts = ev.stories(data or upworthy_csv(), split, stories)
     judge = ev.judge_for(parts["train"])
     prior, note = open_prior(model)
     generator = Generator(adapter=adapter)
-    head = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "prior": note, "n": n,
+    head = {"generator": str(adapter) if adapter else "base SmolLM2-135M-Instruct", "split": split, "prior": note, "n": n,
             "lambda": lam, "seed": seed, "judge": "TF-IDF ridge (word 1-2 + char 3-5 grams), train split",
             "note": "judge CTRs are predictions, not measured clicks",
             "judge_check_tune_split": ev.judge_check(judge, parts["tune"])}

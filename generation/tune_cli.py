@@ -43,6 +43,8 @@ def register(variants_app: typer.Typer) -> None:
         data: Optional[Path] = typer.Option(None, "--data", help="Upworthy CSV (default: the shared dev CSV)."),
         policy: Optional[Path] = typer.Option(None, "--policy"),
         seed: int = typer.Option(0, "--seed"),
+        reuse_sft: bool = typer.Option(False, "--reuse-sft", help="With --stages dpo: train DPO on the SFT adapter "
+                                       "already in --out (an earlier run's) instead of on the base model."),
     ) -> None:
         """Tune the generator on train-split winners: LoRA SFT on the winning headlines, then LoRA DPO
         on preference pairs (same test, significantly different CTRs) with the SFT model as reference."""
@@ -51,6 +53,8 @@ def register(variants_app: typer.Typer) -> None:
         from lola.paths import upworthy_csv
 
         todo = parse_stages(stages)
+        if reuse_sft and (todo != ["dpo"] or not (out / "sft" / "adapter_config.json").is_file()):
+            raise ConfigError(f"--reuse-sft needs --stages dpo and an SFT adapter in {out / 'sft'}")
         if minutes <= 0 or sft_minutes <= 0 or max_steps < 1 or batch_size < 1 or sft_batch_size < 1 or held_out < 0:
             raise ConfigError("--minutes must be > 0 and so must --sft-minutes; --max-steps and the batch sizes >= 1, "
                               "--held-out >= 0")
@@ -61,7 +65,9 @@ def register(variants_app: typer.Typer) -> None:
         tune_pairs = preference_pairs(parts["tune"], rules)[:held_out]
         echo = lambda m: typer.echo(m, err=True)  # noqa: E731
         echo(f"{len(pairs)} train pairs, {len(tune_pairs)} held-out tune pairs; stages {','.join(todo)}")
-        cards, done = {}, []
+        cards, done = {}, (["sft"] if reuse_sft else [])
+        if reuse_sft:  # the reused stage's card stays in the folder's card
+            cards["sft"] = json.loads((out / "sft" / "tune_card.json").read_text())
         out.mkdir(parents=True, exist_ok=True)
         (out / "stages.json").unlink(missing_ok=True)  # a re-run lists only the stages it finished
         if "sft" in todo:
@@ -71,7 +77,7 @@ def register(variants_app: typer.Typer) -> None:
             (out / "stages.json").write_text(json.dumps(done))
         if "dpo" in todo:
             cards["dpo"] = train_dpo(pairs, out / "dpo", minutes, max_steps, batch_size, lr, beta, seed=seed,
-                                     held_out=tune_pairs, reference=out / "sft" if "sft" in todo else None, log=echo)
+                                     held_out=tune_pairs, reference=out / "sft" if "sft" in done else None, log=echo)
             done.append("dpo")
             (out / "stages.json").write_text(json.dumps(done))
         card = {"stages": done, "train_pairs": len(pairs), **cards}
