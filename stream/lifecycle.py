@@ -270,8 +270,8 @@ def sweep(proc: Shard, out: BatchOutput) -> None:
     _sweep(proc, out)
     if len(out.evicted) - evicted >= RIGHT_SIZE_AFTER:
         proc.experiments, proc.by_row, proc.expiring = dict(proc.experiments), dict(proc.by_row), set(proc.expiring)
-        proc.stats.right_size()
-        proc.edge.right_size()
+        for cache in proc.experiment_caches():
+            cache.right_size()
 
 
 def _sweep(proc: Shard, out: BatchOutput) -> None:
@@ -304,8 +304,8 @@ def evict(proc: Shard, exp: Experiment) -> None:
     contextual model row too (lola.stream.contextual_shard; that row is reused, not moved)."""
     moved = proc.state.remove_experiment(exp.row)
     proc.ctx.remove_experiment(exp.experiment_id)
-    proc.stats.forget(exp.experiment_id)
-    proc.edge.forget(exp.experiment_id)
+    for cache in proc.experiment_caches():
+        cache.forget(exp.experiment_id)
     del proc.experiments[exp.experiment_id]
     del proc.by_row[exp.row]
     if moved is not None:

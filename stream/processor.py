@@ -95,6 +95,11 @@ class ShardProcessor(ShardCheckpoints):
         self.rollbacks = 0
         self.edge = EdgePlanner(self.config.edge_method, self.config.snapshot_interval_s, self.config.edge_valid_s)
 
+    def experiment_caches(self) -> tuple[StatsCache, EdgePlanner]:
+        """What the shard derives and keeps per experiment besides its registry: eviction calls
+        each one's ``forget(experiment_id)``, an eviction wave its ``right_size()``."""
+        return (self.stats, self.edge)
+
     # ------------------------------------------------------------------ processing
     def process(self, records: list[tuple[int, bytes | None, bytes | None]], now: float | None = None,
                 timestamps: list[float] | None = None) -> BatchOutput:
