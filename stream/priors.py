@@ -250,64 +250,74 @@ class PriorService:
         self._ready_at = time.monotonic()
         last_watch = time.monotonic()
         while not self._stop.is_set():
-            try:
-                first = self._in.get(timeout=0.1)
-            except queue.Empty:
-                if isinstance(self.provider, OnnxModelProvider) and time.monotonic() - last_watch > self.watch_interval_s:
-                    last_watch = time.monotonic()
-                    try:
-                        self.provider.maybe_reload()
-                    except Exception as exc:  # first load failed: report, retry later
-                        log.error("prior model load failed", extra={"error": str(exc)})
+            if self._serve():
                 continue
-            batch = [first]
-            while len(batch) < self.batch_size:
+            if isinstance(self.provider, OnnxModelProvider) and time.monotonic() - last_watch > self.watch_interval_s:
+                last_watch = time.monotonic()
                 try:
-                    batch.append(self._in.get_nowait())
-                except queue.Empty:
-                    break
-            now = time.monotonic()
-            batch = [(max(t, self._ready_at) + self.timeout_s, r) for t, r in batch]
-            live = [(d, r) for d, r in batch if d > now]
-            if len(live) < len(batch):
-                self._fallback("timeout", len(batch) - len(live))
-            if not live:
-                continue
-            t_call = time.monotonic()
+                    self.provider.maybe_reload()
+                except Exception as exc:  # first load failed: report, retry later
+                    log.error("prior model load failed", extra={"error": str(exc)})
+
+    def _serve(self) -> bool:
+        """Wait up to 0.1 s for a request, predict it and whatever else is queued (one batch) and
+        queue the results; False if none came.
+
+        A scope of its own so that the batch's requests are unreferenced while the thread
+        waits for the next one (as loop locals they lived on: ids and texts of experiments
+        perhaps already evicted, pinning heap pages; stream/memory.py)."""
+        try:
+            batch = [self._in.get(timeout=0.1)]
+        except queue.Empty:
+            return False
+        while len(batch) < self.batch_size:
             try:
-                requests = [r for _, r in live]
-                # predict_requests: providers that also want ids and sibling texts (prior_plugins.py)
-                predict_requests = getattr(self.provider, "predict_requests", None)
-                with_features = getattr(self.provider, "predict_with_features", None)  # issue 20: arm features
-                feats = None
-                if predict_requests is not None:
-                    raw = predict_requests(requests)
-                elif with_features is not None:
-                    raw, feats = with_features([r.text for r in requests])
-                else:
-                    raw = self.provider.predict([r.text for r in requests])
-                preds = np.asarray(raw, dtype=np.float64)
-                if preds.shape != (len(live),):
-                    raise ValueError(f"provider returned shape {preds.shape}, expected ({len(live)},)")
-                feats = _checked_features(feats, len(live))
-            except Exception as exc:  # a failing model must never take the worker down
-                self._on_latency(time.monotonic() - t_call)
-                log.error("prior provider failed", extra={"error": str(exc)[:300]})
-                self._fallback("error", len(live))
-                continue
-            done = time.monotonic()
-            self._on_latency(done - t_call)
-            for i, ((deadline, req), p) in enumerate(zip(live, preds.tolist())):
-                if done > deadline:
-                    self._fallback("timeout")
-                elif p != p:  # NaN: the provider declined this one
-                    self._fallback("declined")
-                elif not (0.0 <= p <= 1.0):
-                    self._fallback("out_of_range")
-                else:
-                    self.delivered += 1
-                    self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p,
-                                              None if feats is None else feats[i]))
+                batch.append(self._in.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        batch = [(max(t, self._ready_at) + self.timeout_s, r) for t, r in batch]
+        live = [(d, r) for d, r in batch if d > now]
+        if len(live) < len(batch):
+            self._fallback("timeout", len(batch) - len(live))
+        if not live:
+            return True
+        t_call = time.monotonic()
+        try:
+            requests = [r for _, r in live]
+            # predict_requests: providers that also want ids and sibling texts (prior_plugins.py)
+            predict_requests = getattr(self.provider, "predict_requests", None)
+            with_features = getattr(self.provider, "predict_with_features", None)  # issue 20: arm features
+            feats = None
+            if predict_requests is not None:
+                raw = predict_requests(requests)
+            elif with_features is not None:
+                raw, feats = with_features([r.text for r in requests])
+            else:
+                raw = self.provider.predict([r.text for r in requests])
+            preds = np.asarray(raw, dtype=np.float64)
+            if preds.shape != (len(live),):
+                raise ValueError(f"provider returned shape {preds.shape}, expected ({len(live)},)")
+            feats = _checked_features(feats, len(live))
+        except Exception as exc:  # a failing model must never take the worker down
+            self._on_latency(time.monotonic() - t_call)
+            log.error("prior provider failed", extra={"error": str(exc)[:300]})
+            self._fallback("error", len(live))
+            return True
+        done = time.monotonic()
+        self._on_latency(done - t_call)
+        for i, ((deadline, req), p) in enumerate(zip(live, preds.tolist())):
+            if done > deadline:
+                self._fallback("timeout")
+            elif p != p:  # NaN: the provider declined this one
+                self._fallback("declined")
+            elif not (0.0 <= p <= 1.0):
+                self._fallback("out_of_range")
+            else:
+                self.delivered += 1
+                self._out.put(PriorResult(req.partition, req.experiment_id, req.variant_id, p,
+                                          None if feats is None else feats[i]))
+        return True
 
 
 def _checked_features(feats: Any, n: int) -> np.ndarray | None:

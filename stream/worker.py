@@ -440,13 +440,57 @@ class Worker(GuardedApplyMixin):
             if high >= 0:
                 self.metrics.lag.labels(str(p)).set(max(0, high - shard.next_offset))
 
+    def _consume_batch(self) -> tuple[float, int, int, int] | None:
+        """Consume one batch and apply it: (start, records, decisions, dead letters); None if
+        nothing came.
+
+        A scope of its own on purpose: the messages, the parsed records and the batch outputs
+        are unreferenced once it returns. As locals of the loop they lived until the next batch,
+        so an idle worker kept librdkafka's fetch buffers and the ids its last sweep evicted
+        (thousands of small strings scattered over the heap, each keeping a page resident after
+        the heap trim: stream/memory.py, docs/operations/limits.md)."""
+        from confluent_kafka import KafkaError
+
+        s = self.settings
+        msgs = self.consumer.consume(s.batch_size, s.poll_timeout_s)
+        if self._callback_error is not None:
+            raise self._callback_error
+        if not msgs:
+            return None
+        t0 = time.perf_counter()
+        by_partition: dict[int, tuple[list, list]] = {}
+        wall = time.time()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise BrokerError.from_kafka_error("fatal consumer error", err)
+                log.warning("consumer error", extra={"error": str(err), "code": err.code()})
+                continue
+            recs, stamps = by_partition.setdefault(msg.partition(), ([], []))
+            recs.append((msg.offset(), msg.key(), msg.value()))
+            kind, ms = msg.timestamp()
+            stamps.append(ms / 1000.0 if kind else wall)  # kind 0: no timestamp
+        decisions = dead = consumed = 0
+        for out in self._apply(by_partition):
+            decisions += len(out.decisions)
+            dead += len(out.dead_letters)
+        if decisions:
+            observe_many(self.metrics.decision_seconds, time.perf_counter() - t0, decisions)
+        for records, _ in by_partition.values():
+            n = len(records)
+            consumed += n
+            self._rate.add(n)
+            self.metrics.records.inc(n)
+        return t0, consumed, decisions, dead
+
     def run(self, max_records: int | None = None, idle_exit_s: float | None = None) -> dict[str, Any]:
         """Consume until stopped (SIGTERM), ``max_records`` consumed, or idle for ``idle_exit_s``.
 
         Returns a small summary (records consumed, decisions, dead letters).
         """
-        from confluent_kafka import KafkaError
-
         s = self.settings
         if self._serve_http:
             try:
@@ -460,7 +504,7 @@ class Worker(GuardedApplyMixin):
                                 on_revoke=self._guarded("revocation", self._on_revoke),
                                 on_lost=self._guarded("loss", self._on_lost))
         log.info("worker started", extra={"worker_id": self.worker_id, "metrics_port": self.bound_metrics_port,
-                                          "settings": s.safe_dict()})
+                                          "python_malloc": os.environ.get("PYTHONMALLOC"), "settings": s.safe_dict()})
         consumed = 0
         last_checkpoint = last_snapshot = last_gauges = time.monotonic()
         last_data = time.monotonic()
@@ -469,38 +513,12 @@ class Worker(GuardedApplyMixin):
         try:
             while not self._stop.is_set():
                 self._heartbeat = now = time.monotonic()
-                msgs = self.consumer.consume(s.batch_size, s.poll_timeout_s)
-                if self._callback_error is not None:
-                    raise self._callback_error
-                if msgs:
-                    t0 = time.perf_counter()
-                    by_partition: dict[int, tuple[list, list]] = {}
-                    wall = time.time()
-                    for msg in msgs:
-                        err = msg.error()
-                        if err is not None:
-                            if err.code() == KafkaError._PARTITION_EOF:
-                                continue
-                            if err.fatal():
-                                raise BrokerError.from_kafka_error("fatal consumer error", err)
-                            log.warning("consumer error", extra={"error": str(err), "code": err.code()})
-                            continue
-                        recs, stamps = by_partition.setdefault(msg.partition(), ([], []))
-                        recs.append((msg.offset(), msg.key(), msg.value()))
-                        kind, ms = msg.timestamp()
-                        stamps.append(ms / 1000.0 if kind else wall)  # kind 0: no timestamp
-                    batch_decisions = 0
-                    for out in self._apply(by_partition):
-                        batch_decisions += len(out.decisions)
-                        dead += len(out.dead_letters)
+                got = self._consume_batch()
+                if got is not None:
+                    t0, n, batch_decisions, batch_dead = got
+                    consumed += n
                     decisions += batch_decisions
-                    if batch_decisions:
-                        observe_many(self.metrics.decision_seconds, time.perf_counter() - t0, batch_decisions)
-                    for p, (records, _) in by_partition.items():
-                        n = len(records)
-                        consumed += n
-                        self._rate.add(n)
-                        self.metrics.records.inc(n)
+                    dead += batch_dead
                     t_last = time.perf_counter()
                     if t_first is None:
                         t_first = t0

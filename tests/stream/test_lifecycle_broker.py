@@ -6,6 +6,7 @@ relies on a fixed sleep or on the order of two asynchronous outputs.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 
@@ -14,6 +15,7 @@ import pytest
 
 from lola.cli import main
 from lola.stream import kafka as kf
+from lola.stream.shard import BatchOutput
 from lola.stream.snapshot import read_snapshots
 
 pytestmark = pytest.mark.broker
@@ -93,6 +95,11 @@ def test_every_experiment_action_through_the_broker(stream_settings, thread_work
     _send(s, [imp("e", "a", "later", 1020.0)], timestamp_ms=now_ms + 10_000)  # same partition: its log time
     _until("tombstone of e", lambda: "e" not in read_snapshots(s))
     _until("eviction counted", lambda: tw.worker.metrics.evictions._value.get() == 1)
+    # The idle worker holds nothing of its last batch: as locals of its loop, that batch's
+    # output (the ids it evicted) and messages lived until the next record, each id keeping a
+    # heap page resident after the trim (100k archived experiments: +12 % RSS instead of +2 %).
+    _until("the evicting batch released", lambda: not [
+        o for o in gc.get_objects() if isinstance(o, BatchOutput) and "e" in o.evicted])
     tw.stop()
 
 

@@ -1,8 +1,14 @@
-"""stream/memory.py: the mmap threshold and the heap trim after many evictions (glibc only)."""
+"""stream/memory.py: the mmap threshold and the heap trim after many evictions (glibc only), and
+the loops that must not keep their last batch alive while they wait."""
+
+import gc
+import time
 
 import pytest
 
 from lola.stream import memory
+from lola.stream.priors import ConstantPriorProvider, PriorService
+from lola.stream.shard import PriorRequest
 
 
 def test_the_threshold_is_set_on_glibc_and_zero_leaves_the_default():
@@ -41,3 +47,25 @@ def test_the_restore_ring_is_reserved_once_and_every_restore_point_reuses_it():
     proc.mark()
     proc.reserve_restore_ring()
     assert proc._restore_seen is ring
+
+
+def test_the_prior_thread_keeps_no_request_once_it_is_answered():
+    # As locals of the thread's loop, the last batch's requests (ids and texts of experiments
+    # perhaps evicted since) lived until the next request came, pinning their heap pages.
+    svc = PriorService(ConstantPriorProvider(0.05), timeout_s=5).start()
+
+    def alive() -> list:
+        return [o for o in gc.get_objects() if isinstance(o, PriorRequest) and o.experiment_id == "answered"]
+
+    try:
+        for v in "ab":
+            svc.submit(PriorRequest(0, "answered", v, f"text {v}"))
+        got, deadline = [], time.monotonic() + 5
+        while (len(got) < 2 or alive()) and time.monotonic() < deadline:
+            got += svc.results()
+            time.sleep(0.01)
+        assert [(r.variant_id, r.prior) for r in got] == [("a", 0.05), ("b", 0.05)]
+        assert alive() == []
+    finally:
+        svc.stop()
+
