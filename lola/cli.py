@@ -25,6 +25,7 @@ from lola.generation import cli as generation_cli
 from lola.replay import cli as replay_cli
 from lola.serve import cli as serve_cli
 from lola.stream import cli as stream_cli
+from lola.stream.memory import reexec_with_glibc_malloc
 
 app = typer.Typer(
     name="lola",
@@ -63,6 +64,10 @@ for _area in (stream_cli, serve_cli, demo, evaluate_cli, report_cli, export_cli,
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    if argv is None and sys.argv[1:2] == ["worker"]:
+        # the worker's memory returns to the system after evictions only with glibc's
+        # allocator for every object, which must be chosen before the interpreter starts
+        reexec_with_glibc_malloc(sys.argv[1:])
     # standalone_mode=False: usage errors are raised instead of printed as Typer's boxed,
     # multi-line panel, so a bad argument gets the same one-line message as a LolaError.
     try:

@@ -2,6 +2,7 @@
 the loops that must not keep their last batch alive while they wait."""
 
 import gc
+import os
 import time
 
 import pytest
@@ -69,3 +70,17 @@ def test_the_prior_thread_keeps_no_request_once_it_is_answered():
     finally:
         svc.stop()
 
+
+def test_the_worker_runs_itself_again_with_glibc_malloc_only_when_the_variable_is_unset(monkeypatch):
+    if memory._glibc() is None:
+        pytest.skip("not glibc: pymalloc stays")
+    calls = []
+    monkeypatch.setattr(memory.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
+    memory.reexec_with_glibc_malloc(["worker", "--group", "g"])
+    assert calls == []  # the user's choice, whatever it is
+    monkeypatch.delenv("PYTHONMALLOC")
+    memory.reexec_with_glibc_malloc(["worker", "--group", "g"])
+    [(path, argv, env)] = calls
+    assert argv[1:] == ["-m", "lola.cli", "worker", "--group", "g"] and path == argv[0]
+    assert env["PYTHONMALLOC"] == "malloc" and env["PATH"] == os.environ["PATH"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import time
 import urllib.request
@@ -53,6 +54,9 @@ def test_constant_prior_flag_wins_over_the_images_model_dir_and_new_metrics_are_
     s = stream_settings()
     w = worker_procs(s, "image-like", env={"LOLA_MODEL_DIR": model_dir}, args=("--constant-prior", "0.03"))
     port = worker_port(w)
+    # started without PYTHONMALLOC, `lola worker` ran itself again with glibc's allocator (same pid)
+    started = next(e for e in w.events() if e.get("msg") == "worker started")
+    assert started["python_malloc"] == os.environ.get("PYTHONMALLOC", "malloc")
     with EventProducer(settings=s) as producer:
         for e in range(4):
             producer.send(variant(f"exp-{e}", "a", "headline a"))
