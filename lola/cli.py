@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None and sys.argv[1:2] == ["worker"]:
         # the worker's memory returns to the system after evictions only with glibc's
         # allocator for every object, which must be chosen before the interpreter starts
-        reexec_with_glibc_malloc(sys.argv[1:])
+        reexec_with_glibc_malloc()
     # standalone_mode=False: usage errors are raised instead of printed as Typer's boxed,
     # multi-line panel, so a bad argument gets the same one-line message as a LolaError.
     try:

@@ -58,16 +58,17 @@ def pin_mmap_threshold(nbytes: int) -> bool:
     return libc is not None and bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
-def reexec_with_glibc_malloc(args: list[str]) -> None:
-    """Replace this process (same pid, arguments and environment) by ``python -m lola.cli
-    *args`` with ``PYTHONMALLOC=malloc``, unless ``PYTHONMALLOC`` is set (any value is the
-    user's choice, ``pymalloc`` included) or the C library is not glibc. Returns only when it
-    did not replace the process."""
+def reexec_with_glibc_malloc() -> None:
+    """Replace this process by the same command line (``sys.orig_argv``: same pid, arguments,
+    interpreter options and environment, so ``ps`` and ``pkill -f`` see what they saw) with
+    ``PYTHONMALLOC=malloc``, unless ``PYTHONMALLOC`` is set (any value is the user's choice,
+    ``pymalloc`` included) or the C library is not glibc. Returns only when it did not
+    replace the process."""
     if "PYTHONMALLOC" in os.environ or _glibc() is None:
         return
     env = {**os.environ, "PYTHONMALLOC": "malloc"}
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "lola.cli", *args], env)
+        os.execve(sys.executable, sys.orig_argv, env)
     except OSError:  # no exec (a frozen or odd interpreter): run on with the default allocator
         return
 

@@ -76,11 +76,13 @@ def test_the_worker_runs_itself_again_with_glibc_malloc_only_when_the_variable_i
         pytest.skip("not glibc: pymalloc stays")
     calls = []
     monkeypatch.setattr(memory.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
+    monkeypatch.setattr(memory.sys, "orig_argv", ["/venv/bin/python", "/venv/bin/lola", "worker", "--group", "g"])
     monkeypatch.setenv("PYTHONMALLOC", "pymalloc")
-    memory.reexec_with_glibc_malloc(["worker", "--group", "g"])
+    memory.reexec_with_glibc_malloc()
     assert calls == []  # the user's choice, whatever it is
     monkeypatch.delenv("PYTHONMALLOC")
-    memory.reexec_with_glibc_malloc(["worker", "--group", "g"])
+    memory.reexec_with_glibc_malloc()
+    # the same command line, so `ps` and `pkill -f "lola worker"` still find it
     [(path, argv, env)] = calls
-    assert argv[1:] == ["-m", "lola.cli", "worker", "--group", "g"] and path == argv[0]
+    assert path == memory.sys.executable and argv == ["/venv/bin/python", "/venv/bin/lola", "worker", "--group", "g"]
     assert env["PYTHONMALLOC"] == "malloc" and env["PATH"] == os.environ["PATH"]
