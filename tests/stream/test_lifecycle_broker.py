@@ -99,7 +99,7 @@ def test_every_experiment_action_through_the_broker(stream_settings, thread_work
     # output (the ids it evicted) and messages lived until the next record, each id keeping a
     # heap page resident after the trim (100k archived experiments: +12 % RSS instead of +2 %).
     _until("the evicting batch released", lambda: not [
-        o for o in gc.get_objects() if isinstance(o, BatchOutput) and "e" in o.evicted])
+        o for o in gc.get_objects() if type(o) is BatchOutput and "e" in o.evicted])
     tw.stop()
 
 

@@ -56,7 +56,7 @@ def test_the_prior_thread_keeps_no_request_once_it_is_answered():
     svc = PriorService(ConstantPriorProvider(0.05), timeout_s=5).start()
 
     def alive() -> list:
-        return [o for o in gc.get_objects() if isinstance(o, PriorRequest) and o.experiment_id == "answered"]
+        return [o for o in gc.get_objects() if type(o) is PriorRequest and o.experiment_id == "answered"]
 
     try:
         for v in "ab":
