@@ -53,8 +53,11 @@ def register(variants_app: typer.Typer) -> None:
         from lola.paths import upworthy_csv
 
         todo = parse_stages(stages)
-        if reuse_sft and (todo != ["dpo"] or not (out / "sft" / "adapter_config.json").is_file()):
-            raise ConfigError(f"--reuse-sft needs --stages dpo and an SFT adapter in {out / 'sft'}")
+        sft_card = out / "sft" / "tune_card.json"  # written with the SFT adapter (generation/sft.py)
+        if reuse_sft and (todo != ["dpo"] or not (out / "sft" / "adapter_config.json").is_file()
+                          or not sft_card.is_file()):
+            raise ConfigError(f"--reuse-sft needs --stages dpo and an SFT adapter in {out / 'sft'} "
+                              "(adapter_config.json and tune_card.json)")
         if minutes <= 0 or sft_minutes <= 0 or max_steps < 1 or batch_size < 1 or sft_batch_size < 1 or held_out < 0:
             raise ConfigError("--minutes must be > 0 and so must --sft-minutes; --max-steps and the batch sizes >= 1, "
                               "--held-out >= 0")
@@ -67,7 +70,10 @@ def register(variants_app: typer.Typer) -> None:
         echo(f"{len(pairs)} train pairs, {len(tune_pairs)} held-out tune pairs; stages {','.join(todo)}")
         cards, done = {}, (["sft"] if reuse_sft else [])
         if reuse_sft:  # the reused stage's card stays in the folder's card
-            cards["sft"] = json.loads((out / "sft" / "tune_card.json").read_text())
+            try:
+                cards["sft"] = json.loads(sft_card.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--reuse-sft: cannot read {sft_card}: {exc}") from None
         out.mkdir(parents=True, exist_ok=True)
         (out / "stages.json").unlink(missing_ok=True)  # a re-run lists only the stages it finished
         if "sft" in todo:

@@ -32,3 +32,13 @@ def test_bad_arguments_are_one_line(capsys, args, message):
 
 def test_the_commands_exist(lola_commands):
     assert {"variants generate", "variants tune", "variants eval", "variants compare", "bench generate", "comply check"} <= lola_commands
+
+
+def test_reuse_sft_without_the_stages_card_is_one_line(tmp_path, capsys):
+    # an adapter copied in by hand, without the tune_card.json its SFT run writes beside it
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "adapter_config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["variants", "tune", "--stages", "dpo", "--reuse-sft", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "tune_card.json" in err and len(err.strip().splitlines()) == 1
