@@ -170,8 +170,9 @@ def register(app: typer.Typer) -> None:
         bootstrap: Optional[str] = typer.Option(None, "--bootstrap", help="external broker (default: embedded Tansu)"),
         waves: int = typer.Option(1, "--waves", help="create-archive-evict rounds (a second shows whether the "
                                   "first's excess over the baseline is kept once or grows per round)"),
-        allocator: str = typer.Option("malloc", "--allocator", help="the worker's PYTHONMALLOC: malloc (as the "
-                                      "deploy images run it, docs/operations/limits.md) or pymalloc (CPython's default)"),
+        allocator: str = typer.Option("malloc", "--allocator", help="the worker's PYTHONMALLOC: malloc (what "
+                                      "lola worker and the images use, docs/operations/limits.md) or pymalloc "
+                                      "(CPython's default)"),
     ) -> None:
         """Create and archive N experiments through a worker: its RSS at baseline, peak and after eviction."""
         from lola.errors import ConfigError
